@@ -1,0 +1,29 @@
+//! Sans-IO core of the Hybrid Connections protocol.
+//!
+//! Nothing in this crate touches a socket, a clock or a runtime: callers pass bytes and an
+//! injected `now`, and get back parsed values or bytes to send. That keeps every rule testable
+//! with plain unit tests and lets the broker, listener and sender share one definition.
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`control`] | the JSON control messages (`accept`, `request`, `response`, `renewToken`) |
+//! | [`address`] | the URL and query grammar: `/$hc/{hc}[/suffix]`, `sb-hc-*` parameters, name matching |
+//! | [`sas`] | Shared Access Signature tokens: create, parse, verify, rights |
+//! | [`auth`] | where a token is taken from on a request, and what is stripped |
+//! | [`frame`] | RFC 6455 frame headers, masking and the upgrade handshake key |
+//! | [`http_rules`] | header rules for relayed HTTP: hop-by-hop stripping, `Via` |
+//! | [`limits`] | protocol limits shared by every role |
+//! | [`tracking`] | tracking ids carried in status texts and close reasons |
+
+pub mod address;
+pub mod auth;
+pub mod control;
+pub mod frame;
+pub mod http_rules;
+pub mod limits;
+pub mod sas;
+pub mod tracking;
+
+pub use address::{Action, HcPath, RelayQuery};
+pub use control::ListenerCommand;
+pub use sas::{Rights, SasToken, SharedAccessKey};
