@@ -86,6 +86,13 @@ pub enum FrameError {
     /// A close payload was one byte long, or carried an invalid code.
     #[error("malformed close payload")]
     BadClose,
+    /// A text message was not valid UTF-8.
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// A continuation frame without a message to continue, or a new message before the
+    /// previous one ended.
+    #[error("unexpected continuation or interleaved data message")]
+    BadFragment,
 }
 
 /// A parsed frame header.

@@ -1,0 +1,256 @@
+//! The client side of the upgrade: TCP (with `TCP_NODELAY`), optional TLS, the HTTP/1.1
+//! upgrade request with caller headers, and a checked `101` response.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use relay_core::frame::accept_key;
+use relay_core::limits::MAX_HEADER_BYTES;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::{Role, WsError, WsReader, WsWriter};
+
+/// A client transport: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum MaybeTls {
+    /// `ws://`
+    Plain(TcpStream),
+    /// `wss://`
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How to open a WebSocket.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Extra request headers (the relay token goes here as `ServiceBusAuthorization`).
+    pub headers: Vec<(String, String)>,
+    /// Sub-protocols to offer, most preferred first.
+    pub protocols: Vec<String>,
+    /// TLS configuration for `wss://`; `None` uses the public web roots.
+    pub tls: Option<Arc<ClientConfig>>,
+    /// Bound on TCP connect, TLS and the upgrade together.
+    pub timeout: Duration,
+    /// Read buffer of the resulting [`WsReader`].
+    pub read_buffer: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            headers: Vec::new(),
+            protocols: Vec::new(),
+            tls: None,
+            timeout: Duration::from_secs(30),
+            read_buffer: crate::reader::DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// An open client WebSocket.
+#[derive(Debug)]
+pub struct Connected {
+    /// Incoming frames.
+    pub reader: WsReader<ReadHalf<MaybeTls>>,
+    /// Outgoing frames (masked).
+    pub writer: WsWriter<WriteHalf<MaybeTls>>,
+    /// The sub-protocol the server chose.
+    pub protocol: Option<String>,
+}
+
+/// The parts of a `ws://` or `wss://` URL the handshake needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Whether TLS is used.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Value of the `Host` header.
+    pub authority: String,
+    /// Request target: path and query.
+    pub path_and_query: String,
+}
+
+impl Target {
+    /// Parses a URL; `ws`/`http` mean plain, `wss`/`https`/`sb` mean TLS.
+    pub fn parse(url: &str) -> Result<Self, WsError> {
+        let uri: http::Uri = url.parse().map_err(|e| WsError::Url(format!("{url}: {e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("ws" | "http") => false,
+            Some("wss" | "https" | "sb") => true,
+            other => return Err(WsError::Url(format!("{url}: unsupported scheme {other:?}"))),
+        };
+        let authority = uri.authority().ok_or_else(|| WsError::Url(format!("{url}: no host")))?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        Ok(Self { tls, host, port, authority: authority.as_str().to_owned(), path_and_query })
+    }
+}
+
+/// Opens a TCP (and TLS) connection to `target`.
+pub async fn dial(target: &Target, tls: Option<&Arc<ClientConfig>>) -> Result<MaybeTls, WsError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    tcp.set_nodelay(true)?;
+    if !target.tls {
+        return Ok(MaybeTls::Plain(tcp));
+    }
+    let config = match tls {
+        Some(config) => Arc::clone(config),
+        None => crate::tls::client_config(None)?,
+    };
+    let name = ServerName::try_from(target.host.clone()).map_err(|e| WsError::Url(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| WsError::Tls(e.to_string()))?;
+    Ok(MaybeTls::Tls(Box::new(stream)))
+}
+
+/// Opens a client WebSocket to `url`.
+pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
+    tokio::time::timeout(options.timeout, connect_inner(url, options))
+        .await
+        .map_err(|_| WsError::Io(io::Error::new(io::ErrorKind::TimedOut, "WebSocket connect timed out")))?
+}
+
+async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
+    let target = Target::parse(url)?;
+    let mut io = dial(&target, options.tls.as_ref()).await?;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    io.write_all(upgrade_request(&target, &key, options).as_bytes()).await?;
+    io.flush().await?;
+    let (head, leftover) = read_head(&mut io).await?;
+    let protocol = check_response(&head, &key, &options.protocols)?;
+    let (r, w) = tokio::io::split(io);
+    Ok(Connected {
+        reader: WsReader::with_prefix(r, Role::Client, options.read_buffer, &leftover),
+        writer: WsWriter::new(w, Role::Client),
+        protocol,
+    })
+}
+
+fn upgrade_request(target: &Target, key: &str, options: &ConnectOptions) -> String {
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+        target.path_and_query, target.authority
+    );
+    if !options.protocols.is_empty() {
+        req.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", options.protocols.join(", ")));
+    }
+    for (name, value) in &options.headers {
+        // Header injection is impossible by construction: CR and LF are refused.
+        if !name.contains(['\r', '\n', ':']) && !value.contains(['\r', '\n']) {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// Reads the response head (bounded) and returns it with any bytes read past it.
+async fn read_head(io: &mut MaybeTls) -> Result<(Vec<u8>, Vec<u8>), WsError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(WsError::Handshake("connection closed during the upgrade".into()));
+        }
+        let searched_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf[searched_from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = searched_from + pos + 4;
+            let leftover = buf.split_off(end);
+            return Ok((buf, leftover));
+        }
+        if buf.len() > MAX_HEADER_BYTES {
+            return Err(WsError::Handshake("response headers too large".into()));
+        }
+    }
+}
+
+fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<String>, WsError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(head).map_err(|e| WsError::Handshake(e.to_string()))?;
+    let status = resp.code.unwrap_or(0);
+    if status != 101 {
+        return Err(WsError::Refused { status, reason: resp.reason.unwrap_or_default().to_owned() });
+    }
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    if header("sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_str()) {
+        return Err(WsError::Handshake("Sec-WebSocket-Accept does not match".into()));
+    }
+    let protocol = header("sec-websocket-protocol").map(|p| p.trim().to_owned());
+    if let Some(p) = &protocol {
+        if !offered.iter().any(|o| o == p) {
+            return Err(WsError::Handshake(format!("server chose sub-protocol {p} that was not offered")));
+        }
+    }
+    Ok(protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = Target::parse("wss://127.0.0.1:9443/$hc/a/b?sb-hc-action=listen").unwrap();
+        assert_eq!((t.tls, t.host.as_str(), t.port), (true, "127.0.0.1", 9443));
+        assert_eq!(t.path_and_query, "/$hc/a/b?sb-hc-action=listen");
+        let t = Target::parse("ws://[::1]/x").unwrap();
+        assert_eq!((t.tls, t.host.as_str(), t.port, t.authority.as_str()), (false, "::1", 80, "[::1]"));
+        assert!(Target::parse("ftp://x/").is_err());
+    }
+
+    #[test]
+    fn refused_upgrade_keeps_reason() {
+        let err = check_response(b"HTTP/1.1 401 Unauthorized TrackingId:abc\r\n\r\n", "k", &[]).unwrap_err();
+        assert!(matches!(err, WsError::Refused { status: 401, ref reason } if reason.contains("TrackingId:abc")));
+    }
+}

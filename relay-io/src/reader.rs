@@ -1,0 +1,222 @@
+//! Frame-level reading from a fixed buffer, unmasking in place.
+//!
+//! The reader never allocates after construction: payload bytes are handed out as slices of
+//! its buffer (`payload`), so a relay copies each byte once, socket to socket. All state
+//! lives in the struct, so every `poll_*` method is cancel-safe.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use relay_core::frame::{FrameError, FrameHeader, OpCode, apply_mask};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::{Role, WsError};
+
+/// Default read buffer: large enough for throughput, small enough per connection.
+pub const DEFAULT_BUFFER: usize = 64 * 1024;
+
+/// Reads frames from `R`.
+#[derive(Debug)]
+pub struct WsReader<R> {
+    io: R,
+    buf: Box<[u8]>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Of those, the first `ready` are unmasked payload of the current frame.
+    ready: usize,
+    /// Payload bytes of the current frame not yet in `ready`.
+    remaining: u64,
+    /// Payload bytes of the current frame already unmasked (the masking offset).
+    offset: u64,
+    mask: Option<[u8; 4]>,
+    role: Role,
+    /// A fragmented data message being assembled by [`WsReader::message`].
+    pub(crate) partial: Option<(OpCode, Vec<u8>)>,
+}
+
+impl<R: AsyncRead + Unpin> WsReader<R> {
+    /// A reader for the given role with a buffer of `capacity` bytes (at least 256).
+    pub fn new(io: R, role: Role, capacity: usize) -> Self {
+        Self::with_prefix(io, role, capacity, &[])
+    }
+
+    /// Like [`WsReader::new`], starting with bytes already read from `io` (after a handshake).
+    pub fn with_prefix(io: R, role: Role, capacity: usize, prefix: &[u8]) -> Self {
+        let mut buf = vec![0u8; capacity.max(256).max(prefix.len())].into_boxed_slice();
+        buf[..prefix.len()].copy_from_slice(prefix);
+        Self { io, buf, start: 0, end: prefix.len(), ready: 0, remaining: 0, offset: 0, mask: None, role, partial: None }
+    }
+
+    /// Whether unread bytes are buffered (so a writer may delay its flush).
+    pub fn has_buffered(&self) -> bool {
+        self.end > self.start
+    }
+
+    /// Whether the current frame's payload has been fully consumed.
+    pub fn frame_done(&self) -> bool {
+        self.ready == 0 && self.remaining == 0
+    }
+
+    /// Reads the next frame header. `Ok(None)` is a clean end of stream between frames.
+    /// Any unread payload of the previous frame is skipped first.
+    pub fn poll_header(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<FrameHeader>, WsError>> {
+        while !self.frame_done() {
+            if ready!(self.poll_payload(cx))? == 0 {
+                break;
+            }
+            self.consume(self.ready);
+        }
+        loop {
+            if let Some((header, used)) = FrameHeader::parse(&self.buf[self.start..self.end])? {
+                self.start += used;
+                self.check_mask(&header)?;
+                self.remaining = header.payload_len;
+                self.offset = 0;
+                self.mask = header.mask;
+                return Poll::Ready(Ok(Some(header)));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(if self.has_buffered() { Err(WsError::UnexpectedEof) } else { Ok(None) });
+            }
+        }
+    }
+
+    /// Makes some payload of the current frame available through [`WsReader::payload`] and
+    /// returns how much; 0 means the frame's payload is complete.
+    pub fn poll_payload(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, WsError>> {
+        if self.ready > 0 || self.remaining == 0 {
+            return Poll::Ready(Ok(self.ready));
+        }
+        if !self.has_buffered() && ready!(self.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(WsError::UnexpectedEof));
+        }
+        let n = (self.end - self.start).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        if let Some(key) = self.mask {
+            apply_mask(&mut self.buf[self.start..self.start + n], key, self.offset);
+        }
+        self.ready = n;
+        self.remaining -= n as u64;
+        self.offset += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    /// The payload bytes made available by the last [`WsReader::poll_payload`], unmasked.
+    pub fn payload(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.ready]
+    }
+
+    /// Marks `n` bytes of [`WsReader::payload`] as used.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.ready);
+        self.start += n;
+        self.ready -= n;
+    }
+
+    /// Async form of [`WsReader::poll_header`].
+    pub async fn header(&mut self) -> Result<Option<FrameHeader>, WsError> {
+        poll_fn(|cx| self.poll_header(cx)).await
+    }
+
+    /// Async form of [`WsReader::poll_payload`].
+    pub async fn fill_payload(&mut self) -> Result<usize, WsError> {
+        poll_fn(|cx| self.poll_payload(cx)).await
+    }
+
+    /// Reads the whole payload of the current frame into `out`, which must be large enough
+    /// (used for control frames, at most 125 bytes).
+    pub async fn read_small_payload(&mut self, out: &mut Vec<u8>) -> Result<(), WsError> {
+        while self.fill_payload().await? > 0 {
+            out.extend_from_slice(self.payload());
+            self.consume(self.ready);
+        }
+        Ok(())
+    }
+
+    fn check_mask(&self, header: &FrameHeader) -> Result<(), FrameError> {
+        let expect_masked = self.role == Role::Server;
+        if header.mask.is_some() == expect_masked { Ok(()) } else { Err(FrameError::BadMasking) }
+    }
+
+    /// Reads more bytes from the transport, compacting the buffer when it is full.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let mut read_buf = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read_buf))?;
+        let n = read_buf.filled().len();
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_core::frame::MAX_HEADER_LEN;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn masked_frame(fin: bool, opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let header = FrameHeader { fin, opcode, mask: Some(key), payload_len: payload.len() as u64 };
+        let mut h = [0u8; MAX_HEADER_LEN];
+        let n = header.encode(&mut h);
+        let mut out = h[..n].to_vec();
+        let mut body = payload.to_vec();
+        apply_mask(&mut body, key, 0);
+        out.extend(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_frames_split_at_every_byte() {
+        let payload: Vec<u8> = (0..600u32).map(|i| i as u8).collect();
+        let mut wire = masked_frame(false, OpCode::Binary, &payload, [9, 8, 7, 6]);
+        wire.extend(masked_frame(true, OpCode::Continuation, b"end", [1, 2, 3, 4]));
+        let (mut tx, rx) = tokio::io::duplex(7);
+        let writer = tokio::spawn(async move {
+            for byte in wire {
+                tx.write_all(&[byte]).await.unwrap();
+            }
+        });
+        let mut reader = WsReader::new(rx, Role::Server, 256);
+        let mut got = Vec::new();
+        let h = reader.header().await.unwrap().unwrap();
+        assert_eq!((h.fin, h.opcode, h.payload_len), (false, OpCode::Binary, 600));
+        reader.read_small_payload(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        let h = reader.header().await.unwrap().unwrap();
+        assert_eq!(h.opcode, OpCode::Continuation);
+        got.clear();
+        reader.read_small_payload(&mut got).await.unwrap();
+        assert_eq!(got, b"end");
+        assert!(reader.header().await.unwrap().is_none());
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unmasked_client_frame_is_a_protocol_error() {
+        let wire = [0x82u8, 0x01, 0xff];
+        let mut reader = WsReader::new(&wire[..], Role::Server, 256);
+        assert!(matches!(reader.header().await, Err(WsError::Protocol(FrameError::BadMasking))));
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_reported() {
+        let wire = masked_frame(true, OpCode::Binary, b"hello", [1, 1, 1, 1]);
+        let mut reader = WsReader::new(&wire[..wire.len() - 2], Role::Server, 256);
+        reader.header().await.unwrap();
+        let mut got = Vec::new();
+        assert!(matches!(reader.read_small_payload(&mut got).await, Err(WsError::UnexpectedEof)));
+        let mut reader = WsReader::new(&wire[..3], Role::Server, 256);
+        assert!(matches!(reader.header().await, Err(WsError::UnexpectedEof)));
+    }
+}
