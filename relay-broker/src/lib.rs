@@ -1,1 +1,179 @@
-//! placeholder
+//! A self-hosted broker that speaks the Azure Relay Hybrid Connections protocol, so that
+//! Microsoft's own clients (hyco-ws, hyco-https, .NET, azbridge) work against it unmodified.
+//!
+//! Embed it as an axum [`Router`](axum::Router) via [`Broker::router`], or run it on a bound
+//! listener with [`Broker::serve`]. The `relay-broker` binary does the latter.
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`config`] | the TOML contract, validated into typed limits, entities and rules |
+//! | `routes` | dispatch of every request: WebSocket actions by `sb-hc-action`, else HTTP relay |
+//! | `auth` | token extraction, SAS checks and throttling of failures |
+//! | `control` | one task per listener control channel: queue, pings, renewal, responses |
+//! | `pump` | the frame relay between a sender and a listener |
+//! | `http_relay` | relayed HTTP: inline or rendezvous, deadlines, header rules |
+//! | [`presence`] | which listeners serve which hybrid connection (a seam for clustering) |
+//! | [`store`] | where entities and rules come from (a seam for durable stores) |
+//! | `rendezvous` | bounded maps of pending capability addresses and requests |
+//! | [`error`] | every status the broker answers with, and its tracking id |
+//! | `server` | the accept loop: TLS, HTTP/1.1 limits, graceful shutdown |
+
+pub mod config;
+pub mod error;
+pub mod presence;
+pub mod store;
+
+mod auth;
+mod control;
+mod http_relay;
+mod limiter;
+mod pump;
+mod rendezvous;
+mod routes;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{BrokerConfig, HybridConnection, Limits};
+pub use error::RelayError;
+pub use presence::{LocalPresence, Presence};
+pub use server::ServeOptions;
+pub use store::{ConfigStore, Store};
+
+/// How a request reached the broker; inserted by [`Broker::serve`]. A host app that nests
+/// the router may insert it too, otherwise addresses default to `ws://` and no remote
+/// endpoint is reported.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection used TLS.
+    pub tls: bool,
+}
+
+/// Counters kept by the broker.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Listener frames that answered nothing the broker sent.
+    pub unsolicited: AtomicU64,
+    /// Authentication attempts refused.
+    pub auth_failures: AtomicU64,
+    /// Rendezvous addresses that expired unused.
+    pub rendezvous_timeouts: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    pub(crate) public_url: Option<String>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) rendezvous: Arc<rendezvous::Rendezvous>,
+    pub(crate) limiter: limiter::AuthLimiter,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) next_listener: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+/// A broker: shared state plus the ways to serve it. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("limits", &self.shared.limits).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker whose entities and rules come from the configuration.
+    #[must_use]
+    pub fn new(config: &BrokerConfig) -> Self {
+        let store = Arc::new(ConfigStore::new(&config.hybrid_connections, &config.rules));
+        Self::with_backends(config.limits.clone(), config.public_url.clone(), store, Arc::new(LocalPresence::default()))
+    }
+
+    /// A broker with chosen store and presence backends.
+    #[must_use]
+    pub fn with_backends(
+        limits: Limits,
+        public_url: Option<String>,
+        store: Arc<dyn Store>,
+        presence: Arc<dyn Presence>,
+    ) -> Self {
+        let shared = Shared {
+            rendezvous: Arc::new(rendezvous::Rendezvous::new(limits.max_pending_rendezvous)),
+            limiter: limiter::AuthLimiter::new(limits.auth_failures_per_minute),
+            limits,
+            public_url,
+            store,
+            presence,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            next_listener: AtomicU64::new(1),
+            counters: Counters::default(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The axum router serving every relay path. Nest it with `nest_service` and set
+    /// `public_url` to the prefix's external URL so rendezvous addresses point back to it.
+    pub fn router(&self) -> axum::Router {
+        routes::router(Arc::clone(&self.shared))
+    }
+
+    /// Number of listeners connected to a hybrid connection.
+    #[must_use]
+    pub fn listener_count(&self, hc: &str) -> usize {
+        self.shared.presence.count(hc)
+    }
+
+    /// Counters for diagnostics.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Pending rendezvous entries (addresses and requests).
+    #[must_use]
+    pub fn pending_rendezvous(&self) -> usize {
+        self.shared.rendezvous.len()
+    }
+
+    /// Starts closing: control channels get Close 1001 and relayed connections are told to end.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Serves on an already bound listener until `shutdown` resolves, then drains within
+    /// `limits.shutdown_drain`.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        options: ServeOptions,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        server::serve(self.clone(), listener, options, shutdown).await
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Shared {
+    pub(crate) fn next_listener_id(&self) -> u64 {
+        self.next_listener.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

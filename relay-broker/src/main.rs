@@ -1,1 +1,122 @@
-fn main() {}
+//! `relay-broker`: runs the Hybrid Connections broker.
+//!
+//! With `--config` it follows the file; without, it starts on an embedded default (loopback,
+//! plain ws/http, one demo hybrid connection and a generated key printed once).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use relay_broker::config::{BrokerConfig, HybridConnection};
+use relay_broker::{Broker, ServeOptions};
+use relay_core::sas::{Rights, SharedAccessKey};
+
+#[derive(Parser, Debug)]
+#[command(name = "relay-broker", version, about = "Self-hosted Azure Relay Hybrid Connections broker")]
+struct Cli {
+    /// TOML configuration file; without it an embedded demo default is used.
+    #[arg(long, env = "RELAY_BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// host:port to bind, overriding [server].bind (port 0 picks a free one).
+    #[arg(long)]
+    bind: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let (mut config, demo_key) = match &cli.config {
+        Some(path) => (BrokerConfig::load(path)?, None),
+        None => embedded_default(),
+    };
+    if let Some(bind) = &cli.bind {
+        config.bind = bind.parse().with_context(|| format!("--bind '{bind}' is not host:port"))?;
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(relay_io::tls::server_config(&files.cert, &files.key).context("loading [server] tls_cert/tls_key")?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let listener = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    if let Some(key) = demo_key {
+        print_demo(scheme, addr, &key);
+    }
+    println!("listening on {addr}");
+    let broker = Broker::new(&config);
+    broker.serve(listener, ServeOptions { tls: tls.map(Arc::clone) }, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn embedded_default() -> (BrokerConfig, Option<String>) {
+    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let mut config = BrokerConfig::parse("", "embedded default").unwrap_or_else(|_| unreachable_default());
+    config.hybrid_connections = vec![HybridConnection { name: "demo".into(), requires_client_authorization: true }];
+    config.rules = vec![SharedAccessKey {
+        name: "RootManageSharedAccessKey".into(),
+        key: key.clone(),
+        secondary_key: None,
+        rights: Rights::MANAGE,
+        hybrid_connection: None,
+    }];
+    (config, Some(key))
+}
+
+fn unreachable_default() -> BrokerConfig {
+    // An empty document always parses; this only exists so no panic path is needed.
+    std::process::exit(70)
+}
+
+fn print_demo(scheme: &str, addr: std::net::SocketAddr, key: &str) {
+    println!("embedded default: hybrid connection 'demo', rule 'RootManageSharedAccessKey'");
+    println!("key (shown once): {key}");
+    println!("try:");
+    println!(
+        "  relay-listener run --endpoint {scheme}://{addr} --hc demo --sas-key-name RootManageSharedAccessKey --sas-key {key} --forward 127.0.0.1:8080"
+    );
+    println!(
+        "  relay-sender forward --endpoint {scheme}://{addr} --hc demo --sas-key-name RootManageSharedAccessKey --sas-key {key} --local 127.0.0.1:18080"
+    );
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -165,6 +165,20 @@ fn decode_form(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Characters escaped in a hybrid connection name inside a URL path; `/` is kept.
+const NAME_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Encodes a hybrid connection name for a URL path.
+#[must_use]
+pub fn encode_name(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, NAME_ESCAPES).to_string()
+}
+
 /// Appends `key=value` (value percent-encoded) to a URL that may already have a query.
 #[must_use]
 pub fn append_query(url: &str, key: &str, value: &str) -> String {
@@ -221,6 +235,11 @@ mod tests {
         assert!(q.unknown_action && q.action.is_none());
         assert_eq!(RelayQuery::parse("").app_query, "");
         assert_eq!(strip_reserved("&&a&sbc-hc-token=x&b=="), "a&b==");
+    }
+
+    #[test]
+    fn names_encode_per_segment() {
+        assert_eq!(encode_name("a/b c"), "a/b%20c");
     }
 
     #[test]

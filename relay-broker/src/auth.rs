@@ -1,0 +1,81 @@
+//! Authorization of upgrades and relayed requests: find the token, check it against the
+//! store's rules, and throttle repeated failures.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use relay_core::RelayQuery;
+use relay_core::auth::{Presented, presented_token};
+use relay_core::sas::{self, Rights, SasError, SasToken, Target};
+
+use crate::limiter::AuthLimiter;
+use crate::{RelayError, Shared, Transport};
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What an authorized request presented.
+#[derive(Debug)]
+pub(crate) struct Authorized {
+    /// Where the token came from (decides what is stripped).
+    pub(crate) presented: Presented,
+    /// The token's expiry, when a token was checked.
+    pub(crate) expires_at: Option<u64>,
+}
+
+/// The request being authorized.
+pub(crate) struct Claim<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) query: &'a RelayQuery,
+    pub(crate) transport: Option<Transport>,
+    pub(crate) hc: &'a str,
+    /// `hc` or `hc/suffix`, decoded.
+    pub(crate) path: &'a str,
+    pub(crate) needs: Rights,
+    /// False for senders of a hybrid connection that allows anonymous senders.
+    pub(crate) required: bool,
+}
+
+/// Checks a claim; failures are counted and, when repeated, throttled.
+pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Authorized, RelayError> {
+    let presented = presented_token(claim.headers, claim.query.token.as_deref(), claim.required);
+    if !claim.required {
+        return Ok(Authorized { presented, expires_at: None });
+    }
+    let ip = claim.transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.peer.ip());
+    let credential = AuthLimiter::fingerprint(presented.token.as_deref());
+    if shared.limiter.is_throttled(ip, credential) {
+        Shared::count(&shared.counters.auth_failures);
+        shared.limiter.hold().await;
+        return Err(RelayError::Throttled);
+    }
+    let result = match presented.token.as_deref() {
+        None => Err(SasError::Missing),
+        Some(token) => {
+            let target = Target { hybrid_connection: claim.hc, path: claim.path, needs: claim.needs };
+            sas::authorize(&shared.store.rules(), token, target, unix_now()).map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => {
+            let expires_at = presented.token.as_deref().and_then(|t| SasToken::parse(t).ok()).map(|t| t.expires_at);
+            Ok(Authorized { presented, expires_at })
+        }
+        Err(e) => {
+            Shared::count(&shared.counters.auth_failures);
+            shared.limiter.record_failure(ip, credential);
+            tracing::debug!(hc = claim.hc, error = %e, "authorization refused");
+            Err(RelayError::Unauthorized(e))
+        }
+    }
+}
+
+/// Checks a `renewToken` for a listener's control channel; returns the new expiry.
+pub(crate) fn check_renewal(shared: &Shared, hc: &str, token: &str) -> Result<u64, SasError> {
+    let target = Target { hybrid_connection: hc, path: hc, needs: Rights::LISTEN };
+    sas::authorize(&shared.store.rules(), token, target, unix_now())?;
+    SasToken::parse(token).map(|t| t.expires_at)
+}

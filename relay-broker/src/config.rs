@@ -1,0 +1,351 @@
+//! Broker configuration: the TOML file of the CLI contract, validated once into typed values.
+//!
+//! Unknown keys are errors that name the key, and so is setting both `key` and `key_env`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relay_core::sas::{Rights, SharedAccessKey};
+use serde::Deserialize;
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What toml said, with the key and line.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Validated broker configuration.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Address the binary binds; libraries take a bound listener instead.
+    pub bind: SocketAddr,
+    /// Base of `accept`/`request` addresses; `None` = the listener's own scheme and Host.
+    pub public_url: Option<String>,
+    /// PEM certificate chain and key for TLS; `None` = plain ws/http.
+    pub tls: Option<TlsFiles>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Hybrid connections that exist.
+    pub hybrid_connections: Vec<HybridConnection>,
+    /// SAS rules.
+    pub rules: Vec<SharedAccessKey>,
+}
+
+/// Paths of the server certificate chain and key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// A hybrid connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HybridConnection {
+    /// Name; may contain `/`.
+    pub name: String,
+    /// Whether senders need a Send token (Azure's `requiresClientAuthorization`).
+    pub requires_client_authorization: bool,
+}
+
+/// Every bound the broker enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Life of a single-use rendezvous address.
+    pub accept_timeout: Duration,
+    /// A sender gets 504 when no response starts within this, or a response body idles this long.
+    pub http_request_timeout: Duration,
+    /// Concurrent listeners per hybrid connection.
+    pub max_listeners_per_hc: usize,
+    /// Interval of broker pings on control channels; two silent intervals close the channel.
+    pub ping_interval: Duration,
+    /// How long after its token expires a control channel may stay open without renewal.
+    pub token_grace: Duration,
+    /// Rendezvous entries waiting for a listener, over all hybrid connections.
+    pub max_pending_rendezvous: usize,
+    /// Largest JSON control message accepted from a listener.
+    pub max_control_message_bytes: usize,
+    /// Read buffer per relayed socket direction; bounds relay memory per connection.
+    pub relay_buffer_bytes: usize,
+    /// Queue of control messages to one listener; a full queue means the listener is overloaded.
+    pub control_queue: usize,
+    /// Time allowed for graceful shutdown before connections are cut.
+    pub shutdown_drain: Duration,
+    /// Failed authentications per client and credential within a minute before throttling.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            accept_timeout: Duration::from_secs(30),
+            http_request_timeout: Duration::from_secs(60),
+            max_listeners_per_hc: relay_core::limits::DEFAULT_MAX_LISTENERS_PER_HC,
+            ping_interval: Duration::from_secs(30),
+            token_grace: Duration::from_secs(300),
+            max_pending_rendezvous: 10_000,
+            max_control_message_bytes: relay_core::limits::MAX_CONTROL_MESSAGE_BYTES,
+            relay_buffer_bytes: 64 * 1024,
+            control_queue: 256,
+            shutdown_drain: Duration::from_secs(10),
+            auth_failures_per_minute: 20,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    hybrid_connections: Vec<RawHc>,
+    #[serde(default)]
+    authorization_rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    bind: Option<String>,
+    public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    accept_timeout_secs: Option<f64>,
+    http_request_timeout_secs: Option<f64>,
+    max_listeners_per_hc: Option<usize>,
+    ping_interval_secs: Option<f64>,
+    token_grace_secs: Option<f64>,
+    max_pending_rendezvous: Option<usize>,
+    max_control_message_bytes: Option<usize>,
+    relay_buffer_bytes: Option<usize>,
+    shutdown_drain_secs: Option<f64>,
+    auth_failures_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHc {
+    name: String,
+    #[serde(default = "yes")]
+    requires_client_authorization: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    key: Option<String>,
+    key_env: Option<String>,
+    secondary_key: Option<String>,
+    rights: Vec<String>,
+    hybrid_connection: Option<String>,
+}
+
+impl BrokerConfig {
+    /// Loads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let invalid = |msg: String| ConfigError::Invalid(format!("{origin}: {msg}"));
+        let bind = raw.server.bind.as_deref().unwrap_or("127.0.0.1:9400");
+        let bind = bind.parse().map_err(|_| invalid(format!("[server].bind: '{bind}' is not host:port")))?;
+        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(invalid("[server]: set both tls_cert and tls_key, or neither".into())),
+        };
+        let public_url = raw.server.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(url) = &public_url {
+            if !["ws://", "wss://", "http://", "https://"].iter().any(|s| url.starts_with(s)) {
+                return Err(invalid(format!("[server].public_url: '{url}' must start with ws://, wss://, http:// or https://")));
+            }
+        }
+        let limits = limits(raw.limits).map_err(|m| invalid(format!("[limits].{m}")))?;
+        let hybrid_connections = hybrid_connections(raw.hybrid_connections).map_err(invalid)?;
+        let rules = raw
+            .authorization_rules
+            .into_iter()
+            .map(|r| rule(r, &hybrid_connections))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        Ok(Self { bind, public_url, tls, limits, hybrid_connections, rules })
+    }
+}
+
+fn limits(raw: RawLimits) -> Result<Limits, String> {
+    let d = Limits::default();
+    let secs = |v: Option<f64>, name: &str, default: Duration| match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(format!("{name} = {s}: must be a positive number of seconds")),
+    };
+    let count = |v: Option<usize>, name: &str, default: usize, min: usize| match v {
+        None => Ok(default),
+        Some(n) if n >= min => Ok(n),
+        Some(n) => Err(format!("{name} = {n}: must be at least {min}")),
+    };
+    Ok(Limits {
+        accept_timeout: secs(raw.accept_timeout_secs, "accept_timeout_secs", d.accept_timeout)?,
+        http_request_timeout: secs(raw.http_request_timeout_secs, "http_request_timeout_secs", d.http_request_timeout)?,
+        max_listeners_per_hc: count(raw.max_listeners_per_hc, "max_listeners_per_hc", d.max_listeners_per_hc, 1)?,
+        ping_interval: secs(raw.ping_interval_secs, "ping_interval_secs", d.ping_interval)?,
+        token_grace: match raw.token_grace_secs {
+            Some(s) if s == 0.0 => Duration::ZERO,
+            other => secs(other, "token_grace_secs", d.token_grace)?,
+        },
+        max_pending_rendezvous: count(raw.max_pending_rendezvous, "max_pending_rendezvous", d.max_pending_rendezvous, 1)?,
+        max_control_message_bytes: count(
+            raw.max_control_message_bytes,
+            "max_control_message_bytes",
+            d.max_control_message_bytes,
+            1024,
+        )?,
+        relay_buffer_bytes: count(raw.relay_buffer_bytes, "relay_buffer_bytes", d.relay_buffer_bytes, 1024)?,
+        control_queue: d.control_queue,
+        shutdown_drain: secs(raw.shutdown_drain_secs, "shutdown_drain_secs", d.shutdown_drain)?,
+        auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(d.auth_failures_per_minute).max(1),
+    })
+}
+
+fn hybrid_connections(raw: Vec<RawHc>) -> Result<Vec<HybridConnection>, String> {
+    let mut out: Vec<HybridConnection> = Vec::with_capacity(raw.len());
+    for hc in raw {
+        let name = hc.name.trim_matches('/').to_owned();
+        if name.is_empty() || name.len() > relay_core::address::MAX_NAME_LEN || name.contains(['?', '#', '$', ' ']) {
+            return Err(format!("[[hybrid_connections]] name '{}' is empty, too long or has ?, #, $ or space", hc.name));
+        }
+        if out.iter().any(|h| h.name.eq_ignore_ascii_case(&name)) {
+            return Err(format!("[[hybrid_connections]] name '{name}' is defined twice"));
+        }
+        out.push(HybridConnection { name, requires_client_authorization: hc.requires_client_authorization });
+    }
+    Ok(out)
+}
+
+fn rule(raw: RawRule, hcs: &[HybridConnection]) -> Result<SharedAccessKey, String> {
+    let at = format!("[[authorization_rules]] '{}'", raw.name);
+    let key = match (raw.key, raw.key_env) {
+        (Some(_), Some(_)) => return Err(format!("{at}: set key or key_env, not both")),
+        (Some(key), None) => key,
+        (None, Some(var)) => std::env::var(&var).map_err(|_| format!("{at}: key_env {var} is not set"))?,
+        (None, None) => return Err(format!("{at}: key or key_env is required")),
+    };
+    if key.is_empty() {
+        return Err(format!("{at}: the key is empty"));
+    }
+    let mut rights = Rights::NONE;
+    for r in &raw.rights {
+        rights = rights.union(Rights::parse(r).ok_or_else(|| format!("{at}: unknown right '{r}' (Listen, Send, Manage)"))?);
+    }
+    if rights == Rights::NONE {
+        return Err(format!("{at}: rights must list at least one of Listen, Send, Manage"));
+    }
+    if let Some(hc) = &raw.hybrid_connection {
+        if !hcs.iter().any(|h| h.name.eq_ignore_ascii_case(hc.trim_matches('/'))) {
+            return Err(format!("{at}: hybrid_connection '{hc}' is not defined"));
+        }
+    }
+    Ok(SharedAccessKey {
+        name: raw.name,
+        key,
+        secondary_key: raw.secondary_key,
+        rights,
+        hybrid_connection: raw.hybrid_connection.map(|h| h.trim_matches('/').to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[server]
+bind = "127.0.0.1:0"
+[limits]
+accept_timeout_secs = 2
+[[hybrid_connections]]
+name = "a/b"
+[[hybrid_connections]]
+name = "open"
+requires_client_authorization = false
+[[authorization_rules]]
+name = "root"
+key = "k"
+rights = ["Manage"]
+[[authorization_rules]]
+name = "l"
+key = "k2"
+rights = ["Listen"]
+hybrid_connection = "a/b"
+"#;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let c = BrokerConfig::parse(FULL, "t").unwrap();
+        assert_eq!(c.limits.accept_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_listeners_per_hc, 25);
+        assert!(!c.hybrid_connections[1].requires_client_authorization);
+        assert!(c.rules[0].rights.contains(Rights::LISTEN));
+        assert_eq!(c.rules[1].hybrid_connection.as_deref(), Some("a/b"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| BrokerConfig::parse(text, "f.toml").unwrap_err().to_string();
+        assert!(err("[limits]\nbogus = 1").contains("bogus"));
+        assert!(err("[server]\nport = 1").contains("port"));
+        let both = "[[authorization_rules]]\nname='r'\nkey='k'\nkey_env='X'\nrights=['Send']";
+        assert!(err(both).contains("key or key_env, not both"));
+        assert!(err("[limits]\naccept_timeout_secs = -1").contains("accept_timeout_secs"));
+        assert!(err("[server]\ntls_cert = 'c.pem'").contains("tls_key"));
+        let scoped = "[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Send']\nhybrid_connection='nope'";
+        assert!(err(scoped).contains("'nope' is not defined"));
+        assert!(err("[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Read']").contains("unknown right"));
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = BrokerConfig::parse("", "t").unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:9400");
+        assert!(c.tls.is_none() && c.rules.is_empty());
+    }
+}

@@ -1,0 +1,310 @@
+//! One task per listener control channel.
+//!
+//! The writer half drains the listener's queue (accept and request notices), answers pings,
+//! pings the listener every `ping_interval` and closes the channel when two intervals pass in
+//! silence (a half-open TCP connection), when the token expires without renewal (1008), or on
+//! shutdown (1001). The reader half handles `renewToken` and inline `response` messages, and
+//! counts and finally refuses whatever it did not ask for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use relay_core::control::{ListenerCommand, Response};
+use relay_core::frame::{OpCode, close_code};
+use relay_core::limits::MAX_INLINE_BODY_MESSAGE_BYTES;
+use relay_core::tracking::TrackingId;
+use relay_io::{Message, WsError, WsReader, WsWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::auth::{check_renewal, unix_now};
+use crate::presence::{ListenerHandle, Outbound};
+use crate::rendezvous::{ListenerResponse, ResponseBody};
+use crate::routes::{Resolved, relay_io_halves};
+use crate::{RelayError, Shared};
+
+/// Read buffer of a control channel: control messages are small, and idle channels many.
+const CONTROL_BUFFER: usize = 4 * 1024;
+/// Unsolicited messages tolerated before the channel is closed.
+const MAX_UNSOLICITED: u32 = 100;
+/// How long the reader may wait for the listener's Close after the broker sent one.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Registers a listener and starts its control channel once the upgrade completes.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    upgrade: OnUpgrade,
+    r: &Resolved,
+    base_url: String,
+    expires_at: u64,
+) -> Result<(), RelayError> {
+    let (tx, rx) = mpsc::channel(shared.limits.control_queue);
+    let handle = ListenerHandle {
+        id: shared.next_listener_id(),
+        hc: r.hc.name.clone().into(),
+        base_url: base_url.into(),
+        tx,
+        close: shared.shutdown.child_token(),
+    };
+    shared.presence.register(handle.clone(), shared.limits.max_listeners_per_hc).map_err(|_| {
+        RelayError::Forbidden(format!(
+            "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
+            shared.limits.max_listeners_per_hc, r.hc.name
+        ))
+    })?;
+    let span = tracing::info_span!("listener", hc = %handle.hc, listener = handle.id, tracking = %r.tracking);
+    let shared = Arc::clone(shared);
+    let tracking = r.tracking.clone();
+    shared.tasks.clone().spawn(
+        async move {
+            if let Ok(upgraded) = upgrade.await {
+                tracing::info!("listener connected");
+                let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
+                let channel = Channel::new(&shared, &handle, tracking, expires_at);
+                channel.run(reader, writer, rx).await;
+            }
+            shared.presence.unregister(&handle.hc, handle.id);
+            shared.rendezvous.drop_listener(handle.id);
+            tracing::info!("listener disconnected");
+        }
+        .instrument(span),
+    );
+    Ok(())
+}
+
+/// Sent from the reader to the writer.
+enum Internal {
+    Pong(Vec<u8>),
+    Close(u16, String),
+}
+
+struct Channel<'a> {
+    shared: &'a Shared,
+    handle: &'a ListenerHandle,
+    tracking: TrackingId,
+    /// Expiry of the current token, Unix seconds; moved by `renewToken`.
+    expires_at: AtomicU64,
+    /// When the listener was last heard from, in ms since `epoch`.
+    last_seen: AtomicU64,
+    epoch: Instant,
+}
+
+impl<'a> Channel<'a> {
+    fn new(shared: &'a Shared, handle: &'a ListenerHandle, tracking: TrackingId, expires_at: u64) -> Self {
+        Self {
+            shared,
+            handle,
+            tracking,
+            expires_at: AtomicU64::new(expires_at),
+            last_seen: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    async fn run<R, W>(&self, reader: WsReader<R>, writer: WsWriter<W>, queue: mpsc::Receiver<Outbound>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (internal_tx, internal_rx) = mpsc::channel(8);
+        let wrote_close = tokio_util::sync::CancellationToken::new();
+        let read = async {
+            tokio::select! {
+                () = self.read_loop(reader, &internal_tx) => {}
+                () = async { wrote_close.cancelled().await; tokio::time::sleep(CLOSE_WAIT).await } => {}
+            }
+            drop(internal_tx);
+        };
+        let write = async {
+            self.write_loop(writer, queue, internal_rx).await;
+            wrote_close.cancel();
+        };
+        tokio::join!(read, write);
+    }
+
+    fn text(&self, why: &str) -> String {
+        format!("{why}. TrackingId:{}", self.tracking)
+    }
+
+    fn touch(&self) {
+        self.last_seen.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// When the token (plus grace) runs out.
+    fn expiry_deadline(&self) -> Instant {
+        let expires = self.expires_at.load(Ordering::Relaxed);
+        let left = Duration::from_secs(expires.saturating_sub(unix_now())) + self.shared.limits.token_grace;
+        Instant::now() + left
+    }
+
+    async fn write_loop<W: AsyncWrite + Unpin>(
+        &self,
+        mut writer: WsWriter<W>,
+        mut queue: mpsc::Receiver<Outbound>,
+        mut internal: mpsc::Receiver<Internal>,
+    ) {
+        let interval = self.shared.limits.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        let result: Result<(), WsError> = async {
+            loop {
+                let expiry = self.expiry_deadline();
+                tokio::select! {
+                    biased;
+                    msg = internal.recv() => match msg {
+                        Some(Internal::Pong(payload)) => {
+                            writer.send(true, OpCode::Pong, &payload).await?;
+                            writer.flush().await?;
+                        }
+                        Some(Internal::Close(code, reason)) => {
+                            writer.close(code, &reason).await?;
+                            return Ok(());
+                        }
+                        None => return Ok(()),
+                    },
+                    () = self.handle.close.cancelled() => {
+                        writer.close(close_code::GOING_AWAY, &self.text("The broker is shutting down")).await?;
+                        return Ok(());
+                    }
+                    Some(out) = queue.recv() => match out {
+                        Outbound::Text(text) => writer.text(&text).await?,
+                        Outbound::TextWithBody(text, body) => {
+                            writer.send(true, OpCode::Text, text.as_bytes()).await?;
+                            writer.send(true, OpCode::Binary, &body).await?;
+                            writer.flush().await?;
+                        }
+                    },
+                    _ = ping.tick() => {
+                        let silent = self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last_seen.load(Ordering::Relaxed)));
+                        if silent > interval * 2 {
+                            tracing::info!(silent_secs = silent.as_secs(), "listener silent; dropping half-open channel");
+                            writer.close(close_code::GOING_AWAY, &self.text("Keep-alive timeout")).await?;
+                            return Ok(());
+                        }
+                        writer.send(true, OpCode::Ping, b"").await?;
+                        writer.flush().await?;
+                    }
+                    () = tokio::time::sleep_until(expiry) => {
+                        if self.expiry_deadline() <= Instant::now() {
+                            tracing::info!("token expired without renewal");
+                            writer.close(close_code::POLICY_VIOLATION, &self.text("Token expired")).await?;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "control channel write failed");
+        }
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(&self, mut reader: WsReader<R>, internal: &mpsc::Sender<Internal>) {
+        let limit = self.shared.limits.max_control_message_bytes.max(MAX_INLINE_BODY_MESSAGE_BYTES);
+        let mut state = ReadState::default();
+        loop {
+            let message = match reader.message(limit).await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(WsError::Io(_) | WsError::UnexpectedEof) => return,
+                Err(WsError::MessageTooBig(n)) => {
+                    let why = self.text(&format!("Control message larger than {n} bytes"));
+                    let _ = internal.send(Internal::Close(close_code::MESSAGE_TOO_BIG, why)).await;
+                    return;
+                }
+                Err(e) => {
+                    let why = self.text(&format!("Protocol error: {e}"));
+                    let _ = internal.send(Internal::Close(close_code::PROTOCOL_ERROR, why)).await;
+                    return;
+                }
+            };
+            self.touch();
+            let verdict = match message {
+                Message::Ping(payload) => {
+                    let _ = internal.send(Internal::Pong(payload)).await;
+                    Ok(())
+                }
+                Message::Pong(_) => Ok(()),
+                Message::Close(status) => {
+                    let code = status.map_or(close_code::NORMAL, |(c, _)| c);
+                    let _ = internal.send(Internal::Close(code, String::new())).await;
+                    return;
+                }
+                Message::Binary(body) => {
+                    self.on_binary(&mut state, body);
+                    Ok(())
+                }
+                Message::Text(text) => self.on_text(&mut state, &text),
+            };
+            if let Err((code, why)) = verdict {
+                let _ = internal.send(Internal::Close(code, self.text(&why))).await;
+                return;
+            }
+            if state.unsolicited > MAX_UNSOLICITED {
+                let why = self.text("Too many unsolicited messages");
+                let _ = internal.send(Internal::Close(close_code::POLICY_VIOLATION, why)).await;
+                return;
+            }
+        }
+    }
+
+    fn unsolicited(&self, state: &mut ReadState, what: &str) {
+        state.unsolicited += 1;
+        Shared::count(&self.shared.counters.unsolicited);
+        tracing::debug!(what, "dropped unsolicited listener message");
+    }
+
+    fn on_binary(&self, state: &mut ReadState, body: Vec<u8>) {
+        match state.awaiting_body.take() {
+            Some((head, true)) => {
+                let response = ListenerResponse { head: head.clone(), body: ResponseBody::Full(body.into()) };
+                self.shared.rendezvous.complete(&head.request_id, self.handle.id, response);
+            }
+            Some((_, false)) => {}
+            // hyco-https follows a body-less response with an empty binary frame.
+            None if body.is_empty() => {}
+            None => self.unsolicited(state, "binary message"),
+        }
+    }
+
+    fn on_text(&self, state: &mut ReadState, text: &str) -> Result<(), (u16, String)> {
+        if let Some((head, true)) = state.awaiting_body.take() {
+            // The promised body never came: the request fails rather than hang.
+            self.shared.rendezvous.fail(&head.request_id, self.handle.id);
+        }
+        match ListenerCommand::decode(text.as_bytes(), self.shared.limits.max_control_message_bytes) {
+            Ok(ListenerCommand::RenewToken(renew)) => match check_renewal(self.shared, &self.handle.hc, &renew.token) {
+                Ok(expires_at) => {
+                    self.expires_at.store(expires_at, Ordering::Relaxed);
+                    tracing::debug!(expires_at, "token renewed");
+                }
+                Err(e) => return Err((close_code::POLICY_VIOLATION, format!("Token renewal refused: {e}"))),
+            },
+            Ok(ListenerCommand::Response(head)) => {
+                let pending = self.shared.rendezvous.is_pending(&head.request_id, self.handle.id);
+                if !pending {
+                    self.unsolicited(state, "response to no pending request");
+                }
+                if head.body {
+                    state.awaiting_body = Some((head, pending));
+                } else if pending {
+                    let id = head.request_id.clone();
+                    self.shared.rendezvous.complete(&id, self.handle.id, ListenerResponse { head, body: ResponseBody::Empty });
+                }
+            }
+            Ok(_) => self.unsolicited(state, "broker-only command"),
+            Err(_) => self.unsolicited(state, "malformed control message"),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// A `response` whose body message comes next, and whether its request is pending.
+    awaiting_body: Option<(Response, bool)>,
+    unsolicited: u32,
+}

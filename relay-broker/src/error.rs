@@ -1,0 +1,128 @@
+//! Every status the broker answers with is decided here, with the tracking id that goes into
+//! the status text (hyco and .NET clients show it) and the JSON error body.
+
+use axum::body::Body;
+use http::{Response, StatusCode, header};
+use relay_core::sas::SasError;
+use relay_core::tracking::TrackingId;
+
+/// A failure the broker reports to a client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Path outside the relay grammar, or an unknown action.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No hybrid connection with that name.
+    #[error("Endpoint does not exist")]
+    EndpointNotFound,
+    /// Token missing or invalid.
+    #[error("{0}")]
+    Unauthorized(SasError),
+    /// Valid token without the needed right, or a full listener quota.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A rendezvous address that is unknown, used or expired.
+    #[error("The rendezvous address is invalid or has expired")]
+    RendezvousExpired,
+    /// Too many failed attempts from this client with this credential.
+    #[error("Too many failed authorization attempts; retry later")]
+    Throttled,
+    /// No listener is connected (HTTP sender: 502).
+    #[error("No listener is connected to this hybrid connection")]
+    NoListener,
+    /// No listener is connected (WebSocket sender: 404, which .NET treats as transient).
+    #[error("No listener is connected to this hybrid connection")]
+    ListenerNotConnected,
+    /// CONNECT cannot be relayed.
+    #[error("The method cannot be relayed")]
+    MethodNotAllowed,
+    /// The listener went away or broke protocol before answering.
+    #[error("The listener failed to answer: {0}")]
+    ListenerFailed(String),
+    /// The listener did not answer in time.
+    #[error("The request was routed to the listener but the listener did not respond in the required time")]
+    GatewayTimeout,
+    /// The listener rejected the connection with its own status.
+    #[error("{description}")]
+    Rejected {
+        /// The listener's status.
+        status: StatusCode,
+        /// The listener's description.
+        description: String,
+    },
+    /// A bound (pending rendezvous, control queue) is exhausted.
+    #[error("The broker is at capacity: {0}")]
+    Busy(&'static str),
+    /// The broker is shutting down.
+    #[error("The broker is shutting down")]
+    ShuttingDown,
+}
+
+impl RelayError {
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::EndpointNotFound | Self::ListenerNotConnected => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized(e) if e.status() == 403 => StatusCode::FORBIDDEN,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::RendezvousExpired => StatusCode::FORBIDDEN,
+            Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoListener | Self::ListenerFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Rejected { status, .. } => *status,
+            Self::Busy(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable error code for the JSON body, in Azure's spelling where one exists.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "BadRequest",
+            Self::EndpointNotFound => "EndpointNotFound",
+            Self::Unauthorized(_) => "TokenMissingOrInvalid",
+            Self::Forbidden(_) => "Forbidden",
+            Self::RendezvousExpired => "RendezvousExpired",
+            Self::Throttled => "TooManyRequests",
+            Self::NoListener | Self::ListenerNotConnected => "NoListener",
+            Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::ListenerFailed(_) => "BadGateway",
+            Self::GatewayTimeout => "GatewayTimeout",
+            Self::Rejected { .. } => "RejectedByListener",
+            Self::Busy(_) => "ServerBusy",
+            Self::ShuttingDown => "ServiceUnavailable",
+        }
+    }
+
+    /// The text used in status lines and close reasons: message plus tracking id.
+    #[must_use]
+    pub fn text(&self, tracking: &TrackingId) -> String {
+        format!("{}. TrackingId:{tracking}", self.to_string().replace(['\r', '\n'], " "))
+    }
+
+    /// The HTTP response: status with the tracking id in the reason phrase, and a JSON body.
+    #[must_use]
+    pub fn into_response(self, tracking: &TrackingId) -> Response<Body> {
+        let text = self.text(tracking);
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": text } }).to_string();
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        if let Ok(id) = http::HeaderValue::from_str(tracking.as_str()) {
+            headers.insert("x-ms-tracking-id", id);
+        }
+        if matches!(self, Self::Throttled) {
+            headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        }
+        let reason = format!("{} {text}", self.status().canonical_reason().unwrap_or("Error"));
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+            resp.extensions_mut().insert(phrase);
+        }
+        resp
+    }
+}

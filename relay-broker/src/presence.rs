@@ -1,0 +1,142 @@
+//! The presence seam: which listeners are connected to which hybrid connection, and which
+//! one gets the next sender.
+//!
+//! [`LocalPresence`] keeps it in memory for one broker. The cluster issue adds a shared
+//! implementation that routes to listeners on other nodes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A message for a listener's control channel.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A JSON control message.
+    Text(String),
+    /// A JSON control message followed, with nothing in between, by its body message.
+    TextWithBody(String, Bytes),
+}
+
+/// A connected listener, as the rest of the broker sees it.
+#[derive(Clone, Debug)]
+pub struct ListenerHandle {
+    /// Unique within this broker's lifetime.
+    pub id: u64,
+    /// Its hybrid connection, as registered.
+    pub hc: Arc<str>,
+    /// Base of rendezvous addresses for this listener (`wss://host:port`).
+    pub base_url: Arc<str>,
+    /// Its control channel's outgoing queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to close the control channel (revocation, shutdown).
+    pub close: CancellationToken,
+}
+
+/// The hybrid connection already has its maximum number of listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExceeded;
+
+/// Listener presence and routing.
+pub trait Presence: Send + Sync + 'static {
+    /// Adds a listener unless its hybrid connection already has `max` listeners.
+    fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded>;
+    /// Removes a listener.
+    fn unregister(&self, hc: &str, id: u64);
+    /// Picks the listener for the next sender, spreading load; `None` when none is connected.
+    fn pick(&self, hc: &str) -> Option<ListenerHandle>;
+    /// How many listeners a hybrid connection has.
+    fn count(&self, hc: &str) -> usize;
+    /// Every connected listener (for shutdown).
+    fn all(&self) -> Vec<ListenerHandle>;
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    listeners: Vec<ListenerHandle>,
+    next: usize,
+}
+
+/// In-memory presence for a single broker, with round-robin spreading.
+#[derive(Debug, Default)]
+pub struct LocalPresence {
+    slots: DashMap<String, Slot>,
+}
+
+impl Presence for LocalPresence {
+    fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded> {
+        let mut slot = self.slots.entry(handle.hc.to_ascii_lowercase()).or_default();
+        if slot.listeners.len() >= max {
+            return Err(QuotaExceeded);
+        }
+        slot.listeners.push(handle);
+        Ok(())
+    }
+
+    fn unregister(&self, hc: &str, id: u64) {
+        let key = hc.to_ascii_lowercase();
+        let empty = self.slots.get_mut(&key).is_some_and(|mut slot| {
+            slot.listeners.retain(|l| l.id != id);
+            slot.listeners.is_empty()
+        });
+        if empty {
+            self.slots.remove_if(&key, |_, slot| slot.listeners.is_empty());
+        }
+    }
+
+    fn pick(&self, hc: &str) -> Option<ListenerHandle> {
+        let mut slot = self.slots.get_mut(&hc.to_ascii_lowercase())?;
+        let n = slot.listeners.len();
+        // Skip listeners whose queue is full or closed; each is tried once.
+        for _ in 0..n {
+            let i = slot.next % n;
+            slot.next = slot.next.wrapping_add(1);
+            let l = &slot.listeners[i];
+            if l.tx.capacity() > 0 && !l.close.is_cancelled() {
+                return Some(l.clone());
+            }
+        }
+        None
+    }
+
+    fn count(&self, hc: &str) -> usize {
+        self.slots.get(&hc.to_ascii_lowercase()).map_or(0, |s| s.listeners.len())
+    }
+
+    fn all(&self) -> Vec<ListenerHandle> {
+        self.slots.iter().flat_map(|s| s.listeners.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u64) -> ListenerHandle {
+        ListenerHandle {
+            id,
+            hc: "Orders".into(),
+            base_url: "ws://x".into(),
+            tx: mpsc::channel(1).0,
+            close: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn quota_round_robin_and_removal() {
+        let p = LocalPresence::default();
+        for id in 0..3 {
+            p.register(handle(id), 3).unwrap();
+        }
+        assert_eq!(p.register(handle(9), 3), Err(QuotaExceeded));
+        let picks: Vec<u64> = (0..6).map(|_| p.pick("orders").unwrap().id).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        for id in 0..3 {
+            p.unregister("ORDERS", id);
+        }
+        assert_eq!(p.count("orders"), 0);
+        assert!(p.pick("orders").is_none());
+    }
+}

@@ -1,0 +1,182 @@
+//! Pending rendezvous: single-use capability addresses waiting for a listener, and HTTP
+//! requests waiting for their response.
+//!
+//! Both maps are bounded. Entries are removed by the waiting side's guard when it finishes,
+//! times out or is cancelled, and in bulk when their listener's control channel ends.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use dashmap::DashMap;
+use hyper::upgrade::OnUpgrade;
+use relay_core::control;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a listener did with a sender's `accept` address.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// It connected: its socket (once upgraded) and the sub-protocol it chose.
+    Accepted { upgrade: OnUpgrade, protocol: Option<String> },
+    /// It rejected the sender with a status and description.
+    Rejected { status: http::StatusCode, description: String },
+}
+
+/// A capability address waiting to be used.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// `sb-hc-action=accept` for a sender's WebSocket.
+    Accept { listener_id: u64, tx: oneshot::Sender<Arrival> },
+    /// `sb-hc-action=request` for an HTTP request.
+    Request { listener_id: u64, request_id: String },
+}
+
+impl Pending {
+    fn listener_id(&self) -> u64 {
+        match self {
+            Self::Accept { listener_id, .. } | Self::Request { listener_id, .. } => *listener_id,
+        }
+    }
+}
+
+/// A request the broker still has to deliver over a rendezvous (the address-only form).
+#[derive(Debug)]
+pub(crate) struct OutgoingRequest {
+    /// The full `request` JSON.
+    pub(crate) json: String,
+    /// The body, streamed as one binary message; `None` when there is none.
+    pub(crate) body: Option<Body>,
+}
+
+/// The body of a listener's response.
+#[derive(Debug)]
+pub(crate) enum ResponseBody {
+    Empty,
+    Full(Bytes),
+    /// Chunks as they arrive on a rendezvous socket; the channel bounds buffering.
+    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+/// A listener's response, ready for the sender.
+#[derive(Debug)]
+pub(crate) struct ListenerResponse {
+    pub(crate) head: control::Response,
+    pub(crate) body: ResponseBody,
+}
+
+/// An HTTP request waiting for its response.
+#[derive(Debug)]
+pub(crate) struct RequestSlot {
+    pub(crate) listener_id: u64,
+    pub(crate) respond: oneshot::Sender<ListenerResponse>,
+    /// A mutex only to make the slot `Sync`: a request body is `Send` but not `Sync`.
+    pub(crate) outgoing: std::sync::Mutex<Option<OutgoingRequest>>,
+}
+
+/// The pending maps.
+#[derive(Debug)]
+pub(crate) struct Rendezvous {
+    addresses: DashMap<String, Pending>,
+    requests: DashMap<String, RequestSlot>,
+    max: usize,
+}
+
+/// The bound on pending entries is reached.
+#[derive(Debug)]
+pub(crate) struct Full;
+
+impl Rendezvous {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { addresses: DashMap::new(), requests: DashMap::new(), max }
+    }
+
+    /// Registers an address and returns its unguessable capability and a guard that removes
+    /// it when dropped.
+    pub(crate) fn add_address(self: &Arc<Self>, pending: Pending) -> Result<Guard, Full> {
+        if self.addresses.len() + self.requests.len() >= self.max {
+            return Err(Full);
+        }
+        let cap = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        self.addresses.insert(cap.clone(), pending);
+        Ok(Guard { map: Arc::clone(self), key: cap, request: false })
+    }
+
+    /// Registers a request slot under `id`.
+    pub(crate) fn add_request(self: &Arc<Self>, id: &str, slot: RequestSlot) -> Result<Guard, Full> {
+        if self.addresses.len() + self.requests.len() >= self.max {
+            return Err(Full);
+        }
+        self.requests.insert(id.to_owned(), slot);
+        Ok(Guard { map: Arc::clone(self), key: id.to_owned(), request: true })
+    }
+
+    /// Uses an address: it works once.
+    pub(crate) fn take_address(&self, cap: &str) -> Option<Pending> {
+        self.addresses.remove(cap).map(|(_, p)| p)
+    }
+
+    /// Takes the outgoing request (address-only form) of a slot, once.
+    pub(crate) fn take_outgoing(&self, request_id: &str) -> Option<OutgoingRequest> {
+        let slot = self.requests.get(request_id)?;
+        let mut outgoing = slot.outgoing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        outgoing.take()
+    }
+
+    /// Completes a request with the listener's response, if it is still waiting and belongs
+    /// to `listener_id`. Returns whether the request was pending.
+    pub(crate) fn complete(&self, request_id: &str, listener_id: u64, response: ListenerResponse) -> bool {
+        match self.requests.remove_if(request_id, |_, s| s.listener_id == listener_id) {
+            Some((_, slot)) => slot.respond.send(response).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Whether a request is pending for this listener.
+    pub(crate) fn is_pending(&self, request_id: &str, listener_id: u64) -> bool {
+        self.requests.get(request_id).is_some_and(|s| s.listener_id == listener_id)
+    }
+
+    /// Drops every entry of a listener whose control channel ended; waiting senders see
+    /// their channel close and answer at once instead of at the deadline.
+    pub(crate) fn drop_listener(&self, listener_id: u64) {
+        self.addresses.retain(|_, p| p.listener_id() != listener_id);
+        self.requests.retain(|_, s| s.listener_id != listener_id);
+    }
+
+    /// Number of pending entries.
+    pub(crate) fn len(&self) -> usize {
+        self.addresses.len() + self.requests.len()
+    }
+}
+
+/// Removes its entry when dropped.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    map: Arc<Rendezvous>,
+    key: String,
+    request: bool,
+}
+
+impl Guard {
+    /// The capability (for addresses) or request id.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.request {
+            self.map.requests.remove(&self.key);
+        } else {
+            self.map.addresses.remove(&self.key);
+        }
+    }
+}
+
+impl Rendezvous {
+    /// Fails a pending request: its sender gets 502 at once.
+    pub(crate) fn fail(&self, request_id: &str, listener_id: u64) {
+        self.requests.remove_if(request_id, |_, s| s.listener_id == listener_id);
+    }
+}

@@ -1,0 +1,347 @@
+//! Request dispatch and the WebSocket actions: `listen`, `connect`, and the listener's use of
+//! a rendezvous address (`accept`, reject, `request`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use relay_core::address::{self, Action, HcPath, RelayQuery};
+use relay_core::control::{Accept, Headers, ListenerCommand, RemoteEndpoint};
+use relay_core::sas::Rights;
+use relay_core::tracking::TrackingId;
+use relay_io::server as handshake;
+use tracing::Instrument as _;
+
+use crate::auth::{Authorized, Claim, authorize};
+use crate::config::HybridConnection;
+use crate::presence::Outbound;
+use crate::rendezvous::{Arrival, Pending};
+use crate::{RelayError, Shared, Transport, control, http_relay, pump};
+
+/// The query parameter carrying a rendezvous capability.
+pub(crate) const RENDEZVOUS_PARAM: &str = "sb-hc-rendezvous";
+
+pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new().fallback(dispatch).with_state(shared)
+}
+
+/// A request resolved against the namespace.
+pub(crate) struct Resolved {
+    pub(crate) hc: HybridConnection,
+    /// Raw path after the name: empty or starting with `/`.
+    pub(crate) suffix: String,
+    /// The raw path as the client sent it, without `/$hc`.
+    pub(crate) raw_path: String,
+    pub(crate) query: RelayQuery,
+    pub(crate) tracking: TrackingId,
+    pub(crate) transport: Option<Transport>,
+}
+
+impl Resolved {
+    /// `hc` or `hc/suffix`, decoded, for the token audience check.
+    pub(crate) fn audience_path(&self) -> String {
+        let suffix = percent_encoding::percent_decode_str(&self.suffix).decode_utf8_lossy();
+        format!("{}{}", self.hc.name, suffix.trim_end_matches('/'))
+    }
+}
+
+async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response<Body> {
+    let query = RelayQuery::parse(req.uri().query().unwrap_or_default());
+    let tracking = TrackingId::from_client(query.id.as_deref());
+    let span = tracing::info_span!("request", tracking = %tracking, method = %req.method(), action = tracing::field::Empty);
+    async move {
+        match route(&shared, req, query, tracking.clone()).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                tracing::info!(status = err.status().as_u16(), error = %err, "refused");
+                err.into_response(&tracking)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route(shared: &Arc<Shared>, req: Request, query: RelayQuery, tracking: TrackingId) -> Result<Response<Body>, RelayError> {
+    if shared.shutdown.is_cancelled() {
+        return Err(RelayError::ShuttingDown);
+    }
+    let path = req.uri().path().to_owned();
+    let transport = req.extensions().get::<Transport>().copied();
+    let Some(rest) = HcPath::strip_ws_prefix(&path) else {
+        return http_relay::handle(shared, req, resolve(shared, path.trim_start_matches('/'), query, tracking, transport)?).await;
+    };
+    if !handshake::is_upgrade(req.headers()) {
+        return Err(RelayError::BadRequest("WebSocket actions under /$hc/ need a WebSocket upgrade".into()));
+    }
+    let action = match query.action {
+        Some(action) => action,
+        None if query.unknown_action => return Err(RelayError::BadRequest("unknown sb-hc-action".into())),
+        None => return Err(RelayError::BadRequest("sb-hc-action is required".into())),
+    };
+    tracing::Span::current().record("action", action.as_str());
+    let resolved = resolve(shared, rest, query, tracking, transport)?;
+    match action {
+        Action::Listen => listen(shared, req, resolved).await,
+        Action::Connect => connect(shared, req, resolved).await,
+        Action::Accept => accept(shared, req, &resolved.query),
+        Action::Request => request_rendezvous(shared, req, &resolved.query),
+    }
+}
+
+fn resolve(
+    shared: &Shared,
+    rest: &str,
+    query: RelayQuery,
+    tracking: TrackingId,
+    transport: Option<Transport>,
+) -> Result<Resolved, RelayError> {
+    let hit = HcPath::resolve(rest, |name| shared.store.hybrid_connection(name).map(|h| h.name))
+        .ok_or(RelayError::EndpointNotFound)?;
+    let hc = shared.store.hybrid_connection(&hit.name).ok_or(RelayError::EndpointNotFound)?;
+    Ok(Resolved { hc, suffix: hit.suffix.to_owned(), raw_path: format!("/{rest}"), query, tracking, transport })
+}
+
+/// `sb-hc-action=listen`: a listener opens its control channel.
+async fn listen(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<Response<Body>, RelayError> {
+    if !r.suffix.trim_matches('/').is_empty() {
+        return Err(RelayError::EndpointNotFound);
+    }
+    let accept_key = handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let claim = Claim {
+        headers: req.headers(),
+        query: &r.query,
+        transport: r.transport,
+        hc: &r.hc.name,
+        path: &r.hc.name,
+        needs: Rights::LISTEN,
+        required: true,
+    };
+    let Authorized { expires_at, .. } = authorize(shared, claim).await?;
+    let base_url = base_url(shared, req.headers(), r.transport);
+    let upgrade = hyper::upgrade::on(&mut req);
+    control::start(shared, upgrade, &r, base_url, expires_at.unwrap_or(0))?;
+    Ok(switching(accept_key, None))
+}
+
+/// `sb-hc-action=connect`: a sender wants a WebSocket to a listener.
+async fn connect(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<Response<Body>, RelayError> {
+    let accept_key = handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let audience = r.audience_path();
+    let claim = Claim {
+        headers: req.headers(),
+        query: &r.query,
+        transport: r.transport,
+        hc: &r.hc.name,
+        path: &audience,
+        needs: Rights::SEND,
+        required: r.hc.requires_client_authorization,
+    };
+    let authorized = authorize(shared, claim).await?;
+    let listener = shared.presence.pick(&r.hc.name).ok_or(RelayError::ListenerNotConnected)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let guard = shared
+        .rendezvous
+        .add_address(Pending::Accept { listener_id: listener.id, tx })
+        .map_err(|_| RelayError::Busy("pending rendezvous"))?;
+    let mut address = format!("{}/$hc/{}{}?", listener.base_url, address::encode_name(&r.hc.name), r.suffix);
+    if !r.query.app_query.is_empty() {
+        address.push_str(&r.query.app_query);
+        address.push('&');
+    }
+    address.push_str(&format!("sb-hc-action=accept&sb-hc-id={}&{RENDEZVOUS_PARAM}={}", r.tracking, guard.key()));
+    let command = ListenerCommand::Accept(Accept {
+        address,
+        id: r.tracking.to_string(),
+        connect_headers: forwarded_headers(req.headers(), authorized.presented.consumed_authorization()),
+        remote_endpoint: r.transport.map(|t| RemoteEndpoint { address: t.peer.ip().to_string(), port: t.peer.port() }),
+    });
+    listener.tx.try_send(Outbound::Text(command.encode())).map_err(|_| RelayError::Busy("listener control queue"))?;
+    let sender_upgrade = hyper::upgrade::on(&mut req);
+    let arrival = match tokio::time::timeout(shared.limits.accept_timeout, rx).await {
+        Ok(Ok(arrival)) => arrival,
+        Ok(Err(_)) => return Err(RelayError::ListenerFailed("the listener disconnected".into())),
+        Err(_) => {
+            Shared::count(&shared.counters.rendezvous_timeouts);
+            return Err(RelayError::GatewayTimeout);
+        }
+    };
+    drop(guard);
+    match arrival {
+        Arrival::Rejected { status, description } => Err(RelayError::Rejected { status, description }),
+        Arrival::Accepted { upgrade, protocol } => {
+            spawn_pair(shared, sender_upgrade, upgrade, r.tracking.clone());
+            Ok(switching(accept_key, protocol.as_deref()))
+        }
+    }
+}
+
+fn spawn_pair(shared: &Arc<Shared>, sender: hyper::upgrade::OnUpgrade, listener: hyper::upgrade::OnUpgrade, tracking: TrackingId) {
+    let buffer = shared.limits.relay_buffer_bytes;
+    let shutdown = shared.shutdown.clone();
+    let span = tracing::info_span!("relay", tracking = %tracking);
+    shared.tasks.spawn(
+        async move {
+            let (Ok(sender), Ok(listener)) = tokio::join!(sender, listener) else {
+                tracing::debug!("an upgrade failed before relaying");
+                return;
+            };
+            let sender = relay_io_halves(sender, buffer);
+            let listener = relay_io_halves(listener, buffer);
+            let relayed = pump::relay(sender, listener, shutdown).await;
+            tracing::debug!(to_listener = relayed.to_listener, to_sender = relayed.to_sender, "relay finished");
+        }
+        .instrument(span),
+    );
+}
+
+type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+/// Frame reader and writer over an upgraded server-side socket.
+pub(crate) fn relay_io_halves(
+    upgraded: hyper::upgrade::Upgraded,
+    buffer: usize,
+) -> (relay_io::WsReader<tokio::io::ReadHalf<Upgraded>>, relay_io::WsWriter<tokio::io::WriteHalf<Upgraded>>) {
+    let (r, w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    (relay_io::WsReader::new(r, relay_io::Role::Server, buffer), relay_io::WsWriter::new(w, relay_io::Role::Server))
+}
+
+/// `sb-hc-action=accept` on a capability address: the listener accepts or rejects a sender.
+fn accept(shared: &Arc<Shared>, mut req: Request, query: &RelayQuery) -> Result<Response<Body>, RelayError> {
+    let cap = capability(req.uri().query())?;
+    let reject = query.status_code.as_deref().map(|code| {
+        let status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+        let status = status.filter(|s| s.is_client_error() || s.is_server_error()).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, query.status_description.clone().unwrap_or_else(|| "Rejected by the listener".into()))
+    });
+    let accept_key = match reject {
+        Some(_) => None,
+        None => Some(handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?),
+    };
+    let Some(Pending::Accept { tx, .. }) = shared.rendezvous.take_address(&cap) else {
+        return Err(RelayError::RendezvousExpired);
+    };
+    if let Some((status, description)) = reject {
+        let _ = tx.send(Arrival::Rejected { status, description });
+        return Ok(gone());
+    }
+    let protocol = handshake::offered_protocols(req.headers()).into_iter().next();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tx.send(Arrival::Accepted { upgrade, protocol: protocol.clone() }).map_err(|_| RelayError::RendezvousExpired)?;
+    Ok(switching(accept_key.unwrap_or_default(), protocol.as_deref()))
+}
+
+/// `sb-hc-action=request` on a capability address: the HTTP rendezvous.
+fn request_rendezvous(shared: &Arc<Shared>, mut req: Request, _query: &RelayQuery) -> Result<Response<Body>, RelayError> {
+    let cap = capability(req.uri().query())?;
+    let accept_key = handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let Some(Pending::Request { listener_id, request_id }) = shared.rendezvous.take_address(&cap) else {
+        return Err(RelayError::RendezvousExpired);
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    http_relay::spawn_rendezvous(shared, upgrade, listener_id, request_id);
+    Ok(switching(accept_key, None))
+}
+
+fn capability(query: Option<&str>) -> Result<String, RelayError> {
+    form_pairs(query.unwrap_or_default())
+        .find(|(k, _)| k == RENDEZVOUS_PARAM)
+        .map(|(_, v)| v)
+        .ok_or(RelayError::RendezvousExpired)
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+}
+
+/// The `101 Switching Protocols` answer.
+fn switching(accept_key: String, protocol: Option<&str>) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept_key) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    resp
+}
+
+/// `410 Gone`: the protocol's answer to a successful reject.
+fn gone() -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::GONE;
+    resp
+}
+
+/// Every header of the sender except relay credentials, in canonical case.
+fn forwarded_headers(headers: &HeaderMap, drop_authorization: bool) -> Headers {
+    let list = headers
+        .iter()
+        .filter(|(name, _)| !relay_core::http_rules::is_relay_credential(name))
+        .filter(|(name, _)| !(drop_authorization && *name == http::header::AUTHORIZATION))
+        .filter_map(|(name, value)| Some((canonical_case(name.as_str()), value.to_str().ok()?.to_owned())))
+        .collect();
+    Headers(list)
+}
+
+/// `sec-websocket-key` → `Sec-WebSocket-Key`, `x-custom` → `X-Custom`.
+pub(crate) fn canonical_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, part) in name.split('-').enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        if part.eq_ignore_ascii_case("websocket") {
+            out.push_str("WebSocket");
+            continue;
+        }
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.push(first.to_ascii_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    out
+}
+
+/// Base of rendezvous addresses for a listener: `public_url`, else its own scheme and Host.
+fn base_url(shared: &Shared, headers: &HeaderMap, transport: Option<Transport>) -> String {
+    if let Some(url) = &shared.public_url {
+        return url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+    }
+    let forwarded_tls = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let scheme = if transport.is_some_and(|t| t.tls) || forwarded_tls { "wss" } else { "ws" };
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@', ' ', '\\']));
+    let host = match (host, transport) {
+        (Some(h), _) => h.to_owned(),
+        (None, Some(t)) => t.peer.to_string(),
+        (None, None) => "localhost".into(),
+    };
+    format!("{scheme}://{host}")
+}
+
+/// Whether the method may be relayed over HTTP.
+pub(crate) fn relayable(method: &Method) -> bool {
+    method != Method::CONNECT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_header_case() {
+        assert_eq!(canonical_case("sec-websocket-key"), "Sec-WebSocket-Key");
+        assert_eq!(canonical_case("x-custom"), "X-Custom");
+        assert_eq!(canonical_case("host"), "Host");
+    }
+}

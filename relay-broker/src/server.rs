@@ -1,0 +1,125 @@
+//! The accept loop: optional TLS, HTTP/1.1 with bounded headers, upgrades, and a graceful
+//! shutdown that stops accepting, closes control channels with 1001 and drains within a bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use relay_core::limits::MAX_HEADER_BYTES;
+use tokio::net::TcpListener;
+use tower::ServiceExt as _;
+
+use crate::{Broker, Transport};
+
+/// Time a client has to finish the TLS handshake and send its request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How to serve.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// TLS server configuration; `None` serves plain ws/http.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions").field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+pub(crate) async fn serve(
+    broker: Broker,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let router = broker.router();
+    // Connections are tracked apart from relay tasks so both can be drained on shutdown.
+    let connections = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            match acceptor {
+                None => serve_connection(stream, peer, false, router, stop).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, peer, true, router, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: closing control channels and draining");
+    broker.begin_shutdown();
+    let drain = broker.shared().limits.shutdown_drain;
+    let shared = Arc::clone(broker.shared());
+    stop.cancel();
+    connections.close();
+    shared.tasks.close();
+    let drained = tokio::time::timeout(drain, async {
+        connections.wait().await;
+        shared.tasks.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(drain_secs = drain.as_secs_f64(), "drain bound reached; cutting remaining connections");
+    }
+    Ok(())
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: bool,
+    router: axum::Router,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let transport = Transport { peer, tls };
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(transport);
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192) + 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            // Finish the request in flight, then close; upgraded sockets are handed off
+            // already and are drained through the broker's own task tracker.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
