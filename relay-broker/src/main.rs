@@ -4,7 +4,6 @@
 //! plain ws/http, one demo hybrid connection and a generated key printed once).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -55,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("listening on {addr}");
     let broker = Broker::new(&config);
-    broker.serve(listener, ServeOptions { tls: tls.map(Arc::clone) }, shutdown_signal()).await?;
+    broker.serve(listener, ServeOptions { tls }, shutdown_signal()).await?;
     Ok(())
 }
 
