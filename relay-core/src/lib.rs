@@ -10,6 +10,7 @@
 //! | [`address`] | the URL and query grammar: `/$hc/{hc}[/suffix]`, `sb-hc-*` parameters, name matching |
 //! | [`sas`] | Shared Access Signature tokens: create, parse, verify, rights |
 //! | [`auth`] | where a token is taken from on a request, and what is stripped |
+//! | [`connection_string`] | Azure-style connection strings |
 //! | [`frame`] | RFC 6455 frame headers, masking and the upgrade handshake key |
 //! | [`http_rules`] | header rules for relayed HTTP: hop-by-hop stripping, `Via` |
 //! | [`limits`] | protocol limits shared by every role |
@@ -17,6 +18,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod connection_string;
 pub mod control;
 pub mod frame;
 pub mod http_rules;

@@ -254,3 +254,6 @@ mod tests {
         assert!(matches!(err, WsError::Refused { status: 401, ref reason } if reason.contains("TrackingId:abc")));
     }
 }
+
+/// A client WebSocket used as a byte stream (what listeners accept and senders open).
+pub type ClientStream = crate::WsByteStream<ReadHalf<MaybeTls>, WriteHalf<MaybeTls>>;

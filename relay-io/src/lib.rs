@@ -39,3 +39,4 @@ pub enum Role {
     /// Made the upgrade (listener and sender).
     Client,
 }
+pub use rustls;

@@ -1,1 +1,30 @@
-//! placeholder
+//! The listener side of Hybrid Connections: a library for on-premise services, and the
+//! `relay-listener` agent built on it.
+//!
+//! A [`Listener`] holds the control channel to the broker (reconnecting forever with jittered
+//! backoff, renewing its token, keeping the link alive) and hands each sender to a
+//! [`Handler`]: WebSocket senders as [`IncomingConnection`]s that become byte streams, HTTP
+//! requests as `http::Request`s.
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`listener`] | the control channel loop and [`ListenerConfig`] |
+//! | [`handler`] | the [`Handler`] trait, accepted streams, tower service adapter |
+//! | `http` | relayed HTTP: inline or rendezvous responses |
+//! | [`forward`] | a handler that forwards every connection to a TCP target |
+//! | [`token`] | token sources (SAS key, ready token) |
+//! | [`backoff`] | reconnect delays |
+
+pub mod backoff;
+pub mod forward;
+pub mod handler;
+pub mod listener;
+pub mod token;
+
+mod error;
+mod http;
+
+pub use error::ListenerError;
+pub use handler::{Handler, IncomingConnection, RelayBody, RelayStream, ServiceHandler, full_body};
+pub use listener::{Listener, ListenerConfig, Status};
+pub use token::{SasKeySource, StaticToken, Token, TokenSource};

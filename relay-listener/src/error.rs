@@ -1,0 +1,41 @@
+/// Listener failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// The WebSocket layer failed (transport, TLS, or a refused upgrade).
+    #[error(transparent)]
+    Ws(#[from] relay_io::WsError),
+    /// The broker broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The broker closed the control channel.
+    #[error("closed by the broker: {code} {reason}")]
+    Closed {
+        /// Close code (1008 = token expired or refused, 1001 = going away).
+        code: u16,
+        /// Close reason, with the broker's tracking id.
+        reason: String,
+    },
+    /// Nothing was heard from the broker for too long.
+    #[error("no traffic from the broker for {0:?}; the link is dead")]
+    Dead(std::time::Duration),
+}
+
+impl ListenerError {
+    /// A hint for the operator: what to check for this failure.
+    #[must_use]
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Ws(relay_io::WsError::Refused { status: 401, .. }) => {
+                Some("the key is wrong, expired, or not valid for this hybrid connection")
+            }
+            Self::Ws(relay_io::WsError::Refused { status: 403, .. }) => {
+                Some("the rule lacks the Listen right, or the listener quota of the hybrid connection is full")
+            }
+            Self::Ws(relay_io::WsError::Refused { status: 404, .. }) => Some("the hybrid connection does not exist on this broker"),
+            Self::Ws(relay_io::WsError::Tls(_)) => Some("check --ca-cert and the broker's certificate"),
+            Self::Closed { code: 1008, .. } => Some("the token expired or its renewal was refused"),
+            _ => None,
+        }
+    }
+}

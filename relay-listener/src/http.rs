@@ -1,0 +1,194 @@
+//! Relayed HTTP on the listener side: turn a `request` into an `http::Request`, call the
+//! handler, and send the response inline (small and complete) or over the request's
+//! rendezvous address (large or streaming), as the protocol prescribes.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use relay_core::control::{self, Headers, ListenerCommand};
+use relay_core::frame::{OpCode, close_code};
+use relay_core::http_rules::is_hop_by_hop;
+use relay_core::limits::{INLINE_BODY_LIMIT, MAX_CONTROL_MESSAGE_BYTES};
+use relay_io::client::{ConnectOptions, MaybeTls};
+use relay_io::{Message, WsError, WsReader, WsWriter};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use crate::handler::{BoxError, Handler, RelayBody, full_body};
+use crate::listener::Out;
+
+/// What request handling needs from its session.
+pub(crate) struct Ctx {
+    pub(crate) out: mpsc::Sender<Out>,
+    pub(crate) options: ConnectOptions,
+    pub(crate) hc: String,
+}
+
+type Writer = WsWriter<WriteHalf<MaybeTls>>;
+type Reader = WsReader<ReadHalf<MaybeTls>>;
+
+/// Handles one request notice.
+pub(crate) async fn serve<H: Handler>(handler: Arc<H>, ctx: Arc<Ctx>, request: control::Request, body: Option<Bytes>) {
+    let id = request.id.clone();
+    let result = if request.is_address_only() {
+        serve_rendezvous(&*handler, &ctx, request).await
+    } else {
+        serve_inline(&*handler, &ctx, request, body).await
+    };
+    if let Err(e) = result {
+        tracing::warn!(request = %id, error = %e, "relayed request failed");
+    }
+}
+
+async fn serve_inline<H: Handler>(handler: &H, ctx: &Ctx, request: control::Request, body: Option<Bytes>) -> Result<(), WsError> {
+    let address = request.address.clone();
+    let id = request.id.clone();
+    let req = build_request(request, full_body(body.unwrap_or_default()), &ctx.hc);
+    let resp = handler.on_request(req).await;
+    let (parts, mut body) = resp.into_parts();
+    // Buffer up to the inline limit; a complete small body goes back on the control channel.
+    let mut buffered = BytesMut::new();
+    let mut finished = false;
+    while buffered.len() <= INLINE_BODY_LIMIT {
+        match body.frame().await {
+            None => {
+                finished = true;
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buffered.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(WsError::Io(std::io::Error::other(e))),
+        }
+    }
+    if finished && buffered.len() <= INLINE_BODY_LIMIT {
+        let has_body = !buffered.is_empty();
+        let json = ListenerCommand::Response(response_head(&id, &parts, has_body)).encode();
+        let msg = if has_body { Out::TextWithBody(json, buffered.freeze()) } else { Out::Text(json) };
+        return ctx.out.send(msg).await.map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
+    }
+    let mut connected = relay_io::client::connect(&address, &ctx.options).await?;
+    send_response(&mut connected.writer, &id, &parts, Some(buffered.freeze()), body).await?;
+    let _ = connected.writer.close(close_code::NORMAL, "").await;
+    Ok(())
+}
+
+async fn serve_rendezvous<H: Handler>(handler: &H, ctx: &Ctx, notice: control::Request) -> Result<(), WsError> {
+    let connected = relay_io::client::connect(&notice.address, &ctx.options).await?;
+    let (mut reader, mut writer) = (connected.reader, connected.writer);
+    let request = loop {
+        match reader.message(MAX_CONTROL_MESSAGE_BYTES).await? {
+            Some(Message::Text(text)) => match ListenerCommand::decode(text.as_bytes(), MAX_CONTROL_MESSAGE_BYTES) {
+                Ok(ListenerCommand::Request(r)) => break r,
+                _ => return Err(WsError::Handshake("expected a request on the rendezvous".into())),
+            },
+            Some(Message::Ping(_) | Message::Pong(_)) => {}
+            _ => return Err(WsError::Handshake("rendezvous closed before the request".into())),
+        }
+    };
+    let id = request.id.clone();
+    let body = if request.body == Some(true) { streaming_body(reader) } else { full_body(Bytes::new()) };
+    let req = build_request(request, body, &ctx.hc);
+    let (parts, body) = handler.on_request(req).await.into_parts();
+    send_response(&mut writer, &id, &parts, None, body).await?;
+    let _ = writer.close(close_code::NORMAL, "").await;
+    Ok(())
+}
+
+/// The request body message, streamed from the rendezvous as its fragments arrive.
+fn streaming_body(mut reader: Reader) -> RelayBody {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(8);
+    tokio::spawn(async move {
+        let result: Result<(), WsError> = async {
+            loop {
+                let header = reader.header().await?.ok_or(WsError::UnexpectedEof)?;
+                if header.opcode.is_control() {
+                    reader.read_small_payload(&mut Vec::new()).await?;
+                    continue;
+                }
+                while reader.fill_payload().await? > 0 {
+                    let chunk = Bytes::copy_from_slice(reader.payload());
+                    reader.consume(chunk.len());
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if header.fin {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tx.send(Err(Box::new(e))).await;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item.map(http_body::Frame::data), rx)) });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+/// Writes the response JSON and then the body as one fragmented binary message.
+async fn send_response(
+    writer: &mut Writer,
+    id: &str,
+    parts: &http::response::Parts,
+    first: Option<Bytes>,
+    mut body: RelayBody,
+) -> Result<(), WsError> {
+    writer.text(&ListenerCommand::Response(response_head(id, parts, true)).encode()).await?;
+    let mut opcode = OpCode::Binary;
+    if let Some(first) = first.filter(|b| !b.is_empty()) {
+        writer.send(false, opcode, &first).await?;
+        opcode = OpCode::Continuation;
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| WsError::Io(std::io::Error::other(e)))?;
+        if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+                writer.send(false, opcode, &data).await?;
+                writer.flush().await?;
+                opcode = OpCode::Continuation;
+            }
+        }
+    }
+    writer.send(true, opcode, &[]).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+fn response_head(id: &str, parts: &http::response::Parts, body: bool) -> control::Response {
+    let tokens = relay_core::http_rules::connection_tokens(&parts.headers);
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str(), &tokens))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    control::Response {
+        request_id: id.to_owned(),
+        status_code: parts.status.as_u16(),
+        status_description: parts.status.canonical_reason().map(str::to_owned),
+        response_headers: Headers(headers),
+        body,
+    }
+}
+
+fn build_request(request: control::Request, body: RelayBody, hc: &str) -> http::Request<RelayBody> {
+    let target = request.request_target.unwrap_or_else(|| format!("/{hc}"));
+    let mut builder = http::Request::builder()
+        .method(request.method.as_deref().unwrap_or("GET"))
+        .uri(target.as_str());
+    for (name, value) in request.request_headers.map(|h| h.0).unwrap_or_default() {
+        builder = builder.header(name, value);
+    }
+    if let Some(remote) = request.remote_endpoint.and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port))) {
+        builder = builder.extension(remote);
+    }
+    builder.body(body).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "malformed relayed request; answering with an empty GET");
+        http::Request::new(full_body(Bytes::new()))
+    })
+}

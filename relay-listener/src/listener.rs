@@ -1,0 +1,319 @@
+//! The control channel: connect, keep alive, renew the token, dispatch `accept` and
+//! `request` notices, and reconnect forever with jittered backoff when anything fails.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use relay_core::control::{self, ListenerCommand};
+use relay_core::frame::{OpCode, close_code};
+use relay_core::limits::MAX_INLINE_BODY_MESSAGE_BYTES;
+use relay_io::client::{ConnectOptions, MaybeTls};
+use relay_io::{Message, WsReader, WsWriter};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::handler::{Handler, IncomingConnection};
+use crate::token::{TokenSource, unix_now};
+use crate::{ListenerError, http};
+
+/// How to reach the broker.
+#[derive(Clone)]
+pub struct ListenerConfig {
+    /// Broker base URL: `ws://host:port`, `wss://host:port` (or `sb://`, `http(s)://`).
+    pub endpoint: String,
+    /// The hybrid connection to listen on.
+    pub hc: String,
+    /// Token source for the control channel.
+    pub token: Arc<dyn TokenSource>,
+    /// TLS client configuration for `wss://` (a private CA goes here).
+    pub tls: Option<Arc<relay_io::rustls::ClientConfig>>,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Ping interval; a link silent for three intervals is declared dead.
+    pub keepalive: Duration,
+    /// Bound on each connect attempt.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ListenerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerConfig").field("endpoint", &self.endpoint).field("hc", &self.hc).finish_non_exhaustive()
+    }
+}
+
+impl ListenerConfig {
+    /// A configuration with default keep-alive (10 s), backoff (0.5 s to 30 s) and timeouts.
+    pub fn new(endpoint: impl Into<String>, hc: impl Into<String>, token: Arc<dyn TokenSource>) -> Self {
+        Self {
+            endpoint: relay_core::connection_string::ws_base(&endpoint.into()),
+            hc: hc.into().trim_matches('/').to_owned(),
+            token,
+            tls: None,
+            backoff: Backoff::default(),
+            keepalive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(20),
+        }
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions { tls: self.tls.clone(), timeout: self.connect_timeout, ..ConnectOptions::default() }
+    }
+
+    /// The token audience: `http(s)://host:port/hc`, as the Node clients build it.
+    fn audience(&self) -> String {
+        format!("{}/{}", relay_core::connection_string::http_base(&self.endpoint), self.hc)
+    }
+}
+
+/// Where a listener stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Trying to connect.
+    Connecting {
+        /// Failed attempts so far.
+        attempt: u32,
+        /// Why the last attempt or session failed.
+        last_error: Option<String>,
+        /// When the next attempt starts.
+        next_retry: Option<SystemTime>,
+    },
+    /// The control channel is up.
+    Connected,
+    /// `run` returned.
+    Stopped,
+}
+
+/// A Hybrid Connections listener.
+#[derive(Debug)]
+pub struct Listener {
+    config: ListenerConfig,
+    status: watch::Sender<Status>,
+}
+
+/// Messages for the control channel writer.
+pub(crate) enum Out {
+    Text(String),
+    TextWithBody(String, Bytes),
+    Pong(Vec<u8>),
+}
+
+type Reader = WsReader<ReadHalf<MaybeTls>>;
+type Writer = WsWriter<WriteHalf<MaybeTls>>;
+
+impl Listener {
+    /// A listener; nothing happens until [`Listener::run`].
+    #[must_use]
+    pub fn new(config: ListenerConfig) -> Self {
+        let (status, _) = watch::channel(Status::Connecting { attempt: 0, last_error: None, next_retry: None });
+        Self { config, status }
+    }
+
+    /// Follows the listener's status.
+    #[must_use]
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Listens until `shutdown` is cancelled, reconnecting forever.
+    pub async fn run<H: Handler>(&self, handler: Arc<H>, shutdown: CancellationToken) {
+        let mut backoff = self.config.backoff.clone();
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            let error = match self.session(&handler, &shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            attempt += 1;
+            let delay = backoff.next_delay();
+            match error.hint() {
+                Some(hint) => tracing::warn!(error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected"),
+                None => tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected"),
+            }
+            self.status.send_replace(Status::Connecting {
+                attempt,
+                last_error: Some(error.to_string()),
+                next_retry: Some(SystemTime::now() + delay),
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.status.send_replace(Status::Stopped);
+    }
+
+    /// One control-channel session. `Ok` only on shutdown.
+    async fn session<H: Handler>(&self, handler: &Arc<H>, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), ListenerError> {
+        let config = &self.config;
+        let url = format!(
+            "{}/$hc/{}?sb-hc-action=listen&sb-hc-id={}",
+            config.endpoint,
+            relay_core::address::encode_name(&config.hc),
+            uuid_like()
+        );
+        let token = config.token.token(&config.audience());
+        let mut options = config.connect_options();
+        options.headers.push(("ServiceBusAuthorization".into(), token.value));
+        options.read_buffer = 16 * 1024;
+        let connected = relay_io::client::connect(&url, &options).await?;
+        tracing::info!(hc = %config.hc, endpoint = %config.endpoint, "listening");
+        backoff.reset();
+        self.status.send_replace(Status::Connected);
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let done = CancellationToken::new();
+        let ctx = Arc::new(http::Ctx { out: out_tx.clone(), options: config.connect_options(), hc: config.hc.clone() });
+        let reader = self.read_loop(connected.reader, handler, &ctx, &out_tx);
+        let writer = self.write_loop(connected.writer, out_rx, token.expires_at, shutdown, &done);
+        tokio::select! {
+            result = reader => { done.cancel(); result }
+            result = writer => result,
+        }
+    }
+
+    async fn write_loop(
+        &self,
+        mut writer: Writer,
+        mut out: mpsc::Receiver<Out>,
+        mut expires_at: Option<u64>,
+        shutdown: &CancellationToken,
+        done: &CancellationToken,
+    ) -> Result<(), ListenerError> {
+        let mut ping = tokio::time::interval_at(Instant::now() + self.config.keepalive, self.config.keepalive);
+        loop {
+            let renew_at = renewal_deadline(expires_at);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    let _ = writer.close(close_code::NORMAL, "listener shutting down").await;
+                    return Ok(());
+                }
+                () = done.cancelled() => return Err(ListenerError::Protocol("control channel ended".into())),
+                Some(msg) = out.recv() => match msg {
+                    Out::Text(text) => writer.text(&text).await.map_err(relay_io::WsError::from)?,
+                    Out::TextWithBody(text, body) => {
+                        writer.send(true, OpCode::Text, text.as_bytes()).await.map_err(relay_io::WsError::from)?;
+                        writer.send(true, OpCode::Binary, &body).await.map_err(relay_io::WsError::from)?;
+                        writer.flush().await.map_err(relay_io::WsError::from)?;
+                    }
+                    Out::Pong(payload) => {
+                        writer.send(true, OpCode::Pong, &payload).await.map_err(relay_io::WsError::from)?;
+                        writer.flush().await.map_err(relay_io::WsError::from)?;
+                    }
+                },
+                _ = ping.tick() => {
+                    writer.send(true, OpCode::Ping, b"").await.map_err(relay_io::WsError::from)?;
+                    writer.flush().await.map_err(relay_io::WsError::from)?;
+                }
+                () = tokio::time::sleep_until(renew_at) => {
+                    let token = self.config.token.token(&self.config.audience());
+                    expires_at = token.expires_at.filter(|e| Some(*e) != expires_at);
+                    let renew = ListenerCommand::RenewToken(control::RenewToken { token: token.value });
+                    writer.text(&renew.encode()).await.map_err(relay_io::WsError::from)?;
+                    tracing::debug!("token renewed");
+                }
+            }
+        }
+    }
+
+    async fn read_loop<H: Handler>(
+        &self,
+        mut reader: Reader,
+        handler: &Arc<H>,
+        ctx: &Arc<http::Ctx>,
+        out: &mpsc::Sender<Out>,
+    ) -> Result<(), ListenerError> {
+        let dead_after = self.config.keepalive * 3;
+        loop {
+            let message = tokio::time::timeout(dead_after, reader.message(MAX_INLINE_BODY_MESSAGE_BYTES))
+                .await
+                .map_err(|_| ListenerError::Dead(dead_after))??;
+            let text = match message {
+                Some(Message::Text(text)) => text,
+                Some(Message::Ping(p)) => {
+                    let _ = out.send(Out::Pong(p)).await;
+                    continue;
+                }
+                Some(Message::Pong(_) | Message::Binary(_)) => continue,
+                Some(Message::Close(status)) => {
+                    let (code, reason) = status.unwrap_or((1005, String::new()));
+                    return Err(ListenerError::Closed { code, reason });
+                }
+                None => return Err(ListenerError::Protocol("the broker closed the connection".into())),
+            };
+            match ListenerCommand::decode(text.as_bytes(), MAX_INLINE_BODY_MESSAGE_BYTES) {
+                Ok(ListenerCommand::Accept(accept)) => {
+                    let conn = self.incoming(accept);
+                    let handler = Arc::clone(handler);
+                    tokio::spawn(async move { handler.on_connection(conn).await });
+                }
+                Ok(ListenerCommand::Request(request)) => {
+                    let body = if request.body == Some(true) && !request.is_address_only() {
+                        match reader.message(MAX_INLINE_BODY_MESSAGE_BYTES).await? {
+                            Some(Message::Binary(body)) => Some(Bytes::from(body)),
+                            _ => return Err(ListenerError::Protocol("request body message missing".into())),
+                        }
+                    } else {
+                        None
+                    };
+                    tokio::spawn(http::serve(Arc::clone(handler), Arc::clone(ctx), request, body));
+                }
+                Ok(other) => tracing::debug!(?other, "ignoring unexpected command"),
+                Err(e) => tracing::debug!(error = %e, "ignoring malformed control message"),
+            }
+        }
+    }
+
+    fn incoming(&self, accept: control::Accept) -> IncomingConnection {
+        let (path, query) = split_address(&accept.address, &self.config.hc);
+        let headers = accept
+            .connect_headers
+            .0
+            .iter()
+            .filter_map(|(k, v)| Some((::http::HeaderName::try_from(k.as_str()).ok()?, ::http::HeaderValue::try_from(v.as_str()).ok()?)))
+            .collect();
+        let remote = accept.remote_endpoint.and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)));
+        IncomingConnection { id: accept.id, path, query, headers, remote, address: accept.address, options: self.config.connect_options() }
+    }
+}
+
+/// The path after the hybrid connection name, and the query without `sb-hc-*`.
+fn split_address(address: &str, hc: &str) -> (String, String) {
+    let (before, query) = address.split_once('?').unwrap_or((address, ""));
+    let path = before.split_once("/$hc/").map_or("", |(_, p)| p);
+    let encoded = relay_core::address::encode_name(hc);
+    let suffix = path.strip_prefix(encoded.as_str()).or_else(|| path.strip_prefix(hc)).unwrap_or("");
+    (suffix.to_owned(), relay_core::address::strip_reserved(query))
+}
+
+/// When to renew: at 80% of the token's remaining life, at most hourly checks for tokens
+/// without an expiry (which are never renewed).
+fn renewal_deadline(expires_at: Option<u64>) -> Instant {
+    match expires_at {
+        Some(exp) => {
+            let left = exp.saturating_sub(unix_now());
+            Instant::now() + Duration::from_secs(left.saturating_mul(4) / 5)
+        }
+        None => Instant::now() + Duration::from_secs(86_400 * 365),
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_parts() {
+        let (p, q) = split_address("ws://h/$hc/a/b/sub/x?x=1&sb-hc-action=accept&sb-hc-id=t", "a/b");
+        assert_eq!((p.as_str(), q.as_str()), ("/sub/x", "x=1"));
+        let (p, q) = split_address("ws://h/$hc/hc?sb-hc-action=accept", "hc");
+        assert_eq!((p.as_str(), q.as_str()), ("", ""));
+    }
+}
