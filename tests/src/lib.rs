@@ -1,0 +1,167 @@
+//! Test harness: an in-process broker on `127.0.0.1:0`, raw protocol clients, and helpers.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay_broker::{Broker, BrokerConfig, ServeOptions};
+use relay_core::control::ListenerCommand;
+use relay_io::client::{ConnectOptions, Connected};
+use relay_io::{Message, WsError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_NAME: &str = "root";
+pub const KEY: &str = "test-key";
+
+/// The base configuration every suite starts from; `extra` is appended.
+pub fn config(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+[[hybrid_connections]]
+name = "hyco"
+[[hybrid_connections]]
+name = "a/b"
+[[hybrid_connections]]
+name = "open"
+requires_client_authorization = false
+[[authorization_rules]]
+name = "{KEY_NAME}"
+key = "{KEY}"
+rights = ["Manage"]
+[[authorization_rules]]
+name = "listen-only"
+key = "lk"
+rights = ["Listen"]
+{extra}
+"#
+    )
+}
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub broker: Broker,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestBroker {
+    pub async fn start(extra: &str) -> Self {
+        Self::start_with(extra, ServeOptions::default()).await
+    }
+
+    pub async fn start_with(extra: &str, options: ServeOptions) -> Self {
+        let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let broker = Broker::new(&config);
+        let stop = CancellationToken::new();
+        let (b, s) = (broker.clone(), stop.clone());
+        let task = tokio::spawn(async move { b.serve(listener, options, s.cancelled_owned()).await });
+        Self { addr, broker, stop, task }
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self, path: &str) -> String {
+        token_for(&format!("http://{}/{path}", self.addr), KEY_NAME, KEY, 3600)
+    }
+
+    /// Waits (bounded) until `hc` has `n` listeners.
+    pub async fn wait_listeners(&self, hc: &str, n: usize) {
+        for _ in 0..500 {
+            if self.broker.listener_count(hc) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{hc} never reached {n} listeners (has {})", self.broker.listener_count(hc));
+    }
+}
+
+pub fn token_for(audience: &str, name: &str, key: &str, ttl: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    relay_core::sas::create_token(audience, name, key, now + ttl)
+}
+
+/// Opens a raw WebSocket with optional `ServiceBusAuthorization`.
+pub async fn ws_connect(url: &str, token: Option<&str>, protocols: &[&str], headers: &[(&str, &str)]) -> Result<Connected, WsError> {
+    let mut options = ConnectOptions { protocols: protocols.iter().map(|p| (*p).to_owned()).collect(), ..Default::default() };
+    options.timeout = Duration::from_secs(10);
+    if let Some(t) = token {
+        options.headers.push(("ServiceBusAuthorization".into(), t.to_owned()));
+    }
+    options.headers.extend(headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    relay_io::client::connect(url, &options).await
+}
+
+/// A raw control channel, for checking the protocol's JSON exactly.
+pub struct RawListener {
+    pub conn: Connected,
+}
+
+impl RawListener {
+    pub async fn open(broker: &TestBroker, hc: &str) -> Self {
+        let url = format!("{}/$hc/{hc}?sb-hc-action=listen", broker.ws());
+        let conn = ws_connect(&url, Some(&broker.token(hc)), &[], &[]).await.expect("listen");
+        broker.wait_listeners(hc, 1).await;
+        Self { conn }
+    }
+
+    /// The next control command, skipping pings (answered) and pongs.
+    pub async fn command(&mut self) -> ListenerCommand {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.conn.reader.message(1 << 20))
+                .await
+                .expect("control message in time")
+                .expect("control read")
+                .expect("control open");
+            match msg {
+                Message::Text(t) => return ListenerCommand::decode(t.as_bytes(), 1 << 20).expect("command"),
+                Message::Ping(p) => {
+                    self.conn.writer.send(true, relay_core::frame::OpCode::Pong, &p).await.expect("pong");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The next message of any kind.
+    pub async fn message(&mut self) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(10), self.conn.reader.message(1 << 20))
+            .await
+            .expect("message in time")
+            .ok()
+            .flatten()
+    }
+}
+
+/// A plain HTTP/1.1 request; returns status, headers and body.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req)).await.expect("in time").expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    (status, headers, body)
+}
