@@ -34,6 +34,9 @@ pub enum RelayError {
     /// No listener is connected (WebSocket sender: 404, which .NET treats as transient).
     #[error("No listener is connected to this hybrid connection")]
     ListenerNotConnected,
+    /// The request's headers exceed the 32 kB limit.
+    #[error("Request headers exceed {0} bytes")]
+    HeadersTooLarge(usize),
     /// CONNECT cannot be relayed.
     #[error("The method cannot be relayed")]
     MethodNotAllowed,
@@ -67,6 +70,7 @@ impl RelayError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::EndpointNotFound | Self::ListenerNotConnected => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized(e) if e.status() == 403 => StatusCode::FORBIDDEN,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::RendezvousExpired => StatusCode::FORBIDDEN,
@@ -90,6 +94,7 @@ impl RelayError {
             Self::Throttled => "TooManyRequests",
             Self::NoListener | Self::ListenerNotConnected => "NoListener",
             Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::HeadersTooLarge(_) => "HeadersTooLarge",
             Self::ListenerFailed(_) => "BadGateway",
             Self::GatewayTimeout => "GatewayTimeout",
             Self::Rejected { .. } => "RejectedByListener",

@@ -9,6 +9,7 @@ use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPG
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use relay_core::address::{self, Action, HcPath, RelayQuery};
 use relay_core::control::{Accept, Headers, ListenerCommand, RemoteEndpoint};
+use relay_core::limits::MAX_HEADER_BYTES;
 use relay_core::sas::Rights;
 use relay_core::tracking::TrackingId;
 use relay_io::server as handshake;
@@ -68,9 +69,16 @@ async fn route(shared: &Arc<Shared>, req: Request, query: RelayQuery, tracking: 
     if shared.shutdown.is_cancelled() {
         return Err(RelayError::ShuttingDown);
     }
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + req.uri().to_string().len();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(RelayError::HeadersTooLarge(MAX_HEADER_BYTES));
+    }
     let path = req.uri().path().to_owned();
     let transport = req.extensions().get::<Transport>().copied();
     let Some(rest) = HcPath::strip_ws_prefix(&path) else {
+        if !relayable(req.method()) {
+            return Err(RelayError::MethodNotAllowed);
+        }
         return http_relay::handle(shared, req, resolve(shared, path.trim_start_matches('/'), query, tracking, transport)?).await;
     };
     if !handshake::is_upgrade(req.headers()) {

@@ -18,7 +18,6 @@ use crate::{Role, WsError};
 pub const DEFAULT_BUFFER: usize = 64 * 1024;
 
 /// Reads frames from `R`.
-#[derive(Debug)]
 pub struct WsReader<R> {
     io: R,
     buf: Box<[u8]>,
@@ -35,6 +34,17 @@ pub struct WsReader<R> {
     role: Role,
     /// A fragmented data message being assembled by [`WsReader::message`].
     pub(crate) partial: Option<(OpCode, Vec<u8>)>,
+}
+
+impl<R> std::fmt::Debug for WsReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsReader")
+            .field("role", &self.role)
+            .field("capacity", &self.buf.len())
+            .field("buffered", &(self.end - self.start))
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: AsyncRead + Unpin> WsReader<R> {
