@@ -41,16 +41,21 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> R
         return Err(RelayError::BadRequest("WebSocket senders connect to /$hc/{hc}?sb-hc-action=connect".into()));
     }
     let audience = r.audience_path();
+    let runtime_info = is_runtime_info(&req, &r);
     let claim = Claim {
         headers: req.headers(),
         query: &r.query,
         transport: r.transport,
         hc: &r.hc.name,
         path: &audience,
-        needs: Rights::SEND,
-        required: r.hc.requires_client_authorization,
+        // Any valid rule may read runtime information; relaying needs Send.
+        needs: if runtime_info { Rights::NONE } else { Rights::SEND },
+        required: r.hc.requires_client_authorization || runtime_info,
     };
     let authorized = authorize(shared, claim).await?;
+    if runtime_info {
+        return Ok(runtime_information(shared, &r));
+    }
     let listener = shared.presence.pick(&r.hc.name).ok_or(RelayError::NoListener)?;
     let (parts, body) = req.into_parts();
     let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("relay").to_owned();
@@ -121,6 +126,31 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> R
     };
     drop(address_guard);
     Ok(build_response(answer, &host, shared.limits.http_request_timeout))
+}
+
+/// The .NET SDK's `GetRuntimeInformationAsync`: `GET /{hc}?api-version=...` with
+/// `X-PROCESS-AT: ServiceBus`, told apart from a relayed GET by that header.
+fn is_runtime_info(req: &Request, r: &Resolved) -> bool {
+    req.method() == http::Method::GET
+        && r.suffix.trim_matches('/').is_empty()
+        && r.query.app_query.split('&').any(|p| p.starts_with("api-version="))
+        && req.headers().get("x-process-at").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"servicebus"))
+}
+
+fn runtime_information(shared: &Shared, r: &Resolved) -> Response<Body> {
+    let count = shared.presence.count(&r.hc.name);
+    let body = format!(
+        r#"<entry xmlns="http://www.w3.org/2005/Atom"><title type="text">{name}</title><content type="application/xml"><HybridConnectionDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><RequiresClientAuthorization>{auth}</RequiresClientAuthorization><ListenerCount>{count}</ListenerCount></HybridConnectionDescription></content></entry>"#,
+        name = xml_escape(&r.hc.name),
+        auth = r.hc.requires_client_authorization,
+    );
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml;type=entry;charset=utf-8"));
+    resp
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 async fn read_small_body(body: Body, deadline: Duration) -> Result<Bytes, RelayError> {
