@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::upgrade::OnUpgrade;
 use relay_core::control::{ListenerCommand, Response};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::auth::{check_renewal, unix_now};
+use crate::auth::check_renewal;
 use crate::presence::{ListenerHandle, Outbound};
 use crate::rendezvous::{ListenerResponse, ResponseBody};
 use crate::routes::{Resolved, relay_io_halves};
@@ -134,11 +134,10 @@ impl<'a> Channel<'a> {
         self.last_seen.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// When the token (plus grace) runs out.
-    fn expiry_deadline(&self) -> Instant {
-        let expires = self.expires_at.load(Ordering::Relaxed);
-        let left = Duration::from_secs(expires.saturating_sub(unix_now())) + self.shared.limits.token_grace;
-        Instant::now() + left
+    /// How long until the token (plus grace) runs out; zero once it has.
+    fn time_left(&self) -> Duration {
+        let deadline = UNIX_EPOCH + Duration::from_secs(self.expires_at.load(Ordering::Relaxed)) + self.shared.limits.token_grace;
+        deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
     }
 
     async fn write_loop<W: AsyncWrite + Unpin>(
@@ -151,7 +150,7 @@ impl<'a> Channel<'a> {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let result: Result<(), WsError> = async {
             loop {
-                let expiry = self.expiry_deadline();
+                let expiry = Instant::now() + self.time_left();
                 tokio::select! {
                     biased;
                     msg = internal.recv() => match msg {
@@ -188,7 +187,7 @@ impl<'a> Channel<'a> {
                         writer.flush().await?;
                     }
                     () = tokio::time::sleep_until(expiry) => {
-                        if self.expiry_deadline() <= Instant::now() {
+                        if self.time_left().is_zero() {
                             tracing::info!("token expired without renewal");
                             writer.close(close_code::POLICY_VIOLATION, &self.text("Token expired")).await?;
                             return Ok(());
