@@ -110,10 +110,12 @@ test('a Close is forwarded verbatim, without an echo from the broker', { timeout
   const a = new RawWS(accept.address);
   await h.once(a, 'open');
   await h.once(s, 'open');
+  const aClosed = h.once(a, 'close', 5000);
+  const sClosed = h.once(s, 'close', 5000);
   s.close(4000, 'sender done');
-  const [code, reason] = await h.once(a, 'close', 5000);
+  const [code, reason] = await aClosed;
   assert.deepStrictEqual([code, String(reason)], [4000, 'sender done']);
-  const [scode] = await h.once(s, 'close', 5000);
+  const [scode] = await sClosed;
   assert.strictEqual(scode, 4000, 'the sender sees the listener echo, relayed');
   l.close();
 });
