@@ -55,7 +55,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
     let result = match presented.token.as_deref() {
         None => Err(SasError::Missing),
         Some(token) => {
-            let target = Target { hybrid_connection: claim.hc, path: claim.path, needs: claim.needs };
+            let target = Target { hybrid_connection: claim.hc, path: claim.path, needs: claim.needs, mount: &shared.mount };
             sas::authorize(&shared.store.rules(), token, target, unix_now()).map(|_| ())
         }
     };
@@ -75,7 +75,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
 
 /// Checks a `renewToken` for a listener's control channel; returns the new expiry.
 pub(crate) fn check_renewal(shared: &Shared, hc: &str, token: &str) -> Result<u64, SasError> {
-    let target = Target { hybrid_connection: hc, path: hc, needs: Rights::LISTEN };
+    let target = Target { hybrid_connection: hc, path: hc, needs: Rights::LISTEN, mount: &shared.mount };
     sas::authorize(&shared.store.rules(), token, target, unix_now())?;
     SasToken::parse(token).map(|t| t.expires_at)
 }

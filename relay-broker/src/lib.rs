@@ -70,6 +70,8 @@ pub struct Counters {
 pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) public_url: Option<String>,
+    /// Path of `public_url` (e.g. `/relay` when nested there); token audiences may include it.
+    pub(crate) mount: String,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) presence: Arc<dyn Presence>,
     pub(crate) rendezvous: Arc<rendezvous::Rendezvous>,
@@ -112,6 +114,7 @@ impl Broker {
             rendezvous: Arc::new(rendezvous::Rendezvous::new(limits.max_pending_rendezvous)),
             limiter: limiter::AuthLimiter::new(limits.auth_failures_per_minute),
             limits,
+            mount: public_url.as_deref().map(mount_path).unwrap_or_default(),
             public_url,
             store,
             presence,
@@ -166,6 +169,12 @@ impl Broker {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
+}
+
+/// The path part of a URL: `wss://h:1/relay` → `/relay`.
+fn mount_path(url: &str) -> String {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    without_scheme.split_once('/').map_or(String::new(), |(_, path)| format!("/{}", path.trim_matches('/')))
 }
 
 impl Shared {

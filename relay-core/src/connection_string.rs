@@ -134,6 +134,16 @@ pub enum Credential {
     None,
 }
 
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Key { .. } => "Credential::Key(<redacted>)",
+            Self::Token(_) => "Credential::Token(<redacted>)",
+            Self::None => "Credential::None",
+        })
+    }
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target").field("endpoint", &self.endpoint).field("hc", &self.hc).finish_non_exhaustive()

@@ -220,7 +220,19 @@ impl SasToken {
     /// audience path that ends at a segment boundary covers everything below it.
     #[must_use]
     pub fn covers(&self, target: &str) -> bool {
-        let audience = audience_path(&self.audience());
+        self.covers_under(target, "")
+    }
+
+    /// Like [`SasToken::covers`] for a broker mounted under a path prefix (`mount`, e.g.
+    /// `relay` when nested at `/relay`): an audience that includes the prefix is accepted.
+    #[must_use]
+    pub fn covers_under(&self, target: &str, mount: &str) -> bool {
+        let full = audience_path(&self.audience());
+        let mount = mount.trim_matches('/').to_ascii_lowercase();
+        let audience = match full.strip_prefix(mount.as_str()) {
+            Some(rest) if !mount.is_empty() && (rest.is_empty() || rest.starts_with('/')) => rest.trim_start_matches('/').to_owned(),
+            _ => full,
+        };
         let target = target.trim_matches('/').to_ascii_lowercase();
         audience.is_empty()
             || target == audience
@@ -263,6 +275,8 @@ pub struct Target<'a> {
     pub path: &'a str,
     /// The right the action needs.
     pub needs: Rights,
+    /// Path prefix the broker is mounted under (empty when at the root).
+    pub mount: &'a str,
 }
 
 /// Checks a token against a set of rules: known key name at the right scope, signature,
@@ -288,7 +302,7 @@ pub fn authorize<'r>(
             None => last = SasError::InvalidSignature,
         }
     };
-    if !token.covers(target.path) {
+    if !token.covers_under(target.path, target.mount) {
         return Err(SasError::InvalidAudience);
     }
     if !rule.rights.contains(target.needs) {

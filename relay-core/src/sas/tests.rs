@@ -25,7 +25,7 @@ fn rule(name: &str, key: &str, rights: Rights, hc: Option<&str>) -> SharedAccess
 }
 
 fn target(path: &str, needs: Rights) -> Target<'_> {
-    Target { hybrid_connection: path.split('/').next().unwrap_or(path), path, needs }
+    Target { hybrid_connection: path.split('/').next().unwrap_or(path), path, needs, mount: "" }
 }
 
 #[test]
@@ -122,4 +122,13 @@ fn rights_parse_and_manage_implies_all() {
     assert!(Rights::MANAGE.contains(Rights::LISTEN.union(Rights::SEND)));
     assert!(!Rights::LISTEN.contains(Rights::SEND));
     assert_eq!(Rights::parse("Read"), None);
+}
+
+#[test]
+fn mounted_broker_accepts_the_prefixed_audience_only_at_a_boundary() {
+    let t = SasToken::parse(&create_token("http://h/relay/hyco", "r", "k", NOW + 9)).unwrap();
+    assert!(t.covers_under("hyco", "/relay/"));
+    assert!(!t.covers("hyco"));
+    let t = SasToken::parse(&create_token("http://h/relayx/hyco", "r", "k", NOW + 9)).unwrap();
+    assert!(!t.covers_under("hyco", "relay"));
 }
