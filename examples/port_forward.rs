@@ -18,7 +18,11 @@ async fn main() -> anyhow::Result<()> {
     let endpoint = format!("ws://{}", tcp.local_addr()?);
     let broker = Broker::new(&config);
     let served = broker.clone();
-    tokio::spawn(async move { served.serve(tcp, ServeOptions::default(), std::future::pending()).await });
+    tokio::spawn(async move {
+        served
+            .serve(tcp, ServeOptions::default(), std::future::pending())
+            .await
+    });
 
     // The "database": echoes, then closes its side when the client finished sending.
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -33,9 +37,17 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let token = Arc::new(relay_listener::SasKeySource::new("root", "k"));
-    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(endpoint.clone(), "db", token));
+    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
+        endpoint.clone(),
+        "db",
+        token,
+    ));
     let forward = Arc::new(relay_listener::forward::TcpForward::new(target));
-    tokio::spawn(async move { listener.run(forward, tokio_util::sync::CancellationToken::new()).await });
+    tokio::spawn(async move {
+        listener
+            .run(forward, tokio_util::sync::CancellationToken::new())
+            .await
+    });
     while broker.listener_count("db") == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

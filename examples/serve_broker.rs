@@ -9,7 +9,9 @@ use relay_broker::{Broker, BrokerConfig, ServeOptions};
 async fn main() -> anyhow::Result<()> {
     let key = std::env::var("RELAY_ROOT_KEY").unwrap_or_else(|_| "change-me".into());
     let config = BrokerConfig::parse(
-        &format!("[[hybrid_connections]]\nname = \"orders\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{key}\"\nrights = [\"Manage\"]"),
+        &format!(
+            "[[hybrid_connections]]\nname = \"orders\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{key}\"\nrights = [\"Manage\"]"
+        ),
         "serve example",
     )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -17,6 +19,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    Broker::new(&config).serve(listener, ServeOptions::default(), shutdown).await?;
+    Broker::new(&config)
+        .serve(listener, ServeOptions::default(), shutdown)
+        .await?;
     Ok(())
 }

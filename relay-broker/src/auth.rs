@@ -14,7 +14,9 @@ use crate::{RelayError, Shared, Transport};
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What an authorized request presented.
@@ -43,9 +45,14 @@ pub(crate) struct Claim<'a> {
 pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Authorized, RelayError> {
     let presented = presented_token(claim.headers, claim.query.token.as_deref(), claim.required);
     if !claim.required {
-        return Ok(Authorized { presented, expires_at: None });
+        return Ok(Authorized {
+            presented,
+            expires_at: None,
+        });
     }
-    let ip = claim.transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.peer.ip());
+    let ip = claim
+        .transport
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.peer.ip());
     let credential = AuthLimiter::fingerprint(presented.token.as_deref());
     if shared.limiter.is_throttled(ip, credential) {
         Shared::count(&shared.counters.auth_failures);
@@ -55,14 +62,26 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
     let result = match presented.token.as_deref() {
         None => Err(SasError::Missing),
         Some(token) => {
-            let target = Target { hybrid_connection: claim.hc, path: claim.path, needs: claim.needs, mount: &shared.mount };
+            let target = Target {
+                hybrid_connection: claim.hc,
+                path: claim.path,
+                needs: claim.needs,
+                mount: &shared.mount,
+            };
             sas::authorize(&shared.store.rules(), token, target, unix_now()).map(|_| ())
         }
     };
     match result {
         Ok(()) => {
-            let expires_at = presented.token.as_deref().and_then(|t| SasToken::parse(t).ok()).map(|t| t.expires_at);
-            Ok(Authorized { presented, expires_at })
+            let expires_at = presented
+                .token
+                .as_deref()
+                .and_then(|t| SasToken::parse(t).ok())
+                .map(|t| t.expires_at);
+            Ok(Authorized {
+                presented,
+                expires_at,
+            })
         }
         Err(e) => {
             Shared::count(&shared.counters.auth_failures);
@@ -75,7 +94,12 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
 
 /// Checks a `renewToken` for a listener's control channel; returns the new expiry.
 pub(crate) fn check_renewal(shared: &Shared, hc: &str, token: &str) -> Result<u64, SasError> {
-    let target = Target { hybrid_connection: hc, path: hc, needs: Rights::LISTEN, mount: &shared.mount };
+    let target = Target {
+        hybrid_connection: hc,
+        path: hc,
+        needs: Rights::LISTEN,
+        mount: &shared.mount,
+    };
     sas::authorize(&shared.store.rules(), token, target, unix_now())?;
     SasToken::parse(token).map(|t| t.expires_at)
 }

@@ -177,26 +177,45 @@ struct RawRule {
 impl BrokerConfig {
     /// Loads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
         let invalid = |msg: String| ConfigError::Invalid(format!("{origin}: {msg}"));
         let bind = raw.server.bind.as_deref().unwrap_or("127.0.0.1:9400");
-        let bind = bind.parse().map_err(|_| invalid(format!("[server].bind: '{bind}' is not host:port")))?;
+        let bind = bind
+            .parse()
+            .map_err(|_| invalid(format!("[server].bind: '{bind}' is not host:port")))?;
         let tls = match (raw.server.tls_cert, raw.server.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
-            _ => return Err(invalid("[server]: set both tls_cert and tls_key, or neither".into())),
+            _ => {
+                return Err(invalid(
+                    "[server]: set both tls_cert and tls_key, or neither".into(),
+                ));
+            }
         };
-        let public_url = raw.server.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        let public_url = raw
+            .server
+            .public_url
+            .map(|u| u.trim_end_matches('/').to_owned());
         if let Some(url) = &public_url {
-            if !["ws://", "wss://", "http://", "https://"].iter().any(|s| url.starts_with(s)) {
-                return Err(invalid(format!("[server].public_url: '{url}' must start with ws://, wss://, http:// or https://")));
+            if !["ws://", "wss://", "http://", "https://"]
+                .iter()
+                .any(|s| url.starts_with(s))
+            {
+                return Err(invalid(format!(
+                    "[server].public_url: '{url}' must start with ws://, wss://, http:// or https://"
+                )));
             }
         }
         let limits = limits(raw.limits).map_err(|m| invalid(format!("[limits].{m}")))?;
@@ -207,7 +226,14 @@ impl BrokerConfig {
             .map(|r| rule(r, &hybrid_connections))
             .collect::<Result<_, _>>()
             .map_err(invalid)?;
-        Ok(Self { bind, public_url, tls, limits, hybrid_connections, rules })
+        Ok(Self {
+            bind,
+            public_url,
+            tls,
+            limits,
+            hybrid_connections,
+            rules,
+        })
     }
 }
 
@@ -216,7 +242,9 @@ fn limits(raw: RawLimits) -> Result<Limits, String> {
     let secs = |v: Option<f64>, name: &str, default: Duration| match v {
         None => Ok(default),
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(format!("{name} = {s}: must be a positive number of seconds")),
+        Some(s) => Err(format!(
+            "{name} = {s}: must be a positive number of seconds"
+        )),
     };
     let count = |v: Option<usize>, name: &str, default: usize, min: usize| match v {
         None => Ok(default),
@@ -224,25 +252,59 @@ fn limits(raw: RawLimits) -> Result<Limits, String> {
         Some(n) => Err(format!("{name} = {n}: must be at least {min}")),
     };
     Ok(Limits {
-        accept_timeout: secs(raw.accept_timeout_secs, "accept_timeout_secs", d.accept_timeout)?,
-        http_request_timeout: secs(raw.http_request_timeout_secs, "http_request_timeout_secs", d.http_request_timeout)?,
-        max_listeners_per_hc: count(raw.max_listeners_per_hc, "max_listeners_per_hc", d.max_listeners_per_hc, 1)?,
-        ping_interval: secs(raw.ping_interval_secs, "ping_interval_secs", d.ping_interval)?,
+        accept_timeout: secs(
+            raw.accept_timeout_secs,
+            "accept_timeout_secs",
+            d.accept_timeout,
+        )?,
+        http_request_timeout: secs(
+            raw.http_request_timeout_secs,
+            "http_request_timeout_secs",
+            d.http_request_timeout,
+        )?,
+        max_listeners_per_hc: count(
+            raw.max_listeners_per_hc,
+            "max_listeners_per_hc",
+            d.max_listeners_per_hc,
+            1,
+        )?,
+        ping_interval: secs(
+            raw.ping_interval_secs,
+            "ping_interval_secs",
+            d.ping_interval,
+        )?,
         token_grace: match raw.token_grace_secs {
             Some(s) if s == 0.0 => Duration::ZERO,
             other => secs(other, "token_grace_secs", d.token_grace)?,
         },
-        max_pending_rendezvous: count(raw.max_pending_rendezvous, "max_pending_rendezvous", d.max_pending_rendezvous, 1)?,
+        max_pending_rendezvous: count(
+            raw.max_pending_rendezvous,
+            "max_pending_rendezvous",
+            d.max_pending_rendezvous,
+            1,
+        )?,
         max_control_message_bytes: count(
             raw.max_control_message_bytes,
             "max_control_message_bytes",
             d.max_control_message_bytes,
             1024,
         )?,
-        relay_buffer_bytes: count(raw.relay_buffer_bytes, "relay_buffer_bytes", d.relay_buffer_bytes, 1024)?,
+        relay_buffer_bytes: count(
+            raw.relay_buffer_bytes,
+            "relay_buffer_bytes",
+            d.relay_buffer_bytes,
+            1024,
+        )?,
         control_queue: d.control_queue,
-        shutdown_drain: secs(raw.shutdown_drain_secs, "shutdown_drain_secs", d.shutdown_drain)?,
-        auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(d.auth_failures_per_minute).max(1),
+        shutdown_drain: secs(
+            raw.shutdown_drain_secs,
+            "shutdown_drain_secs",
+            d.shutdown_drain,
+        )?,
+        auth_failures_per_minute: raw
+            .auth_failures_per_minute
+            .unwrap_or(d.auth_failures_per_minute)
+            .max(1),
     })
 }
 
@@ -250,13 +312,24 @@ fn hybrid_connections(raw: Vec<RawHc>) -> Result<Vec<HybridConnection>, String> 
     let mut out: Vec<HybridConnection> = Vec::with_capacity(raw.len());
     for hc in raw {
         let name = hc.name.trim_matches('/').to_owned();
-        if name.is_empty() || name.len() > relay_core::address::MAX_NAME_LEN || name.contains(['?', '#', '$', ' ']) {
-            return Err(format!("[[hybrid_connections]] name '{}' is empty, too long or has ?, #, $ or space", hc.name));
+        if name.is_empty()
+            || name.len() > relay_core::address::MAX_NAME_LEN
+            || name.contains(['?', '#', '$', ' '])
+        {
+            return Err(format!(
+                "[[hybrid_connections]] name '{}' is empty, too long or has ?, #, $ or space",
+                hc.name
+            ));
         }
         if out.iter().any(|h| h.name.eq_ignore_ascii_case(&name)) {
-            return Err(format!("[[hybrid_connections]] name '{name}' is defined twice"));
+            return Err(format!(
+                "[[hybrid_connections]] name '{name}' is defined twice"
+            ));
         }
-        out.push(HybridConnection { name, requires_client_authorization: hc.requires_client_authorization });
+        out.push(HybridConnection {
+            name,
+            requires_client_authorization: hc.requires_client_authorization,
+        });
     }
     Ok(out)
 }
@@ -266,7 +339,9 @@ fn rule(raw: RawRule, hcs: &[HybridConnection]) -> Result<SharedAccessKey, Strin
     let key = match (raw.key, raw.key_env) {
         (Some(_), Some(_)) => return Err(format!("{at}: set key or key_env, not both")),
         (Some(key), None) => key,
-        (None, Some(var)) => std::env::var(&var).map_err(|_| format!("{at}: key_env {var} is not set"))?,
+        (None, Some(var)) => {
+            std::env::var(&var).map_err(|_| format!("{at}: key_env {var} is not set"))?
+        }
         (None, None) => return Err(format!("{at}: key or key_env is required")),
     };
     if key.is_empty() {
@@ -274,13 +349,21 @@ fn rule(raw: RawRule, hcs: &[HybridConnection]) -> Result<SharedAccessKey, Strin
     }
     let mut rights = Rights::NONE;
     for r in &raw.rights {
-        rights = rights.union(Rights::parse(r).ok_or_else(|| format!("{at}: unknown right '{r}' (Listen, Send, Manage)"))?);
+        rights = rights.union(
+            Rights::parse(r)
+                .ok_or_else(|| format!("{at}: unknown right '{r}' (Listen, Send, Manage)"))?,
+        );
     }
     if rights == Rights::NONE {
-        return Err(format!("{at}: rights must list at least one of Listen, Send, Manage"));
+        return Err(format!(
+            "{at}: rights must list at least one of Listen, Send, Manage"
+        ));
     }
     if let Some(hc) = &raw.hybrid_connection {
-        if !hcs.iter().any(|h| h.name.eq_ignore_ascii_case(hc.trim_matches('/'))) {
+        if !hcs
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(hc.trim_matches('/')))
+        {
             return Err(format!("{at}: hybrid_connection '{hc}' is not defined"));
         }
     }
@@ -289,7 +372,9 @@ fn rule(raw: RawRule, hcs: &[HybridConnection]) -> Result<SharedAccessKey, Strin
         key,
         secondary_key: raw.secondary_key,
         rights,
-        hybrid_connection: raw.hybrid_connection.map(|h| h.trim_matches('/').to_owned()),
+        hybrid_connection: raw
+            .hybrid_connection
+            .map(|h| h.trim_matches('/').to_owned()),
     })
 }
 
@@ -337,9 +422,13 @@ hybrid_connection = "a/b"
         assert!(err(both).contains("key or key_env, not both"));
         assert!(err("[limits]\naccept_timeout_secs = -1").contains("accept_timeout_secs"));
         assert!(err("[server]\ntls_cert = 'c.pem'").contains("tls_key"));
-        let scoped = "[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Send']\nhybrid_connection='nope'";
+        let scoped =
+            "[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Send']\nhybrid_connection='nope'";
         assert!(err(scoped).contains("'nope' is not defined"));
-        assert!(err("[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Read']").contains("unknown right"));
+        assert!(
+            err("[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Read']")
+                .contains("unknown right")
+        );
     }
 
     #[test]

@@ -50,12 +50,15 @@ pub(crate) fn start(
         tx,
         close: shared.shutdown.child_token(),
     };
-    shared.presence.register(handle.clone(), shared.limits.max_listeners_per_hc).map_err(|_| {
-        RelayError::Forbidden(format!(
-            "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
-            shared.limits.max_listeners_per_hc, r.hc.name
-        ))
-    })?;
+    shared
+        .presence
+        .register(handle.clone(), shared.limits.max_listeners_per_hc)
+        .map_err(|_| {
+            RelayError::Forbidden(format!(
+                "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
+                shared.limits.max_listeners_per_hc, r.hc.name
+            ))
+        })?;
     let span = tracing::info_span!("listener", hc = %handle.hc, listener = handle.id, tracking = %r.tracking);
     let shared = Arc::clone(shared);
     let tracking = r.tracking.clone();
@@ -94,7 +97,12 @@ struct Channel<'a> {
 }
 
 impl<'a> Channel<'a> {
-    fn new(shared: &'a Shared, handle: &'a ListenerHandle, tracking: TrackingId, expires_at: u64) -> Self {
+    fn new(
+        shared: &'a Shared,
+        handle: &'a ListenerHandle,
+        tracking: TrackingId,
+        expires_at: u64,
+    ) -> Self {
         Self {
             shared,
             handle,
@@ -105,8 +113,12 @@ impl<'a> Channel<'a> {
         }
     }
 
-    async fn run<R, W>(&self, reader: WsReader<R>, writer: WsWriter<W>, queue: mpsc::Receiver<Outbound>)
-    where
+    async fn run<R, W>(
+        &self,
+        reader: WsReader<R>,
+        writer: WsWriter<W>,
+        queue: mpsc::Receiver<Outbound>,
+    ) where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
@@ -131,13 +143,18 @@ impl<'a> Channel<'a> {
     }
 
     fn touch(&self) {
-        self.last_seen.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_seen
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How long until the token (plus grace) runs out; zero once it has.
     fn time_left(&self) -> Duration {
-        let deadline = UNIX_EPOCH + Duration::from_secs(self.expires_at.load(Ordering::Relaxed)) + self.shared.limits.token_grace;
-        deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        let deadline = UNIX_EPOCH
+            + Duration::from_secs(self.expires_at.load(Ordering::Relaxed))
+            + self.shared.limits.token_grace;
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
     }
 
     async fn write_loop<W: AsyncWrite + Unpin>(
@@ -202,8 +219,16 @@ impl<'a> Channel<'a> {
         }
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(&self, mut reader: WsReader<R>, internal: &mpsc::Sender<Internal>) {
-        let limit = self.shared.limits.max_control_message_bytes.max(MAX_INLINE_BODY_MESSAGE_BYTES);
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: WsReader<R>,
+        internal: &mpsc::Sender<Internal>,
+    ) {
+        let limit = self
+            .shared
+            .limits
+            .max_control_message_bytes
+            .max(MAX_INLINE_BODY_MESSAGE_BYTES);
         let mut state = ReadState::default();
         loop {
             let message = match reader.message(limit).await {
@@ -211,12 +236,16 @@ impl<'a> Channel<'a> {
                 Ok(None) | Err(WsError::Io(_) | WsError::UnexpectedEof) => return,
                 Err(WsError::MessageTooBig(n)) => {
                     let why = self.text(&format!("Control message larger than {n} bytes"));
-                    let _ = internal.send(Internal::Close(close_code::MESSAGE_TOO_BIG, why)).await;
+                    let _ = internal
+                        .send(Internal::Close(close_code::MESSAGE_TOO_BIG, why))
+                        .await;
                     return;
                 }
                 Err(e) => {
                     let why = self.text(&format!("Protocol error: {e}"));
-                    let _ = internal.send(Internal::Close(close_code::PROTOCOL_ERROR, why)).await;
+                    let _ = internal
+                        .send(Internal::Close(close_code::PROTOCOL_ERROR, why))
+                        .await;
                     return;
                 }
             };
@@ -244,7 +273,9 @@ impl<'a> Channel<'a> {
             }
             if state.unsolicited > MAX_UNSOLICITED {
                 let why = self.text("Too many unsolicited messages");
-                let _ = internal.send(Internal::Close(close_code::POLICY_VIOLATION, why)).await;
+                let _ = internal
+                    .send(Internal::Close(close_code::POLICY_VIOLATION, why))
+                    .await;
                 return;
             }
         }
@@ -259,8 +290,13 @@ impl<'a> Channel<'a> {
     fn on_binary(&self, state: &mut ReadState, body: Vec<u8>) {
         match state.awaiting_body.take() {
             Some((head, true)) => {
-                let response = ListenerResponse { head: head.clone(), body: ResponseBody::Full(body.into()) };
-                self.shared.rendezvous.complete(&head.request_id, self.handle.id, response);
+                let response = ListenerResponse {
+                    head: head.clone(),
+                    body: ResponseBody::Full(body.into()),
+                };
+                self.shared
+                    .rendezvous
+                    .complete(&head.request_id, self.handle.id, response);
             }
             Some((_, false)) => {}
             // hyco-https follows a body-less response with an empty binary frame.
@@ -272,18 +308,33 @@ impl<'a> Channel<'a> {
     fn on_text(&self, state: &mut ReadState, text: &str) -> Result<(), (u16, String)> {
         if let Some((head, true)) = state.awaiting_body.take() {
             // The promised body never came: the request fails rather than hang.
-            self.shared.rendezvous.fail(&head.request_id, self.handle.id);
+            self.shared
+                .rendezvous
+                .fail(&head.request_id, self.handle.id);
         }
-        match ListenerCommand::decode(text.as_bytes(), self.shared.limits.max_control_message_bytes) {
-            Ok(ListenerCommand::RenewToken(renew)) => match check_renewal(self.shared, &self.handle.hc, &renew.token) {
-                Ok(expires_at) => {
-                    self.expires_at.store(expires_at, Ordering::Relaxed);
-                    tracing::debug!(expires_at, "token renewed");
+        match ListenerCommand::decode(
+            text.as_bytes(),
+            self.shared.limits.max_control_message_bytes,
+        ) {
+            Ok(ListenerCommand::RenewToken(renew)) => {
+                match check_renewal(self.shared, &self.handle.hc, &renew.token) {
+                    Ok(expires_at) => {
+                        self.expires_at.store(expires_at, Ordering::Relaxed);
+                        tracing::debug!(expires_at, "token renewed");
+                    }
+                    Err(e) => {
+                        return Err((
+                            close_code::POLICY_VIOLATION,
+                            format!("Token renewal refused: {e}"),
+                        ));
+                    }
                 }
-                Err(e) => return Err((close_code::POLICY_VIOLATION, format!("Token renewal refused: {e}"))),
-            },
+            }
             Ok(ListenerCommand::Response(head)) => {
-                let pending = self.shared.rendezvous.is_pending(&head.request_id, self.handle.id);
+                let pending = self
+                    .shared
+                    .rendezvous
+                    .is_pending(&head.request_id, self.handle.id);
                 if !pending {
                     self.unsolicited(state, "response to no pending request");
                 }
@@ -291,7 +342,14 @@ impl<'a> Channel<'a> {
                     state.awaiting_body = Some((head, pending));
                 } else if pending {
                     let id = head.request_id.clone();
-                    self.shared.rendezvous.complete(&id, self.handle.id, ListenerResponse { head, body: ResponseBody::Empty });
+                    self.shared.rendezvous.complete(
+                        &id,
+                        self.handle.id,
+                        ListenerResponse {
+                            head,
+                            body: ResponseBody::Empty,
+                        },
+                    );
                 }
             }
             Ok(_) => self.unsolicited(state, "broker-only command"),

@@ -44,7 +44,9 @@ pub enum RelayError {
     #[error("The listener failed to answer: {0}")]
     ListenerFailed(String),
     /// The listener did not answer in time.
-    #[error("The request was routed to the listener but the listener did not respond in the required time")]
+    #[error(
+        "The request was routed to the listener but the listener did not respond in the required time"
+    )]
     GatewayTimeout,
     /// The listener rejected the connection with its own status.
     #[error("{description}")]
@@ -106,25 +108,35 @@ impl RelayError {
     /// The text used in status lines and close reasons: message plus tracking id.
     #[must_use]
     pub fn text(&self, tracking: &TrackingId) -> String {
-        format!("{}. TrackingId:{tracking}", self.to_string().replace(['\r', '\n'], " "))
+        format!(
+            "{}. TrackingId:{tracking}",
+            self.to_string().replace(['\r', '\n'], " ")
+        )
     }
 
     /// The HTTP response: status with the tracking id in the reason phrase, and a JSON body.
     #[must_use]
     pub fn into_response(self, tracking: &TrackingId) -> Response<Body> {
         let text = self.text(tracking);
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": text } }).to_string();
+        let body =
+            serde_json::json!({ "error": { "code": self.code(), "message": text } }).to_string();
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         if let Ok(id) = http::HeaderValue::from_str(tracking.as_str()) {
             headers.insert("x-ms-tracking-id", id);
         }
         if matches!(self, Self::Throttled) {
             headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
         }
-        let reason = format!("{} {text}", self.status().canonical_reason().unwrap_or("Error"));
+        let reason = format!(
+            "{} {text}",
+            self.status().canonical_reason().unwrap_or("Error")
+        );
         if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
             resp.extensions_mut().insert(phrase);
         }

@@ -33,12 +33,18 @@ use crate::{RelayError, Shared};
 const BODY_CHANNEL: usize = 8;
 
 /// Relays one HTTP request to a listener and returns its response.
-pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> Result<Response<Body>, RelayError> {
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    req: Request,
+    r: Resolved,
+) -> Result<Response<Body>, RelayError> {
     if !relayable(req.method()) {
         return Err(RelayError::MethodNotAllowed);
     }
     if relay_io::server::is_upgrade(req.headers()) {
-        return Err(RelayError::BadRequest("WebSocket senders connect to /$hc/{hc}?sb-hc-action=connect".into()));
+        return Err(RelayError::BadRequest(
+            "WebSocket senders connect to /$hc/{hc}?sb-hc-action=connect".into(),
+        ));
     }
     let audience = r.audience_path();
     let runtime_info = is_runtime_info(&req, &r);
@@ -49,27 +55,51 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> R
         hc: &r.hc.name,
         path: &audience,
         // Any valid rule may read runtime information; relaying needs Send.
-        needs: if runtime_info { Rights::NONE } else { Rights::SEND },
+        needs: if runtime_info {
+            Rights::NONE
+        } else {
+            Rights::SEND
+        },
         required: r.hc.requires_client_authorization || runtime_info,
     };
     let authorized = authorize(shared, claim).await?;
     if runtime_info {
         return Ok(runtime_information(shared, &r));
     }
-    let listener = shared.presence.pick(&r.hc.name).ok_or(RelayError::NoListener)?;
+    let listener = shared
+        .presence
+        .pick(&r.hc.name)
+        .ok_or(RelayError::NoListener)?;
     let (parts, body) = req.into_parts();
-    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("relay").to_owned();
-    let headers = request_headers(&parts.headers, authorized.presented.consumed_authorization(), &host);
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("relay")
+        .to_owned();
+    let headers = request_headers(
+        &parts.headers,
+        authorized.presented.consumed_authorization(),
+        &host,
+    );
     let header_bytes: usize = headers.0.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-    let content_length = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let content_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let chunked = parts.headers.contains_key(http::header::TRANSFER_ENCODING);
     let has_body = chunked || content_length.is_some_and(|n| n > 0);
-    let inline = !has_body || content_length.is_some_and(|n| !chunked && n as usize + header_bytes <= INLINE_BODY_LIMIT);
+    let inline = !has_body
+        || content_length
+            .is_some_and(|n| !chunked && n as usize + header_bytes <= INLINE_BODY_LIMIT);
 
     let request_id = uuid::Uuid::new_v4().to_string();
     let address_guard = shared
         .rendezvous
-        .add_address(Pending::Request { listener_id: listener.id, request_id: request_id.clone() })
+        .add_address(Pending::Request {
+            listener_id: listener.id,
+            request_id: request_id.clone(),
+        })
         .map_err(|_| RelayError::Busy("pending rendezvous"))?;
     let address = format!(
         "{}/$hc/{}?sb-hc-action=request&sb-hc-id={request_id}&{RENDEZVOUS_PARAM}={}",
@@ -89,12 +119,19 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> R
         method: Some(parts.method.as_str().to_owned()),
         request_headers: Some(headers),
         body: Some(has_body),
-        remote_endpoint: r.transport.map(|t| RemoteEndpoint { address: t.peer.ip().to_string(), port: t.peer.port() }),
+        remote_endpoint: r.transport.map(|t| RemoteEndpoint {
+            address: t.peer.ip().to_string(),
+            port: t.peer.port(),
+        }),
     };
 
     let (respond, response) = oneshot::channel();
     let (notice, outgoing) = if inline {
-        let bytes = if has_body { Some(read_small_body(body, shared.limits.http_request_timeout).await?) } else { None };
+        let bytes = if has_body {
+            Some(read_small_body(body, shared.limits.http_request_timeout).await?)
+        } else {
+            None
+        };
         let json = ListenerCommand::Request(full).encode();
         let notice = match bytes {
             Some(b) => Outbound::TextWithBody(json, b),
@@ -111,21 +148,45 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> R
             body: None,
             remote_endpoint: None,
         };
-        let outgoing = OutgoingRequest { json: ListenerCommand::Request(full).encode(), body: Some(body) };
-        (Outbound::Text(ListenerCommand::Request(short).encode()), Some(outgoing))
+        let outgoing = OutgoingRequest {
+            json: ListenerCommand::Request(full).encode(),
+            body: Some(body),
+        };
+        (
+            Outbound::Text(ListenerCommand::Request(short).encode()),
+            Some(outgoing),
+        )
     };
     let _request_guard = shared
         .rendezvous
-        .add_request(&request_id, RequestSlot { listener_id: listener.id, respond, outgoing: std::sync::Mutex::new(outgoing) })
+        .add_request(
+            &request_id,
+            RequestSlot {
+                listener_id: listener.id,
+                respond,
+                outgoing: std::sync::Mutex::new(outgoing),
+            },
+        )
         .map_err(|_| RelayError::Busy("pending requests"))?;
-    listener.tx.try_send(notice).map_err(|_| RelayError::Busy("listener control queue"))?;
+    listener
+        .tx
+        .try_send(notice)
+        .map_err(|_| RelayError::Busy("listener control queue"))?;
     let answer = match tokio::time::timeout(shared.limits.http_request_timeout, response).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => return Err(RelayError::ListenerFailed("the listener disconnected or broke protocol".into())),
+        Ok(Err(_)) => {
+            return Err(RelayError::ListenerFailed(
+                "the listener disconnected or broke protocol".into(),
+            ));
+        }
         Err(_) => return Err(RelayError::GatewayTimeout),
     };
     drop(address_guard);
-    Ok(build_response(answer, &host, shared.limits.http_request_timeout))
+    Ok(build_response(
+        answer,
+        &host,
+        shared.limits.http_request_timeout,
+    ))
 }
 
 /// The .NET SDK's `GetRuntimeInformationAsync`: `GET /{hc}?api-version=...` with
@@ -133,8 +194,14 @@ pub(crate) async fn handle(shared: &Arc<Shared>, req: Request, r: Resolved) -> R
 fn is_runtime_info(req: &Request, r: &Resolved) -> bool {
     req.method() == http::Method::GET
         && r.suffix.trim_matches('/').is_empty()
-        && r.query.app_query.split('&').any(|p| p.starts_with("api-version="))
-        && req.headers().get("x-process-at").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"servicebus"))
+        && r.query
+            .app_query
+            .split('&')
+            .any(|p| p.starts_with("api-version="))
+        && req
+            .headers()
+            .get("x-process-at")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"servicebus"))
 }
 
 fn runtime_information(shared: &Shared, r: &Resolved) -> Response<Body> {
@@ -145,20 +212,29 @@ fn runtime_information(shared: &Shared, r: &Resolved) -> Response<Body> {
         auth = r.hc.requires_client_authorization,
     );
     let mut resp = Response::new(Body::from(body));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml;type=entry;charset=utf-8"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/atom+xml;type=entry;charset=utf-8"),
+    );
     resp
 }
 
 fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 async fn read_small_body(body: Body, deadline: Duration) -> Result<Bytes, RelayError> {
     let limited = http_body_util::Limited::new(body, INLINE_BODY_LIMIT);
     match tokio::time::timeout(deadline, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) => Err(RelayError::BadRequest(format!("could not read the request body: {e}"))),
-        Err(_) => Err(RelayError::BadRequest("the request body did not arrive in time".into())),
+        Ok(Err(e)) => Err(RelayError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+        Err(_) => Err(RelayError::BadRequest(
+            "the request body did not arrive in time".into(),
+        )),
     }
 }
 
@@ -171,7 +247,12 @@ fn request_headers(headers: &HeaderMap, drop_authorization: bool, host: &str) ->
         .filter(|(name, _)| !is_hop_by_hop(name.as_str(), &tokens) && !is_relay_credential(name))
         .filter(|(name, _)| !(drop_authorization && *name == http::header::AUTHORIZATION))
         .filter(|(name, _)| *name != http::header::VIA)
-        .filter_map(|(name, value)| Some((crate::routes::canonical_case(name.as_str()), value.to_str().ok()?.to_owned())))
+        .filter_map(|(name, value)| {
+            Some((
+                crate::routes::canonical_case(name.as_str()),
+                value.to_str().ok()?.to_owned(),
+            ))
+        })
         .collect();
     let previous = headers.get(http::header::VIA).and_then(|v| v.to_str().ok());
     out.push(("Via".into(), via(previous, "1.1", host)));
@@ -190,7 +271,11 @@ fn build_response(answer: ListenerResponse, host: &str, idle: Duration) -> Respo
     let tokens: Vec<String> = head
         .response_headers
         .get("connection")
-        .map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect()
+        })
         .unwrap_or_default();
     let headers = resp.headers_mut();
     let mut previous_via = None;
@@ -198,7 +283,10 @@ fn build_response(answer: ListenerResponse, host: &str, idle: Duration) -> Respo
         if is_hop_by_hop(name, &tokens) {
             continue;
         }
-        let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) else {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) else {
             continue;
         };
         if name == http::header::VIA {
@@ -210,7 +298,10 @@ fn build_response(answer: ListenerResponse, host: &str, idle: Duration) -> Respo
     if let Ok(v) = HeaderValue::try_from(via(previous_via.as_deref(), "1.1", host)) {
         headers.insert(http::header::VIA, v);
     }
-    if let Some(phrase) = head.status_description.and_then(|d| hyper::ext::ReasonPhrase::try_from(d.into_bytes()).ok()) {
+    if let Some(phrase) = head
+        .status_description
+        .and_then(|d| hyper::ext::ReasonPhrase::try_from(d.into_bytes()).ok())
+    {
         resp.extensions_mut().insert(phrase);
     }
     resp
@@ -222,20 +313,33 @@ fn stream_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>, idle: Duration
         match tokio::time::timeout(idle, rx.recv()).await {
             Ok(Some(item)) => Some((item, rx)),
             Ok(None) => None,
-            Err(_) => Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response body idle")), rx)),
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "response body idle",
+                )),
+                rx,
+            )),
         }
     });
     Body::from_stream(stream)
 }
 
 /// Serves the listener's side of an HTTP rendezvous once its upgrade completes.
-pub(crate) fn spawn_rendezvous(shared: &Arc<Shared>, upgrade: OnUpgrade, listener_id: u64, request_id: String) {
+pub(crate) fn spawn_rendezvous(
+    shared: &Arc<Shared>,
+    upgrade: OnUpgrade,
+    listener_id: u64,
+    request_id: String,
+) {
     let shared = Arc::clone(shared);
-    let span = tracing::info_span!("http_rendezvous", request = %request_id, listener = listener_id);
+    let span =
+        tracing::info_span!("http_rendezvous", request = %request_id, listener = listener_id);
     shared.tasks.clone().spawn(
         async move {
             let Ok(upgraded) = upgrade.await else { return };
-            let (mut reader, mut writer) = relay_io_halves(upgraded, shared.limits.relay_buffer_bytes);
+            let (mut reader, mut writer) =
+                relay_io_halves(upgraded, shared.limits.relay_buffer_bytes);
             let idle = shared.limits.http_request_timeout;
             if let Some(outgoing) = shared.rendezvous.take_outgoing(&request_id) {
                 if let Err(e) = send_request(&mut writer, outgoing, idle).await {
@@ -245,7 +349,12 @@ pub(crate) fn spawn_rendezvous(shared: &Arc<Shared>, upgrade: OnUpgrade, listene
                     return;
                 }
             }
-            let rendezvous = Rendezvous { shared: &shared, request_id: &request_id, listener_id, idle };
+            let rendezvous = Rendezvous {
+                shared: &shared,
+                request_id: &request_id,
+                listener_id,
+                idle,
+            };
             match rendezvous.relay_response(&mut reader, &mut writer).await {
                 Ok(()) => {
                     let _ = writer.close(close_code::NORMAL, "").await;
@@ -253,7 +362,9 @@ pub(crate) fn spawn_rendezvous(shared: &Arc<Shared>, upgrade: OnUpgrade, listene
                 Err(e) => {
                     tracing::debug!(error = %e, "relaying the response failed");
                     shared.rendezvous.fail(&request_id, listener_id);
-                    let _ = writer.close(close_code::PROTOCOL_ERROR, "bad response").await;
+                    let _ = writer
+                        .close(close_code::PROTOCOL_ERROR, "bad response")
+                        .await;
                 }
             }
         }
@@ -262,9 +373,15 @@ pub(crate) fn spawn_rendezvous(shared: &Arc<Shared>, upgrade: OnUpgrade, listene
 }
 
 /// Streams the request JSON and body (one binary message, in fragments) to the listener.
-async fn send_request<W: AsyncWrite + Unpin>(writer: &mut WsWriter<W>, outgoing: OutgoingRequest, idle: Duration) -> Result<(), WsError> {
+async fn send_request<W: AsyncWrite + Unpin>(
+    writer: &mut WsWriter<W>,
+    outgoing: OutgoingRequest,
+    idle: Duration,
+) -> Result<(), WsError> {
     writer.text(&outgoing.json).await?;
-    let Some(mut body) = outgoing.body else { return Ok(()) };
+    let Some(mut body) = outgoing.body else {
+        return Ok(());
+    };
     let mut opcode = OpCode::Binary;
     loop {
         let frame = tokio::time::timeout(idle, body.frame())
@@ -296,36 +413,68 @@ struct Rendezvous<'a> {
 }
 
 impl Rendezvous<'_> {
-    async fn relay_response<R, W>(&self, reader: &mut WsReader<R>, writer: &mut WsWriter<W>) -> Result<(), WsError>
+    async fn relay_response<R, W>(
+        &self,
+        reader: &mut WsReader<R>,
+        writer: &mut WsWriter<W>,
+    ) -> Result<(), WsError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let limit = self.shared.limits.max_control_message_bytes;
         let head = loop {
-            let message = tokio::time::timeout(self.idle, reader.message(limit)).await.map_err(|_| timed_out())??;
+            let message = tokio::time::timeout(self.idle, reader.message(limit))
+                .await
+                .map_err(|_| timed_out())??;
             match message {
-                Some(Message::Text(text)) => match ListenerCommand::decode(text.as_bytes(), limit) {
-                    Ok(ListenerCommand::Response(head)) if head.request_id == self.request_id => break head,
-                    _ => return Err(WsError::Handshake("expected the response for this request".into())),
-                },
+                Some(Message::Text(text)) => {
+                    match ListenerCommand::decode(text.as_bytes(), limit) {
+                        Ok(ListenerCommand::Response(head))
+                            if head.request_id == self.request_id =>
+                        {
+                            break head;
+                        }
+                        _ => {
+                            return Err(WsError::Handshake(
+                                "expected the response for this request".into(),
+                            ));
+                        }
+                    }
+                }
                 Some(Message::Ping(p)) => {
                     writer.send(true, OpCode::Pong, &p).await?;
                     writer.flush().await?;
                 }
                 Some(Message::Pong(_)) => {}
                 Some(Message::Binary(b)) if b.is_empty() => {}
-                Some(Message::Binary(_)) => return Err(WsError::Handshake("body before response".into())),
+                Some(Message::Binary(_)) => {
+                    return Err(WsError::Handshake("body before response".into()));
+                }
                 Some(Message::Close(_)) | None => return Err(WsError::UnexpectedEof),
             }
         };
         if !head.body {
-            self.shared.rendezvous.complete(self.request_id, self.listener_id, ListenerResponse { head, body: ResponseBody::Empty });
+            self.shared.rendezvous.complete(
+                self.request_id,
+                self.listener_id,
+                ListenerResponse {
+                    head,
+                    body: ResponseBody::Empty,
+                },
+            );
             return Ok(());
         }
         let (tx, rx) = mpsc::channel(BODY_CHANNEL);
-        let answer = ListenerResponse { head, body: ResponseBody::Stream(rx) };
-        if !self.shared.rendezvous.complete(self.request_id, self.listener_id, answer) {
+        let answer = ListenerResponse {
+            head,
+            body: ResponseBody::Stream(rx),
+        };
+        if !self
+            .shared
+            .rendezvous
+            .complete(self.request_id, self.listener_id, answer)
+        {
             return Ok(());
         }
         let result = self.stream_body(reader, writer, &tx).await;
@@ -348,12 +497,20 @@ impl Rendezvous<'_> {
     {
         let mut started = false;
         loop {
-            let header = tokio::time::timeout(self.idle, reader.header()).await.map_err(|_| timed_out())??;
+            let header = tokio::time::timeout(self.idle, reader.header())
+                .await
+                .map_err(|_| timed_out())??;
             let header = header.ok_or(WsError::UnexpectedEof)?;
             match header.opcode {
-                OpCode::Binary | OpCode::Continuation if (header.opcode == OpCode::Continuation) == started => {
+                OpCode::Binary | OpCode::Continuation
+                    if (header.opcode == OpCode::Continuation) == started =>
+                {
                     started = true;
-                    while tokio::time::timeout(self.idle, reader.fill_payload()).await.map_err(|_| timed_out())?? > 0 {
+                    while tokio::time::timeout(self.idle, reader.fill_payload())
+                        .await
+                        .map_err(|_| timed_out())??
+                        > 0
+                    {
                         let chunk = Bytes::copy_from_slice(reader.payload());
                         let n = chunk.len();
                         reader.consume(n);
@@ -372,12 +529,19 @@ impl Rendezvous<'_> {
                     writer.flush().await?;
                 }
                 OpCode::Pong => reader.read_small_payload(&mut Vec::new()).await?,
-                _ => return Err(WsError::Handshake("unexpected frame in the response body".into())),
+                _ => {
+                    return Err(WsError::Handshake(
+                        "unexpected frame in the response body".into(),
+                    ));
+                }
             }
         }
     }
 }
 
 fn timed_out() -> WsError {
-    WsError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "listener idle"))
+    WsError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "listener idle",
+    ))
 }

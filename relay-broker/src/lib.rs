@@ -90,7 +90,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("limits", &self.shared.limits).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,7 +101,12 @@ impl Broker {
     #[must_use]
     pub fn new(config: &BrokerConfig) -> Self {
         let store = Arc::new(ConfigStore::new(&config.hybrid_connections, &config.rules));
-        Self::with_backends(config.limits.clone(), config.public_url.clone(), store, Arc::new(LocalPresence::default()))
+        Self::with_backends(
+            config.limits.clone(),
+            config.public_url.clone(),
+            store,
+            Arc::new(LocalPresence::default()),
+        )
     }
 
     /// A broker with chosen store and presence backends.
@@ -123,7 +130,9 @@ impl Broker {
             next_listener: AtomicU64::new(1),
             counters: Counters::default(),
         };
-        Self { shared: Arc::new(shared) }
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// The axum router serving every relay path. Nest it with `nest_service` and set
@@ -174,7 +183,11 @@ impl Broker {
 /// The path part of a URL: `wss://h:1/relay` → `/relay`.
 fn mount_path(url: &str) -> String {
     let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    without_scheme.split_once('/').map_or(String::new(), |(_, path)| format!("/{}", path.trim_matches('/')))
+    without_scheme
+        .split_once('/')
+        .map_or(String::new(), |(_, path)| {
+            format!("/{}", path.trim_matches('/'))
+        })
 }
 
 impl Shared {

@@ -41,7 +41,11 @@ pub(crate) struct AuthLimiter {
 
 impl AuthLimiter {
     pub(crate) fn new(per_window: u32) -> Self {
-        Self { failures: DashMap::new(), per_window, held: Arc::new(Semaphore::new(MAX_HELD)) }
+        Self {
+            failures: DashMap::new(),
+            per_window,
+            held: Arc::new(Semaphore::new(MAX_HELD)),
+        }
     }
 
     /// A fingerprint of the presented credential (not stored in clear).
@@ -64,9 +68,15 @@ impl AuthLimiter {
             self.failures.retain(|_, w| w.start.elapsed() < WINDOW);
         }
         let now = Instant::now();
-        let mut entry = self.failures.entry((ip, credential)).or_insert(Window { start: now, failures: 0 });
+        let mut entry = self.failures.entry((ip, credential)).or_insert(Window {
+            start: now,
+            failures: 0,
+        });
         if now.duration_since(entry.start) >= WINDOW {
-            *entry = Window { start: now, failures: 0 };
+            *entry = Window {
+                start: now,
+                failures: 0,
+            };
         }
         entry.failures = entry.failures.saturating_add(1);
     }

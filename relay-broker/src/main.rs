@@ -12,7 +12,11 @@ use relay_broker::{Broker, ServeOptions};
 use relay_core::sas::{Rights, SharedAccessKey};
 
 #[derive(Parser, Debug)]
-#[command(name = "relay-broker", version, about = "Self-hosted Azure Relay Hybrid Connections broker")]
+#[command(
+    name = "relay-broker",
+    version,
+    about = "Self-hosted Azure Relay Hybrid Connections broker"
+)]
 struct Cli {
     /// TOML configuration file; without it an embedded demo default is used.
     #[arg(long, env = "RELAY_BROKER_CONFIG")]
@@ -40,28 +44,45 @@ async fn main() -> anyhow::Result<()> {
         None => embedded_default(),
     };
     if let Some(bind) = &cli.bind {
-        config.bind = bind.parse().with_context(|| format!("--bind '{bind}' is not host:port"))?;
+        config.bind = bind
+            .parse()
+            .with_context(|| format!("--bind '{bind}' is not host:port"))?;
     }
     let tls = match &config.tls {
-        Some(files) => Some(relay_io::tls::server_config(&files.cert, &files.key).context("loading [server] tls_cert/tls_key")?),
+        Some(files) => Some(
+            relay_io::tls::server_config(&files.cert, &files.key)
+                .context("loading [server] tls_cert/tls_key")?,
+        ),
         None => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let listener = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
     if let Some(key) = demo_key {
         print_demo(scheme, addr, &key);
     }
     println!("listening on {addr}");
     let broker = Broker::new(&config);
-    broker.serve(listener, ServeOptions { tls }, shutdown_signal()).await?;
+    broker
+        .serve(listener, ServeOptions { tls }, shutdown_signal())
+        .await?;
     Ok(())
 }
 
 fn embedded_default() -> (BrokerConfig, Option<String>) {
-    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let mut config = BrokerConfig::parse("", "embedded default").unwrap_or_else(|_| unreachable_default());
-    config.hybrid_connections = vec![HybridConnection { name: "demo".into(), requires_client_authorization: true }];
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut config =
+        BrokerConfig::parse("", "embedded default").unwrap_or_else(|_| unreachable_default());
+    config.hybrid_connections = vec![HybridConnection {
+        name: "demo".into(),
+        requires_client_authorization: true,
+    }];
     config.rules = vec![SharedAccessKey {
         name: "RootManageSharedAccessKey".into(),
         key: key.clone(),
@@ -92,7 +113,9 @@ fn print_demo(scheme: &str, addr: std::net::SocketAddr, key: &str) {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

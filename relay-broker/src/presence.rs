@@ -67,7 +67,10 @@ pub struct LocalPresence {
 
 impl Presence for LocalPresence {
     fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded> {
-        let mut slot = self.slots.entry(handle.hc.to_ascii_lowercase()).or_default();
+        let mut slot = self
+            .slots
+            .entry(handle.hc.to_ascii_lowercase())
+            .or_default();
         if slot.listeners.len() >= max {
             return Err(QuotaExceeded);
         }
@@ -82,7 +85,8 @@ impl Presence for LocalPresence {
             slot.listeners.is_empty()
         });
         if empty {
-            self.slots.remove_if(&key, |_, slot| slot.listeners.is_empty());
+            self.slots
+                .remove_if(&key, |_, slot| slot.listeners.is_empty());
         }
     }
 
@@ -102,11 +106,16 @@ impl Presence for LocalPresence {
     }
 
     fn count(&self, hc: &str) -> usize {
-        self.slots.get(&hc.to_ascii_lowercase()).map_or(0, |s| s.listeners.len())
+        self.slots
+            .get(&hc.to_ascii_lowercase())
+            .map_or(0, |s| s.listeners.len())
     }
 
     fn all(&self) -> Vec<ListenerHandle> {
-        self.slots.iter().flat_map(|s| s.listeners.clone()).collect()
+        self.slots
+            .iter()
+            .flat_map(|s| s.listeners.clone())
+            .collect()
     }
 }
 

@@ -60,12 +60,30 @@ where
     let (to_sender_tx, to_sender_rx) = mpsc::channel(4);
     let (to_listener_tx, to_listener_rx) = mpsc::channel(4);
     let abort = shutdown.child_token();
-    let up = Direction { abort: abort.clone(), peer: to_sender_tx, inbox: to_listener_rx, relayed: 0, closed_dst: false };
-    let down = Direction { abort: abort.clone(), peer: to_listener_tx, inbox: to_sender_rx, relayed: 0, closed_dst: false };
-    let (up_bytes, down_bytes) = tokio::join!(up.run(&mut s_read, &mut l_write), down.run(&mut l_read, &mut s_write));
+    let up = Direction {
+        abort: abort.clone(),
+        peer: to_sender_tx,
+        inbox: to_listener_rx,
+        relayed: 0,
+        closed_dst: false,
+    };
+    let down = Direction {
+        abort: abort.clone(),
+        peer: to_listener_tx,
+        inbox: to_sender_rx,
+        relayed: 0,
+        closed_dst: false,
+    };
+    let (up_bytes, down_bytes) = tokio::join!(
+        up.run(&mut s_read, &mut l_write),
+        down.run(&mut l_read, &mut s_write)
+    );
     let _ = s_write.shutdown().await;
     let _ = l_write.shutdown().await;
-    Relayed { to_listener: up_bytes, to_sender: down_bytes }
+    Relayed {
+        to_listener: up_bytes,
+        to_sender: down_bytes,
+    }
 }
 
 struct Direction {
@@ -140,7 +158,8 @@ impl Direction {
             let header = match header {
                 Ok(Some(h)) => h,
                 Ok(None) | Err(WsError::Io(_) | WsError::UnexpectedEof) => {
-                    self.close_dst(dst, close_code::GOING_AWAY, "peer disconnected").await;
+                    self.close_dst(dst, close_code::GOING_AWAY, "peer disconnected")
+                        .await;
                     return End::Aborted;
                 }
                 Err(e) => return self.protocol_error(dst, &e.to_string()).await,
@@ -149,7 +168,9 @@ impl Direction {
                 OpCode::Continuation | OpCode::Text | OpCode::Binary => {
                     let continuation = header.opcode == OpCode::Continuation;
                     if continuation != in_message {
-                        return self.protocol_error(dst, &FrameError::BadFragment.to_string()).await;
+                        return self
+                            .protocol_error(dst, &FrameError::BadFragment.to_string())
+                            .await;
                     }
                     in_message = !header.fin;
                     if self.copy_frame(header, src, dst).await.is_err() {
@@ -160,18 +181,30 @@ impl Direction {
                 OpCode::Ping | OpCode::Pong | OpCode::Close => {
                     let mut payload = Vec::with_capacity(header.payload_len as usize);
                     if src.read_small_payload(&mut payload).await.is_err() {
-                        self.close_dst(dst, close_code::GOING_AWAY, "peer disconnected").await;
+                        self.close_dst(dst, close_code::GOING_AWAY, "peer disconnected")
+                            .await;
                         return End::Aborted;
                     }
                     match header.opcode {
                         OpCode::Ping => {
-                            let _ = self.peer.try_send(Control { opcode: OpCode::Pong, payload });
+                            let _ = self.peer.try_send(Control {
+                                opcode: OpCode::Pong,
+                                payload,
+                            });
                         }
                         OpCode::Close => {
                             if let Err(e) = frame::parse_close(&payload) {
                                 return self.protocol_error(dst, &e.to_string()).await;
                             }
-                            let _ = self.send_control(dst, &Control { opcode: OpCode::Close, payload }).await;
+                            let _ = self
+                                .send_control(
+                                    dst,
+                                    &Control {
+                                        opcode: OpCode::Close,
+                                        payload,
+                                    },
+                                )
+                                .await;
                             return End::Closed;
                         }
                         _ => {}
@@ -182,7 +215,12 @@ impl Direction {
     }
 
     /// Streams one frame's payload from `src` to `dst`.
-    async fn copy_frame<R, W>(&mut self, header: FrameHeader, src: &mut WsReader<R>, dst: &mut WsWriter<W>) -> Result<(), WsError>
+    async fn copy_frame<R, W>(
+        &mut self,
+        header: FrameHeader,
+        src: &mut WsReader<R>,
+        dst: &mut WsWriter<W>,
+    ) -> Result<(), WsError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -207,15 +245,27 @@ impl Direction {
         Ok(())
     }
 
-    async fn protocol_error<W: AsyncWrite + Unpin>(&mut self, dst: &mut WsWriter<W>, why: &str) -> End {
+    async fn protocol_error<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut WsWriter<W>,
+        why: &str,
+    ) -> End {
         let reason = format!("protocol error: {why}");
-        let _ = self.peer.try_send(Control { opcode: OpCode::Close, payload: frame::close_payload(close_code::PROTOCOL_ERROR, &reason) });
-        self.close_dst(dst, close_code::GOING_AWAY, "peer broke protocol").await;
+        let _ = self.peer.try_send(Control {
+            opcode: OpCode::Close,
+            payload: frame::close_payload(close_code::PROTOCOL_ERROR, &reason),
+        });
+        self.close_dst(dst, close_code::GOING_AWAY, "peer broke protocol")
+            .await;
         End::Aborted
     }
 
     /// Writes a control frame; at most one Close ever reaches a destination.
-    async fn send_control<W: AsyncWrite + Unpin>(&mut self, dst: &mut WsWriter<W>, ctrl: &Control) -> std::io::Result<()> {
+    async fn send_control<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut WsWriter<W>,
+        ctrl: &Control,
+    ) -> std::io::Result<()> {
         if self.closed_dst {
             return Ok(());
         }
@@ -224,8 +274,16 @@ impl Direction {
         dst.flush().await
     }
 
-    async fn close_dst<W: AsyncWrite + Unpin>(&mut self, dst: &mut WsWriter<W>, code: u16, reason: &str) {
-        let ctrl = Control { opcode: OpCode::Close, payload: frame::close_payload(code, reason) };
+    async fn close_dst<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut WsWriter<W>,
+        code: u16,
+        reason: &str,
+    ) {
+        let ctrl = Control {
+            opcode: OpCode::Close,
+            payload: frame::close_payload(code, reason),
+        };
         let _ = self.send_control(dst, &ctrl).await;
     }
 }

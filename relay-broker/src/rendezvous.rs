@@ -17,18 +17,30 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug)]
 pub(crate) enum Arrival {
     /// It connected: its socket (once upgraded) and the sub-protocol it chose.
-    Accepted { upgrade: OnUpgrade, protocol: Option<String> },
+    Accepted {
+        upgrade: OnUpgrade,
+        protocol: Option<String>,
+    },
     /// It rejected the sender with a status and description.
-    Rejected { status: http::StatusCode, description: String },
+    Rejected {
+        status: http::StatusCode,
+        description: String,
+    },
 }
 
 /// A capability address waiting to be used.
 #[derive(Debug)]
 pub(crate) enum Pending {
     /// `sb-hc-action=accept` for a sender's WebSocket.
-    Accept { listener_id: u64, tx: oneshot::Sender<Arrival> },
+    Accept {
+        listener_id: u64,
+        tx: oneshot::Sender<Arrival>,
+    },
     /// `sb-hc-action=request` for an HTTP request.
-    Request { listener_id: u64, request_id: String },
+    Request {
+        listener_id: u64,
+        request_id: String,
+    },
 }
 
 impl Pending {
@@ -87,7 +99,11 @@ pub(crate) struct Full;
 
 impl Rendezvous {
     pub(crate) fn new(max: usize) -> Self {
-        Self { addresses: DashMap::new(), requests: DashMap::new(), max }
+        Self {
+            addresses: DashMap::new(),
+            requests: DashMap::new(),
+            max,
+        }
     }
 
     /// Registers an address and returns its unguessable capability and a guard that removes
@@ -96,18 +112,34 @@ impl Rendezvous {
         if self.addresses.len() + self.requests.len() >= self.max {
             return Err(Full);
         }
-        let cap = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let cap = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         self.addresses.insert(cap.clone(), pending);
-        Ok(Guard { map: Arc::clone(self), key: cap, request: false })
+        Ok(Guard {
+            map: Arc::clone(self),
+            key: cap,
+            request: false,
+        })
     }
 
     /// Registers a request slot under `id`.
-    pub(crate) fn add_request(self: &Arc<Self>, id: &str, slot: RequestSlot) -> Result<Guard, Full> {
+    pub(crate) fn add_request(
+        self: &Arc<Self>,
+        id: &str,
+        slot: RequestSlot,
+    ) -> Result<Guard, Full> {
         if self.addresses.len() + self.requests.len() >= self.max {
             return Err(Full);
         }
         self.requests.insert(id.to_owned(), slot);
-        Ok(Guard { map: Arc::clone(self), key: id.to_owned(), request: true })
+        Ok(Guard {
+            map: Arc::clone(self),
+            key: id.to_owned(),
+            request: true,
+        })
     }
 
     /// Uses an address: it works once.
@@ -118,14 +150,25 @@ impl Rendezvous {
     /// Takes the outgoing request (address-only form) of a slot, once.
     pub(crate) fn take_outgoing(&self, request_id: &str) -> Option<OutgoingRequest> {
         let slot = self.requests.get(request_id)?;
-        let mut outgoing = slot.outgoing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut outgoing = slot
+            .outgoing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         outgoing.take()
     }
 
     /// Completes a request with the listener's response, if it is still waiting and belongs
     /// to `listener_id`. Returns whether the request was pending.
-    pub(crate) fn complete(&self, request_id: &str, listener_id: u64, response: ListenerResponse) -> bool {
-        match self.requests.remove_if(request_id, |_, s| s.listener_id == listener_id) {
+    pub(crate) fn complete(
+        &self,
+        request_id: &str,
+        listener_id: u64,
+        response: ListenerResponse,
+    ) -> bool {
+        match self
+            .requests
+            .remove_if(request_id, |_, s| s.listener_id == listener_id)
+        {
             Some((_, slot)) => slot.respond.send(response).is_ok(),
             None => false,
         }
@@ -133,7 +176,9 @@ impl Rendezvous {
 
     /// Whether a request is pending for this listener.
     pub(crate) fn is_pending(&self, request_id: &str, listener_id: u64) -> bool {
-        self.requests.get(request_id).is_some_and(|s| s.listener_id == listener_id)
+        self.requests
+            .get(request_id)
+            .is_some_and(|s| s.listener_id == listener_id)
     }
 
     /// Drops every entry of a listener whose control channel ended; waiting senders see
@@ -177,6 +222,7 @@ impl Drop for Guard {
 impl Rendezvous {
     /// Fails a pending request: its sender gets 502 at once.
     pub(crate) fn fail(&self, request_id: &str, listener_id: u64) {
-        self.requests.remove_if(request_id, |_, s| s.listener_id == listener_id);
+        self.requests
+            .remove_if(request_id, |_, s| s.listener_id == listener_id);
     }
 }

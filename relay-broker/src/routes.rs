@@ -65,11 +65,21 @@ async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response<B
     .await
 }
 
-async fn route(shared: &Arc<Shared>, req: Request, query: RelayQuery, tracking: TrackingId) -> Result<Response<Body>, RelayError> {
+async fn route(
+    shared: &Arc<Shared>,
+    req: Request,
+    query: RelayQuery,
+    tracking: TrackingId,
+) -> Result<Response<Body>, RelayError> {
     if shared.shutdown.is_cancelled() {
         return Err(RelayError::ShuttingDown);
     }
-    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + req.uri().to_string().len();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
     if header_bytes > MAX_HEADER_BYTES {
         return Err(RelayError::HeadersTooLarge(MAX_HEADER_BYTES));
     }
@@ -79,14 +89,29 @@ async fn route(shared: &Arc<Shared>, req: Request, query: RelayQuery, tracking: 
         if !relayable(req.method()) {
             return Err(RelayError::MethodNotAllowed);
         }
-        return http_relay::handle(shared, req, resolve(shared, path.trim_start_matches('/'), query, tracking, transport)?).await;
+        return http_relay::handle(
+            shared,
+            req,
+            resolve(
+                shared,
+                path.trim_start_matches('/'),
+                query,
+                tracking,
+                transport,
+            )?,
+        )
+        .await;
     };
     if !handshake::is_upgrade(req.headers()) {
-        return Err(RelayError::BadRequest("WebSocket actions under /$hc/ need a WebSocket upgrade".into()));
+        return Err(RelayError::BadRequest(
+            "WebSocket actions under /$hc/ need a WebSocket upgrade".into(),
+        ));
     }
     let action = match query.action {
         Some(action) => action,
-        None if query.unknown_action => return Err(RelayError::BadRequest("unknown sb-hc-action".into())),
+        None if query.unknown_action => {
+            return Err(RelayError::BadRequest("unknown sb-hc-action".into()));
+        }
         None => return Err(RelayError::BadRequest("sb-hc-action is required".into())),
     };
     tracing::Span::current().record("action", action.as_str());
@@ -106,18 +131,35 @@ fn resolve(
     tracking: TrackingId,
     transport: Option<Transport>,
 ) -> Result<Resolved, RelayError> {
-    let hit = HcPath::resolve(rest, |name| shared.store.hybrid_connection(name).map(|h| h.name))
+    let hit = HcPath::resolve(rest, |name| {
+        shared.store.hybrid_connection(name).map(|h| h.name)
+    })
+    .ok_or(RelayError::EndpointNotFound)?;
+    let hc = shared
+        .store
+        .hybrid_connection(&hit.name)
         .ok_or(RelayError::EndpointNotFound)?;
-    let hc = shared.store.hybrid_connection(&hit.name).ok_or(RelayError::EndpointNotFound)?;
-    Ok(Resolved { hc, suffix: hit.suffix.to_owned(), raw_path: format!("/{rest}"), query, tracking, transport })
+    Ok(Resolved {
+        hc,
+        suffix: hit.suffix.to_owned(),
+        raw_path: format!("/{rest}"),
+        query,
+        tracking,
+        transport,
+    })
 }
 
 /// `sb-hc-action=listen`: a listener opens its control channel.
-async fn listen(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<Response<Body>, RelayError> {
+async fn listen(
+    shared: &Arc<Shared>,
+    mut req: Request,
+    r: Resolved,
+) -> Result<Response<Body>, RelayError> {
     if !r.suffix.trim_matches('/').is_empty() {
         return Err(RelayError::EndpointNotFound);
     }
-    let accept_key = handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
     let claim = Claim {
         headers: req.headers(),
         query: &r.query,
@@ -135,8 +177,13 @@ async fn listen(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<R
 }
 
 /// `sb-hc-action=connect`: a sender wants a WebSocket to a listener.
-async fn connect(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<Response<Body>, RelayError> {
-    let accept_key = handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+async fn connect(
+    shared: &Arc<Shared>,
+    mut req: Request,
+    r: Resolved,
+) -> Result<Response<Body>, RelayError> {
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
     let audience = r.audience_path();
     let claim = Claim {
         headers: req.headers(),
@@ -148,29 +195,57 @@ async fn connect(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<
         required: r.hc.requires_client_authorization,
     };
     let authorized = authorize(shared, claim).await?;
-    let listener = shared.presence.pick(&r.hc.name).ok_or(RelayError::ListenerNotConnected)?;
+    let listener = shared
+        .presence
+        .pick(&r.hc.name)
+        .ok_or(RelayError::ListenerNotConnected)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let guard = shared
         .rendezvous
-        .add_address(Pending::Accept { listener_id: listener.id, tx })
+        .add_address(Pending::Accept {
+            listener_id: listener.id,
+            tx,
+        })
         .map_err(|_| RelayError::Busy("pending rendezvous"))?;
-    let mut address = format!("{}/$hc/{}{}?", listener.base_url, address::encode_name(&r.hc.name), r.suffix);
+    let mut address = format!(
+        "{}/$hc/{}{}?",
+        listener.base_url,
+        address::encode_name(&r.hc.name),
+        r.suffix
+    );
     if !r.query.app_query.is_empty() {
         address.push_str(&r.query.app_query);
         address.push('&');
     }
-    address.push_str(&format!("sb-hc-action=accept&sb-hc-id={}&{RENDEZVOUS_PARAM}={}", r.tracking, guard.key()));
+    address.push_str(&format!(
+        "sb-hc-action=accept&sb-hc-id={}&{RENDEZVOUS_PARAM}={}",
+        r.tracking,
+        guard.key()
+    ));
     let command = ListenerCommand::Accept(Accept {
         address,
         id: r.tracking.to_string(),
-        connect_headers: forwarded_headers(req.headers(), authorized.presented.consumed_authorization()),
-        remote_endpoint: r.transport.map(|t| RemoteEndpoint { address: t.peer.ip().to_string(), port: t.peer.port() }),
+        connect_headers: forwarded_headers(
+            req.headers(),
+            authorized.presented.consumed_authorization(),
+        ),
+        remote_endpoint: r.transport.map(|t| RemoteEndpoint {
+            address: t.peer.ip().to_string(),
+            port: t.peer.port(),
+        }),
     });
-    listener.tx.try_send(Outbound::Text(command.encode())).map_err(|_| RelayError::Busy("listener control queue"))?;
+    listener
+        .tx
+        .try_send(Outbound::Text(command.encode()))
+        .map_err(|_| RelayError::Busy("listener control queue"))?;
     let sender_upgrade = hyper::upgrade::on(&mut req);
     let arrival = match tokio::time::timeout(shared.limits.accept_timeout, rx).await {
         Ok(Ok(arrival)) => arrival,
-        Ok(Err(_)) => return Err(RelayError::ListenerFailed("the listener disconnected".into())),
+        Ok(Err(_)) => {
+            return Err(RelayError::ListenerFailed(
+                "the listener disconnected".into(),
+            ));
+        }
         Err(_) => {
             Shared::count(&shared.counters.rendezvous_timeouts);
             return Err(RelayError::GatewayTimeout);
@@ -178,7 +253,13 @@ async fn connect(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<
     };
     drop(guard);
     match arrival {
-        Arrival::Rejected { status, description } => Err(RelayError::Rejected { status, description }),
+        Arrival::Rejected {
+            status,
+            description,
+        } => Err(RelayError::Rejected {
+            status,
+            description,
+        }),
         Arrival::Accepted { upgrade, protocol } => {
             spawn_pair(shared, sender_upgrade, upgrade, r.tracking.clone());
             Ok(switching(accept_key, protocol.as_deref()))
@@ -186,7 +267,12 @@ async fn connect(shared: &Arc<Shared>, mut req: Request, r: Resolved) -> Result<
     }
 }
 
-fn spawn_pair(shared: &Arc<Shared>, sender: hyper::upgrade::OnUpgrade, listener: hyper::upgrade::OnUpgrade, tracking: TrackingId) {
+fn spawn_pair(
+    shared: &Arc<Shared>,
+    sender: hyper::upgrade::OnUpgrade,
+    listener: hyper::upgrade::OnUpgrade,
+    tracking: TrackingId,
+) {
     let buffer = shared.limits.relay_buffer_bytes;
     let shutdown = shared.shutdown.clone();
     let span = tracing::info_span!("relay", tracking = %tracking);
@@ -199,7 +285,11 @@ fn spawn_pair(shared: &Arc<Shared>, sender: hyper::upgrade::OnUpgrade, listener:
             let sender = relay_io_halves(sender, buffer);
             let listener = relay_io_halves(listener, buffer);
             let relayed = pump::relay(sender, listener, shutdown).await;
-            tracing::debug!(to_listener = relayed.to_listener, to_sender = relayed.to_sender, "relay finished");
+            tracing::debug!(
+                to_listener = relayed.to_listener,
+                to_sender = relayed.to_sender,
+                "relay finished"
+            );
         }
         .instrument(span),
     );
@@ -211,41 +301,85 @@ type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 pub(crate) fn relay_io_halves(
     upgraded: hyper::upgrade::Upgraded,
     buffer: usize,
-) -> (relay_io::WsReader<tokio::io::ReadHalf<Upgraded>>, relay_io::WsWriter<tokio::io::WriteHalf<Upgraded>>) {
+) -> (
+    relay_io::WsReader<tokio::io::ReadHalf<Upgraded>>,
+    relay_io::WsWriter<tokio::io::WriteHalf<Upgraded>>,
+) {
     let (r, w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
-    (relay_io::WsReader::new(r, relay_io::Role::Server, buffer), relay_io::WsWriter::new(w, relay_io::Role::Server))
+    (
+        relay_io::WsReader::new(r, relay_io::Role::Server, buffer),
+        relay_io::WsWriter::new(w, relay_io::Role::Server),
+    )
 }
 
 /// `sb-hc-action=accept` on a capability address: the listener accepts or rejects a sender.
-fn accept(shared: &Arc<Shared>, mut req: Request, query: &RelayQuery) -> Result<Response<Body>, RelayError> {
+fn accept(
+    shared: &Arc<Shared>,
+    mut req: Request,
+    query: &RelayQuery,
+) -> Result<Response<Body>, RelayError> {
     let cap = capability(req.uri().query())?;
     let reject = query.status_code.as_deref().map(|code| {
-        let status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
-        let status = status.filter(|s| s.is_client_error() || s.is_server_error()).unwrap_or(StatusCode::BAD_REQUEST);
-        (status, query.status_description.clone().unwrap_or_else(|| "Rejected by the listener".into()))
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok());
+        let status = status
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        (
+            status,
+            query
+                .status_description
+                .clone()
+                .unwrap_or_else(|| "Rejected by the listener".into()),
+        )
     });
     let accept_key = match reject {
         Some(_) => None,
-        None => Some(handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?),
+        None => Some(
+            handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?,
+        ),
     };
     let Some(Pending::Accept { tx, .. }) = shared.rendezvous.take_address(&cap) else {
         return Err(RelayError::RendezvousExpired);
     };
     if let Some((status, description)) = reject {
-        let _ = tx.send(Arrival::Rejected { status, description });
+        let _ = tx.send(Arrival::Rejected {
+            status,
+            description,
+        });
         return Ok(gone());
     }
-    let protocol = handshake::offered_protocols(req.headers()).into_iter().next();
+    let protocol = handshake::offered_protocols(req.headers())
+        .into_iter()
+        .next();
     let upgrade = hyper::upgrade::on(&mut req);
-    tx.send(Arrival::Accepted { upgrade, protocol: protocol.clone() }).map_err(|_| RelayError::RendezvousExpired)?;
-    Ok(switching(accept_key.unwrap_or_default(), protocol.as_deref()))
+    tx.send(Arrival::Accepted {
+        upgrade,
+        protocol: protocol.clone(),
+    })
+    .map_err(|_| RelayError::RendezvousExpired)?;
+    Ok(switching(
+        accept_key.unwrap_or_default(),
+        protocol.as_deref(),
+    ))
 }
 
 /// `sb-hc-action=request` on a capability address: the HTTP rendezvous.
-fn request_rendezvous(shared: &Arc<Shared>, mut req: Request, _query: &RelayQuery) -> Result<Response<Body>, RelayError> {
+fn request_rendezvous(
+    shared: &Arc<Shared>,
+    mut req: Request,
+    _query: &RelayQuery,
+) -> Result<Response<Body>, RelayError> {
     let cap = capability(req.uri().query())?;
-    let accept_key = handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
-    let Some(Pending::Request { listener_id, request_id }) = shared.rendezvous.take_address(&cap) else {
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let Some(Pending::Request {
+        listener_id,
+        request_id,
+    }) = shared.rendezvous.take_address(&cap)
+    else {
         return Err(RelayError::RendezvousExpired);
     };
     let upgrade = hyper::upgrade::on(&mut req);
@@ -261,7 +395,10 @@ fn capability(query: Option<&str>) -> Result<String, RelayError> {
 }
 
 fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
 }
 
 /// The `101 Switching Protocols` answer.
@@ -293,7 +430,12 @@ fn forwarded_headers(headers: &HeaderMap, drop_authorization: bool) -> Headers {
         .iter()
         .filter(|(name, _)| !relay_core::http_rules::is_relay_credential(name))
         .filter(|(name, _)| !(drop_authorization && *name == http::header::AUTHORIZATION))
-        .filter_map(|(name, value)| Some((canonical_case(name.as_str()), value.to_str().ok()?.to_owned())))
+        .filter_map(|(name, value)| {
+            Some((
+                canonical_case(name.as_str()),
+                value.to_str().ok()?.to_owned(),
+            ))
+        })
         .collect();
     Headers(list)
 }
@@ -321,10 +463,18 @@ pub(crate) fn canonical_case(name: &str) -> String {
 /// Base of rendezvous addresses for a listener: `public_url`, else its own scheme and Host.
 fn base_url(shared: &Shared, headers: &HeaderMap, transport: Option<Transport>) -> String {
     if let Some(url) = &shared.public_url {
-        return url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        return url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
     }
-    let forwarded_tls = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let scheme = if transport.is_some_and(|t| t.tls) || forwarded_tls { "wss" } else { "ws" };
+    let forwarded_tls = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let scheme = if transport.is_some_and(|t| t.tls) || forwarded_tls {
+        "wss"
+    } else {
+        "ws"
+    };
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())

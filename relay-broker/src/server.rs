@@ -25,7 +25,9 @@ pub struct ServeOptions {
 
 impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeOptions").field("tls", &self.tls.is_some()).finish()
+        f.debug_struct("ServeOptions")
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
@@ -61,11 +63,13 @@ pub(crate) async fn serve(
         connections.spawn(async move {
             match acceptor {
                 None => serve_connection(stream, peer, false, router, stop).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(tls, peer, true, router, stop).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, true, router, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -83,7 +87,10 @@ pub(crate) async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(drain_secs = drain.as_secs_f64(), "drain bound reached; cutting remaining connections");
+        tracing::warn!(
+            drain_secs = drain.as_secs_f64(),
+            "drain bound reached; cutting remaining connections"
+        );
     }
     Ok(())
 }
@@ -122,4 +129,3 @@ async fn serve_connection<S>(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
-

@@ -30,7 +30,10 @@ impl ConfigStore {
     #[must_use]
     pub fn new(hcs: &[HybridConnection], rules: &[SharedAccessKey]) -> Self {
         Self {
-            hcs: hcs.iter().map(|h| (h.name.to_ascii_lowercase(), h.clone())).collect(),
+            hcs: hcs
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.clone()))
+                .collect(),
             rules: rules.to_vec().into(),
         }
     }

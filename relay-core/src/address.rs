@@ -81,7 +81,10 @@ impl<'a> HcPath<'a> {
                 let trimmed = decoded.trim_end_matches('/');
                 if !trimmed.is_empty() {
                     if let Some(name) = lookup(trimmed) {
-                        return Some(Self { name, suffix: &rest[end..] });
+                        return Some(Self {
+                            name,
+                            suffix: &rest[end..],
+                        });
                     }
                 }
             }
@@ -144,7 +147,10 @@ impl RelayQuery {
 /// treated as reserved too, so a token sent that way is never leaked to a listener.
 fn reserved(key: &str) -> Option<String> {
     let lower = key.to_ascii_lowercase();
-    lower.strip_prefix(RESERVED_PREFIX).or_else(|| lower.strip_prefix("sbc-hc-")).map(str::to_owned)
+    lower
+        .strip_prefix(RESERVED_PREFIX)
+        .or_else(|| lower.strip_prefix("sbc-hc-"))
+        .map(str::to_owned)
 }
 
 /// Removes every `sb-hc-*` parameter from a raw query.
@@ -192,7 +198,12 @@ mod tests {
     use super::*;
 
     fn names(known: &'static [&'static str]) -> impl FnMut(&str) -> Option<String> {
-        move |n| known.iter().find(|k| k.eq_ignore_ascii_case(n)).map(|k| (*k).to_owned())
+        move |n| {
+            known
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(n))
+                .map(|k| (*k).to_owned())
+        }
     }
 
     #[test]
@@ -219,7 +230,9 @@ mod tests {
 
     #[test]
     fn query_splits_reserved_from_app_params() {
-        let q = RelayQuery::parse("x=1&sb-hc-action=connect&SB-HC-ID=t-1&sb-hc-token=SharedAccessSignature%20sr%3Dx&y=%2B&sb-hc-other=1");
+        let q = RelayQuery::parse(
+            "x=1&sb-hc-action=connect&SB-HC-ID=t-1&sb-hc-token=SharedAccessSignature%20sr%3Dx&y=%2B&sb-hc-other=1",
+        );
         assert_eq!(q.action, Some(Action::Connect));
         assert_eq!(q.id.as_deref(), Some("t-1"));
         assert_eq!(q.token.as_deref(), Some("SharedAccessSignature sr=x"));
@@ -228,7 +241,9 @@ mod tests {
 
     #[test]
     fn reject_parameters_and_unknown_action() {
-        let q = RelayQuery::parse("sb-hc-action=accept&sb-hc-id=i&sb-hc-statusCode=403&sb-hc-statusDescription=no+way");
+        let q = RelayQuery::parse(
+            "sb-hc-action=accept&sb-hc-id=i&sb-hc-statusCode=403&sb-hc-statusDescription=no+way",
+        );
         assert_eq!(q.status_code.as_deref(), Some("403"));
         assert_eq!(q.status_description.as_deref(), Some("no way"));
         let q = RelayQuery::parse("sb-hc-action=dance");

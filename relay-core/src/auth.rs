@@ -33,7 +33,9 @@ pub struct Presented {
 
 impl std::fmt::Debug for Presented {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Presented").field("origin", &self.origin).finish_non_exhaustive()
+        f.debug_struct("Presented")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,20 +49,41 @@ impl Presented {
 
 /// Finds the token on a request. `query_token` is the decoded `sb-hc-token`, if any.
 #[must_use]
-pub fn presented_token(headers: &HeaderMap, query_token: Option<&str>, auth_required: bool) -> Presented {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+pub fn presented_token(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    auth_required: bool,
+) -> Presented {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     if let Some(token) = header(SERVICE_BUS_AUTHORIZATION) {
-        return Presented { token: Some(token), origin: Some(TokenOrigin::ServiceBusHeader) };
+        return Presented {
+            token: Some(token),
+            origin: Some(TokenOrigin::ServiceBusHeader),
+        };
     }
     if let Some(token) = query_token {
-        return Presented { token: Some(token.to_owned()), origin: Some(TokenOrigin::Query) };
+        return Presented {
+            token: Some(token.to_owned()),
+            origin: Some(TokenOrigin::Query),
+        };
     }
     if auth_required {
         if let Some(token) = header(http::header::AUTHORIZATION.as_str()) {
-            return Presented { token: Some(token), origin: Some(TokenOrigin::AuthorizationHeader) };
+            return Presented {
+                token: Some(token),
+                origin: Some(TokenOrigin::AuthorizationHeader),
+            };
         }
     }
-    Presented { token: None, origin: None }
+    Presented {
+        token: None,
+        origin: None,
+    }
 }
 
 #[cfg(test)]
@@ -68,23 +91,43 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn precedence_and_authorization_rules() {
         let both = headers(&[("servicebusauthorization", "sb"), ("authorization", "app")]);
         let p = presented_token(&both, Some("q"), true);
-        assert_eq!((p.token.as_deref(), p.consumed_authorization()), (Some("sb"), false));
+        assert_eq!(
+            (p.token.as_deref(), p.consumed_authorization()),
+            (Some("sb"), false)
+        );
 
         let p = presented_token(&headers(&[("authorization", "app")]), Some("q"), true);
-        assert_eq!((p.token.as_deref(), p.consumed_authorization()), (Some("q"), false));
+        assert_eq!(
+            (p.token.as_deref(), p.consumed_authorization()),
+            (Some("q"), false)
+        );
 
         let p = presented_token(&headers(&[("authorization", "tok")]), None, true);
-        assert_eq!((p.token.as_deref(), p.consumed_authorization()), (Some("tok"), true));
+        assert_eq!(
+            (p.token.as_deref(), p.consumed_authorization()),
+            (Some("tok"), true)
+        );
 
         // With authorization off, Authorization is the application's.
         let p = presented_token(&headers(&[("authorization", "tok")]), None, false);
-        assert_eq!((p.token.as_deref(), p.consumed_authorization()), (None, false));
+        assert_eq!(
+            (p.token.as_deref(), p.consumed_authorization()),
+            (None, false)
+        );
     }
 }

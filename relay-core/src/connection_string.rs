@@ -35,7 +35,13 @@ pub struct ConnectionStringError(String);
 impl ConnectionString {
     /// Parses `Key=Value;...`; keys are case-insensitive, values may contain `=`.
     pub fn parse(text: &str) -> Result<Self, ConnectionStringError> {
-        let mut out = Self { endpoint: String::new(), key_name: None, key: None, signature: None, entity_path: None };
+        let mut out = Self {
+            endpoint: String::new(),
+            key_name: None,
+            key: None,
+            signature: None,
+            entity_path: None,
+        };
         for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
                 .split_once('=')
@@ -54,7 +60,10 @@ impl ConnectionString {
             return Err(ConnectionStringError("Endpoint is required".into()));
         }
         if out.signature.is_none() && (out.key_name.is_none() || out.key.is_none()) {
-            return Err(ConnectionStringError("SharedAccessKeyName and SharedAccessKey (or SharedAccessSignature) are required".into()));
+            return Err(ConnectionStringError(
+                "SharedAccessKeyName and SharedAccessKey (or SharedAccessSignature) are required"
+                    .into(),
+            ));
         }
         Ok(out)
     }
@@ -70,7 +79,11 @@ impl ConnectionString {
 #[must_use]
 pub fn ws_base(endpoint: &str) -> String {
     let trimmed = endpoint.trim().trim_end_matches('/');
-    for (from, to) in [("sb://", "wss://"), ("https://", "wss://"), ("http://", "ws://")] {
+    for (from, to) in [
+        ("sb://", "wss://"),
+        ("https://", "wss://"),
+        ("http://", "ws://"),
+    ] {
         if let Some(rest) = trimmed.strip_prefix(from) {
             return format!("{to}{rest}");
         }
@@ -99,7 +112,10 @@ mod tests {
     fn parses_azure_form() {
         let c = ConnectionString::parse("Endpoint=sb://127.0.0.1:9400/;SharedAccessKeyName=root;SharedAccessKey=a=b;EntityPath=orders").unwrap();
         assert_eq!(c.ws_endpoint(), "wss://127.0.0.1:9400");
-        assert_eq!((c.key.as_deref(), c.entity_path.as_deref()), (Some("a=b"), Some("orders")));
+        assert_eq!(
+            (c.key.as_deref(), c.entity_path.as_deref()),
+            (Some("a=b"), Some("orders"))
+        );
         assert!(!format!("{c:?}").contains("a=b"));
         assert!(ConnectionString::parse("SharedAccessKeyName=x").is_err());
         assert!(ConnectionString::parse("Endpoint=sb://x/;SharedAccessKeyName=x").is_err());
@@ -146,7 +162,10 @@ impl std::fmt::Debug for Credential {
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target").field("endpoint", &self.endpoint).field("hc", &self.hc).finish_non_exhaustive()
+        f.debug_struct("Target")
+            .field("endpoint", &self.endpoint)
+            .field("hc", &self.hc)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,27 +187,52 @@ pub struct TargetArgs<'a> {
 impl Target {
     /// Explicit flags win over the connection string's parts.
     pub fn resolve(args: &TargetArgs<'_>) -> Result<Self, ConnectionStringError> {
-        let parsed = args.connection_string.map(ConnectionString::parse).transpose()?;
+        let parsed = args
+            .connection_string
+            .map(ConnectionString::parse)
+            .transpose()?;
         let endpoint = args
             .endpoint
             .map(ws_base)
             .or_else(|| parsed.as_ref().map(ConnectionString::ws_endpoint))
-            .ok_or_else(|| ConnectionStringError("--endpoint or --connection-string is required".into()))?;
+            .ok_or_else(|| {
+                ConnectionStringError("--endpoint or --connection-string is required".into())
+            })?;
         let hc = args
             .hc
             .map(str::to_owned)
             .or_else(|| parsed.as_ref().and_then(|c| c.entity_path.clone()))
-            .ok_or_else(|| ConnectionStringError("--hc (or EntityPath in the connection string) is required".into()))?;
-        let name = args.key_name.map(str::to_owned).or_else(|| parsed.as_ref().and_then(|c| c.key_name.clone()));
-        let key = args.key.map(str::to_owned).or_else(|| parsed.as_ref().and_then(|c| c.key.clone()));
+            .ok_or_else(|| {
+                ConnectionStringError(
+                    "--hc (or EntityPath in the connection string) is required".into(),
+                )
+            })?;
+        let name = args
+            .key_name
+            .map(str::to_owned)
+            .or_else(|| parsed.as_ref().and_then(|c| c.key_name.clone()));
+        let key = args
+            .key
+            .map(str::to_owned)
+            .or_else(|| parsed.as_ref().and_then(|c| c.key.clone()));
         let credential = match (name, key, parsed.and_then(|c| c.signature)) {
             (Some(name), Some(key), _) => Credential::Key { name, key },
             (_, _, Some(token)) => Credential::Token(token),
             (None, None, None) => Credential::None,
-            (Some(_), None, None) => return Err(ConnectionStringError("--sas-key (or RELAY_SAS_KEY) is missing".into())),
-            (None, Some(_), None) => return Err(ConnectionStringError("--sas-key-name is missing".into())),
+            (Some(_), None, None) => {
+                return Err(ConnectionStringError(
+                    "--sas-key (or RELAY_SAS_KEY) is missing".into(),
+                ));
+            }
+            (None, Some(_), None) => {
+                return Err(ConnectionStringError("--sas-key-name is missing".into()));
+            }
         };
-        Ok(Self { endpoint, hc: hc.trim_matches('/').to_owned(), credential })
+        Ok(Self {
+            endpoint,
+            hc: hc.trim_matches('/').to_owned(),
+            credential,
+        })
     }
 }
 
@@ -199,12 +243,33 @@ mod target_tests {
     #[test]
     fn flags_override_connection_string() {
         let cs = "Endpoint=sb://h:1/;SharedAccessKeyName=n;SharedAccessKey=k;EntityPath=e";
-        let t = Target::resolve(&TargetArgs { connection_string: Some(cs), hc: Some("x"), ..Default::default() }).unwrap();
+        let t = Target::resolve(&TargetArgs {
+            connection_string: Some(cs),
+            hc: Some("x"),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((t.endpoint.as_str(), t.hc.as_str()), ("wss://h:1", "x"));
-        assert_eq!(t.credential, Credential::Key { name: "n".into(), key: "k".into() });
-        let err = Target::resolve(&TargetArgs { endpoint: Some("ws://h"), hc: Some("x"), key_name: Some("n"), ..Default::default() });
+        assert_eq!(
+            t.credential,
+            Credential::Key {
+                name: "n".into(),
+                key: "k".into()
+            }
+        );
+        let err = Target::resolve(&TargetArgs {
+            endpoint: Some("ws://h"),
+            hc: Some("x"),
+            key_name: Some("n"),
+            ..Default::default()
+        });
         assert!(err.unwrap_err().to_string().contains("RELAY_SAS_KEY"));
-        let anon = Target::resolve(&TargetArgs { endpoint: Some("ws://h"), hc: Some("x"), ..Default::default() }).unwrap();
+        let anon = Target::resolve(&TargetArgs {
+            endpoint: Some("ws://h"),
+            hc: Some("x"),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(anon.credential, Credential::None);
     }
 }

@@ -152,7 +152,10 @@ impl Headers {
     /// The first value of a header, by case-insensitive name.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -185,7 +188,12 @@ impl<'de> Deserialize<'de> for Headers {
         for (name, value) in map {
             match value {
                 serde_json::Value::Array(items) => {
-                    out.extend(items.into_iter().filter_map(scalar).map(|v| (name.clone(), v)));
+                    out.extend(
+                        items
+                            .into_iter()
+                            .filter_map(scalar)
+                            .map(|v| (name.clone(), v)),
+                    );
                 }
                 other => out.extend(scalar(other).map(|v| (name, v))),
             }
@@ -232,20 +240,27 @@ mod tests {
             address: "wss://h/$hc/a?sb-hc-action=accept&sb-hc-id=1".into(),
             id: "1".into(),
             connect_headers: Headers(vec![("Sec-WebSocket-Key".into(), "k".into())]),
-            remote_endpoint: Some(RemoteEndpoint { address: "127.0.0.1".into(), port: 5 }),
+            remote_endpoint: Some(RemoteEndpoint {
+                address: "127.0.0.1".into(),
+                port: 5,
+            }),
         });
         let text = msg.encode();
         assert!(text.starts_with(r#"{"accept":{"address""#));
         assert!(text.contains(r#""connectHeaders":{"Sec-WebSocket-Key":"k"}"#));
         assert!(text.contains(r#""remoteEndpoint":{"address":"127.0.0.1","port":5}"#));
-        assert_eq!(ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap(), msg);
+        assert_eq!(
+            ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap(),
+            msg
+        );
     }
 
     #[test]
     fn request_forms() {
         let full = r#"{"request":{"address":"a","id":"r","requestTarget":"/hc/x?q=1","method":"POST",
             "requestHeaders":{"X-A":"1"},"body":true,"remoteEndpoint":{"address":"::1","port":9}}}"#;
-        let ListenerCommand::Request(r) = ListenerCommand::decode(full.as_bytes(), LIMIT).unwrap() else {
+        let ListenerCommand::Request(r) = ListenerCommand::decode(full.as_bytes(), LIMIT).unwrap()
+        else {
             panic!("not a request")
         };
         assert!(!r.is_address_only());
@@ -269,21 +284,28 @@ mod tests {
             r#"{"response":{"requestId":"r","statusCode":204,"body":false}}"#,
             r#"{"response":{"requestId":"r","statusCode":"204","statusDescription":"No","body":false}}"#,
         ] {
-            let ListenerCommand::Response(r) = ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap() else {
+            let ListenerCommand::Response(r) =
+                ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap()
+            else {
                 panic!("not a response")
             };
             assert_eq!(r.status_code, 204);
         }
         for bad in [r#""abc""#, "99", "70000", "-1", "null"] {
-            let text = format!(r#"{{"response":{{"requestId":"r","statusCode":{bad},"body":false}}}}"#);
-            assert!(ListenerCommand::decode(text.as_bytes(), LIMIT).is_err(), "{bad}");
+            let text =
+                format!(r#"{{"response":{{"requestId":"r","statusCode":{bad},"body":false}}}}"#);
+            assert!(
+                ListenerCommand::decode(text.as_bytes(), LIMIT).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn array_headers_keep_every_value() {
         let text = r#"{"response":{"requestId":"r","statusCode":200,"responseHeaders":{"set-cookie":["a=1","b=2"],"x-n":5},"body":true}}"#;
-        let ListenerCommand::Response(r) = ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap() else {
+        let ListenerCommand::Response(r) = ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap()
+        else {
             panic!("not a response")
         };
         assert_eq!(r.response_headers.0.len(), 3);
@@ -293,12 +315,27 @@ mod tests {
     #[test]
     fn renew_token_and_garbage() {
         let text = r#"{"renewToken":{"token":"SharedAccessSignature sr=x"}}"#;
-        assert!(matches!(ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap(), ListenerCommand::RenewToken(_)));
-        assert!(!format!("{:?}", ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap()).contains("sr=x"));
+        assert!(matches!(
+            ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap(),
+            ListenerCommand::RenewToken(_)
+        ));
+        assert!(
+            !format!(
+                "{:?}",
+                ListenerCommand::decode(text.as_bytes(), LIMIT).unwrap()
+            )
+            .contains("sr=x")
+        );
         for bad in ["", "{}", "[]", r#"{"ping":{}}"#, "{\"accept\":", "\u{0}"] {
-            assert!(ListenerCommand::decode(bad.as_bytes(), LIMIT).is_err(), "{bad:?}");
+            assert!(
+                ListenerCommand::decode(bad.as_bytes(), LIMIT).is_err(),
+                "{bad:?}"
+            );
         }
         let big = format!(r#"{{"renewToken":{{"token":"{}"}}}}"#, "x".repeat(LIMIT));
-        assert!(matches!(ListenerCommand::decode(big.as_bytes(), LIMIT), Err(ControlError::TooLarge(_))));
+        assert!(matches!(
+            ListenerCommand::decode(big.as_bytes(), LIMIT),
+            Err(ControlError::TooLarge(_))
+        ));
     }
 }

@@ -112,13 +112,20 @@ impl FrameHeader {
     /// An unmasked header, as a server sends.
     #[must_use]
     pub fn new(fin: bool, opcode: OpCode, payload_len: u64) -> Self {
-        Self { fin, opcode, mask: None, payload_len }
+        Self {
+            fin,
+            opcode,
+            mask: None,
+            payload_len,
+        }
     }
 
     /// Parses a header from the start of `buf`. `Ok(None)` means more bytes are needed;
     /// otherwise returns the header and its encoded length.
     pub fn parse(buf: &[u8]) -> Result<Option<(Self, usize)>, FrameError> {
-        let [b0, b1, rest @ ..] = buf else { return Ok(None) };
+        let [b0, b1, rest @ ..] = buf else {
+            return Ok(None);
+        };
         if b0 & 0x70 != 0 {
             return Err(FrameError::ReservedBits);
         }
@@ -147,13 +154,23 @@ impl FrameHeader {
             return Err(FrameError::BadControlFrame);
         }
         let mask = if masked {
-            let Some(key) = buf.get(used..used + 4) else { return Ok(None) };
+            let Some(key) = buf.get(used..used + 4) else {
+                return Ok(None);
+            };
             used += 4;
             Some([key[0], key[1], key[2], key[3]])
         } else {
             None
         };
-        Ok(Some((Self { fin, opcode, mask, payload_len }, used)))
+        Ok(Some((
+            Self {
+                fin,
+                opcode,
+                mask,
+                payload_len,
+            },
+            used,
+        )))
     }
 
     /// Encodes the header into `out` and returns the number of bytes written.
@@ -189,8 +206,15 @@ impl FrameHeader {
 /// Runs eight bytes at a time; this is on the per-frame hot path of the relay.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: u64) {
     let shift = (offset % 4) as usize;
-    let key = [key[shift], key[(shift + 1) % 4], key[(shift + 2) % 4], key[(shift + 3) % 4]];
-    let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let key = [
+        key[shift],
+        key[(shift + 1) % 4],
+        key[(shift + 2) % 4],
+        key[(shift + 3) % 4],
+    ];
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -223,7 +247,11 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, FrameError> {
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
             let reason = std::str::from_utf8(reason).map_err(|_| FrameError::BadClose)?;
-            if is_valid_close_code(code) { Ok(Some((code, reason))) } else { Err(FrameError::BadClose) }
+            if is_valid_close_code(code) {
+                Ok(Some((code, reason)))
+            } else {
+                Err(FrameError::BadClose)
+            }
         }
     }
 }
@@ -265,20 +293,32 @@ mod tests {
 
     #[test]
     fn rfc6455_accept_key_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn header_roundtrip_all_length_forms() {
         for len in [0u64, 125, 126, 65535, 65536, 1 << 40] {
             for mask in [None, Some([1, 2, 3, 4])] {
-                let h = FrameHeader { fin: len % 2 == 0, opcode: OpCode::Binary, mask, payload_len: len };
+                let h = FrameHeader {
+                    fin: len % 2 == 0,
+                    opcode: OpCode::Binary,
+                    mask,
+                    payload_len: len,
+                };
                 let mut out = [0u8; MAX_HEADER_LEN];
                 let n = h.encode(&mut out);
                 assert_eq!(FrameHeader::parse(&out[..n]), Ok(Some((h, n))));
                 // Every strict prefix asks for more bytes instead of failing.
                 for cut in 0..n {
-                    assert_eq!(FrameHeader::parse(&out[..cut]), Ok(None), "len {len} cut {cut}");
+                    assert_eq!(
+                        FrameHeader::parse(&out[..cut]),
+                        Ok(None),
+                        "len {len} cut {cut}"
+                    );
                 }
             }
         }
@@ -286,10 +326,22 @@ mod tests {
 
     #[test]
     fn rejects_garbage_headers() {
-        assert_eq!(FrameHeader::parse(&[0xf2, 0x00]), Err(FrameError::ReservedBits));
-        assert_eq!(FrameHeader::parse(&[0x83, 0x00]), Err(FrameError::UnknownOpCode(3)));
-        assert_eq!(FrameHeader::parse(&[0x09, 0x00]), Err(FrameError::BadControlFrame));
-        assert_eq!(FrameHeader::parse(&[0x89, 126, 0, 200]), Err(FrameError::BadControlFrame));
+        assert_eq!(
+            FrameHeader::parse(&[0xf2, 0x00]),
+            Err(FrameError::ReservedBits)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x83, 0x00]),
+            Err(FrameError::UnknownOpCode(3))
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x09, 0x00]),
+            Err(FrameError::BadControlFrame)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x89, 126, 0, 200]),
+            Err(FrameError::BadControlFrame)
+        );
         let mut huge = [0u8; 10];
         huge[0] = 0x82;
         huge[1] = 127;
@@ -318,10 +370,16 @@ mod tests {
 
     #[test]
     fn close_payloads() {
-        assert_eq!(parse_close(&close_payload(4000, "bye")), Ok(Some((4000, "bye"))));
+        assert_eq!(
+            parse_close(&close_payload(4000, "bye")),
+            Ok(Some((4000, "bye")))
+        );
         assert_eq!(parse_close(&[]), Ok(None));
         assert_eq!(parse_close(&[3]), Err(FrameError::BadClose));
-        assert_eq!(parse_close(&close_payload(1005, "")), Err(FrameError::BadClose));
+        assert_eq!(
+            parse_close(&close_payload(1005, "")),
+            Err(FrameError::BadClose)
+        );
         let long = "é".repeat(100);
         let p = close_payload(1000, &long);
         assert!(p.len() <= 125);

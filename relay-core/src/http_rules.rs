@@ -24,7 +24,9 @@ const HOP_BY_HOP: &[&str] = &[
 #[must_use]
 pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+        || connection_tokens
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// The header names listed in `Connection`, lower-cased.
@@ -43,7 +45,8 @@ pub fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
 /// Whether a header carries a relay credential that a listener must never see.
 #[must_use]
 pub fn is_relay_credential(name: &HeaderName) -> bool {
-    name.as_str().eq_ignore_ascii_case(crate::auth::SERVICE_BUS_AUTHORIZATION)
+    name.as_str()
+        .eq_ignore_ascii_case(crate::auth::SERVICE_BUS_AUTHORIZATION)
 }
 
 /// The `Via` value after this broker (`host`) handled a message: appended to any existing one.
@@ -63,7 +66,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_via() {
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::CONNECTION, http::HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         let tokens = connection_tokens(&h);
         assert!(is_hop_by_hop("x-secret", &tokens));
         assert!(is_hop_by_hop("Transfer-Encoding", &[]));

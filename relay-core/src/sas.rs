@@ -171,7 +171,9 @@ impl SasToken {
         };
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for pair in body.split('&') {
-            let (key, value) = pair.split_once('=').ok_or(SasError::Malformed("field without '='"))?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or(SasError::Malformed("field without '='"))?;
             let slot = match key {
                 "sr" => &mut sr,
                 "sig" => &mut sig,
@@ -186,29 +188,45 @@ impl SasToken {
         let (Some(sr), Some(sig), Some(se), Some(skn)) = (sr, sig, se, skn) else {
             return Err(SasError::Malformed("sr, sig, se and skn are all required"));
         };
-        let expires_at = se.parse().map_err(|_| SasError::Malformed("se is not a number"))?;
-        let sig = percent_decode_str(sig).decode_utf8().map_err(|_| SasError::Malformed("sig"))?;
+        let expires_at = se
+            .parse()
+            .map_err(|_| SasError::Malformed("se is not a number"))?;
+        let sig = percent_decode_str(sig)
+            .decode_utf8()
+            .map_err(|_| SasError::Malformed("sig"))?;
         let signature = base64::engine::general_purpose::STANDARD
             .decode(sig.as_bytes())
             .map_err(|_| SasError::Malformed("sig is not base64"))?;
-        let key_name = percent_decode_str(skn).decode_utf8().map_err(|_| SasError::Malformed("skn"))?;
-        Ok(Self { raw_sr: sr.to_owned(), raw_se: se.to_owned(), expires_at, key_name: key_name.into_owned(), signature })
+        let key_name = percent_decode_str(skn)
+            .decode_utf8()
+            .map_err(|_| SasError::Malformed("skn"))?;
+        Ok(Self {
+            raw_sr: sr.to_owned(),
+            raw_se: se.to_owned(),
+            expires_at,
+            key_name: key_name.into_owned(),
+            signature,
+        })
     }
 
     /// The decoded audience.
     #[must_use]
     pub fn audience(&self) -> String {
-        percent_decode_str(&self.raw_sr).decode_utf8_lossy().into_owned()
+        percent_decode_str(&self.raw_sr)
+            .decode_utf8_lossy()
+            .into_owned()
     }
 
     /// Checks the signature against `key` in constant time, then the expiry against `now`
     /// (seconds since the Unix epoch).
     pub fn verify(&self, key: &str, now: u64) -> Result<(), SasError> {
-        let mut mac = HmacSha256::new_from_slice(key.as_bytes()).map_err(|_| SasError::InvalidSignature)?;
+        let mut mac =
+            HmacSha256::new_from_slice(key.as_bytes()).map_err(|_| SasError::InvalidSignature)?;
         mac.update(self.raw_sr.as_bytes());
         mac.update(b"\n");
         mac.update(self.raw_se.as_bytes());
-        mac.verify_slice(&self.signature).map_err(|_| SasError::InvalidSignature)?;
+        mac.verify_slice(&self.signature)
+            .map_err(|_| SasError::InvalidSignature)?;
         if self.expires_at < now {
             return Err(SasError::Expired);
         }
@@ -230,19 +248,24 @@ impl SasToken {
         let full = audience_path(&self.audience());
         let mount = mount.trim_matches('/').to_ascii_lowercase();
         let audience = match full.strip_prefix(mount.as_str()) {
-            Some(rest) if !mount.is_empty() && (rest.is_empty() || rest.starts_with('/')) => rest.trim_start_matches('/').to_owned(),
+            Some(rest) if !mount.is_empty() && (rest.is_empty() || rest.starts_with('/')) => {
+                rest.trim_start_matches('/').to_owned()
+            }
             _ => full,
         };
         let target = target.trim_matches('/').to_ascii_lowercase();
         audience.is_empty()
             || target == audience
-            || (target.starts_with(&audience) && target.as_bytes().get(audience.len()) == Some(&b'/'))
+            || (target.starts_with(&audience)
+                && target.as_bytes().get(audience.len()) == Some(&b'/'))
     }
 }
 
 /// The path part of an audience URI, lower-cased, without slashes at either end or `$hc/`.
 fn audience_path(audience: &str) -> String {
-    let without_scheme = audience.split_once("://").map_or(audience, |(_, rest)| rest);
+    let without_scheme = audience
+        .split_once("://")
+        .map_or(audience, |(_, rest)| rest);
     let path = without_scheme.split_once('/').map_or("", |(_, path)| path);
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let path = path.trim_matches('/');
@@ -256,7 +279,9 @@ fn audience_path(audience: &str) -> String {
 pub fn create_token(resource_uri: &str, key_name: &str, key: &str, expires_at: u64) -> String {
     let sr = utf8_percent_encode(resource_uri, URI_COMPONENT).to_string();
     let se = expires_at.to_string();
-    let Ok(mut mac) = HmacSha256::new_from_slice(key.as_bytes()) else { return String::new() };
+    let Ok(mut mac) = HmacSha256::new_from_slice(key.as_bytes()) else {
+        return String::new();
+    };
     mac.update(sr.as_bytes());
     mac.update(b"\n");
     mac.update(se.as_bytes());
@@ -290,13 +315,20 @@ pub fn authorize<'r>(
     let token = SasToken::parse(token)?;
     let mut candidates = rules.iter().filter(|r| {
         r.name == token.key_name
-            && r.hybrid_connection.as_deref().is_none_or(|hc| hc.eq_ignore_ascii_case(target.hybrid_connection))
+            && r.hybrid_connection
+                .as_deref()
+                .is_none_or(|hc| hc.eq_ignore_ascii_case(target.hybrid_connection))
     });
     let mut last = SasError::UnknownKey;
     let rule = loop {
-        let Some(rule) = candidates.next() else { return Err(last) };
+        let Some(rule) = candidates.next() else {
+            return Err(last);
+        };
         let keys = std::iter::once(rule.key.as_str()).chain(rule.secondary_key.as_deref());
-        match keys.map(|k| token.verify(k, now)).find(|r| !matches!(r, Err(SasError::InvalidSignature))) {
+        match keys
+            .map(|k| token.verify(k, now))
+            .find(|r| !matches!(r, Err(SasError::InvalidSignature)))
+        {
             Some(Ok(())) => break rule,
             Some(Err(e)) => last = e,
             None => last = SasError::InvalidSignature,
@@ -306,7 +338,11 @@ pub fn authorize<'r>(
         return Err(SasError::InvalidAudience);
     }
     if !rule.rights.contains(target.needs) {
-        return Err(SasError::MissingRight(if target.needs == Rights::LISTEN { "Listen" } else { "Send" }));
+        return Err(SasError::MissingRight(if target.needs == Rights::LISTEN {
+            "Listen"
+        } else {
+            "Send"
+        }));
     }
     Ok(rule)
 }

@@ -28,7 +28,11 @@ pub enum MaybeTls {
 }
 
 impl AsyncRead for MaybeTls {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -37,7 +41,11 @@ impl AsyncRead for MaybeTls {
 }
 
 impl AsyncWrite for MaybeTls {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -115,17 +123,31 @@ pub struct Target {
 impl Target {
     /// Parses a URL; `ws`/`http` mean plain, `wss`/`https`/`sb` mean TLS.
     pub fn parse(url: &str) -> Result<Self, WsError> {
-        let uri: http::Uri = url.parse().map_err(|e| WsError::Url(format!("{url}: {e}")))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| WsError::Url(format!("{url}: {e}")))?;
         let tls = match uri.scheme_str() {
             Some("ws" | "http") => false,
             Some("wss" | "https" | "sb") => true,
             other => return Err(WsError::Url(format!("{url}: unsupported scheme {other:?}"))),
         };
-        let authority = uri.authority().ok_or_else(|| WsError::Url(format!("{url}: no host")))?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let authority = uri
+            .authority()
+            .ok_or_else(|| WsError::Url(format!("{url}: no host")))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        Ok(Self { tls, host, port, authority: authority.as_str().to_owned(), path_and_query })
+        Ok(Self {
+            tls,
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            path_and_query,
+        })
     }
 }
 
@@ -140,8 +162,12 @@ pub async fn dial(target: &Target, tls: Option<&Arc<ClientConfig>>) -> Result<Ma
         Some(config) => Arc::clone(config),
         None => crate::tls::client_config(None)?,
     };
-    let name = ServerName::try_from(target.host.clone()).map_err(|e| WsError::Url(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| WsError::Tls(e.to_string()))?;
+    let name =
+        ServerName::try_from(target.host.clone()).map_err(|e| WsError::Url(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| WsError::Tls(e.to_string()))?;
     Ok(MaybeTls::Tls(Box::new(stream)))
 }
 
@@ -149,14 +175,20 @@ pub async fn dial(target: &Target, tls: Option<&Arc<ClientConfig>>) -> Result<Ma
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
     tokio::time::timeout(options.timeout, connect_inner(url, options))
         .await
-        .map_err(|_| WsError::Io(io::Error::new(io::ErrorKind::TimedOut, "WebSocket connect timed out")))?
+        .map_err(|_| {
+            WsError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "WebSocket connect timed out",
+            ))
+        })?
 }
 
 async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
     let target = Target::parse(url)?;
     let mut io = dial(&target, options.tls.as_ref()).await?;
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    io.write_all(upgrade_request(&target, &key, options).as_bytes()).await?;
+    io.write_all(upgrade_request(&target, &key, options).as_bytes())
+        .await?;
     io.flush().await?;
     let (head, leftover) = read_head(&mut io).await?;
     let protocol = check_response(&head, &key, &options.protocols)?;
@@ -174,7 +206,10 @@ fn upgrade_request(target: &Target, key: &str, options: &ConnectOptions) -> Stri
         target.path_and_query, target.authority
     );
     if !options.protocols.is_empty() {
-        req.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", options.protocols.join(", ")));
+        req.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            options.protocols.join(", ")
+        ));
     }
     for (name, value) in &options.headers {
         // Header injection is impossible by construction: CR and LF are refused.
@@ -193,11 +228,16 @@ async fn read_head(io: &mut MaybeTls) -> Result<(Vec<u8>, Vec<u8>), WsError> {
     loop {
         let n = io.read(&mut chunk).await?;
         if n == 0 {
-            return Err(WsError::Handshake("connection closed during the upgrade".into()));
+            return Err(WsError::Handshake(
+                "connection closed during the upgrade".into(),
+            ));
         }
         let searched_from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf[searched_from..].windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(pos) = buf[searched_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        {
             let end = searched_from + pos + 4;
             let leftover = buf.split_off(end);
             return Ok((buf, leftover));
@@ -211,10 +251,14 @@ async fn read_head(io: &mut MaybeTls) -> Result<(Vec<u8>, Vec<u8>), WsError> {
 fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<String>, WsError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(head).map_err(|e| WsError::Handshake(e.to_string()))?;
+    resp.parse(head)
+        .map_err(|e| WsError::Handshake(e.to_string()))?;
     let status = resp.code.unwrap_or(0);
     if status != 101 {
-        return Err(WsError::Refused { status, reason: resp.reason.unwrap_or_default().to_owned() });
+        return Err(WsError::Refused {
+            status,
+            reason: resp.reason.unwrap_or_default().to_owned(),
+        });
     }
     let header = |name: &str| {
         resp.headers
@@ -223,12 +267,16 @@ fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<S
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
     if header("sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_str()) {
-        return Err(WsError::Handshake("Sec-WebSocket-Accept does not match".into()));
+        return Err(WsError::Handshake(
+            "Sec-WebSocket-Accept does not match".into(),
+        ));
     }
     let protocol = header("sec-websocket-protocol").map(|p| p.trim().to_owned());
     if let Some(p) = &protocol {
         if !offered.iter().any(|o| o == p) {
-            return Err(WsError::Handshake(format!("server chose sub-protocol {p} that was not offered")));
+            return Err(WsError::Handshake(format!(
+                "server chose sub-protocol {p} that was not offered"
+            )));
         }
     }
     Ok(protocol)
@@ -244,14 +292,24 @@ mod tests {
         assert_eq!((t.tls, t.host.as_str(), t.port), (true, "127.0.0.1", 9443));
         assert_eq!(t.path_and_query, "/$hc/a/b?sb-hc-action=listen");
         let t = Target::parse("ws://[::1]/x").unwrap();
-        assert_eq!((t.tls, t.host.as_str(), t.port, t.authority.as_str()), (false, "::1", 80, "[::1]"));
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.authority.as_str()),
+            (false, "::1", 80, "[::1]")
+        );
         assert!(Target::parse("ftp://x/").is_err());
     }
 
     #[test]
     fn refused_upgrade_keeps_reason() {
-        let err = check_response(b"HTTP/1.1 401 Unauthorized TrackingId:abc\r\n\r\n", "k", &[]).unwrap_err();
-        assert!(matches!(err, WsError::Refused { status: 401, ref reason } if reason.contains("TrackingId:abc")));
+        let err = check_response(
+            b"HTTP/1.1 401 Unauthorized TrackingId:abc\r\n\r\n",
+            "k",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, WsError::Refused { status: 401, ref reason } if reason.contains("TrackingId:abc"))
+        );
     }
 }
 

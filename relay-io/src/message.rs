@@ -28,7 +28,11 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     pub async fn message(&mut self, limit: usize) -> Result<Option<Message>, WsError> {
         loop {
             let Some(header) = self.header().await? else {
-                return if self.partial.is_some() { Err(WsError::UnexpectedEof) } else { Ok(None) };
+                return if self.partial.is_some() {
+                    Err(WsError::UnexpectedEof)
+                } else {
+                    Ok(None)
+                };
             };
             if header.opcode.is_control() {
                 let mut payload = Vec::with_capacity(header.payload_len as usize);
@@ -36,7 +40,9 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 return Ok(Some(match header.opcode {
                     OpCode::Ping => Message::Ping(payload),
                     OpCode::Pong => Message::Pong(payload),
-                    _ => Message::Close(frame::parse_close(&payload)?.map(|(c, r)| (c, r.to_owned()))),
+                    _ => Message::Close(
+                        frame::parse_close(&payload)?.map(|(c, r)| (c, r.to_owned())),
+                    ),
                 }));
             }
             let (kind, mut data) = match (header.opcode, self.partial.take()) {
@@ -58,7 +64,9 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 continue;
             }
             return Ok(Some(match kind {
-                OpCode::Text => Message::Text(String::from_utf8(data).map_err(|_| FrameError::InvalidUtf8)?),
+                OpCode::Text => {
+                    Message::Text(String::from_utf8(data).map_err(|_| FrameError::InvalidUtf8)?)
+                }
                 _ => Message::Binary(data),
             }));
         }
@@ -80,8 +88,17 @@ mod tests {
         w.send(true, OpCode::Binary, &[0u8; 100]).await.unwrap();
         w.send(true, OpCode::Continuation, b"stray").await.unwrap();
         let mut r = WsReader::new(b, Role::Server, 512);
-        assert_eq!(r.message(64).await.unwrap(), Some(Message::Ping(b"p".to_vec())));
-        assert_eq!(r.message(64).await.unwrap(), Some(Message::Text("hello".into())));
-        assert!(matches!(r.message(64).await, Err(WsError::MessageTooBig(64))));
+        assert_eq!(
+            r.message(64).await.unwrap(),
+            Some(Message::Ping(b"p".to_vec()))
+        );
+        assert_eq!(
+            r.message(64).await.unwrap(),
+            Some(Message::Text("hello".into()))
+        );
+        assert!(matches!(
+            r.message(64).await,
+            Err(WsError::MessageTooBig(64))
+        ));
     }
 }

@@ -57,7 +57,18 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     pub fn with_prefix(io: R, role: Role, capacity: usize, prefix: &[u8]) -> Self {
         let mut buf = vec![0u8; capacity.max(256).max(prefix.len())].into_boxed_slice();
         buf[..prefix.len()].copy_from_slice(prefix);
-        Self { io, buf, start: 0, end: prefix.len(), ready: 0, remaining: 0, offset: 0, mask: None, role, partial: None }
+        Self {
+            io,
+            buf,
+            start: 0,
+            end: prefix.len(),
+            ready: 0,
+            remaining: 0,
+            offset: 0,
+            mask: None,
+            role,
+            partial: None,
+        }
     }
 
     /// Whether unread bytes are buffered (so a writer may delay its flush).
@@ -72,7 +83,10 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 
     /// Reads the next frame header. `Ok(None)` is a clean end of stream between frames.
     /// Any unread payload of the previous frame is skipped first.
-    pub fn poll_header(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<FrameHeader>, WsError>> {
+    pub fn poll_header(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<FrameHeader>, WsError>> {
         while !self.frame_done() {
             if ready!(self.poll_payload(cx))? == 0 {
                 break;
@@ -89,7 +103,11 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 return Poll::Ready(Ok(Some(header)));
             }
             if ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(if self.has_buffered() { Err(WsError::UnexpectedEof) } else { Ok(None) });
+                return Poll::Ready(if self.has_buffered() {
+                    Err(WsError::UnexpectedEof)
+                } else {
+                    Ok(None)
+                });
             }
         }
     }
@@ -147,7 +165,11 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
 
     fn check_mask(&self, header: &FrameHeader) -> Result<(), FrameError> {
         let expect_masked = self.role == Role::Server;
-        if header.mask.is_some() == expect_masked { Ok(()) } else { Err(FrameError::BadMasking) }
+        if header.mask.is_some() == expect_masked {
+            Ok(())
+        } else {
+            Err(FrameError::BadMasking)
+        }
     }
 
     /// Reads more bytes from the transport, compacting the buffer when it is full.
@@ -176,7 +198,12 @@ mod tests {
     use super::*;
 
     fn masked_frame(fin: bool, opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-        let header = FrameHeader { fin, opcode, mask: Some(key), payload_len: payload.len() as u64 };
+        let header = FrameHeader {
+            fin,
+            opcode,
+            mask: Some(key),
+            payload_len: payload.len() as u64,
+        };
         let mut h = [0u8; MAX_HEADER_LEN];
         let n = header.encode(&mut h);
         let mut out = h[..n].to_vec();
@@ -190,7 +217,12 @@ mod tests {
     async fn reads_frames_split_at_every_byte() {
         let payload: Vec<u8> = (0..600u32).map(|i| i as u8).collect();
         let mut wire = masked_frame(false, OpCode::Binary, &payload, [9, 8, 7, 6]);
-        wire.extend(masked_frame(true, OpCode::Continuation, b"end", [1, 2, 3, 4]));
+        wire.extend(masked_frame(
+            true,
+            OpCode::Continuation,
+            b"end",
+            [1, 2, 3, 4],
+        ));
         let (mut tx, rx) = tokio::io::duplex(7);
         let writer = tokio::spawn(async move {
             for byte in wire {
@@ -200,7 +232,10 @@ mod tests {
         let mut reader = WsReader::new(rx, Role::Server, 256);
         let mut got = Vec::new();
         let h = reader.header().await.unwrap().unwrap();
-        assert_eq!((h.fin, h.opcode, h.payload_len), (false, OpCode::Binary, 600));
+        assert_eq!(
+            (h.fin, h.opcode, h.payload_len),
+            (false, OpCode::Binary, 600)
+        );
         reader.read_small_payload(&mut got).await.unwrap();
         assert_eq!(got, payload);
         let h = reader.header().await.unwrap().unwrap();
@@ -216,7 +251,10 @@ mod tests {
     async fn unmasked_client_frame_is_a_protocol_error() {
         let wire = [0x82u8, 0x01, 0xff];
         let mut reader = WsReader::new(&wire[..], Role::Server, 256);
-        assert!(matches!(reader.header().await, Err(WsError::Protocol(FrameError::BadMasking))));
+        assert!(matches!(
+            reader.header().await,
+            Err(WsError::Protocol(FrameError::BadMasking))
+        ));
     }
 
     #[tokio::test]
@@ -225,7 +263,10 @@ mod tests {
         let mut reader = WsReader::new(&wire[..wire.len() - 2], Role::Server, 256);
         reader.header().await.unwrap();
         let mut got = Vec::new();
-        assert!(matches!(reader.read_small_payload(&mut got).await, Err(WsError::UnexpectedEof)));
+        assert!(matches!(
+            reader.read_small_payload(&mut got).await,
+            Err(WsError::UnexpectedEof)
+        ));
         let mut reader = WsReader::new(&wire[..3], Role::Server, 256);
         assert!(matches!(reader.header().await, Err(WsError::UnexpectedEof)));
     }

@@ -1,12 +1,15 @@
 //! The server side of the upgrade handshake (RFC 6455 §4.2), as pure checks on headers.
 
 use http::HeaderMap;
-use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use relay_core::frame::accept_key;
 
 /// Whether the request asks for a WebSocket upgrade at all.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    header_has_token(headers, &UPGRADE, "websocket") && header_has_token(headers, &CONNECTION, "upgrade")
+    header_has_token(headers, &UPGRADE, "websocket")
+        && header_has_token(headers, &CONNECTION, "upgrade")
 }
 
 /// Checks a WebSocket upgrade request and returns the `Sec-WebSocket-Accept` value.
@@ -14,10 +17,15 @@ pub fn accept_for(headers: &HeaderMap) -> Result<String, &'static str> {
     if !is_upgrade(headers) {
         return Err("not a WebSocket upgrade");
     }
-    if headers.get(SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
         return Err("Sec-WebSocket-Version must be 13");
     }
-    let key = headers.get(SEC_WEBSOCKET_KEY).ok_or("Sec-WebSocket-Key is missing")?;
+    let key = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or("Sec-WebSocket-Key is missing")?;
     if key.len() != 24 {
         return Err("Sec-WebSocket-Key is malformed");
     }
@@ -57,7 +65,10 @@ mod tests {
         assert_eq!(accept_for(&h), Err("Sec-WebSocket-Version must be 13"));
         h.insert(SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
         assert_eq!(accept_for(&h), Err("Sec-WebSocket-Key is missing"));
-        h.insert(SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+        h.insert(
+            SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
         assert_eq!(accept_for(&h).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         h.append(SEC_WEBSOCKET_PROTOCOL, "chat.v2, chat.v1".parse().unwrap());
         assert_eq!(offered_protocols(&h), ["chat.v2", "chat.v1"]);

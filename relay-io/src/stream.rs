@@ -38,12 +38,23 @@ pub struct WsByteStream<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
     /// Wraps an established WebSocket.
     pub fn new(reader: WsReader<R>, writer: WsWriter<W>) -> Self {
-        Self { reader, writer, in_data: false, control: None, peer_closed: None, staged_pos: 0, write_closed: false }
+        Self {
+            reader,
+            writer,
+            in_data: false,
+            control: None,
+            peer_closed: None,
+            staged_pos: 0,
+            write_closed: false,
+        }
     }
 
     /// The code and reason of the peer's Close, once end of stream was reached.
     pub fn close_status(&self) -> Option<(u16, &str)> {
-        self.peer_closed.as_ref().and_then(|c| c.as_ref()).map(|(c, r)| (*c, r.as_str()))
+        self.peer_closed
+            .as_ref()
+            .and_then(|c| c.as_ref())
+            .map(|(c, r)| (*c, r.as_str()))
     }
 
     /// Gives back the frame reader and writer, for message-level use.
@@ -69,7 +80,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
             self.staged_pos = 0;
         }
         let mask = (self.writer.role == Role::Client).then(rand::random::<[u8; 4]>);
-        push_header(scratch, &FrameHeader { fin: true, opcode, mask, payload_len: payload.len() as u64 });
+        push_header(
+            scratch,
+            &FrameHeader {
+                fin: true,
+                opcode,
+                mask,
+                payload_len: payload.len() as u64,
+            },
+        );
         let at = scratch.len();
         scratch.extend_from_slice(payload);
         if let Some(key) = mask {
@@ -99,10 +118,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
             }
             self.reader.consume(len);
         }
-        Poll::Ready(Ok(self.control.take().unwrap_or((OpCode::Pong, Vec::new()))))
+        Poll::Ready(Ok(self
+            .control
+            .take()
+            .unwrap_or((OpCode::Pong, Vec::new()))))
     }
 
-    fn poll_read_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<Result<(), WsError>> {
+    fn poll_read_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<Result<(), WsError>> {
         // Answer pings even when the application only reads.
         if self.staged_pos < self.writer.scratch.len() {
             let _ = self.poll_drain(cx)?;
@@ -141,7 +167,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
                 None => {
                     self.peer_closed = Some(None);
                 }
-                Some(h) if h.opcode.is_control() => self.control = Some((h.opcode, Vec::with_capacity(h.payload_len as usize))),
+                Some(h) if h.opcode.is_control() => {
+                    self.control = Some((h.opcode, Vec::with_capacity(h.payload_len as usize)))
+                }
                 Some(_) => self.in_data = true,
             }
         }
@@ -149,13 +177,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for WsByteStream<R, W> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         self.get_mut().poll_read_inner(cx, buf).map_err(into_io)
     }
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncWrite for WsByteStream<R, W> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         if this.write_closed {
@@ -182,7 +218,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncWrite for WsByteStream<R,
         ready!(this.poll_drain(cx))?;
         if !this.write_closed {
             this.write_closed = true;
-            this.stage(OpCode::Close, &frame::close_payload(frame::close_code::NORMAL, ""));
+            this.stage(
+                OpCode::Close,
+                &frame::close_payload(frame::close_code::NORMAL, ""),
+            );
             ready!(this.poll_drain(cx))?;
         }
         Pin::new(&mut this.writer.io).poll_flush(cx)
@@ -208,20 +247,32 @@ mod tests {
     async fn half_close_then_keep_reading() {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (cr, cw) = tokio::io::split(client);
-        let mut stream = WsByteStream::new(WsReader::new(cr, Role::Client, 1024), WsWriter::new(cw, Role::Client));
+        let mut stream = WsByteStream::new(
+            WsReader::new(cr, Role::Client, 1024),
+            WsWriter::new(cw, Role::Client),
+        );
         let (sr, sw) = tokio::io::split(server);
         let mut sreader = WsReader::new(sr, Role::Server, 1024);
         let mut swriter = WsWriter::new(sw, Role::Server);
 
         stream.write_all(b"request").await.unwrap();
         stream.shutdown().await.unwrap();
-        assert_eq!(sreader.message(1 << 10).await.unwrap(), Some(Message::Binary(b"request".to_vec())));
-        assert_eq!(sreader.message(1 << 10).await.unwrap(), Some(Message::Close(Some((1000, String::new())))));
+        assert_eq!(
+            sreader.message(1 << 10).await.unwrap(),
+            Some(Message::Binary(b"request".to_vec()))
+        );
+        assert_eq!(
+            sreader.message(1 << 10).await.unwrap(),
+            Some(Message::Close(Some((1000, String::new()))))
+        );
 
         // The server may still talk after our Close: that is the half-close.
         swriter.send(true, OpCode::Ping, b"hb").await.unwrap();
         swriter.send(false, OpCode::Binary, b"resp").await.unwrap();
-        swriter.send(true, OpCode::Continuation, b"onse").await.unwrap();
+        swriter
+            .send(true, OpCode::Continuation, b"onse")
+            .await
+            .unwrap();
         swriter.close(4000, "bye").await.unwrap();
         let mut got = Vec::new();
         stream.read_to_end(&mut got).await.unwrap();

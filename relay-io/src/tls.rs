@@ -20,7 +20,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, WsError> 
         .collect::<Result<_, _>>()
         .map_err(|e| WsError::Tls(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(WsError::Tls(format!("{}: no PEM certificate found", path.display())));
+        return Err(WsError::Tls(format!(
+            "{}: no PEM certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -35,10 +38,14 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, WsError> {
 
 /// A client configuration trusting the public web roots plus, optionally, a private CA.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WsError> {
-    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     if let Some(path) = extra_ca {
         for cert in load_certs(path)? {
-            roots.add(cert).map_err(|e| WsError::Tls(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| WsError::Tls(format!("{}: {e}", path.display())))?;
         }
     }
     let config = ClientConfig::builder_with_provider(provider())

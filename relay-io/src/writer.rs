@@ -23,16 +23,28 @@ pub struct WsWriter<W> {
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// A writer for the given role.
     pub fn new(io: W, role: Role) -> Self {
-        Self { io, role, scratch: Vec::new() }
+        Self {
+            io,
+            role,
+            scratch: Vec::new(),
+        }
     }
 
     /// Writes one whole frame (not flushed).
     pub async fn send(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
         match self.role {
-            Role::Server => self.start_frame(FrameHeader::new(fin, opcode, payload.len() as u64), payload).await,
+            Role::Server => {
+                self.start_frame(FrameHeader::new(fin, opcode, payload.len() as u64), payload)
+                    .await
+            }
             Role::Client => {
                 let key: [u8; 4] = rand::random();
-                let header = FrameHeader { fin, opcode, mask: Some(key), payload_len: payload.len() as u64 };
+                let header = FrameHeader {
+                    fin,
+                    opcode,
+                    mask: Some(key),
+                    payload_len: payload.len() as u64,
+                };
                 self.scratch.clear();
                 push_header(&mut self.scratch, &header);
                 let mut offset = 0u64;
@@ -81,7 +93,8 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
 
     /// Sends a Close frame with `code` and `reason`, and flushes.
     pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
-        self.send(true, OpCode::Close, &frame::close_payload(code, reason)).await?;
+        self.send(true, OpCode::Close, &frame::close_payload(code, reason))
+            .await?;
         self.flush().await
     }
 

@@ -23,12 +23,19 @@ impl Backoff {
     /// A backoff between `initial` and `max`.
     #[must_use]
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, attempt: 0 }
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The next delay: uniformly between half and all of `initial * 2^attempt`, capped.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         exp.mul_f64(rand::random::<f64>().mul_add(0.5, 0.5))
     }

@@ -29,11 +29,15 @@ impl ListenerError {
             Self::Ws(relay_io::WsError::Refused { status: 401, .. }) => {
                 Some("the key is wrong, expired, or not valid for this hybrid connection")
             }
-            Self::Ws(relay_io::WsError::Refused { status: 403, .. }) => {
-                Some("the rule lacks the Listen right, or the listener quota of the hybrid connection is full")
+            Self::Ws(relay_io::WsError::Refused { status: 403, .. }) => Some(
+                "the rule lacks the Listen right, or the listener quota of the hybrid connection is full",
+            ),
+            Self::Ws(relay_io::WsError::Refused { status: 404, .. }) => {
+                Some("the hybrid connection does not exist on this broker")
             }
-            Self::Ws(relay_io::WsError::Refused { status: 404, .. }) => Some("the hybrid connection does not exist on this broker"),
-            Self::Ws(relay_io::WsError::Tls(_)) => Some("check --ca-cert and the broker's certificate"),
+            Self::Ws(relay_io::WsError::Tls(_)) => {
+                Some("check --ca-cert and the broker's certificate")
+            }
             Self::Closed { code: 1008, .. } => Some("the token expired or its renewal was refused"),
             _ => None,
         }

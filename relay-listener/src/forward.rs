@@ -20,7 +20,10 @@ impl TcpForward {
     /// Forwards to `target` with a 10 s connect timeout.
     #[must_use]
     pub fn new(target: impl Into<String>) -> Self {
-        Self { target: target.into(), connect_timeout: Duration::from_secs(10) }
+        Self {
+            target: target.into(),
+            connect_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -28,15 +31,21 @@ impl Handler for TcpForward {
     async fn on_connection(&self, conn: IncomingConnection) {
         let id = conn.id.clone();
         // Connect first, so an unreachable target is a clear 502 for the sender.
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.target)).await {
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.target))
+            .await
+        {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
                 tracing::warn!(connection = %id, target = %self.target, error = %e, "target unreachable; rejecting");
-                let _ = conn.reject(502, &format!("target {} unreachable", self.target)).await;
+                let _ = conn
+                    .reject(502, &format!("target {} unreachable", self.target))
+                    .await;
                 return;
             }
             Err(_) => {
-                let _ = conn.reject(504, &format!("target {} timed out", self.target)).await;
+                let _ = conn
+                    .reject(504, &format!("target {} timed out", self.target))
+                    .await;
                 return;
             }
         };
@@ -50,8 +59,12 @@ impl Handler for TcpForward {
         };
         let mut tcp = tcp;
         match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-            Ok((up, down)) => tracing::debug!(connection = %id, to_target = up, from_target = down, "connection finished"),
-            Err(e) => tracing::debug!(connection = %id, error = %e, "connection ended with an error"),
+            Ok((up, down)) => {
+                tracing::debug!(connection = %id, to_target = up, from_target = down, "connection finished")
+            }
+            Err(e) => {
+                tracing::debug!(connection = %id, error = %e, "connection ended with an error")
+            }
         }
     }
 }

@@ -26,7 +26,9 @@ pub type RelayBody = UnsyncBoxBody<Bytes, BoxError>;
 /// A body from bytes.
 #[must_use]
 pub fn full_body(bytes: impl Into<Bytes>) -> RelayBody {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A sender waiting to be accepted or rejected.
@@ -60,7 +62,10 @@ impl IncomingConnection {
     }
 
     /// Accepts with a chosen sub-protocol (or none).
-    pub async fn accept_with_protocol(self, protocol: Option<String>) -> Result<RelayStream, ListenerError> {
+    pub async fn accept_with_protocol(
+        self,
+        protocol: Option<String>,
+    ) -> Result<RelayStream, ListenerError> {
         let mut options = self.options;
         options.protocols = protocol.into_iter().collect();
         let connected = relay_io::client::connect(&self.address, &options).await?;
@@ -69,13 +74,19 @@ impl IncomingConnection {
 
     /// Rejects the sender, who sees `status` and `description` on its upgrade.
     pub async fn reject(self, status: u16, description: &str) -> Result<(), ListenerError> {
-        let url = relay_core::address::append_query(&self.address, "sb-hc-statusCode", &status.to_string());
+        let url = relay_core::address::append_query(
+            &self.address,
+            "sb-hc-statusCode",
+            &status.to_string(),
+        );
         let url = relay_core::address::append_query(&url, "sb-hc-statusDescription", description);
         match relay_io::client::connect(&url, &self.options).await {
             // 410 Gone is how the broker confirms a reject.
             Err(WsError::Refused { status: 410, .. }) => Ok(()),
             Err(e) => Err(e.into()),
-            Ok(_) => Err(ListenerError::Protocol("the broker accepted a reject".into())),
+            Ok(_) => Err(ListenerError::Protocol(
+                "the broker accepted a reject".into(),
+            )),
         }
     }
 }
@@ -85,12 +96,17 @@ pub trait Handler: Send + Sync + 'static {
     /// A sender opened a WebSocket. The default rejects it with 404.
     fn on_connection(&self, conn: IncomingConnection) -> impl Future<Output = ()> + Send {
         async move {
-            let _ = conn.reject(404, "This listener accepts no WebSocket connections").await;
+            let _ = conn
+                .reject(404, "This listener accepts no WebSocket connections")
+                .await;
         }
     }
 
     /// A sender made an HTTP request. The default answers 501.
-    fn on_request(&self, req: http::Request<RelayBody>) -> impl Future<Output = http::Response<RelayBody>> + Send {
+    fn on_request(
+        &self,
+        req: http::Request<RelayBody>,
+    ) -> impl Future<Output = http::Response<RelayBody>> + Send {
         drop(req);
         async {
             let mut resp = http::Response::new(full_body("This listener serves no HTTP requests"));
@@ -116,8 +132,12 @@ pub struct ServiceHandler<S>(pub S);
 
 impl<S, B, E, F> Handler for ServiceHandler<S>
 where
-    S: tower::Service<http::Request<RelayBody>, Response = http::Response<B>, Error = E, Future = F>
-        + Clone
+    S: tower::Service<
+            http::Request<RelayBody>,
+            Response = http::Response<B>,
+            Error = E,
+            Future = F,
+        > + Clone
         + Send
         + Sync
         + 'static,
@@ -126,29 +146,34 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    fn on_request(&self, req: http::Request<RelayBody>) -> impl Future<Output = http::Response<RelayBody>> + Send {
+    fn on_request(
+        &self,
+        req: http::Request<RelayBody>,
+    ) -> impl Future<Output = http::Response<RelayBody>> + Send {
         let service = self.0.clone();
         // Boxed so the compiler checks `Send` on this concrete future; an unboxed one trips
         // a higher-ranked lifetime limitation of return-position `impl Trait` in traits.
-        let future: std::pin::Pin<Box<dyn Future<Output = http::Response<RelayBody>> + Send>> = Box::pin(async move {
-            let mut service = service;
-            let called: Result<http::Response<B>, E> = match tower::ServiceExt::ready(&mut service).await {
-                Ok(ready) => {
-                    let future: F = tower::Service::call(ready, req);
-                    future.await
+        let future: std::pin::Pin<Box<dyn Future<Output = http::Response<RelayBody>> + Send>> =
+            Box::pin(async move {
+                let mut service = service;
+                let called: Result<http::Response<B>, E> =
+                    match tower::ServiceExt::ready(&mut service).await {
+                        Ok(ready) => {
+                            let future: F = tower::Service::call(ready, req);
+                            future.await
+                        }
+                        Err(e) => Err(e),
+                    };
+                match called {
+                    Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "service failed");
+                        let mut resp = http::Response::new(full_body("internal error"));
+                        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        resp
+                    }
                 }
-                Err(e) => Err(e),
-            };
-            match called {
-                Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "service failed");
-                    let mut resp = http::Response::new(full_body("internal error"));
-                    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    resp
-                }
-            }
-        });
+            });
         future
     }
 }

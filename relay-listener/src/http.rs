@@ -29,7 +29,12 @@ type Writer = WsWriter<WriteHalf<MaybeTls>>;
 type Reader = WsReader<ReadHalf<MaybeTls>>;
 
 /// Handles one request notice.
-pub(crate) async fn serve<H: Handler>(handler: Arc<H>, ctx: Arc<Ctx>, request: control::Request, body: Option<Bytes>) {
+pub(crate) async fn serve<H: Handler>(
+    handler: Arc<H>,
+    ctx: Arc<Ctx>,
+    request: control::Request,
+    body: Option<Bytes>,
+) {
     let id = request.id.clone();
     let result = if request.is_address_only() {
         serve_rendezvous(&*handler, &ctx, request).await
@@ -41,7 +46,12 @@ pub(crate) async fn serve<H: Handler>(handler: Arc<H>, ctx: Arc<Ctx>, request: c
     }
 }
 
-async fn serve_inline<H: Handler>(handler: &H, ctx: &Ctx, request: control::Request, body: Option<Bytes>) -> Result<(), WsError> {
+async fn serve_inline<H: Handler>(
+    handler: &H,
+    ctx: &Ctx,
+    request: control::Request,
+    body: Option<Bytes>,
+) -> Result<(), WsError> {
     let address = request.address.clone();
     let id = request.id.clone();
     let req = build_request(request, full_body(body.unwrap_or_default()), &ctx.hc);
@@ -67,30 +77,63 @@ async fn serve_inline<H: Handler>(handler: &H, ctx: &Ctx, request: control::Requ
     if finished && buffered.len() <= INLINE_BODY_LIMIT {
         let has_body = !buffered.is_empty();
         let json = ListenerCommand::Response(response_head(&id, &parts, has_body)).encode();
-        let msg = if has_body { Out::TextWithBody(json, buffered.freeze()) } else { Out::Text(json) };
-        return ctx.out.send(msg).await.map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
+        let msg = if has_body {
+            Out::TextWithBody(json, buffered.freeze())
+        } else {
+            Out::Text(json)
+        };
+        return ctx
+            .out
+            .send(msg)
+            .await
+            .map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
     }
     let mut connected = relay_io::client::connect(&address, &ctx.options).await?;
-    send_response(&mut connected.writer, &id, &parts, Some(buffered.freeze()), body).await?;
+    send_response(
+        &mut connected.writer,
+        &id,
+        &parts,
+        Some(buffered.freeze()),
+        body,
+    )
+    .await?;
     let _ = connected.writer.close(close_code::NORMAL, "").await;
     Ok(())
 }
 
-async fn serve_rendezvous<H: Handler>(handler: &H, ctx: &Ctx, notice: control::Request) -> Result<(), WsError> {
+async fn serve_rendezvous<H: Handler>(
+    handler: &H,
+    ctx: &Ctx,
+    notice: control::Request,
+) -> Result<(), WsError> {
     let connected = relay_io::client::connect(&notice.address, &ctx.options).await?;
     let (mut reader, mut writer) = (connected.reader, connected.writer);
     let request = loop {
         match reader.message(MAX_CONTROL_MESSAGE_BYTES).await? {
-            Some(Message::Text(text)) => match ListenerCommand::decode(text.as_bytes(), MAX_CONTROL_MESSAGE_BYTES) {
-                Ok(ListenerCommand::Request(r)) => break r,
-                _ => return Err(WsError::Handshake("expected a request on the rendezvous".into())),
-            },
+            Some(Message::Text(text)) => {
+                match ListenerCommand::decode(text.as_bytes(), MAX_CONTROL_MESSAGE_BYTES) {
+                    Ok(ListenerCommand::Request(r)) => break r,
+                    _ => {
+                        return Err(WsError::Handshake(
+                            "expected a request on the rendezvous".into(),
+                        ));
+                    }
+                }
+            }
             Some(Message::Ping(_) | Message::Pong(_)) => {}
-            _ => return Err(WsError::Handshake("rendezvous closed before the request".into())),
+            _ => {
+                return Err(WsError::Handshake(
+                    "rendezvous closed before the request".into(),
+                ));
+            }
         }
     };
     let id = request.id.clone();
-    let body = if request.body == Some(true) { streaming_body(reader) } else { full_body(Bytes::new()) };
+    let body = if request.body == Some(true) {
+        streaming_body(reader)
+    } else {
+        full_body(Bytes::new())
+    };
     let req = build_request(request, body, &ctx.hc);
     let (parts, body) = handler.on_request(req).await.into_parts();
     send_response(&mut writer, &id, &parts, None, body).await?;
@@ -126,7 +169,11 @@ fn streaming_body(mut reader: Reader) -> RelayBody {
             let _ = tx.send(Err(Box::new(e))).await;
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item.map(http_body::Frame::data), rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|item| (item.map(http_body::Frame::data), rx))
+    });
     http_body_util::StreamBody::new(stream).boxed_unsync()
 }
 
@@ -138,7 +185,9 @@ async fn send_response(
     first: Option<Bytes>,
     mut body: RelayBody,
 ) -> Result<(), WsError> {
-    writer.text(&ListenerCommand::Response(response_head(id, parts, true)).encode()).await?;
+    writer
+        .text(&ListenerCommand::Response(response_head(id, parts, true)).encode())
+        .await?;
     let mut opcode = OpCode::Binary;
     if let Some(first) = first.filter(|b| !b.is_empty()) {
         writer.send(false, opcode, &first).await?;
@@ -184,7 +233,10 @@ fn build_request(request: control::Request, body: RelayBody, hc: &str) -> http::
     for (name, value) in request.request_headers.map(|h| h.0).unwrap_or_default() {
         builder = builder.header(name, value);
     }
-    if let Some(remote) = request.remote_endpoint.and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port))) {
+    if let Some(remote) = request
+        .remote_endpoint
+        .and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)))
+    {
         builder = builder.extension(remote);
     }
     builder.body(body).unwrap_or_else(|e| {

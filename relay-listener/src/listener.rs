@@ -41,13 +41,20 @@ pub struct ListenerConfig {
 
 impl std::fmt::Debug for ListenerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListenerConfig").field("endpoint", &self.endpoint).field("hc", &self.hc).finish_non_exhaustive()
+        f.debug_struct("ListenerConfig")
+            .field("endpoint", &self.endpoint)
+            .field("hc", &self.hc)
+            .finish_non_exhaustive()
     }
 }
 
 impl ListenerConfig {
     /// A configuration with default keep-alive (10 s), backoff (0.5 s to 30 s) and timeouts.
-    pub fn new(endpoint: impl Into<String>, hc: impl Into<String>, token: Arc<dyn TokenSource>) -> Self {
+    pub fn new(
+        endpoint: impl Into<String>,
+        hc: impl Into<String>,
+        token: Arc<dyn TokenSource>,
+    ) -> Self {
         Self {
             endpoint: relay_core::connection_string::ws_base(&endpoint.into()),
             hc: hc.into().trim_matches('/').to_owned(),
@@ -60,12 +67,20 @@ impl ListenerConfig {
     }
 
     fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions { tls: self.tls.clone(), timeout: self.connect_timeout, ..ConnectOptions::default() }
+        ConnectOptions {
+            tls: self.tls.clone(),
+            timeout: self.connect_timeout,
+            ..ConnectOptions::default()
+        }
     }
 
     /// The token audience: `http(s)://host:port/hc`, as the Node clients build it.
     fn audience(&self) -> String {
-        format!("{}/{}", relay_core::connection_string::http_base(&self.endpoint), self.hc)
+        format!(
+            "{}/{}",
+            relay_core::connection_string::http_base(&self.endpoint),
+            self.hc
+        )
     }
 }
 
@@ -108,7 +123,11 @@ impl Listener {
     /// A listener; nothing happens until [`Listener::run`].
     #[must_use]
     pub fn new(config: ListenerConfig) -> Self {
-        let (status, _) = watch::channel(Status::Connecting { attempt: 0, last_error: None, next_retry: None });
+        let (status, _) = watch::channel(Status::Connecting {
+            attempt: 0,
+            last_error: None,
+            next_retry: None,
+        });
         Self { config, status }
     }
 
@@ -130,8 +149,12 @@ impl Listener {
             attempt += 1;
             let delay = backoff.next_delay();
             match error.hint() {
-                Some(hint) => tracing::warn!(error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected"),
-                None => tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected"),
+                Some(hint) => {
+                    tracing::warn!(error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected")
+                }
+                None => {
+                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected")
+                }
             }
             self.status.send_replace(Status::Connecting {
                 attempt,
@@ -147,7 +170,12 @@ impl Listener {
     }
 
     /// One control-channel session. `Ok` only on shutdown.
-    async fn session<H: Handler>(&self, handler: &Arc<H>, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), ListenerError> {
+    async fn session<H: Handler>(
+        &self,
+        handler: &Arc<H>,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), ListenerError> {
         let config = &self.config;
         let url = format!(
             "{}/$hc/{}?sb-hc-action=listen&sb-hc-id={}",
@@ -157,7 +185,9 @@ impl Listener {
         );
         let token = config.token.token(&config.audience());
         let mut options = config.connect_options();
-        options.headers.push(("ServiceBusAuthorization".into(), token.value));
+        options
+            .headers
+            .push(("ServiceBusAuthorization".into(), token.value));
         options.read_buffer = 16 * 1024;
         let connected = relay_io::client::connect(&url, &options).await?;
         tracing::info!(hc = %config.hc, endpoint = %config.endpoint, "listening");
@@ -165,7 +195,11 @@ impl Listener {
         self.status.send_replace(Status::Connected);
         let (out_tx, out_rx) = mpsc::channel(64);
         let done = CancellationToken::new();
-        let ctx = Arc::new(http::Ctx { out: out_tx.clone(), options: config.connect_options(), hc: config.hc.clone() });
+        let ctx = Arc::new(http::Ctx {
+            out: out_tx.clone(),
+            options: config.connect_options(),
+            hc: config.hc.clone(),
+        });
         let reader = self.read_loop(connected.reader, handler, &ctx, &out_tx);
         let writer = self.write_loop(connected.writer, out_rx, token.expires_at, shutdown, &done);
         tokio::select! {
@@ -182,7 +216,10 @@ impl Listener {
         shutdown: &CancellationToken,
         done: &CancellationToken,
     ) -> Result<(), ListenerError> {
-        let mut ping = tokio::time::interval_at(Instant::now() + self.config.keepalive, self.config.keepalive);
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.config.keepalive,
+            self.config.keepalive,
+        );
         loop {
             let renew_at = renewal_deadline(expires_at);
             tokio::select! {
@@ -228,9 +265,10 @@ impl Listener {
     ) -> Result<(), ListenerError> {
         let dead_after = self.config.keepalive * 3;
         loop {
-            let message = tokio::time::timeout(dead_after, reader.message(MAX_INLINE_BODY_MESSAGE_BYTES))
-                .await
-                .map_err(|_| ListenerError::Dead(dead_after))??;
+            let message =
+                tokio::time::timeout(dead_after, reader.message(MAX_INLINE_BODY_MESSAGE_BYTES))
+                    .await
+                    .map_err(|_| ListenerError::Dead(dead_after))??;
             let text = match message {
                 Some(Message::Text(text)) => text,
                 Some(Message::Ping(p)) => {
@@ -242,7 +280,11 @@ impl Listener {
                     let (code, reason) = status.unwrap_or((1005, String::new()));
                     return Err(ListenerError::Closed { code, reason });
                 }
-                None => return Err(ListenerError::Protocol("the broker closed the connection".into())),
+                None => {
+                    return Err(ListenerError::Protocol(
+                        "the broker closed the connection".into(),
+                    ));
+                }
             };
             match ListenerCommand::decode(text.as_bytes(), MAX_INLINE_BODY_MESSAGE_BYTES) {
                 Ok(ListenerCommand::Accept(accept)) => {
@@ -254,12 +296,21 @@ impl Listener {
                     let body = if request.body == Some(true) && !request.is_address_only() {
                         match reader.message(MAX_INLINE_BODY_MESSAGE_BYTES).await? {
                             Some(Message::Binary(body)) => Some(Bytes::from(body)),
-                            _ => return Err(ListenerError::Protocol("request body message missing".into())),
+                            _ => {
+                                return Err(ListenerError::Protocol(
+                                    "request body message missing".into(),
+                                ));
+                            }
                         }
                     } else {
                         None
                     };
-                    tokio::spawn(http::serve(Arc::clone(handler), Arc::clone(ctx), request, body));
+                    tokio::spawn(http::serve(
+                        Arc::clone(handler),
+                        Arc::clone(ctx),
+                        request,
+                        body,
+                    ));
                 }
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected command"),
                 Err(e) => tracing::debug!(error = %e, "ignoring malformed control message"),
@@ -273,10 +324,25 @@ impl Listener {
             .connect_headers
             .0
             .iter()
-            .filter_map(|(k, v)| Some((::http::HeaderName::try_from(k.as_str()).ok()?, ::http::HeaderValue::try_from(v.as_str()).ok()?)))
+            .filter_map(|(k, v)| {
+                Some((
+                    ::http::HeaderName::try_from(k.as_str()).ok()?,
+                    ::http::HeaderValue::try_from(v.as_str()).ok()?,
+                ))
+            })
             .collect();
-        let remote = accept.remote_endpoint.and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)));
-        IncomingConnection { id: accept.id, path, query, headers, remote, address: accept.address, options: self.config.connect_options() }
+        let remote = accept
+            .remote_endpoint
+            .and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)));
+        IncomingConnection {
+            id: accept.id,
+            path,
+            query,
+            headers,
+            remote,
+            address: accept.address,
+            options: self.config.connect_options(),
+        }
     }
 }
 
@@ -285,8 +351,14 @@ fn split_address(address: &str, hc: &str) -> (String, String) {
     let (before, query) = address.split_once('?').unwrap_or((address, ""));
     let path = before.split_once("/$hc/").map_or("", |(_, p)| p);
     let encoded = relay_core::address::encode_name(hc);
-    let suffix = path.strip_prefix(encoded.as_str()).or_else(|| path.strip_prefix(hc)).unwrap_or("");
-    (suffix.to_owned(), relay_core::address::strip_reserved(query))
+    let suffix = path
+        .strip_prefix(encoded.as_str())
+        .or_else(|| path.strip_prefix(hc))
+        .unwrap_or("");
+    (
+        suffix.to_owned(),
+        relay_core::address::strip_reserved(query),
+    )
 }
 
 /// When to renew: at 80% of the token's remaining life, at most hourly checks for tokens
@@ -311,7 +383,10 @@ mod tests {
 
     #[test]
     fn address_parts() {
-        let (p, q) = split_address("ws://h/$hc/a/b/sub/x?x=1&sb-hc-action=accept&sb-hc-id=t", "a/b");
+        let (p, q) = split_address(
+            "ws://h/$hc/a/b/sub/x?x=1&sb-hc-action=accept&sb-hc-id=t",
+            "a/b",
+        );
         assert_eq!((p.as_str(), q.as_str()), ("/sub/x", "x=1"));
         let (p, q) = split_address("ws://h/$hc/hc?sb-hc-action=accept", "hc");
         assert_eq!((p.as_str(), q.as_str()), ("", ""));

@@ -14,7 +14,11 @@ use relay_listener::{Listener, ListenerConfig, SasKeySource, StaticToken, TokenS
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "relay-listener", version, about = "Hybrid Connections listener agent")]
+#[command(
+    name = "relay-listener",
+    version,
+    about = "Hybrid Connections listener agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,10 +84,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let token: Arc<dyn TokenSource> = match target.credential {
         Credential::Key { name, key } => Arc::new(SasKeySource::new(name, key)),
         Credential::Token(token) => Arc::new(StaticToken(token)),
-        Credential::None => anyhow::bail!("a listener needs --sas-key-name and --sas-key (or a connection string)"),
+        Credential::None => {
+            anyhow::bail!("a listener needs --sas-key-name and --sas-key (or a connection string)")
+        }
     };
     let mut config = ListenerConfig::new(target.endpoint, target.hc, token);
-    config.tls = Some(relay_io::tls::client_config(args.ca_cert.as_deref()).context("loading --ca-cert")?);
+    config.tls =
+        Some(relay_io::tls::client_config(args.ca_cert.as_deref()).context("loading --ca-cert")?);
     let listener = Listener::new(config);
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -91,13 +98,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         stop.cancel();
     });
-    listener.run(Arc::new(TcpForward::new(args.forward)), shutdown).await;
+    listener
+        .run(Arc::new(TcpForward::new(args.forward)), shutdown)
+        .await;
     Ok(())
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -107,13 +119,14 @@ fn init_logging(format: LogFormat) {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -14,7 +14,9 @@ pub struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("expires_at", &self.expires_at).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 
@@ -34,7 +36,9 @@ pub struct SasKeySource {
 
 impl std::fmt::Debug for SasKeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SasKeySource").field("key_name", &self.key_name).finish_non_exhaustive()
+        f.debug_struct("SasKeySource")
+            .field("key_name", &self.key_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,7 +46,11 @@ impl SasKeySource {
     /// Tokens valid for one hour, as Azure's clients mint them.
     #[must_use]
     pub fn new(key_name: impl Into<String>, key: impl Into<String>) -> Self {
-        Self { key_name: key_name.into(), key: key.into(), lifetime: Duration::from_secs(3600) }
+        Self {
+            key_name: key_name.into(),
+            key: key.into(),
+            lifetime: Duration::from_secs(3600),
+        }
     }
 
     /// Changes the lifetime of minted tokens.
@@ -54,13 +62,18 @@ impl SasKeySource {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl TokenSource for SasKeySource {
     fn token(&self, audience: &str) -> Token {
         let expires_at = unix_now() + self.lifetime.as_secs().max(1);
-        Token { value: relay_core::sas::create_token(audience, &self.key_name, &self.key, expires_at), expires_at: Some(expires_at) }
+        Token {
+            value: relay_core::sas::create_token(audience, &self.key_name, &self.key, expires_at),
+            expires_at: Some(expires_at),
+        }
     }
 }
 
@@ -76,7 +89,12 @@ impl std::fmt::Debug for StaticToken {
 
 impl TokenSource for StaticToken {
     fn token(&self, _audience: &str) -> Token {
-        let expires_at = relay_core::sas::SasToken::parse(&self.0).ok().map(|t| t.expires_at);
-        Token { value: self.0.clone(), expires_at }
+        let expires_at = relay_core::sas::SasToken::parse(&self.0)
+            .ok()
+            .map(|t| t.expires_at);
+        Token {
+            value: self.0.clone(),
+            expires_at,
+        }
     }
 }

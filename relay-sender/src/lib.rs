@@ -86,7 +86,12 @@ pub struct Connection {
 /// The `connect` URL for a hybrid connection.
 #[must_use]
 pub fn connect_url(endpoint: &str, hc: &str, options: &ConnectOptions) -> String {
-    let mut url = format!("{}/$hc/{}{}?", ws_base(endpoint), relay_core::address::encode_name(hc), options.path);
+    let mut url = format!(
+        "{}/$hc/{}{}?",
+        ws_base(endpoint),
+        relay_core::address::encode_name(hc),
+        options.path
+    );
     if !options.query.is_empty() {
         url.push_str(&options.query);
         url.push('&');
@@ -99,7 +104,11 @@ pub fn connect_url(endpoint: &str, hc: &str, options: &ConnectOptions) -> String
 }
 
 /// Opens a relayed connection to a listener of `hc`.
-pub async fn connect(endpoint: &str, hc: &str, options: &ConnectOptions) -> Result<Connection, SenderError> {
+pub async fn connect(
+    endpoint: &str,
+    hc: &str,
+    options: &ConnectOptions,
+) -> Result<Connection, SenderError> {
     let mut ws = relay_io::client::ConnectOptions {
         headers: options.headers.clone(),
         protocols: options.protocols.clone(),
@@ -108,17 +117,23 @@ pub async fn connect(endpoint: &str, hc: &str, options: &ConnectOptions) -> Resu
         ..relay_io::client::ConnectOptions::default()
     };
     if let Some(token) = &options.token {
-        ws.headers.push(("ServiceBusAuthorization".into(), token.clone()));
+        ws.headers
+            .push(("ServiceBusAuthorization".into(), token.clone()));
     }
     let connected = relay_io::client::connect(&connect_url(endpoint, hc, options), &ws).await?;
-    Ok(Connection { stream: WsByteStream::new(connected.reader, connected.writer), protocol: connected.protocol })
+    Ok(Connection {
+        stream: WsByteStream::new(connected.reader, connected.writer),
+        protocol: connected.protocol,
+    })
 }
 
 /// A SAS token for `hc` on `endpoint`, valid for `ttl_secs`, with the audience the Node
 /// clients use (`http(s)://host:port/hc`).
 #[must_use]
 pub fn sas_token(endpoint: &str, hc: &str, key_name: &str, key: &str, ttl_secs: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let audience = format!("{}/{}", http_base(endpoint), hc.trim_matches('/'));
     relay_core::sas::create_token(&audience, key_name, key, now + ttl_secs)
 }
@@ -129,8 +144,16 @@ mod tests {
 
     #[test]
     fn builds_connect_urls() {
-        let o = ConnectOptions { path: "/sub".into(), query: "x=1".into(), id: Some("t 1".into()), ..Default::default() };
-        assert_eq!(connect_url("sb://h:1/", "a/b", &o), "wss://h:1/$hc/a/b/sub?x=1&sb-hc-action=connect&sb-hc-id=t+1");
+        let o = ConnectOptions {
+            path: "/sub".into(),
+            query: "x=1".into(),
+            id: Some("t 1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            connect_url("sb://h:1/", "a/b", &o),
+            "wss://h:1/$hc/a/b/sub?x=1&sb-hc-action=connect&sb-hc-id=t+1"
+        );
         let t = sas_token("ws://h:1", "hc", "n", "k", 60);
         assert!(t.starts_with("SharedAccessSignature sr=http%3A%2F%2Fh%3A1%2Fhc&"));
     }

@@ -13,7 +13,11 @@ use relay_sender::ConnectOptions;
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Parser, Debug)]
-#[command(name = "relay-sender", version, about = "Hybrid Connections sender tool")]
+#[command(
+    name = "relay-sender",
+    version,
+    about = "Hybrid Connections sender tool"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,7 +103,10 @@ async fn main() -> anyhow::Result<()> {
             let Credential::Key { name, key } = target.credential else {
                 anyhow::bail!("minting a token needs --sas-key-name and --sas-key");
             };
-            println!("{}", relay_sender::sas_token(&target.endpoint, &target.hc, &name, &key, args.ttl));
+            println!(
+                "{}",
+                relay_sender::sas_token(&target.endpoint, &target.hc, &name, &key, args.ttl)
+            );
             Ok(())
         }
     }
@@ -110,8 +117,15 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let tls = relay_io::tls::client_config(args.ca_cert.as_deref()).context("loading --ca-cert")?;
     let mut tasks = tokio::task::JoinSet::new();
     for local in &args.local {
-        let listener = TcpListener::bind(local).await.with_context(|| format!("binding --local {local}"))?;
-        println!("forwarding {} -> {}/{}", listener.local_addr()?, target.endpoint, target.hc);
+        let listener = TcpListener::bind(local)
+            .await
+            .with_context(|| format!("binding --local {local}"))?;
+        println!(
+            "forwarding {} -> {}/{}",
+            listener.local_addr()?,
+            target.endpoint,
+            target.hc
+        );
         let (target, tls) = (Arc::clone(&target), Arc::clone(&tls));
         tasks.spawn(async move {
             loop {
@@ -135,14 +149,29 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn relay_one(mut tcp: TcpStream, peer: std::net::SocketAddr, target: &Target, tls: Arc<relay_io::rustls::ClientConfig>) {
+async fn relay_one(
+    mut tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    target: &Target,
+    tls: Arc<relay_io::rustls::ClientConfig>,
+) {
     let _ = tcp.set_nodelay(true);
     let token = match &target.credential {
-        Credential::Key { name, key } => Some(relay_sender::sas_token(&target.endpoint, &target.hc, name, key, 3600)),
+        Credential::Key { name, key } => Some(relay_sender::sas_token(
+            &target.endpoint,
+            &target.hc,
+            name,
+            key,
+            3600,
+        )),
         Credential::Token(t) => Some(t.clone()),
         Credential::None => None,
     };
-    let options = ConnectOptions { token, tls: Some(tls), ..ConnectOptions::default() };
+    let options = ConnectOptions {
+        token,
+        tls: Some(tls),
+        ..ConnectOptions::default()
+    };
     let mut conn = match relay_sender::connect(&target.endpoint, &target.hc, &options).await {
         Ok(c) => c,
         Err(e) => {
@@ -154,14 +183,19 @@ async fn relay_one(mut tcp: TcpStream, peer: std::net::SocketAddr, target: &Targ
         }
     };
     match tokio::io::copy_bidirectional(&mut conn.stream, &mut tcp).await {
-        Ok((up, down)) => tracing::debug!(%peer, from_listener = up, to_listener = down, "connection finished"),
+        Ok((up, down)) => {
+            tracing::debug!(%peer, from_listener = up, to_listener = down, "connection finished")
+        }
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

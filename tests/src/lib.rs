@@ -54,13 +54,21 @@ impl TestBroker {
 
     pub async fn start_with(extra: &str, options: ServeOptions) -> Self {
         let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let broker = Broker::new(&config);
         let stop = CancellationToken::new();
         let (b, s) = (broker.clone(), stop.clone());
-        let task = tokio::spawn(async move { b.serve(listener, options, s.cancelled_owned()).await });
-        Self { addr, broker, stop, task }
+        let task =
+            tokio::spawn(async move { b.serve(listener, options, s.cancelled_owned()).await });
+        Self {
+            addr,
+            broker,
+            stop,
+            task,
+        }
     }
 
     pub fn ws(&self) -> String {
@@ -83,23 +91,43 @@ impl TestBroker {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("{hc} never reached {n} listeners (has {})", self.broker.listener_count(hc));
+        panic!(
+            "{hc} never reached {n} listeners (has {})",
+            self.broker.listener_count(hc)
+        );
     }
 }
 
 pub fn token_for(audience: &str, name: &str, key: &str, ttl: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
     relay_core::sas::create_token(audience, name, key, now + ttl)
 }
 
 /// Opens a raw WebSocket with optional `ServiceBusAuthorization`.
-pub async fn ws_connect(url: &str, token: Option<&str>, protocols: &[&str], headers: &[(&str, &str)]) -> Result<Connected, WsError> {
-    let mut options = ConnectOptions { protocols: protocols.iter().map(|p| (*p).to_owned()).collect(), ..Default::default() };
+pub async fn ws_connect(
+    url: &str,
+    token: Option<&str>,
+    protocols: &[&str],
+    headers: &[(&str, &str)],
+) -> Result<Connected, WsError> {
+    let mut options = ConnectOptions {
+        protocols: protocols.iter().map(|p| (*p).to_owned()).collect(),
+        ..Default::default()
+    };
     options.timeout = Duration::from_secs(10);
     if let Some(t) = token {
-        options.headers.push(("ServiceBusAuthorization".into(), t.to_owned()));
+        options
+            .headers
+            .push(("ServiceBusAuthorization".into(), t.to_owned()));
     }
-    options.headers.extend(headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    options.headers.extend(
+        headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     relay_io::client::connect(url, &options).await
 }
 
@@ -111,7 +139,9 @@ pub struct RawListener {
 impl RawListener {
     pub async fn open(broker: &TestBroker, hc: &str) -> Self {
         let url = format!("{}/$hc/{hc}?sb-hc-action=listen", broker.ws());
-        let conn = ws_connect(&url, Some(&broker.token(hc)), &[], &[]).await.expect("listen");
+        let conn = ws_connect(&url, Some(&broker.token(hc)), &[], &[])
+            .await
+            .expect("listen");
         broker.wait_listeners(hc, 1).await;
         Self { conn }
     }
@@ -119,15 +149,22 @@ impl RawListener {
     /// The next control command, skipping pings (answered) and pongs.
     pub async fn command(&mut self) -> ListenerCommand {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.conn.reader.message(1 << 20))
-                .await
-                .expect("control message in time")
-                .expect("control read")
-                .expect("control open");
+            let msg =
+                tokio::time::timeout(Duration::from_secs(10), self.conn.reader.message(1 << 20))
+                    .await
+                    .expect("control message in time")
+                    .expect("control read")
+                    .expect("control open");
             match msg {
-                Message::Text(t) => return ListenerCommand::decode(t.as_bytes(), 1 << 20).expect("command"),
+                Message::Text(t) => {
+                    return ListenerCommand::decode(t.as_bytes(), 1 << 20).expect("command");
+                }
                 Message::Ping(p) => {
-                    self.conn.writer.send(true, relay_core::frame::OpCode::Pong, &p).await.expect("pong");
+                    self.conn
+                        .writer
+                        .send(true, relay_core::frame::OpCode::Pong, &p)
+                        .await
+                        .expect("pong");
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -158,10 +195,20 @@ pub async fn http_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req)).await.expect("in time").expect("response");
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("in time")
+        .expect("response");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
     (status, headers, body)
 }

@@ -24,15 +24,30 @@ async fn serve_app(broker: &TestBroker) -> tokio_util::sync::CancellationToken {
             parts.headers.get("x-custom"),
             parts.headers.get("via")
         );
-        let payload = if big { Bytes::from(vec![b'z'; 300_000]) } else { Bytes::from(text) };
-        axum::response::Response::builder().header("content-type", "text/plain").body(payload.into()).unwrap()
+        let payload = if big {
+            Bytes::from(vec![b'z'; 300_000])
+        } else {
+            Bytes::from(text)
+        };
+        axum::response::Response::builder()
+            .header("content-type", "text/plain")
+            .body(payload.into())
+            .unwrap()
     }
     let app = axum::Router::new().fallback(any(echo));
     let token = Arc::new(relay_listener::SasKeySource::new(KEY_NAME, KEY));
-    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(broker.ws(), "hyco", token));
+    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
+        broker.ws(),
+        "hyco",
+        token,
+    ));
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
-    tokio::spawn(async move { listener.run(Arc::new(relay_listener::ServiceHandler(app)), s).await });
+    tokio::spawn(async move {
+        listener
+            .run(Arc::new(relay_listener::ServiceHandler(app)), s)
+            .await
+    });
     broker.wait_listeners("hyco", 1).await;
     stop
 }
@@ -44,20 +59,40 @@ async fn inline_and_rendezvous_requests_through_an_axum_app() {
     let token = broker.token("hyco");
     let url = format!("{}/hyco/a/b?q=1&sb-hc-id=z", broker.http());
 
-    let (status, headers, body) = http_request("POST", &url, &[("ServiceBusAuthorization", &token), ("X-Custom", "abc")], vec![b'x'; 1000]).await;
+    let (status, headers, body) = http_request(
+        "POST",
+        &url,
+        &[("ServiceBusAuthorization", &token), ("X-Custom", "abc")],
+        vec![b'x'; 1000],
+    )
+    .await;
     let text = String::from_utf8(body).unwrap();
     assert_eq!(status, 200, "{text}");
-    assert!(text.starts_with("POST /hyco/a/b?q=1 1000 auth=None custom=Some(\"abc\")"), "{text}");
+    assert!(
+        text.starts_with("POST /hyco/a/b?q=1 1000 auth=None custom=Some(\"abc\")"),
+        "{text}"
+    );
     assert!(text.contains("via=Some("), "the broker adds Via: {text}");
     assert!(headers.get("via").is_some());
     assert_eq!(headers.get("content-type").unwrap(), "text/plain");
 
     // Over 64 kB: the request goes by rendezvous, and so does the response.
-    let (status, _, body) = http_request("PUT", &url, &[("ServiceBusAuthorization", &token)], vec![b'y'; 200_000]).await;
+    let (status, _, body) = http_request(
+        "PUT",
+        &url,
+        &[("ServiceBusAuthorization", &token)],
+        vec![b'y'; 200_000],
+    )
+    .await;
     assert_eq!(status, 200);
-    assert!(String::from_utf8(body).unwrap().starts_with("PUT /hyco/a/b?q=1 200000"));
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .starts_with("PUT /hyco/a/b?q=1 200000")
+    );
     let big = format!("{}/hyco/big", broker.http());
-    let (status, _, body) = http_request("GET", &big, &[("ServiceBusAuthorization", &token)], vec![]).await;
+    let (status, _, body) =
+        http_request("GET", &big, &[("ServiceBusAuthorization", &token)], vec![]).await;
     assert_eq!((status, body.len()), (200, 300_000));
 
     // Twenty in parallel.
@@ -65,12 +100,18 @@ async fn inline_and_rendezvous_requests_through_an_axum_app() {
     for i in 0..20 {
         let url = format!("{}/hyco/p{i}", broker.http());
         let token = token.clone();
-        handles.push(tokio::spawn(async move { http_request("GET", &url, &[("ServiceBusAuthorization", &token)], vec![]).await }));
+        handles.push(tokio::spawn(async move {
+            http_request("GET", &url, &[("ServiceBusAuthorization", &token)], vec![]).await
+        }));
     }
     for (i, h) in handles.into_iter().enumerate() {
         let (status, _, body) = h.await.unwrap();
         assert_eq!(status, 200);
-        assert!(String::from_utf8(body).unwrap().starts_with(&format!("GET /hyco/p{i} ")));
+        assert!(
+            String::from_utf8(body)
+                .unwrap()
+                .starts_with(&format!("GET /hyco/p{i} "))
+        );
     }
 }
 
@@ -84,25 +125,77 @@ async fn token_locations_and_authorization_passthrough() {
     assert_eq!(status, 401);
     assert_eq!(headers.get("content-type").unwrap(), "application/json");
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(json["error"]["message"].as_str().unwrap().contains("TrackingId:"));
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("TrackingId:")
+    );
 
     let encoded: String = url_encode(&token);
-    let (status, _, body) = http_request("GET", &format!("{base}?sb-hc-token={encoded}"), &[("Authorization", "app-secret")], vec![]).await;
+    let (status, _, body) = http_request(
+        "GET",
+        &format!("{base}?sb-hc-token={encoded}"),
+        &[("Authorization", "app-secret")],
+        vec![],
+    )
+    .await;
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
-    assert!(text.contains("GET /hyco/x 0 auth=Some(\"app-secret\")"), "Authorization passes when the token came elsewhere: {text}");
+    assert!(
+        text.contains("GET /hyco/x 0 auth=Some(\"app-secret\")"),
+        "Authorization passes when the token came elsewhere: {text}"
+    );
 
     let (status, _, body) = http_request("GET", &base, &[("Authorization", &token)], vec![]).await;
     assert_eq!(status, 200);
-    assert!(String::from_utf8(body).unwrap().contains("auth=None"), "a consumed Authorization is stripped");
+    assert!(
+        String::from_utf8(body).unwrap().contains("auth=None"),
+        "a consumed Authorization is stripped"
+    );
 
-    let wrong = relay_tests::token_for(&format!("http://{}/hyco", broker.addr), KEY_NAME, "wrong", 60);
-    assert_eq!(http_request("GET", &base, &[("ServiceBusAuthorization", &wrong)], vec![]).await.0, 401);
+    let wrong = relay_tests::token_for(
+        &format!("http://{}/hyco", broker.addr),
+        KEY_NAME,
+        "wrong",
+        60,
+    );
+    assert_eq!(
+        http_request("GET", &base, &[("ServiceBusAuthorization", &wrong)], vec![])
+            .await
+            .0,
+        401
+    );
     let other = broker.token("a/b");
-    assert_eq!(http_request("GET", &base, &[("ServiceBusAuthorization", &other)], vec![]).await.0, 401);
-    let listen_only = relay_tests::token_for(&format!("http://{}/hyco", broker.addr), "listen-only", "lk", 60);
-    assert_eq!(http_request("GET", &base, &[("ServiceBusAuthorization", &listen_only)], vec![]).await.0, 403);
-    assert_eq!(http_request("GET", &format!("{}/nope", broker.http()), &[], vec![]).await.0, 404);
+    assert_eq!(
+        http_request("GET", &base, &[("ServiceBusAuthorization", &other)], vec![])
+            .await
+            .0,
+        401
+    );
+    let listen_only = relay_tests::token_for(
+        &format!("http://{}/hyco", broker.addr),
+        "listen-only",
+        "lk",
+        60,
+    );
+    assert_eq!(
+        http_request(
+            "GET",
+            &base,
+            &[("ServiceBusAuthorization", &listen_only)],
+            vec![]
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        http_request("GET", &format!("{}/nope", broker.http()), &[], vec![])
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test]
@@ -114,26 +207,64 @@ async fn no_listener_deadline_and_raw_protocol() {
     let mut listener = RawListener::open(&broker, "open").await;
     let request = tokio::spawn({
         let url = url.clone();
-        async move { http_request("POST", &url, &[("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("Via", "1.0 proxy")], b"abc".to_vec()).await }
+        async move {
+            http_request(
+                "POST",
+                &url,
+                &[
+                    ("Connection", "keep-alive, X-Hop"),
+                    ("X-Hop", "1"),
+                    ("Via", "1.0 proxy"),
+                ],
+                b"abc".to_vec(),
+            )
+            .await
+        }
     });
-    let ListenerCommand::Request(req) = listener.command().await else { panic!("expected request") };
-    assert_eq!(req.request_target.as_deref(), Some("/open/p?k=v"), "sb-hc-* is stripped");
+    let ListenerCommand::Request(req) = listener.command().await else {
+        panic!("expected request")
+    };
+    assert_eq!(
+        req.request_target.as_deref(),
+        Some("/open/p?k=v"),
+        "sb-hc-* is stripped"
+    );
     assert_eq!(req.method.as_deref(), Some("POST"));
     assert_eq!(req.body, Some(true));
     let headers = req.request_headers.clone().unwrap();
-    assert!(headers.get("x-hop").is_none() && headers.get("connection").is_none() && headers.get("content-length").is_none());
+    assert!(
+        headers.get("x-hop").is_none()
+            && headers.get("connection").is_none()
+            && headers.get("content-length").is_none()
+    );
     assert!(headers.get("via").unwrap().starts_with("1.0 proxy, 1.1 "));
-    assert_eq!(listener.message().await, Some(Message::Binary(b"abc".to_vec())));
+    assert_eq!(
+        listener.message().await,
+        Some(Message::Binary(b"abc".to_vec()))
+    );
     // Answer with a string status, inline, with a body.
     let response = ListenerCommand::Response(control::Response {
         request_id: req.id.clone(),
         status_code: 201,
         status_description: Some("Made".into()),
-        response_headers: control::Headers(vec![("x-answer".into(), "yes".into()), ("transfer-encoding".into(), "chunked".into())]),
+        response_headers: control::Headers(vec![
+            ("x-answer".into(), "yes".into()),
+            ("transfer-encoding".into(), "chunked".into()),
+        ]),
         body: true,
     });
-    listener.conn.writer.text(&response.encode().replace("201", "\"201\"")).await.unwrap();
-    listener.conn.writer.send(true, relay_core::frame::OpCode::Binary, b"made").await.unwrap();
+    listener
+        .conn
+        .writer
+        .text(&response.encode().replace("201", "\"201\""))
+        .await
+        .unwrap();
+    listener
+        .conn
+        .writer
+        .send(true, relay_core::frame::OpCode::Binary, b"made")
+        .await
+        .unwrap();
     listener.conn.writer.flush().await.unwrap();
     let (status, headers, body) = request.await.unwrap();
     assert_eq!((status, body.as_slice()), (201, &b"made"[..]));
@@ -142,7 +273,9 @@ async fn no_listener_deadline_and_raw_protocol() {
     // A request nobody answers gets 504 at the deadline, and the stray empty frame and
     // unsolicited response that follow are harmless.
     let late = tokio::spawn(async move { http_request("GET", &url, &[], vec![]).await });
-    let ListenerCommand::Request(req) = listener.command().await else { panic!("expected request") };
+    let ListenerCommand::Request(req) = listener.command().await else {
+        panic!("expected request")
+    };
     assert_eq!(late.await.unwrap().0, 504);
     let stale = ListenerCommand::Response(control::Response {
         request_id: req.id,
@@ -152,14 +285,30 @@ async fn no_listener_deadline_and_raw_protocol() {
         body: false,
     });
     listener.conn.writer.text(&stale.encode()).await.unwrap();
-    listener.conn.writer.send(true, relay_core::frame::OpCode::Binary, b"").await.unwrap();
+    listener
+        .conn
+        .writer
+        .send(true, relay_core::frame::OpCode::Binary, b"")
+        .await
+        .unwrap();
     listener.conn.writer.flush().await.unwrap();
     assert_eq!(broker.broker.listener_count("open"), 1);
-    assert_eq!(http_request("CONNECT", &format!("{}/open", broker.http()), &[], vec![]).await.0, 405);
+    assert_eq!(
+        http_request("CONNECT", &format!("{}/open", broker.http()), &[], vec![])
+            .await
+            .0,
+        405
+    );
 }
 
 fn url_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

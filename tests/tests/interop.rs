@@ -6,17 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command, what: &str) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     assert!(status.success(), "{what} failed: {status}");
 }
 
 /// A self-signed server certificate for 127.0.0.1 and localhost.
 fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).expect("certificate");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("certificate");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
@@ -29,17 +35,40 @@ fn hyco_clients_against_the_broker_plain_and_tls() {
     let interop = root.join("interop");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
-        Command::new(cargo).current_dir(&root).args(["build", "-q", "-p", "relay-broker", "-p", "relay-listener", "-p", "relay-sender"]),
+        Command::new(cargo).current_dir(&root).args([
+            "build",
+            "-q",
+            "-p",
+            "relay-broker",
+            "-p",
+            "relay-listener",
+            "-p",
+            "relay-sender",
+        ]),
         "building the binaries",
     );
-    if !interop.join("node_modules/hyco-ws").exists() || !interop.join("node_modules/hyco-https").exists() {
-        run(Command::new("npm").current_dir(&interop).args(["ci", "--no-audit", "--no-fund"]), "npm ci");
+    if !interop.join("node_modules/hyco-ws").exists()
+        || !interop.join("node_modules/hyco-https").exists()
+    {
+        run(
+            Command::new("npm")
+                .current_dir(&interop)
+                .args(["ci", "--no-audit", "--no-fund"]),
+            "npm ci",
+        );
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from).join("debug");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map_or_else(|_| root.join("target"), PathBuf::from)
+        .join("debug");
     let node_test = |tls: bool, extra: &[(&str, &Path)]| {
         let mut cmd = Command::new("node");
         cmd.current_dir(&interop)
-            .args(["--test", "--test-concurrency=1", "--test-timeout=60000", "test/"])
+            .args([
+                "--test",
+                "--test-concurrency=1",
+                "--test-timeout=60000",
+                "test/",
+            ])
             .env("RELAY_TLS", if tls { "1" } else { "0" })
             .env("RELAY_BROKER_BIN", target.join("relay-broker"))
             .env("RELAY_LISTENER_BIN", target.join("relay-listener"))
@@ -47,12 +76,26 @@ fn hyco_clients_against_the_broker_plain_and_tls() {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        run(&mut cmd, if tls { "interop suite over TLS" } else { "interop suite over plain ws/http" });
+        run(
+            &mut cmd,
+            if tls {
+                "interop suite over TLS"
+            } else {
+                "interop suite over plain ws/http"
+            },
+        );
     };
     node_test(false, &[]);
     let dir = std::env::temp_dir().join(format!("relay-interop-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (cert, key) = tls_files(&dir);
-    node_test(true, &[("RELAY_TLS_CERT", &cert), ("RELAY_TLS_KEY", &key), ("NODE_EXTRA_CA_CERTS", &cert)]);
+    node_test(
+        true,
+        &[
+            ("RELAY_TLS_CERT", &cert),
+            ("RELAY_TLS_KEY", &key),
+            ("NODE_EXTRA_CA_CERTS", &cert),
+        ],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,43 +20,87 @@ fn accept_of(cmd: ListenerCommand) -> relay_core::control::Accept {
 async fn accept_carries_the_sender_and_relays_frames_half_close_and_close_codes() {
     let broker = TestBroker::start("").await;
     let mut listener = RawListener::open(&broker, "hyco").await;
-    let url = format!("{}/$hc/hyco/sub?x=1&sb-hc-action=connect&sb-hc-id=t-1", broker.ws());
+    let url = format!(
+        "{}/$hc/hyco/sub?x=1&sb-hc-action=connect&sb-hc-id=t-1",
+        broker.ws()
+    );
     let token = broker.token("hyco");
-    let sender = tokio::spawn(async move { ws_connect(&url, Some(&token), &["chat.v2", "chat.v1"], &[("X-Custom", "abc")]).await });
+    let sender = tokio::spawn(async move {
+        ws_connect(
+            &url,
+            Some(&token),
+            &["chat.v2", "chat.v1"],
+            &[("X-Custom", "abc")],
+        )
+        .await
+    });
 
     let accept = accept_of(listener.command().await);
     assert_eq!(accept.id, "t-1");
     assert!(accept.connect_headers.get("Sec-WebSocket-Key").is_some());
     assert_eq!(accept.connect_headers.get("x-custom"), Some("abc"));
-    assert!(accept.connect_headers.get("ServiceBusAuthorization").is_none());
-    assert!(accept.address.contains("/hyco/sub?x=1&") && accept.address.contains("sb-hc-action=accept"));
+    assert!(
+        accept
+            .connect_headers
+            .get("ServiceBusAuthorization")
+            .is_none()
+    );
+    assert!(
+        accept.address.contains("/hyco/sub?x=1&") && accept.address.contains("sb-hc-action=accept")
+    );
     assert!(!accept.address.contains("sb-hc-token"));
     assert!(accept.remote_endpoint.is_some());
 
-    let mut side_l = ws_connect(&accept.address, None, &["chat.v2"], &[]).await.unwrap();
+    let mut side_l = ws_connect(&accept.address, None, &["chat.v2"], &[])
+        .await
+        .unwrap();
     let mut side_s = sender.await.unwrap().unwrap();
     assert_eq!(side_s.protocol.as_deref(), Some("chat.v2"));
     assert_eq!(side_l.protocol.as_deref(), Some("chat.v2"));
 
     // A 5 MB message in a single frame passes through, streamed.
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
-    side_s.writer.send(true, OpCode::Binary, &big).await.unwrap();
+    side_s
+        .writer
+        .send(true, OpCode::Binary, &big)
+        .await
+        .unwrap();
     side_s.writer.flush().await.unwrap();
-    assert_eq!(side_l.reader.message(8 << 20).await.unwrap(), Some(Message::Binary(big)));
+    assert_eq!(
+        side_l.reader.message(8 << 20).await.unwrap(),
+        Some(Message::Binary(big))
+    );
     side_l.writer.text("hi").await.unwrap();
-    assert_eq!(side_s.reader.message(1024).await.unwrap(), Some(Message::Text("hi".into())));
+    assert_eq!(
+        side_s.reader.message(1024).await.unwrap(),
+        Some(Message::Text("hi".into()))
+    );
 
     // Half-close: the sender's Close arrives verbatim, and the listener can still talk.
     side_s.writer.close(4000, "bye").await.unwrap();
-    assert_eq!(side_l.reader.message(1024).await.unwrap(), Some(Message::Close(Some((4000, "bye".into())))));
+    assert_eq!(
+        side_l.reader.message(1024).await.unwrap(),
+        Some(Message::Close(Some((4000, "bye".into()))))
+    );
     side_l.writer.text("after close").await.unwrap();
-    assert_eq!(side_s.reader.message(1024).await.unwrap(), Some(Message::Text("after close".into())));
+    assert_eq!(
+        side_s.reader.message(1024).await.unwrap(),
+        Some(Message::Text("after close".into()))
+    );
     side_l.writer.close(1000, "done").await.unwrap();
-    assert_eq!(side_s.reader.message(1024).await.unwrap(), Some(Message::Close(Some((1000, "done".into())))));
+    assert_eq!(
+        side_s.reader.message(1024).await.unwrap(),
+        Some(Message::Close(Some((1000, "done".into()))))
+    );
 
     // The address worked once.
-    let again = ws_connect(&accept.address, None, &[], &[]).await.unwrap_err();
-    assert!(matches!(again, WsError::Refused { status: 403, ref reason } if reason.contains("TrackingId:")), "{again:?}");
+    let again = ws_connect(&accept.address, None, &[], &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, WsError::Refused { status: 403, ref reason } if reason.contains("TrackingId:")),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]
@@ -67,10 +111,19 @@ async fn reject_gives_the_listener_410_and_the_sender_its_status() {
     let token = broker.token("hyco");
     let sender = tokio::spawn(async move { ws_connect(&url, Some(&token), &[], &[]).await });
     let accept = accept_of(listener.command().await);
-    let reject = format!("{}&sb-hc-statusCode=403&sb-hc-statusDescription=nope", accept.address);
-    assert!(matches!(ws_connect(&reject, None, &[], &[]).await, Err(WsError::Refused { status: 410, .. })));
+    let reject = format!(
+        "{}&sb-hc-statusCode=403&sb-hc-statusDescription=nope",
+        accept.address
+    );
+    assert!(matches!(
+        ws_connect(&reject, None, &[], &[]).await,
+        Err(WsError::Refused { status: 410, .. })
+    ));
     let err = sender.await.unwrap().unwrap_err();
-    assert!(matches!(err, WsError::Refused { status: 403, ref reason } if reason.contains("nope")), "{err:?}");
+    assert!(
+        matches!(err, WsError::Refused { status: 403, ref reason } if reason.contains("nope")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -82,8 +135,14 @@ async fn an_unused_address_expires() {
     let sender = tokio::spawn(async move { ws_connect(&url, Some(&token), &[], &[]).await });
     let accept = accept_of(listener.command().await);
     let err = sender.await.unwrap().unwrap_err();
-    assert!(matches!(err, WsError::Refused { status: 504, .. }), "{err:?}");
-    assert!(matches!(ws_connect(&accept.address, None, &[], &[]).await, Err(WsError::Refused { status: 403, .. })));
+    assert!(
+        matches!(err, WsError::Refused { status: 504, .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        ws_connect(&accept.address, None, &[], &[]).await,
+        Err(WsError::Refused { status: 403, .. })
+    ));
     assert_eq!(broker.broker.pending_rendezvous(), 0);
 }
 
@@ -93,10 +152,18 @@ async fn twenty_five_listeners_then_quota_and_load_is_spread() {
     let url = format!("{}/$hc/hyco?sb-hc-action=listen", broker.ws());
     let mut listeners = Vec::new();
     for _ in 0..25 {
-        listeners.push(ws_connect(&url, Some(&broker.token("hyco")), &[], &[]).await.unwrap());
+        listeners.push(
+            ws_connect(&url, Some(&broker.token("hyco")), &[], &[])
+                .await
+                .unwrap(),
+        );
     }
-    let err = ws_connect(&url, Some(&broker.token("hyco")), &[], &[]).await.unwrap_err();
-    assert!(matches!(err, WsError::Refused { status: 403, ref reason } if reason.contains("MaximumListenersPerEndpoint")));
+    let err = ws_connect(&url, Some(&broker.token("hyco")), &[], &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WsError::Refused { status: 403, ref reason } if reason.contains("MaximumListenersPerEndpoint"))
+    );
     drop(listeners.split_off(3));
     broker.wait_listeners("hyco", 3).await;
 
@@ -108,9 +175,14 @@ async fn twenty_five_listeners_then_quota_and_load_is_spread() {
         handles.push(tokio::spawn(async move {
             let mut n = 0;
             while let Some(Message::Text(t)) = raw.message().await {
-                if let Ok(ListenerCommand::Accept(a)) = ListenerCommand::decode(t.as_bytes(), 1 << 16) {
+                if let Ok(ListenerCommand::Accept(a)) =
+                    ListenerCommand::decode(t.as_bytes(), 1 << 16)
+                {
                     n += 1;
-                    let reject = format!("{}&sb-hc-statusCode=409&sb-hc-statusDescription=busy", a.address);
+                    let reject = format!(
+                        "{}&sb-hc-statusCode=409&sb-hc-statusDescription=busy",
+                        a.address
+                    );
                     let _ = ws_connect(&reject, None, &[], &[]).await;
                     if n == 10 {
                         break;
@@ -122,7 +194,9 @@ async fn twenty_five_listeners_then_quota_and_load_is_spread() {
     }
     let connect = format!("{}/$hc/hyco?sb-hc-action=connect", broker.ws());
     for _ in 0..30 {
-        let err = ws_connect(&connect, Some(&broker.token("hyco")), &[], &[]).await.unwrap_err();
+        let err = ws_connect(&connect, Some(&broker.token("hyco")), &[], &[])
+            .await
+            .unwrap_err();
         assert!(matches!(err, WsError::Refused { status: 409, .. }));
     }
     for h in handles {
@@ -139,28 +213,53 @@ async fn garbage_frames_pings_and_abrupt_ends() {
     // The broker answers pings itself and drops unsolicited pongs.
     let (mut s, mut l) = pair(&broker, &mut listener).await;
     s.writer.send(true, OpCode::Ping, b"p1").await.unwrap();
-    s.writer.send(true, OpCode::Pong, b"unsolicited").await.unwrap();
+    s.writer
+        .send(true, OpCode::Pong, b"unsolicited")
+        .await
+        .unwrap();
     s.writer.text("data").await.unwrap();
-    assert_eq!(s.reader.message(64).await.unwrap(), Some(Message::Pong(b"p1".to_vec())));
-    assert_eq!(l.reader.message(64).await.unwrap(), Some(Message::Text("data".into())));
+    assert_eq!(
+        s.reader.message(64).await.unwrap(),
+        Some(Message::Pong(b"p1".to_vec()))
+    );
+    assert_eq!(
+        l.reader.message(64).await.unwrap(),
+        Some(Message::Text("data".into()))
+    );
 
     // A frame with reserved bits set: 1002 to its sender, 1001 to the other side.
     s.writer.write_raw(&[0xf2, 0x80, 0, 0, 0, 0]).await.unwrap();
     s.writer.flush().await.unwrap();
-    assert!(matches!(s.reader.message(64).await.unwrap(), Some(Message::Close(Some((1002, _))))));
-    assert!(matches!(l.reader.message(64).await.unwrap(), Some(Message::Close(Some((1001, _))))));
+    assert!(matches!(
+        s.reader.message(64).await.unwrap(),
+        Some(Message::Close(Some((1002, _))))
+    ));
+    assert!(matches!(
+        l.reader.message(64).await.unwrap(),
+        Some(Message::Close(Some((1001, _))))
+    ));
 
     // A sender that vanishes gets its listener a 1001.
     let (s, mut l) = pair(&broker, &mut listener).await;
     drop(s);
-    assert!(matches!(l.reader.message(64).await.unwrap(), Some(Message::Close(Some((1001, _))))));
+    assert!(matches!(
+        l.reader.message(64).await.unwrap(),
+        Some(Message::Close(Some((1001, _))))
+    ));
 }
 
 #[tokio::test]
 async fn library_listener_and_sender_echo_with_half_close() {
     let broker = TestBroker::start("").await;
-    let token = Arc::new(relay_listener::SasKeySource::new(relay_tests::KEY_NAME, relay_tests::KEY));
-    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(broker.ws(), "a/b", token));
+    let token = Arc::new(relay_listener::SasKeySource::new(
+        relay_tests::KEY_NAME,
+        relay_tests::KEY,
+    ));
+    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
+        broker.ws(),
+        "a/b",
+        token,
+    ));
     let stop = tokio_util::sync::CancellationToken::new();
     let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
         assert_eq!(conn.path, "/deep/path");
@@ -170,30 +269,51 @@ async fn library_listener_and_sender_echo_with_half_close() {
         tokio::io::copy(&mut r, &mut w).await.unwrap();
         w.shutdown().await.unwrap();
     });
-    let run = { let stop = stop.clone(); tokio::spawn(async move { listener.run(handler, stop).await }) };
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move { listener.run(handler, stop).await })
+    };
     broker.wait_listeners("a/b", 1).await;
 
     let options = relay_sender::ConnectOptions {
-        token: Some(relay_sender::sas_token(&broker.ws(), "a/b", relay_tests::KEY_NAME, relay_tests::KEY, 60)),
+        token: Some(relay_sender::sas_token(
+            &broker.ws(),
+            "a/b",
+            relay_tests::KEY_NAME,
+            relay_tests::KEY,
+            60,
+        )),
         path: "/deep/path".into(),
         query: "q=1".into(),
         ..Default::default()
     };
-    let mut conn = relay_sender::connect(&broker.ws(), "a/b", &options).await.unwrap();
+    let mut conn = relay_sender::connect(&broker.ws(), "a/b", &options)
+        .await
+        .unwrap();
     let payload = vec![7u8; 300_000];
     conn.stream.write_all(&payload).await.unwrap();
     conn.stream.shutdown().await.unwrap();
     let mut echoed = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.stream.read_to_end(&mut echoed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(echoed, payload);
     stop.cancel();
     run.await.unwrap();
 }
 
-async fn pair(broker: &TestBroker, listener: &mut RawListener) -> (relay_io::client::Connected, relay_io::client::Connected) {
+async fn pair(
+    broker: &TestBroker,
+    listener: &mut RawListener,
+) -> (relay_io::client::Connected, relay_io::client::Connected) {
     let url = format!("{}/$hc/hyco?sb-hc-action=connect", broker.ws());
     let token = broker.token("hyco");
-    let sender = tokio::spawn(async move { ws_connect(&url, Some(&token), &[], &[]).await.unwrap() });
+    let sender =
+        tokio::spawn(async move { ws_connect(&url, Some(&token), &[], &[]).await.unwrap() });
     let accept = accept_of(listener.command().await);
     let l = ws_connect(&accept.address, None, &[], &[]).await.unwrap();
     (sender.await.unwrap(), l)

@@ -25,7 +25,12 @@ fn rule(name: &str, key: &str, rights: Rights, hc: Option<&str>) -> SharedAccess
 }
 
 fn target(path: &str, needs: Rights) -> Target<'_> {
-    Target { hybrid_connection: path.split('/').next().unwrap_or(path), path, needs, mount: "" }
+    Target {
+        hybrid_connection: path.split('/').next().unwrap_or(path),
+        path,
+        needs,
+        mount: "",
+    }
 }
 
 #[test]
@@ -33,8 +38,14 @@ fn verifies_the_real_node_token() {
     let t = SasToken::parse(NODE_TOKEN).unwrap();
     assert_eq!(t.audience(), "http://127.0.0.1:9443/hyco");
     t.verify("s3cr3t/key=+", NOW).unwrap();
-    assert_eq!(t.verify("s3cr3t/key=", NOW), Err(SasError::InvalidSignature));
-    assert_eq!(t.verify("s3cr3t/key=+", 4_102_444_801), Err(SasError::Expired));
+    assert_eq!(
+        t.verify("s3cr3t/key=", NOW),
+        Err(SasError::InvalidSignature)
+    );
+    assert_eq!(
+        t.verify("s3cr3t/key=+", 4_102_444_801),
+        Err(SasError::Expired)
+    );
     assert!(t.covers("hyco") && t.covers("HYCO/sub") && !t.covers("hycox") && !t.covers("other"));
 }
 
@@ -52,7 +63,12 @@ fn verifies_node_suffix_and_dotnet_audiences() {
 
 #[test]
 fn create_matches_node_encoding() {
-    let made = create_token("http://127.0.0.1:9443/hyco", "RootManageSharedAccessKey", "s3cr3t/key=+", 4_102_444_800);
+    let made = create_token(
+        "http://127.0.0.1:9443/hyco",
+        "RootManageSharedAccessKey",
+        "s3cr3t/key=+",
+        4_102_444_800,
+    );
     assert_eq!(made, NODE_TOKEN);
 }
 
@@ -67,7 +83,11 @@ fn audience_forms() {
         ("http://ns/a/b", "a", false),
     ] {
         let token = create_token(aud, "r", "k", NOW + 10);
-        assert_eq!(SasToken::parse(&token).unwrap().covers(target), ok, "{aud} vs {target}");
+        assert_eq!(
+            SasToken::parse(&token).unwrap().covers(target),
+            ok,
+            "{aud} vs {target}"
+        );
     }
 }
 
@@ -82,7 +102,10 @@ fn malformed_tokens() {
         "SharedAccessSignature sr=a&sr=b&sig=AAAA&se=1&skn=r",
         "SharedAccessSignature garbage",
     ] {
-        assert!(matches!(SasToken::parse(bad), Err(SasError::Malformed(_))), "{bad:?}");
+        assert!(
+            matches!(SasToken::parse(bad), Err(SasError::Malformed(_))),
+            "{bad:?}"
+        );
     }
     assert!(SasToken::parse(&"x".repeat(MAX_TOKEN_LEN + 1)).is_err());
     // The scheme word is optional, as some clients send the bare fields.
@@ -105,15 +128,32 @@ fn authorize_checks_scope_rights_and_secondary_keys() {
 
     // An HC-scoped rule is unknown on another HC, even with a namespace-wide audience.
     let wide = create_token("http://x/", "listen", "lk", NOW + 60);
-    assert_eq!(authorize(&rules, &wide, target("other", Rights::LISTEN), NOW), Err(SasError::UnknownKey));
+    assert_eq!(
+        authorize(&rules, &wide, target("other", Rights::LISTEN), NOW),
+        Err(SasError::UnknownKey)
+    );
 
     let other = create_token("http://x/other", "root", "rk", NOW + 60);
-    assert_eq!(authorize(&rules, &other, target("hyco", Rights::SEND), NOW), Err(SasError::InvalidAudience));
+    assert_eq!(
+        authorize(&rules, &other, target("hyco", Rights::SEND), NOW),
+        Err(SasError::InvalidAudience)
+    );
     let wrong = create_token("http://x/hyco", "root", "nope", NOW + 60);
-    assert_eq!(authorize(&rules, &wrong, target("hyco", Rights::SEND), NOW), Err(SasError::InvalidSignature));
+    assert_eq!(
+        authorize(&rules, &wrong, target("hyco", Rights::SEND), NOW),
+        Err(SasError::InvalidSignature)
+    );
     let old = create_token("http://x/hyco", "root", "rk", NOW - 1);
-    assert_eq!(authorize(&rules, &old, target("hyco", Rights::SEND), NOW), Err(SasError::Expired));
-    assert_eq!(authorize(&rules, &old, target("hyco", Rights::SEND), NOW).unwrap_err().status(), 401);
+    assert_eq!(
+        authorize(&rules, &old, target("hyco", Rights::SEND), NOW),
+        Err(SasError::Expired)
+    );
+    assert_eq!(
+        authorize(&rules, &old, target("hyco", Rights::SEND), NOW)
+            .unwrap_err()
+            .status(),
+        401
+    );
 }
 
 #[test]
