@@ -55,7 +55,7 @@ rights = ["Manage"]
         tokio::spawn(async move {
             listener
                 .run(Arc::new(relay_listener::ServiceHandler(app)), stop)
-                .await
+                .await;
         })
     };
     while broker.listener_count("inventory") == 0 {

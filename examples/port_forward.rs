@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move {
         listener
             .run(forward, tokio_util::sync::CancellationToken::new())
-            .await
+            .await;
     });
     while broker.listener_count("db") == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

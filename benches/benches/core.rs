@@ -28,7 +28,7 @@ fn sas(c: &mut Criterion) {
         mount: "",
     };
     c.bench_function("sas_authorize", |b| {
-        b.iter(|| authorize(&rules, black_box(&token), target, 1_800_000_000))
+        b.iter(|| authorize(&rules, black_box(&token), target, 1_800_000_000));
     });
 }
 
@@ -50,10 +50,10 @@ fn control(c: &mut Criterion) {
     });
     let text = accept.encode();
     c.bench_function("control_encode_accept", |b| {
-        b.iter(|| black_box(&accept).encode())
+        b.iter(|| black_box(&accept).encode());
     });
     c.bench_function("control_decode_accept", |b| {
-        b.iter(|| ListenerCommand::decode(black_box(text.as_bytes()), 65536))
+        b.iter(|| ListenerCommand::decode(black_box(text.as_bytes()), 65536));
     });
 }
 
@@ -62,7 +62,7 @@ fn masking(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
     group.throughput(Throughput::Bytes(buf.len() as u64));
     group.bench_function("unmask_64k", |b| {
-        b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 3))
+        b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 3));
     });
     // Baseline in the same run: the textbook byte-at-a-time loop.
     group.bench_function("unmask_64k_bytewise_baseline", |b| {

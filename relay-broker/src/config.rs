@@ -218,7 +218,7 @@ impl BrokerConfig {
                 )));
             }
         }
-        let limits = limits(raw.limits).map_err(|m| invalid(format!("[limits].{m}")))?;
+        let limits = limits(&raw.limits).map_err(|m| invalid(format!("[limits].{m}")))?;
         let hybrid_connections = hybrid_connections(raw.hybrid_connections).map_err(invalid)?;
         let rules = raw
             .authorization_rules
@@ -237,7 +237,7 @@ impl BrokerConfig {
     }
 }
 
-fn limits(raw: RawLimits) -> Result<Limits, String> {
+fn limits(raw: &RawLimits) -> Result<Limits, String> {
     let d = Limits::default();
     let secs = |v: Option<f64>, name: &str, default: Duration| match v {
         None => Ok(default),
@@ -273,9 +273,10 @@ fn limits(raw: RawLimits) -> Result<Limits, String> {
             "ping_interval_secs",
             d.ping_interval,
         )?,
-        token_grace: match raw.token_grace_secs {
-            Some(s) if s == 0.0 => Duration::ZERO,
-            other => secs(other, "token_grace_secs", d.token_grace)?,
+        token_grace: if raw.token_grace_secs == Some(0.0) {
+            Duration::ZERO
+        } else {
+            secs(raw.token_grace_secs, "token_grace_secs", d.token_grace)?
         },
         max_pending_rendezvous: count(
             raw.max_pending_rendezvous,

@@ -173,7 +173,7 @@ async fn listen(
     let base_url = base_url(shared, req.headers(), r.transport);
     let upgrade = hyper::upgrade::on(&mut req);
     control::start(shared, upgrade, &r, base_url, expires_at.unwrap_or(0))?;
-    Ok(switching(accept_key, None))
+    Ok(switching(&accept_key, None))
 }
 
 /// `sb-hc-action=connect`: a sender wants a WebSocket to a listener.
@@ -261,8 +261,8 @@ async fn connect(
             description,
         }),
         Arrival::Accepted { upgrade, protocol } => {
-            spawn_pair(shared, sender_upgrade, upgrade, r.tracking.clone());
-            Ok(switching(accept_key, protocol.as_deref()))
+            spawn_pair(shared, sender_upgrade, upgrade, &r.tracking);
+            Ok(switching(&accept_key, protocol.as_deref()))
         }
     }
 }
@@ -271,7 +271,7 @@ fn spawn_pair(
     shared: &Arc<Shared>,
     sender: hyper::upgrade::OnUpgrade,
     listener: hyper::upgrade::OnUpgrade,
-    tracking: TrackingId,
+    tracking: &TrackingId,
 ) {
     let buffer = shared.limits.relay_buffer_bytes;
     let shutdown = shared.shutdown.clone();
@@ -361,7 +361,7 @@ fn accept(
     })
     .map_err(|_| RelayError::RendezvousExpired)?;
     Ok(switching(
-        accept_key.unwrap_or_default(),
+        &accept_key.unwrap_or_default(),
         protocol.as_deref(),
     ))
 }
@@ -384,7 +384,7 @@ fn request_rendezvous(
     };
     let upgrade = hyper::upgrade::on(&mut req);
     http_relay::spawn_rendezvous(shared, upgrade, listener_id, request_id);
-    Ok(switching(accept_key, None))
+    Ok(switching(&accept_key, None))
 }
 
 fn capability(query: Option<&str>) -> Result<String, RelayError> {
@@ -402,13 +402,13 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 /// The `101 Switching Protocols` answer.
-fn switching(accept_key: String, protocol: Option<&str>) -> Response<Body> {
+fn switching(accept_key: &str, protocol: Option<&str>) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept_key) {
+    if let Ok(v) = HeaderValue::from_str(accept_key) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
     if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {

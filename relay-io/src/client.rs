@@ -282,6 +282,9 @@ fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<S
     Ok(protocol)
 }
 
+/// A client WebSocket used as a byte stream (what listeners accept and senders open).
+pub type ClientStream = crate::WsByteStream<ReadHalf<MaybeTls>, WriteHalf<MaybeTls>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +315,3 @@ mod tests {
         );
     }
 }
-
-/// A client WebSocket used as a byte stream (what listeners accept and senders open).
-pub type ClientStream = crate::WsByteStream<ReadHalf<MaybeTls>, WriteHalf<MaybeTls>>;

@@ -168,7 +168,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
                     self.peer_closed = Some(None);
                 }
                 Some(h) if h.opcode.is_control() => {
-                    self.control = Some((h.opcode, Vec::with_capacity(h.payload_len as usize)))
+                    self.control = Some((h.opcode, Vec::with_capacity(h.payload_len as usize)));
                 }
                 Some(_) => self.in_data = true,
             }

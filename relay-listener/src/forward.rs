@@ -60,10 +60,10 @@ impl Handler for TcpForward {
         let mut tcp = tcp;
         match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
             Ok((up, down)) => {
-                tracing::debug!(connection = %id, to_target = up, from_target = down, "connection finished")
+                tracing::debug!(connection = %id, to_target = up, from_target = down, "connection finished");
             }
             Err(e) => {
-                tracing::debug!(connection = %id, error = %e, "connection ended with an error")
+                tracing::debug!(connection = %id, error = %e, "connection ended with an error");
             }
         }
     }

@@ -150,10 +150,10 @@ impl Listener {
             let delay = backoff.next_delay();
             match error.hint() {
                 Some(hint) => {
-                    tracing::warn!(error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected")
+                    tracing::warn!(error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
                 }
                 None => {
-                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected")
+                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
                 }
             }
             self.status.send_replace(Status::Connecting {

@@ -184,7 +184,7 @@ async fn relay_one(
     };
     match tokio::io::copy_bidirectional(&mut conn.stream, &mut tcp).await {
         Ok((up, down)) => {
-            tracing::debug!(%peer, from_listener = up, to_listener = down, "connection finished")
+            tracing::debug!(%peer, from_listener = up, to_listener = down, "connection finished");
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
     }

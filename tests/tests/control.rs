@@ -1,6 +1,8 @@
 //! Control channel behaviour: handshake errors, renewal, expiry, keep-alive, limits,
 //! throttling and shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use relay_core::control::{ListenerCommand, RenewToken};

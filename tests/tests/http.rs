@@ -1,5 +1,7 @@
 //! End-to-end relayed HTTP: inline and rendezvous paths, deadlines, auth and header rules.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use axum::routing::any;
@@ -46,7 +48,7 @@ async fn serve_app(broker: &TestBroker) -> tokio_util::sync::CancellationToken {
     tokio::spawn(async move {
         listener
             .run(Arc::new(relay_listener::ServiceHandler(app)), s)
-            .await
+            .await;
     });
     broker.wait_listeners("hyco", 1).await;
     stop

@@ -2,6 +2,8 @@
 //! clients against the real binaries, once over plain ws/http and once over TLS with a
 //! certificate minted here. Needs Node.js and npm; `npm ci` installs the pinned packages.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,5 +1,7 @@
 //! End-to-end WebSocket relay tests over real sockets on 127.0.0.1:0.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
