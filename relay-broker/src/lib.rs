@@ -76,7 +76,10 @@ pub(crate) struct Shared {
     pub(crate) presence: Arc<dyn Presence>,
     pub(crate) rendezvous: Arc<rendezvous::Rendezvous>,
     pub(crate) limiter: limiter::AuthLimiter,
+    /// Cancelled when shutdown starts: no new work, control channels close with 1001.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the drain bound is reached: relayed connections are cut.
+    pub(crate) hard_stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) next_listener: AtomicU64,
     pub(crate) counters: Counters,
@@ -126,6 +129,7 @@ impl Broker {
             store,
             presence,
             shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_listener: AtomicU64::new(1),
             counters: Counters::default(),

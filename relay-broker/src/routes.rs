@@ -274,7 +274,8 @@ fn spawn_pair(
     tracking: &TrackingId,
 ) {
     let buffer = shared.limits.relay_buffer_bytes;
-    let shutdown = shared.shutdown.clone();
+    // In-flight connections may finish during the drain; only the hard stop cuts them.
+    let shutdown = shared.hard_stop.clone();
     let span = tracing::info_span!("relay", tracking = %tracking);
     shared.tasks.spawn(
         async move {

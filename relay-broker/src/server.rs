@@ -91,6 +91,9 @@ pub(crate) async fn serve(
             drain_secs = drain.as_secs_f64(),
             "drain bound reached; cutting remaining connections"
         );
+        // Relayed connections get a Close 1001 at their next frame boundary.
+        shared.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.tasks.wait()).await;
     }
     Ok(())
 }

@@ -320,3 +320,32 @@ async fn pair(
     let l = ws_connect(&accept.address, None, &[], &[]).await.unwrap();
     (sender.await.unwrap(), l)
 }
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_connections_and_refuses_new_ones() {
+    let broker = TestBroker::start("[limits]\nshutdown_drain_secs = 10").await;
+    let mut listener = RawListener::open(&broker, "hyco").await;
+    let (mut s, mut l) = pair(&broker, &mut listener).await;
+    broker.stop.cancel();
+    assert!(matches!(
+        listener.message().await,
+        Some(Message::Close(Some((1001, _))))
+    ));
+    // The relayed connection keeps working during the drain.
+    s.writer.text("still here").await.unwrap();
+    assert_eq!(
+        l.reader.message(64).await.unwrap(),
+        Some(Message::Text("still here".into()))
+    );
+    s.writer.close(1000, "bye").await.unwrap();
+    assert!(matches!(
+        l.reader.message(64).await.unwrap(),
+        Some(Message::Close(Some((1000, _))))
+    ));
+    l.writer.close(1000, "bye").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), broker.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
