@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use relay_broker::config::{BrokerConfig, HybridConnection};
 use relay_broker::{Broker, ServeOptions};
+use relay_cli::{LogFormat, init_logging, shutdown_signal};
 use relay_core::sas::{Rights, SharedAccessKey};
 
 #[derive(Parser, Debug)]
@@ -29,19 +30,13 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, "info,hyper=warn");
     let (mut config, demo_key) = match &cli.config {
         Some(path) => (BrokerConfig::load(path)?, None),
-        None => embedded_default(),
+        None => embedded_default()?,
     };
     if let Some(bind) = &cli.bind {
         config.bind = bind
@@ -71,14 +66,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn embedded_default() -> (BrokerConfig, Option<String>) {
+fn embedded_default() -> anyhow::Result<(BrokerConfig, Option<String>)> {
     let key = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let mut config =
-        BrokerConfig::parse("", "embedded default").unwrap_or_else(|_| unreachable_default());
+    let mut config = BrokerConfig::parse("", "embedded default")?;
     config.hybrid_connections = vec![HybridConnection {
         name: "demo".into(),
         requires_client_authorization: true,
@@ -90,12 +84,7 @@ fn embedded_default() -> (BrokerConfig, Option<String>) {
         rights: Rights::MANAGE,
         hybrid_connection: None,
     }];
-    (config, Some(key))
-}
-
-fn unreachable_default() -> BrokerConfig {
-    // An empty document always parses; this only exists so no panic path is needed.
-    std::process::exit(70)
+    Ok((config, Some(key)))
 }
 
 fn print_demo(scheme: &str, addr: std::net::SocketAddr, key: &str) {
@@ -108,37 +97,4 @@ fn print_demo(scheme: &str, addr: std::net::SocketAddr, key: &str) {
     println!(
         "  relay-sender forward --endpoint {scheme}://{addr} --hc demo --sas-key-name RootManageSharedAccessKey --sas-key {key} --local 127.0.0.1:18080"
     );
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use relay_core::connection_string::{Credential, Target, TargetArgs};
+use relay_cli::{ConnectionArgs, LogFormat, init_logging};
+use relay_core::connection_string::{Credential, Target};
 use relay_sender::ConnectOptions;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,12 +27,6 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Accept local TCP connections and relay each to a listener.
@@ -41,40 +36,9 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
-struct Connection {
-    /// Broker URL, e.g. ws://127.0.0.1:9400.
-    #[arg(long, env = "RELAY_ENDPOINT")]
-    endpoint: Option<String>,
-    /// Hybrid connection name.
-    #[arg(long)]
-    hc: Option<String>,
-    /// SAS rule name.
-    #[arg(long, env = "RELAY_SAS_KEY_NAME")]
-    sas_key_name: Option<String>,
-    /// SAS key (prefer RELAY_SAS_KEY: command lines are visible to other users).
-    #[arg(long, env = "RELAY_SAS_KEY", hide_env_values = true)]
-    sas_key: Option<String>,
-    /// Azure-style connection string.
-    #[arg(long, env = "RELAY_CONNECTION_STRING", hide_env_values = true)]
-    connection_string: Option<String>,
-}
-
-impl Connection {
-    fn target(&self) -> anyhow::Result<Target> {
-        Ok(Target::resolve(&TargetArgs {
-            endpoint: self.endpoint.as_deref(),
-            hc: self.hc.as_deref(),
-            key_name: self.sas_key_name.as_deref(),
-            key: self.sas_key.as_deref(),
-            connection_string: self.connection_string.as_deref(),
-        })?)
-    }
-}
-
-#[derive(Args, Debug)]
 struct ForwardArgs {
     #[command(flatten)]
-    connection: Connection,
+    connection: ConnectionArgs,
     /// Local address to accept on; repeat for several.
     #[arg(long, required = true)]
     local: Vec<String>,
@@ -86,7 +50,7 @@ struct ForwardArgs {
 #[derive(Args, Debug)]
 struct TokenArgs {
     #[command(flatten)]
-    connection: Connection,
+    connection: ConnectionArgs,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
@@ -95,7 +59,7 @@ struct TokenArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, "info");
     match cli.command {
         Command::Forward(args) => forward(args).await,
         Command::Token(args) => {
@@ -143,7 +107,7 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         });
     }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        () = relay_cli::shutdown_signal() => {}
         _ = tasks.join_next() => {}
     }
     Ok(())
@@ -187,17 +151,5 @@ async fn relay_one(
             tracing::debug!(%peer, from_listener = up, to_listener = down, "connection finished");
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
