@@ -309,6 +309,10 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
     })
 }
 
+/// Paths the broker serves itself (`/healthz`, `/readyz`, `/metrics`); no hybrid
+/// connection may take these names.
+pub const RESERVED_NAMES: [&str; 3] = ["healthz", "readyz", "metrics"];
+
 fn hybrid_connections(raw: Vec<RawHc>) -> Result<Vec<HybridConnection>, String> {
     let mut out: Vec<HybridConnection> = Vec::with_capacity(raw.len());
     for hc in raw {
@@ -320,6 +324,11 @@ fn hybrid_connections(raw: Vec<RawHc>) -> Result<Vec<HybridConnection>, String> 
             return Err(format!(
                 "[[hybrid_connections]] name '{}' is empty, too long or has ?, #, $ or space",
                 hc.name
+            ));
+        }
+        if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(&name)) {
+            return Err(format!(
+                "[[hybrid_connections]] name '{name}' is reserved for the broker's own endpoint /{name}"
             ));
         }
         if out.iter().any(|h| h.name.eq_ignore_ascii_case(&name)) {
@@ -430,6 +439,12 @@ hybrid_connection = "a/b"
             err("[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Read']")
                 .contains("unknown right")
         );
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        let err = BrokerConfig::parse("[[hybrid_connections]]\nname = 'metrics'", "t").unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
     }
 
     #[test]

@@ -66,9 +66,11 @@ pub(crate) fn start(
         async move {
             if let Ok(upgraded) = upgrade.await {
                 tracing::info!("listener connected");
+                Shared::count(&shared.counters.listener_connects);
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
                 let channel = Channel::new(&shared, &handle, tracking, expires_at);
                 channel.run(reader, writer, rx).await;
+                Shared::count(&shared.counters.listener_disconnects);
             }
             shared.presence.unregister(&handle.hc, handle.id);
             shared.rendezvous.drop_listener(handle.id);

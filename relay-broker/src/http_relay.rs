@@ -5,6 +5,7 @@
 //! sender as it arrives, with bounded buffering.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -134,7 +135,13 @@ pub(crate) async fn handle(
         };
         let json = ListenerCommand::Request(full).encode();
         let notice = match bytes {
-            Some(b) => Outbound::TextWithBody(json, b),
+            Some(b) => {
+                shared
+                    .counters
+                    .bytes_to_listener
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+                Outbound::TextWithBody(json, b)
+            }
             None => Outbound::Text(json),
         };
         (notice, None)
@@ -182,6 +189,12 @@ pub(crate) async fn handle(
         Err(_) => return Err(RelayError::GatewayTimeout),
     };
     drop(address_guard);
+    if let ResponseBody::Full(bytes) = &answer.body {
+        shared
+            .counters
+            .bytes_to_sender
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
     Ok(build_response(
         answer,
         &host,
@@ -342,7 +355,8 @@ pub(crate) fn spawn_rendezvous(
                 relay_io_halves(upgraded, shared.limits.relay_buffer_bytes);
             let idle = shared.limits.http_request_timeout;
             if let Some(outgoing) = shared.rendezvous.take_outgoing(&request_id) {
-                if let Err(e) = send_request(&mut writer, outgoing, idle).await {
+                let sent = &shared.counters.bytes_to_listener;
+                if let Err(e) = send_request(&mut writer, outgoing, idle, sent).await {
                     tracing::debug!(error = %e, "sending the request over the rendezvous failed");
                     shared.rendezvous.fail(&request_id, listener_id);
                     let _ = writer.close(close_code::GOING_AWAY, "sender gone").await;
@@ -377,6 +391,7 @@ async fn send_request<W: AsyncWrite + Unpin>(
     writer: &mut WsWriter<W>,
     outgoing: OutgoingRequest,
     idle: Duration,
+    sent: &AtomicU64,
 ) -> Result<(), WsError> {
     writer.text(&outgoing.json).await?;
     let Some(mut body) = outgoing.body else {
@@ -393,6 +408,7 @@ async fn send_request<W: AsyncWrite + Unpin>(
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if !data.is_empty() {
+                        sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                         writer.send(false, opcode, &data).await?;
                         opcode = OpCode::Continuation;
                     }
@@ -514,6 +530,10 @@ impl Rendezvous<'_> {
                         let chunk = Bytes::copy_from_slice(reader.payload());
                         let n = chunk.len();
                         reader.consume(n);
+                        self.shared
+                            .counters
+                            .bytes_to_sender
+                            .fetch_add(n as u64, Ordering::Relaxed);
                         if tx.send(Ok(chunk)).await.is_err() {
                             return Ok(()); // the sender went away
                         }

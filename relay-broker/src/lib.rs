@@ -16,10 +16,12 @@
 //! | [`store`] | where entities and rules come from (a seam for durable stores) |
 //! | `rendezvous` | bounded maps of pending capability addresses and requests |
 //! | [`error`] | every status the broker answers with, and its tracking id |
+//! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
 //! | `server` | the accept loop: TLS, HTTP/1.1 limits, graceful shutdown |
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod presence;
 pub mod store;
 
@@ -41,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{BrokerConfig, HybridConnection, Limits};
 pub use error::RelayError;
+pub use metrics::Counters;
 pub use presence::{LocalPresence, Presence};
 pub use server::ServeOptions;
 pub use store::{ConfigStore, Store};
@@ -54,17 +57,6 @@ pub struct Transport {
     pub peer: SocketAddr,
     /// Whether the connection used TLS.
     pub tls: bool,
-}
-
-/// Counters kept by the broker.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Listener frames that answered nothing the broker sent.
-    pub unsolicited: AtomicU64,
-    /// Authentication attempts refused.
-    pub auth_failures: AtomicU64,
-    /// Rendezvous addresses that expired unused.
-    pub rendezvous_timeouts: AtomicU64,
 }
 
 pub(crate) struct Shared {

@@ -51,6 +51,8 @@ pub trait Presence: Send + Sync + 'static {
     fn count(&self, hc: &str) -> usize;
     /// Every connected listener (for shutdown).
     fn all(&self) -> Vec<ListenerHandle>;
+    /// Listener counts per hybrid connection (for metrics).
+    fn counts(&self) -> Vec<(String, usize)>;
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +118,16 @@ impl Presence for LocalPresence {
             .iter()
             .flat_map(|s| s.listeners.clone())
             .collect()
+    }
+
+    fn counts(&self) -> Vec<(String, usize)> {
+        let mut counts: Vec<(String, usize)> = self
+            .slots
+            .iter()
+            .filter_map(|s| Some((s.listeners.first()?.hc.to_string(), s.listeners.len())))
+            .collect();
+        counts.sort();
+        counts
     }
 }
 

@@ -11,6 +11,9 @@
 //! - A framing violation gets its sender a Close 1002, and the other side a 1001.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::Counters;
 
 use relay_core::frame::{self, FrameError, FrameHeader, OpCode, close_code};
 use relay_io::{WsError, WsReader, WsWriter};
@@ -47,6 +50,7 @@ pub(crate) async fn relay<R1, W1, R2, W2>(
     sender: (WsReader<R1>, WsWriter<W1>),
     listener: (WsReader<R2>, WsWriter<W2>),
     shutdown: CancellationToken,
+    counters: &Counters,
 ) -> Relayed
 where
     R1: AsyncRead + Unpin,
@@ -61,6 +65,7 @@ where
     let (to_listener_tx, to_listener_rx) = mpsc::channel(4);
     let abort = shutdown.child_token();
     let up = Direction {
+        bytes: &counters.bytes_to_listener,
         abort: abort.clone(),
         peer: to_sender_tx,
         inbox: to_listener_rx,
@@ -68,6 +73,7 @@ where
         closed_dst: false,
     };
     let down = Direction {
+        bytes: &counters.bytes_to_sender,
         abort: abort.clone(),
         peer: to_listener_tx,
         inbox: to_sender_rx,
@@ -86,7 +92,9 @@ where
     }
 }
 
-struct Direction {
+struct Direction<'a> {
+    /// The broker-wide byte counter of this direction, bumped per chunk.
+    bytes: &'a AtomicU64,
     abort: CancellationToken,
     /// Control frames for our source, written by the other direction.
     peer: mpsc::Sender<Control>,
@@ -100,7 +108,7 @@ struct Direction {
 /// How long a direction stuck mid-frame may linger after the pair is aborted.
 const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl Direction {
+impl Direction<'_> {
     async fn run<R, W>(mut self, src: &mut WsReader<R>, dst: &mut WsWriter<W>) -> u64
     where
         R: AsyncRead + Unpin,
@@ -229,7 +237,7 @@ impl Direction {
         let first = src.fill_payload().await?;
         dst.start_frame(out, &src.payload()[..first]).await?;
         src.consume(first);
-        self.relayed += first as u64;
+        self.count(first);
         loop {
             let n = src.fill_payload().await?;
             if n == 0 {
@@ -237,12 +245,17 @@ impl Direction {
             }
             dst.write_raw(src.payload()).await?;
             src.consume(n);
-            self.relayed += n as u64;
+            self.count(n);
         }
         if !src.has_buffered() {
             dst.flush().await?;
         }
         Ok(())
+    }
+
+    fn count(&mut self, n: usize) {
+        self.relayed += n as u64;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     async fn protocol_error<W: AsyncWrite + Unpin>(

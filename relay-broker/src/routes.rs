@@ -2,6 +2,7 @@
 //! a rendezvous address (`accept`, reject, `request`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -25,7 +26,31 @@ use crate::{RelayError, Shared, Transport, control, http_relay, pump};
 pub(crate) const RENDEZVOUS_PARAM: &str = "sb-hc-rendezvous";
 
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
-    axum::Router::new().fallback(dispatch).with_state(shared)
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(dispatch)
+        .with_state(shared)
+}
+
+/// Ready while accepting work; 503 once shutdown began, so load balancers drain first.
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        (StatusCode::OK, "ready")
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
+    let body = shared
+        .counters
+        .render(&shared.presence.counts(), shared.rendezvous.len());
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
 }
 
 /// A request resolved against the namespace.
@@ -52,14 +77,22 @@ async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response<B
     let query = RelayQuery::parse(req.uri().query().unwrap_or_default());
     let tracking = TrackingId::from_client(query.id.as_deref());
     let span = tracing::info_span!("request", tracking = %tracking, method = %req.method(), action = tracing::field::Empty);
+    let relayed_http = !req.uri().path().starts_with(relay_core::address::WS_PREFIX);
+    let started = std::time::Instant::now();
     async move {
-        match route(&shared, req, query, tracking.clone()).await {
+        let resp = match route(&shared, req, query, tracking.clone()).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::info!(status = err.status().as_u16(), error = %err, "refused");
                 err.into_response(&tracking)
             }
+        };
+        if relayed_http {
+            shared
+                .counters
+                .observe_http(resp.status().as_u16(), started.elapsed());
         }
+        resp
     }
     .instrument(span)
     .await
@@ -274,10 +307,12 @@ fn spawn_pair(
     tracking: &TrackingId,
 ) {
     let buffer = shared.limits.relay_buffer_bytes;
+    let shared = Arc::clone(shared);
     // In-flight connections may finish during the drain; only the hard stop cuts them.
     let shutdown = shared.hard_stop.clone();
     let span = tracing::info_span!("relay", tracking = %tracking);
-    shared.tasks.spawn(
+    let tasks = shared.tasks.clone();
+    tasks.spawn(
         async move {
             let (Ok(sender), Ok(listener)) = tokio::join!(sender, listener) else {
                 tracing::debug!("an upgrade failed before relaying");
@@ -285,7 +320,11 @@ fn spawn_pair(
             };
             let sender = relay_io_halves(sender, buffer);
             let listener = relay_io_halves(listener, buffer);
-            let relayed = pump::relay(sender, listener, shutdown).await;
+            let counters = &shared.counters;
+            counters.sender_connects.fetch_add(1, Ordering::Relaxed);
+            counters.active_connections.fetch_add(1, Ordering::Relaxed);
+            let relayed = pump::relay(sender, listener, shutdown, counters).await;
+            counters.active_connections.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(
                 to_listener = relayed.to_listener,
                 to_sender = relayed.to_sender,

@@ -16,6 +16,9 @@ use crate::{Broker, Transport};
 /// Time a client has to finish the TLS handshake and send its request head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Idle time before TCP keep-alive probes start, and the interval between them.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 /// How to serve.
 #[derive(Clone, Default)]
 pub struct ServeOptions {
@@ -57,6 +60,11 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Relayed connections may idle for hours; keep-alive probes find dead peers.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE)
+            .with_interval(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let router = router.clone();
         let acceptor = acceptor.clone();
         let stop = stop.clone();

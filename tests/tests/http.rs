@@ -314,3 +314,69 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let broker = TestBroker::start("").await;
+    let _stop = serve_app(&broker).await;
+    assert_eq!(
+        http_request("GET", &format!("{}/healthz", broker.http()), &[], vec![])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        http_request("GET", &format!("{}/readyz", broker.http()), &[], vec![])
+            .await
+            .0,
+        200
+    );
+    let token = broker.token("hyco");
+    let url = format!("{}/hyco/m", broker.http());
+    let (status, _, _) = http_request(
+        "POST",
+        &url,
+        &[("ServiceBusAuthorization", &token)],
+        vec![1; 10],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(http_request("GET", &url, &[], vec![]).await.0, 401);
+    let (status, headers, body) =
+        http_request("GET", &format!("{}/metrics", broker.http()), &[], vec![]).await;
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(
+        text.contains("relay_listeners{hybrid_connection=\"hyco\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay_http_responses_total{class=\"2xx\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay_http_responses_total{class=\"4xx\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("relay_auth_failures_total 1"), "{text}");
+    assert!(text.contains("relay_bytes_to_listener_total 10"), "{text}");
+    assert!(
+        text.contains("relay_http_request_duration_seconds_count 2"),
+        "{text}"
+    );
+    broker.broker.begin_shutdown();
+    assert_eq!(
+        http_request("GET", &format!("{}/readyz", broker.http()), &[], vec![])
+            .await
+            .0,
+        503
+    );
+}

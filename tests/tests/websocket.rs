@@ -72,6 +72,15 @@ async fn accept_carries_the_sender_and_relays_frames_half_close_and_close_codes(
         side_l.reader.message(8 << 20).await.unwrap(),
         Some(Message::Binary(big))
     );
+    let relayed = broker
+        .broker
+        .counters()
+        .bytes_to_listener
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        relayed >= 5_000_000,
+        "metrics count relayed bytes: {relayed}"
+    );
     side_l.writer.text("hi").await.unwrap();
     assert_eq!(
         side_s.reader.message(1024).await.unwrap(),

@@ -1,0 +1,213 @@
+//! Broker metrics: relaxed atomics bumped on the hot paths (cheap enough to stay on while
+//! benchmarking), rendered in the Prometheus text format on `/metrics`. Listener counts are
+//! read from presence at scrape time rather than tracked twice.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the relayed-HTTP latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// Counters and gauges kept by the broker.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Listener frames that answered nothing the broker sent.
+    pub unsolicited: AtomicU64,
+    /// Authentication attempts refused (including throttled ones).
+    pub auth_failures: AtomicU64,
+    /// Rendezvous addresses that expired unused.
+    pub rendezvous_timeouts: AtomicU64,
+    /// Listener control channels opened.
+    pub listener_connects: AtomicU64,
+    /// Listener control channels closed.
+    pub listener_disconnects: AtomicU64,
+    /// Sender WebSockets paired with a listener.
+    pub sender_connects: AtomicU64,
+    /// Relayed WebSocket connections open now.
+    pub active_connections: AtomicI64,
+    /// Payload bytes relayed from senders to listeners (WebSocket and HTTP bodies).
+    pub bytes_to_listener: AtomicU64,
+    /// Payload bytes relayed from listeners to senders.
+    pub bytes_to_sender: AtomicU64,
+    /// Relayed HTTP requests answered, by status class (index 1..=5 for 1xx..5xx).
+    pub http_responses: [AtomicU64; 6],
+    /// Relayed HTTP latency histogram: cumulative counts per bucket, then +Inf.
+    http_latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of relayed HTTP latencies, in microseconds.
+    http_latency_sum_us: AtomicU64,
+}
+
+impl Counters {
+    /// Records one answered relayed HTTP request.
+    pub fn observe_http(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).min(5);
+        self.http_responses[class].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.http_latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.http_latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition; `listeners` is (hybrid connection, count).
+    #[must_use]
+    pub fn render(&self, listeners: &[(String, usize)], pending_rendezvous: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            &mut out,
+            "relay_listeners",
+            "gauge",
+            "Listeners connected, per hybrid connection.",
+        );
+        for (hc, n) in listeners {
+            let _ = writeln!(
+                out,
+                "relay_listeners{{hybrid_connection=\"{}\"}} {n}",
+                escape(hc)
+            );
+        }
+        let simple: [(&str, &str, &str, u64); 10] = [
+            (
+                "relay_listener_connects_total",
+                "counter",
+                "Listener control channels opened.",
+                get(&self.listener_connects),
+            ),
+            (
+                "relay_listener_disconnects_total",
+                "counter",
+                "Listener control channels closed.",
+                get(&self.listener_disconnects),
+            ),
+            (
+                "relay_sender_connects_total",
+                "counter",
+                "Sender WebSockets paired with a listener.",
+                get(&self.sender_connects),
+            ),
+            (
+                "relay_bytes_to_listener_total",
+                "counter",
+                "Payload bytes relayed towards listeners.",
+                get(&self.bytes_to_listener),
+            ),
+            (
+                "relay_bytes_to_sender_total",
+                "counter",
+                "Payload bytes relayed towards senders.",
+                get(&self.bytes_to_sender),
+            ),
+            (
+                "relay_auth_failures_total",
+                "counter",
+                "Authentication attempts refused.",
+                get(&self.auth_failures),
+            ),
+            (
+                "relay_rendezvous_timeouts_total",
+                "counter",
+                "Rendezvous addresses that expired unused.",
+                get(&self.rendezvous_timeouts),
+            ),
+            (
+                "relay_unsolicited_messages_total",
+                "counter",
+                "Listener messages that answered nothing.",
+                get(&self.unsolicited),
+            ),
+            (
+                "relay_pending_rendezvous",
+                "gauge",
+                "Rendezvous addresses and requests waiting.",
+                pending_rendezvous as u64,
+            ),
+            (
+                "relay_active_connections",
+                "gauge",
+                "Relayed WebSocket connections open now.",
+                self.active_connections.load(Ordering::Relaxed).max(0) as u64,
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            metric(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        metric(
+            &mut out,
+            "relay_http_responses_total",
+            "counter",
+            "Relayed HTTP requests answered, by status class.",
+        );
+        for (class, counter) in self.http_responses.iter().enumerate().skip(1) {
+            let _ = writeln!(
+                out,
+                "relay_http_responses_total{{class=\"{class}xx\"}} {}",
+                get(counter)
+            );
+        }
+        metric(
+            &mut out,
+            "relay_http_request_duration_seconds",
+            "histogram",
+            "Relayed HTTP request latency.",
+        );
+        let mut cumulative = 0;
+        for (i, counter) in self.http_latency.iter().enumerate() {
+            cumulative += get(counter);
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or("+Inf".to_owned(), ToString::to_string);
+            let _ = writeln!(
+                out,
+                "relay_http_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "relay_http_request_duration_seconds_sum {}",
+            get(&self.http_latency_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "relay_http_request_duration_seconds_count {cumulative}"
+        );
+        out
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histogram_and_labels() {
+        let c = Counters::default();
+        c.observe_http(200, Duration::from_millis(3));
+        c.observe_http(504, Duration::from_secs(60));
+        let text = c.render(&[("a\"b".into(), 2)], 1);
+        assert!(text.contains("relay_listeners{hybrid_connection=\"a\\\"b\"} 2"));
+        assert!(text.contains("relay_http_responses_total{class=\"2xx\"} 1"));
+        assert!(text.contains("relay_http_responses_total{class=\"5xx\"} 1"));
+        assert!(text.contains("relay_http_request_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("relay_http_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("relay_pending_rendezvous 1"));
+    }
+}
