@@ -1,0 +1,127 @@
+//! `relay-load`: end-to-end measurements of the relay next to direct loopback TCP, bore and
+//! rathole, in one run, as BENCHMARKS.md reports them.
+//!
+//! `cargo build --release -p relay-broker -p relay-listener -p relay-sender -p relay-benches`
+//! then `target/release/relay-load --tls --tools-dir /path/with/bore-and-rathole`.
+
+mod backend;
+mod http;
+mod measure;
+mod memory;
+mod procs;
+mod targets;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::measure::percentile;
+use crate::targets::Target;
+
+#[derive(Parser, Debug)]
+#[command(name = "relay-load", about = "End-to-end relay measurements beside direct TCP, bore and rathole")]
+struct Cli {
+    /// Megabytes pushed per throughput run (split over the streams).
+    #[arg(long, default_value_t = 1000)]
+    mb: u64,
+    /// Fresh connections for connect-to-first-byte latency.
+    #[arg(long, default_value_t = 1000)]
+    connects: usize,
+    /// 64-byte round trips.
+    #[arg(long, default_value_t = 1000)]
+    rtts: usize,
+    /// Seconds of HTTP load at 64 concurrent requests.
+    #[arg(long, default_value_t = 5)]
+    http_secs: u64,
+    /// Idle listener control channels for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Also measure the relay over TLS (wss/https).
+    #[arg(long)]
+    tls: bool,
+    /// Directory holding `bore` and `rathole` binaries; peers are skipped when absent.
+    #[arg(long)]
+    tools_dir: Option<PathBuf>,
+    /// Directory holding the release relay binaries (default: next to this tool).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bins = cli.bin_dir.clone().unwrap_or_else(targets::bin_dir);
+    let dir = std::env::temp_dir().join(format!("relay-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let backends = backend::start().await?;
+
+    let mut all: Vec<Target> = vec![targets::direct(&backends), targets::relay(&backends, &bins, &dir, false).await?];
+    if cli.tls {
+        all.push(targets::relay(&backends, &bins, &dir, true).await?);
+    }
+    if let Some(tools) = &cli.tools_dir {
+        if tools.join("bore").exists() {
+            all.push(targets::bore(&backends, tools).await?);
+        }
+        if tools.join("rathole").exists() {
+            all.push(targets::rathole(&backends, tools, &dir).await?);
+        }
+    }
+
+    println!("| target | 1 stream MB/s | 8 streams MB/s | relay CPU s/GB | connect p50 / p99 µs | 64 B RTT p50 / p99 µs |");
+    println!("|---|---|---|---|---|---|");
+    for t in &all {
+        measure::wait_ready(t.echo).await?;
+        let pids = t.pids();
+        let cpu0 = procs::total_cpu(&pids);
+        let one = measure::throughput(t.sink, cli.mb * 1_000_000, 1).await?;
+        let eight = measure::throughput(t.sink, cli.mb * 1_000_000, 8).await?;
+        let cpu = (procs::total_cpu(&pids) - cpu0) / (2.0 * cli.mb as f64 / 1000.0);
+        let mut connect = measure::connect_latency(t.echo, cli.connects).await?;
+        let mut rtt = measure::round_trips(t.echo, cli.rtts).await?;
+        let cpu = if pids.is_empty() { "—".to_owned() } else { format!("{cpu:.2}") };
+        println!(
+            "| {} | {one:.0} | {eight:.0} | {cpu} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            t.name,
+            percentile(&mut connect, 50.0),
+            percentile(&mut connect, 99.0),
+            percentile(&mut rtt, 50.0),
+            percentile(&mut rtt, 99.0)
+        );
+    }
+
+    println!("\n| HTTP, 64 concurrent | requests/s | p50 µs | p99 µs |");
+    println!("|---|---|---|---|");
+    let secs = Duration::from_secs(cli.http_secs);
+    let direct = http::direct_base().await?;
+    let (rps, mut lat) = http::load(&direct, None, 64, secs).await?;
+    println!("| direct (same app) | {rps:.0} | {:.0} | {:.0} |", percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
+    let relay = &all[1];
+    let endpoint = relay.endpoint.clone().unwrap_or_default();
+    let (base, token) = http::relayed_base(&endpoint, targets::KEY).await?;
+    let (rps, mut lat) = http::load(&base, Some(&token), 64, secs).await?;
+    println!("| relay (http) | {rps:.0} | {:.0} | {:.0} |", percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
+
+    println!("\n| broker memory | figure |");
+    println!("|---|---|");
+    let broker_pid = relay.procs[0].pid();
+    let per = memory::per_idle_listener(broker_pid, &endpoint, targets::KEY, cli.idle, None).await?;
+    println!("| per idle control channel, {} channels, ws | {:.1} KiB |", cli.idle, per / 1024.0);
+    if cli.tls {
+        let wss = &all[2];
+        let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
+        let endpoint = wss.endpoint.clone().unwrap_or_default();
+        let per = memory::per_idle_listener(wss.procs[0].pid(), &endpoint, targets::KEY, cli.idle, Some(tls)).await?;
+        println!("| per idle control channel, {} channels, wss | {:.1} KiB |", cli.idle, per / 1024.0);
+    }
+    let (sent, growth) = memory::stalled_push(broker_pid, &endpoint, targets::KEY, 1 << 30, Duration::from_secs(10)).await?;
+    println!(
+        "| RSS growth while a sender pushes into a stalled listener | {:.1} MiB (sender got {:.1} MiB out before blocking) |",
+        growth as f64 / 1048576.0,
+        sent as f64 / 1048576.0
+    );
+    drop(all);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
