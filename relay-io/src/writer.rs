@@ -76,8 +76,8 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             self.scratch.extend_from_slice(first);
             self.io.write_all(&self.scratch).await
         } else {
-            self.io.write_all(&h[..n]).await?;
-            self.io.write_all(first).await
+            // One vectored write instead of a tiny header packet (TCP_NODELAY is on).
+            write_all_vectored(&mut self.io, &h[..n], first).await
         }
     }
 
@@ -108,6 +108,26 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.io.shutdown().await
     }
+}
+
+/// Writes `head` then `body`, vectored where the transport supports it.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut head: &[u8],
+    mut body: &[u8],
+) -> io::Result<()> {
+    while !head.is_empty() {
+        let n = io
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    io.write_all(body).await
 }
 
 /// Appends an encoded header.

@@ -14,7 +14,10 @@ pub(crate) struct Backends {
 pub(crate) async fn start() -> anyhow::Result<Backends> {
     let sink = TcpListener::bind("127.0.0.1:0").await?;
     let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let addrs = Backends { sink: sink.local_addr()?, echo: echo.local_addr()? };
+    let addrs = Backends {
+        sink: sink.local_addr()?,
+        echo: echo.local_addr()?,
+    };
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = sink.accept().await {
             tokio::spawn(async move {

@@ -25,22 +25,44 @@ pub(crate) async fn direct_base() -> anyhow::Result<String> {
 /// base URL of relayed requests.
 pub(crate) async fn relayed_base(endpoint: &str, key: &str) -> anyhow::Result<(String, String)> {
     let token = Arc::new(relay_listener::SasKeySource::new("root", key));
-    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(endpoint, "http", token));
+    let listener =
+        relay_listener::Listener::new(relay_listener::ListenerConfig::new(endpoint, "http", token));
     let mut status = listener.status();
-    tokio::spawn(async move { listener.run(Arc::new(relay_listener::ServiceHandler(app())), tokio_util::sync::CancellationToken::new()).await });
-    let connected = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| *s == relay_listener::Status::Connected))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    anyhow::ensure!(connected, "HTTP listener did not connect: {:?}", *status.borrow());
+    tokio::spawn(async move {
+        listener
+            .run(
+                Arc::new(relay_listener::ServiceHandler(app())),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+    });
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| *s == relay_listener::Status::Connected),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    anyhow::ensure!(
+        connected,
+        "HTTP listener did not connect: {:?}",
+        *status.borrow()
+    );
     let http = endpoint.replacen("ws://", "http://", 1);
     let audience = format!("{http}/http");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let token = relay_core::sas::create_token(&audience, "root", key, now + 3600);
     Ok((format!("{http}/http"), token))
 }
 
 /// Runs `concurrency` keep-alive clients for `duration`; returns (requests/s, latencies).
-pub(crate) async fn load(base: &str, token: Option<&str>, concurrency: usize, duration: Duration) -> anyhow::Result<(f64, Vec<Duration>)> {
+pub(crate) async fn load(
+    base: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
         .build_http::<Empty<Bytes>>();

@@ -20,7 +20,10 @@ use crate::measure::percentile;
 use crate::targets::Target;
 
 #[derive(Parser, Debug)]
-#[command(name = "relay-load", about = "End-to-end relay measurements beside direct TCP, bore and rathole")]
+#[command(
+    name = "relay-load",
+    about = "End-to-end relay measurements beside direct TCP, bore and rathole"
+)]
 struct Cli {
     /// Megabytes pushed per throughput run (split over the streams).
     #[arg(long, default_value_t = 1000)]
@@ -56,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let backends = backend::start().await?;
 
-    let mut all: Vec<Target> = vec![targets::direct(&backends), targets::relay(&backends, &bins, &dir, false).await?];
+    let mut all: Vec<Target> = vec![
+        targets::direct(&backends),
+        targets::relay(&backends, &bins, &dir, false).await?,
+    ];
     if cli.tls {
         all.push(targets::relay(&backends, &bins, &dir, true).await?);
     }
@@ -69,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("| target | 1 stream MB/s | 8 streams MB/s | relay CPU s/GB | connect p50 / p99 µs | 64 B RTT p50 / p99 µs |");
+    println!(
+        "| target | 1 stream MB/s | 8 streams MB/s | relay CPU s/GB | connect p50 / p99 µs | 64 B RTT p50 / p99 µs |"
+    );
     println!("|---|---|---|---|---|---|");
     for t in &all {
         measure::wait_ready(t.echo).await?;
@@ -80,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
         let cpu = (procs::total_cpu(&pids) - cpu0) / (2.0 * cli.mb as f64 / 1000.0);
         let mut connect = measure::connect_latency(t.echo, cli.connects).await?;
         let mut rtt = measure::round_trips(t.echo, cli.rtts).await?;
-        let cpu = if pids.is_empty() { "—".to_owned() } else { format!("{cpu:.2}") };
+        let cpu = if pids.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("{cpu:.2}")
+        };
         println!(
             "| {} | {one:.0} | {eight:.0} | {cpu} | {:.0} / {:.0} | {:.0} / {:.0} |",
             t.name,
@@ -96,26 +108,57 @@ async fn main() -> anyhow::Result<()> {
     let secs = Duration::from_secs(cli.http_secs);
     let direct = http::direct_base().await?;
     let (rps, mut lat) = http::load(&direct, None, 64, secs).await?;
-    println!("| direct (same app) | {rps:.0} | {:.0} | {:.0} |", percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
+    println!(
+        "| direct (same app) | {rps:.0} | {:.0} | {:.0} |",
+        percentile(&mut lat, 50.0),
+        percentile(&mut lat, 99.0)
+    );
     let relay = &all[1];
     let endpoint = relay.endpoint.clone().unwrap_or_default();
     let (base, token) = http::relayed_base(&endpoint, targets::KEY).await?;
     let (rps, mut lat) = http::load(&base, Some(&token), 64, secs).await?;
-    println!("| relay (http) | {rps:.0} | {:.0} | {:.0} |", percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
+    println!(
+        "| relay (http) | {rps:.0} | {:.0} | {:.0} |",
+        percentile(&mut lat, 50.0),
+        percentile(&mut lat, 99.0)
+    );
 
     println!("\n| broker memory | figure |");
     println!("|---|---|");
     let broker_pid = relay.procs[0].pid();
-    let per = memory::per_idle_listener(broker_pid, &endpoint, targets::KEY, cli.idle, None).await?;
-    println!("| per idle control channel, {} channels, ws | {:.1} KiB |", cli.idle, per / 1024.0);
+    let per =
+        memory::per_idle_listener(broker_pid, &endpoint, targets::KEY, cli.idle, None).await?;
+    println!(
+        "| per idle control channel, {} channels, ws | {:.1} KiB |",
+        cli.idle,
+        per / 1024.0
+    );
     if cli.tls {
         let wss = &all[2];
         let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
         let endpoint = wss.endpoint.clone().unwrap_or_default();
-        let per = memory::per_idle_listener(wss.procs[0].pid(), &endpoint, targets::KEY, cli.idle, Some(tls)).await?;
-        println!("| per idle control channel, {} channels, wss | {:.1} KiB |", cli.idle, per / 1024.0);
+        let per = memory::per_idle_listener(
+            wss.procs[0].pid(),
+            &endpoint,
+            targets::KEY,
+            cli.idle,
+            Some(tls),
+        )
+        .await?;
+        println!(
+            "| per idle control channel, {} channels, wss | {:.1} KiB |",
+            cli.idle,
+            per / 1024.0
+        );
     }
-    let (sent, growth) = memory::stalled_push(broker_pid, &endpoint, targets::KEY, 1 << 30, Duration::from_secs(10)).await?;
+    let (sent, growth) = memory::stalled_push(
+        broker_pid,
+        &endpoint,
+        targets::KEY,
+        1 << 30,
+        Duration::from_secs(10),
+    )
+    .await?;
     println!(
         "| RSS growth while a sender pushes into a stalled listener | {:.1} MiB (sender got {:.1} MiB out before blocking) |",
         growth as f64 / 1048576.0,

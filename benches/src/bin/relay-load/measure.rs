@@ -22,7 +22,11 @@ async fn push(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     s.shutdown().await?;
     let mut count = [0u8; 8];
     s.read_exact(&mut count).await.context("sink count")?;
-    ensure!(u64::from_be_bytes(count) == bytes, "sink got {} of {bytes} bytes", u64::from_be_bytes(count));
+    ensure!(
+        u64::from_be_bytes(count) == bytes,
+        "sink got {} of {bytes} bytes",
+        u64::from_be_bytes(count)
+    );
     Ok(())
 }
 
@@ -48,7 +52,9 @@ pub(crate) async fn connect_latency(addr: SocketAddr, n: usize) -> anyhow::Resul
         s.set_nodelay(true)?;
         s.write_all(b"x").await?;
         let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b)).await.context("first byte in time")??;
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+            .await
+            .context("first byte in time")??;
         samples.push(started.elapsed());
     }
     Ok(samples)
@@ -78,7 +84,9 @@ pub(crate) async fn round_trips(addr: SocketAddr, n: usize) -> anyhow::Result<Ve
 /// Waits until an echo round trip works through `addr` (tunnels come up asynchronously).
 pub(crate) async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..100 {
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect_latency(addr, 1)).await {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), connect_latency(addr, 1)).await
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

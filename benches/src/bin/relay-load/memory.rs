@@ -9,12 +9,21 @@ use relay_io::client::{ConnectOptions, Connected};
 use crate::procs::rss_bytes;
 
 fn token(endpoint: &str, hc: &str, key: &str) -> String {
-    let http = endpoint.replacen("wss://", "https://", 1).replacen("ws://", "http://", 1);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let http = endpoint
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     relay_core::sas::create_token(&format!("{http}/{hc}"), "root", key, now + 3600)
 }
 
-fn options(endpoint: &str, hc: &str, key: &str, tls: Option<std::sync::Arc<relay_io::rustls::ClientConfig>>) -> ConnectOptions {
+fn options(
+    endpoint: &str,
+    hc: &str,
+    key: &str,
+    tls: Option<std::sync::Arc<relay_io::rustls::ClientConfig>>,
+) -> ConnectOptions {
     ConnectOptions {
         headers: vec![("ServiceBusAuthorization".into(), token(endpoint, hc, key))],
         tls,
@@ -45,7 +54,11 @@ pub(crate) async fn per_idle_listener(
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
-async fn futures_batch(url: &str, opts: &ConnectOptions, n: usize) -> anyhow::Result<Vec<Connected>> {
+async fn futures_batch(
+    url: &str,
+    opts: &ConnectOptions,
+    n: usize,
+) -> anyhow::Result<Vec<Connected>> {
     let mut out = Vec::with_capacity(n);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -65,18 +78,28 @@ async fn futures_batch(url: &str, opts: &ConnectOptions, n: usize) -> anyhow::Re
 
 /// A listener accepts a sender on `stall` and never reads; the sender pushes up to
 /// `bytes` for at most `window`. Returns (bytes the sender got out, peak broker RSS growth).
-pub(crate) async fn stalled_push(broker_pid: u32, endpoint: &str, key: &str, bytes: u64, window: Duration) -> anyhow::Result<(u64, u64)> {
+pub(crate) async fn stalled_push(
+    broker_pid: u32,
+    endpoint: &str,
+    key: &str,
+    bytes: u64,
+    window: Duration,
+) -> anyhow::Result<(u64, u64)> {
     let listen = format!("{endpoint}/$hc/stall?sb-hc-action=listen");
-    let mut control = relay_io::client::connect(&listen, &options(endpoint, "stall", key, None)).await?;
+    let mut control =
+        relay_io::client::connect(&listen, &options(endpoint, "stall", key, None)).await?;
     let connect = format!("{endpoint}/$hc/stall?sb-hc-action=connect");
     let sender_opts = options(endpoint, "stall", key, None);
-    let sender = tokio::spawn(async move { relay_io::client::connect(&connect, &sender_opts).await });
+    let sender =
+        tokio::spawn(async move { relay_io::client::connect(&connect, &sender_opts).await });
     let address = loop {
         match control.reader.message(1 << 16).await? {
-            Some(relay_io::Message::Text(t)) => match relay_core::ListenerCommand::decode(t.as_bytes(), 1 << 16)? {
-                relay_core::ListenerCommand::Accept(a) => break a.address,
-                _ => continue,
-            },
+            Some(relay_io::Message::Text(t)) => {
+                match relay_core::ListenerCommand::decode(t.as_bytes(), 1 << 16)? {
+                    relay_core::ListenerCommand::Accept(a) => break a.address,
+                    _ => continue,
+                }
+            }
             Some(_) => continue,
             None => anyhow::bail!("control channel closed"),
         }
@@ -90,7 +113,12 @@ pub(crate) async fn stalled_push(broker_pid: u32, endpoint: &str, key: &str, byt
     let push = tokio::spawn(async move {
         let chunk = vec![0u8; 64 * 1024];
         while counter.load(std::sync::atomic::Ordering::Relaxed) < bytes {
-            if sender.writer.send(true, OpCode::Binary, &chunk).await.is_err() {
+            if sender
+                .writer
+                .send(true, OpCode::Binary, &chunk)
+                .await
+                .is_err()
+            {
                 break;
             }
             counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -27,17 +27,29 @@ impl Target {
 }
 
 pub(crate) fn direct(b: &Backends) -> Target {
-    Target { name: "direct TCP".into(), sink: b.sink, echo: b.echo, procs: Vec::new(), endpoint: None }
+    Target {
+        name: "direct TCP".into(),
+        sink: b.sink,
+        echo: b.echo,
+        procs: Vec::new(),
+        endpoint: None,
+    }
 }
 
 pub(crate) const KEY: &str = "load-test-key";
 
 /// Our relay, with the release binaries in `bins`.
-pub(crate) async fn relay(b: &Backends, bins: &Path, dir: &Path, tls: bool) -> anyhow::Result<Target> {
+pub(crate) async fn relay(
+    b: &Backends,
+    bins: &Path,
+    dir: &Path,
+    tls: bool,
+) -> anyhow::Result<Target> {
     let mut config = String::from("[server]\nbind = \"127.0.0.1:0\"\n");
     let mut extra: Vec<String> = Vec::new();
     if tls {
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
+        let cert =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
         std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
         std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem())?;
         config.push_str(&format!(
@@ -45,52 +57,130 @@ pub(crate) async fn relay(b: &Backends, bins: &Path, dir: &Path, tls: bool) -> a
             dir.join("cert.pem").display(),
             dir.join("key.pem").display()
         ));
-        extra = vec!["--ca-cert".into(), dir.join("cert.pem").display().to_string()];
+        extra = vec![
+            "--ca-cert".into(),
+            dir.join("cert.pem").display().to_string(),
+        ];
     }
     config.push_str(&format!(
         "[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[hybrid_connections]]\nname = \"http\"\n[[hybrid_connections]]\nname = \"idle\"\n[[hybrid_connections]]\nname = \"stall\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n"
     ));
-    let path = dir.join(if tls { "broker-tls.toml" } else { "broker.toml" });
+    let path = dir.join(if tls {
+        "broker-tls.toml"
+    } else {
+        "broker.toml"
+    });
     std::fs::write(&path, config)?;
-    let (broker, line) = spawn(&bins.join("relay-broker"), &["--config".into(), path.display().to_string()], &[("RUST_LOG", "warn")], "listening on").await?;
-    let addr = line.rsplit(' ').next().context("broker address")?.to_owned();
+    let (broker, line) = spawn(
+        &bins.join("relay-broker"),
+        &["--config".into(), path.display().to_string()],
+        &[("RUST_LOG", "warn")],
+        "listening on",
+    )
+    .await?;
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .context("broker address")?
+        .to_owned();
     let endpoint = format!("{}://{addr}", if tls { "wss" } else { "ws" });
     let env = [("RELAY_SAS_KEY", KEY), ("RUST_LOG", "info")];
     let mut procs = vec![broker];
     let mut locals = Vec::new();
     for (hc, backend) in [("sink", b.sink), ("echo", b.echo)] {
-        let mut args: Vec<String> = ["run", "--endpoint", &endpoint, "--hc", hc, "--sas-key-name", "root", "--forward", &backend.to_string()]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "run",
+            "--endpoint",
+            &endpoint,
+            "--hc",
+            hc,
+            "--sas-key-name",
+            "root",
+            "--forward",
+            &backend.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend(extra.iter().cloned());
-        procs.push(spawn(&bins.join("relay-listener"), &args, &env, "listening").await?.0);
-        let mut args: Vec<String> = ["forward", "--endpoint", &endpoint, "--hc", hc, "--sas-key-name", "root", "--local", "127.0.0.1:0"]
-            .map(String::from)
-            .to_vec();
+        procs.push(
+            spawn(&bins.join("relay-listener"), &args, &env, "listening")
+                .await?
+                .0,
+        );
+        let mut args: Vec<String> = [
+            "forward",
+            "--endpoint",
+            &endpoint,
+            "--hc",
+            hc,
+            "--sas-key-name",
+            "root",
+            "--local",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend(extra.iter().cloned());
         let (sender, line) = spawn(&bins.join("relay-sender"), &args, &env, "forwarding").await?;
         procs.push(sender);
-        let local = line.split_whitespace().nth(1).context("sender address")?.parse()?;
+        let local = line
+            .split_whitespace()
+            .nth(1)
+            .context("sender address")?
+            .parse()?;
         locals.push(local);
     }
     let name = if tls { "relay (wss)" } else { "relay (ws)" };
-    Ok(Target { name: name.into(), sink: locals[0], echo: locals[1], procs, endpoint: Some(endpoint) })
+    Ok(Target {
+        name: name.into(),
+        sink: locals[0],
+        echo: locals[1],
+        procs,
+        endpoint: Some(endpoint),
+    })
 }
 
 /// bore: `bore server` plus one `bore local` per backend.
 pub(crate) async fn bore(b: &Backends, tools: &Path) -> anyhow::Result<Target> {
     let bin = tools.join("bore");
-    let (server, _) = spawn(&bin, &["server".into(), "--min-port".into(), "30000".into(), "--max-port".into(), "30100".into()], &[], "server listening").await?;
+    let (server, _) = spawn(
+        &bin,
+        &[
+            "server".into(),
+            "--min-port".into(),
+            "30000".into(),
+            "--max-port".into(),
+            "30100".into(),
+        ],
+        &[],
+        "server listening",
+    )
+    .await?;
     let mut procs = vec![server];
     let mut remotes = Vec::new();
     for (port, backend) in [(30001u16, b.sink), (30002, b.echo)] {
-        let args: Vec<String> = ["local", &backend.port().to_string(), "--local-host", "127.0.0.1", "--to", "127.0.0.1", "--port", &port.to_string()]
-            .map(String::from)
-            .to_vec();
+        let args: Vec<String> = [
+            "local",
+            &backend.port().to_string(),
+            "--local-host",
+            "127.0.0.1",
+            "--to",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
         procs.push(spawn(&bin, &args, &[], "listening at").await?.0);
         remotes.push(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    Ok(Target { name: "bore".into(), sink: remotes[0], echo: remotes[1], procs, endpoint: None })
+    Ok(Target {
+        name: "bore".into(),
+        sink: remotes[0],
+        echo: remotes[1],
+        procs,
+        endpoint: None,
+    })
 }
 
 /// rathole: one server and one client, two services.
@@ -103,12 +193,29 @@ pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::R
         "[client]\nremote_addr = \"127.0.0.1:23330\"\n[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
         b.sink, b.echo
     );
-    let (sp, cp) = (dir.join("rathole-server.toml"), dir.join("rathole-client.toml"));
+    let (sp, cp) = (
+        dir.join("rathole-server.toml"),
+        dir.join("rathole-client.toml"),
+    );
     std::fs::write(&sp, server)?;
     std::fs::write(&cp, client)?;
     let env = [("RUST_LOG", "info")];
-    let s = spawn(&bin, &["--server".into(), sp.display().to_string()], &env, "Listening").await?.0;
-    let c = spawn(&bin, &["--client".into(), cp.display().to_string()], &env, "Control channel established").await?.0;
+    let s = spawn(
+        &bin,
+        &["--server".into(), sp.display().to_string()],
+        &env,
+        "Listening",
+    )
+    .await?
+    .0;
+    let c = spawn(
+        &bin,
+        &["--client".into(), cp.display().to_string()],
+        &env,
+        "Control channel established",
+    )
+    .await?
+    .0;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(Target {
         name: "rathole".into(),
@@ -121,5 +228,8 @@ pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::R
 
 /// Where the release binaries are.
 pub(crate) fn bin_dir() -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("target/release"))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
 }
