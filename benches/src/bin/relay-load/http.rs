@@ -34,7 +34,7 @@ pub(crate) async fn relayed_base(endpoint: &str, key: &str) -> anyhow::Result<(S
                 Arc::new(relay_listener::ServiceHandler(app())),
                 tokio_util::sync::CancellationToken::new(),
             )
-            .await
+            .await;
     });
     let connected = tokio::time::timeout(
         Duration::from_secs(10),

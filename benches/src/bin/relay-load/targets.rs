@@ -186,9 +186,7 @@ pub(crate) async fn bore(b: &Backends, tools: &Path) -> anyhow::Result<Target> {
 /// rathole: one server and one client, two services.
 pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::Result<Target> {
     let bin = tools.join("rathole");
-    let server = format!(
-        "[server]\nbind_addr = \"127.0.0.1:23330\"\n[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23331\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23332\"\n"
-    );
+    let server = "[server]\nbind_addr = \"127.0.0.1:23330\"\n[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23331\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23332\"\n".to_string();
     let client = format!(
         "[client]\nremote_addr = \"127.0.0.1:23330\"\n[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
         b.sink, b.echo
