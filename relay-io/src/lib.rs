@@ -13,12 +13,14 @@
 //! | [`stream`] | [`WsByteStream`]: binary messages as an `AsyncRead + AsyncWrite` byte stream |
 //! | [`client`] | the client upgrade over TCP or TLS, with the response's status and headers |
 //! | [`server`] | checking an upgrade request and building the `101` answer |
+//! | [`splice`] | a client WebSocket spliced to TCP without intermediate copies, with half-close |
 //! | [`tls`] | rustls client configuration: webpki roots plus an optional private CA |
 
 pub mod client;
 pub mod message;
 pub mod reader;
 pub mod server;
+pub mod splice;
 pub mod stream;
 pub mod tls;
 pub mod writer;

@@ -7,10 +7,6 @@ use tokio::net::TcpStream;
 
 use crate::handler::{Handler, IncomingConnection};
 
-/// Copy buffer per direction: one full WebSocket frame per read, instead of tokio's 8 KiB
-/// default, which quadruples frames and syscalls on bulk transfers.
-const COPY_BUFFER: usize = 64 * 1024;
-
 /// Forwards connections to `target` (`host:port`).
 #[derive(Clone, Debug)]
 pub struct TcpForward {
@@ -54,25 +50,20 @@ impl Handler for TcpForward {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let mut stream = match conn.accept().await {
+        let stream = match conn.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(connection = %id, error = %e, "accept failed");
                 return;
             }
         };
-        let mut tcp = tcp;
-        match tokio::io::copy_bidirectional_with_sizes(
-            &mut stream,
-            &mut tcp,
-            COPY_BUFFER,
-            COPY_BUFFER,
-        )
-        .await
-        {
-            Ok((up, down)) => {
-                tracing::debug!(connection = %id, to_target = up, from_target = down, "connection finished");
-            }
+        match relay_io::splice::splice(stream.into_parts(), tcp.into_split()).await {
+            Ok(s) => tracing::debug!(
+                connection = %id,
+                to_target = s.to_tcp,
+                from_target = s.to_ws,
+                "connection finished"
+            ),
             Err(e) => {
                 tracing::debug!(connection = %id, error = %e, "connection ended with an error");
             }

@@ -13,10 +13,6 @@ use relay_core::connection_string::{Credential, Target};
 use relay_sender::ConnectOptions;
 use tokio::net::{TcpListener, TcpStream};
 
-/// Copy buffer per direction: one full WebSocket frame per read, instead of tokio's 8 KiB
-/// default, which quadruples frames and syscalls on bulk transfers.
-const COPY_BUFFER: usize = 64 * 1024;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "relay-sender",
@@ -118,7 +114,7 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
 }
 
 async fn relay_one(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: std::net::SocketAddr,
     target: &Target,
     tls: Arc<relay_io::rustls::ClientConfig>,
@@ -140,7 +136,7 @@ async fn relay_one(
         tls: Some(tls),
         ..ConnectOptions::default()
     };
-    let mut conn = match relay_sender::connect(&target.endpoint, &target.hc, &options).await {
+    let conn = match relay_sender::connect(&target.endpoint, &target.hc, &options).await {
         Ok(c) => c,
         Err(e) => {
             match e.hint() {
@@ -150,17 +146,13 @@ async fn relay_one(
             return;
         }
     };
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut conn.stream,
-        &mut tcp,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((up, down)) => {
-            tracing::debug!(%peer, from_listener = up, to_listener = down, "connection finished");
-        }
+    match relay_io::splice::splice(conn.stream.into_parts(), tcp.into_split()).await {
+        Ok(s) => tracing::debug!(
+            %peer,
+            from_listener = s.to_tcp,
+            to_listener = s.to_ws,
+            "connection finished"
+        ),
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
     }
 }
