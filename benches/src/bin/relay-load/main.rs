@@ -40,6 +40,9 @@ struct Cli {
     /// Idle listener control channels for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Rounds; targets are interleaved within each round and medians reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Also measure the relay over TLS (wss/https).
     #[arg(long)]
     tls: bool,
@@ -49,6 +52,23 @@ struct Cli {
     /// Directory holding the release relay binaries (default: next to this tool).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+/// Per-target samples, one per round.
+#[derive(Default)]
+struct Row {
+    one: Vec<f64>,
+    eight: Vec<f64>,
+    cpu: Vec<f64>,
+    connect50: Vec<f64>,
+    connect99: Vec<f64>,
+    rtt50: Vec<f64>,
+    rtt99: Vec<f64>,
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[tokio::main]
@@ -75,31 +95,48 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    for t in &all {
+        measure::wait_ready(t.echo).await?;
+    }
+    let mut rows: Vec<Row> = all.iter().map(|_| Row::default()).collect();
+    for _ in 0..cli.repeat.max(1) {
+        for (t, row) in all.iter().zip(rows.iter_mut()) {
+            let pids = t.pids();
+            let cpu0 = procs::total_cpu(&pids);
+            row.one
+                .push(measure::throughput(t.sink, cli.mb * 1_000_000, 1).await?);
+            row.eight
+                .push(measure::throughput(t.sink, cli.mb * 1_000_000, 8).await?);
+            row.cpu
+                .push((procs::total_cpu(&pids) - cpu0) / (2.0 * cli.mb as f64 / 1000.0));
+            let mut connect = measure::connect_latency(t.echo, cli.connects).await?;
+            let mut rtt = measure::round_trips(t.echo, cli.rtts).await?;
+            row.connect50.push(percentile(&mut connect, 50.0));
+            row.connect99.push(percentile(&mut connect, 99.0));
+            row.rtt50.push(percentile(&mut rtt, 50.0));
+            row.rtt99.push(percentile(&mut rtt, 99.0));
+        }
+    }
+    println!("Medians of {} interleaved rounds.\n", cli.repeat.max(1));
     println!(
         "| target | 1 stream MB/s | 8 streams MB/s | relay CPU s/GB | connect p50 / p99 µs | 64 B RTT p50 / p99 µs |"
     );
     println!("|---|---|---|---|---|---|");
-    for t in &all {
-        measure::wait_ready(t.echo).await?;
-        let pids = t.pids();
-        let cpu0 = procs::total_cpu(&pids);
-        let one = measure::throughput(t.sink, cli.mb * 1_000_000, 1).await?;
-        let eight = measure::throughput(t.sink, cli.mb * 1_000_000, 8).await?;
-        let cpu = (procs::total_cpu(&pids) - cpu0) / (2.0 * cli.mb as f64 / 1000.0);
-        let mut connect = measure::connect_latency(t.echo, cli.connects).await?;
-        let mut rtt = measure::round_trips(t.echo, cli.rtts).await?;
-        let cpu = if pids.is_empty() {
+    for (t, row) in all.iter().zip(rows.iter_mut()) {
+        let cpu = if t.procs.is_empty() {
             "—".to_owned()
         } else {
-            format!("{cpu:.2}")
+            format!("{:.2}", median(&mut row.cpu))
         };
         println!(
-            "| {} | {one:.0} | {eight:.0} | {cpu} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            "| {} | {:.0} | {:.0} | {cpu} | {:.0} / {:.0} | {:.0} / {:.0} |",
             t.name,
-            percentile(&mut connect, 50.0),
-            percentile(&mut connect, 99.0),
-            percentile(&mut rtt, 50.0),
-            percentile(&mut rtt, 99.0)
+            median(&mut row.one),
+            median(&mut row.eight),
+            median(&mut row.connect50),
+            median(&mut row.connect99),
+            median(&mut row.rtt50),
+            median(&mut row.rtt99)
         );
     }
 
