@@ -117,7 +117,13 @@ async fn route(
         return Err(RelayError::HeadersTooLarge(MAX_HEADER_BYTES));
     }
     let path = req.uri().path().to_owned();
-    let transport = req.extensions().get::<Transport>().copied();
+    // Our own serve loop inserts `Transport`; a host app serving the router with
+    // `into_make_service_with_connect_info` still gives us the peer address.
+    let transport = req.extensions().get::<Transport>().copied().or_else(|| {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| Transport { peer: info.0, tls: false })
+    });
     let Some(rest) = HcPath::strip_ws_prefix(&path) else {
         if !relayable(req.method()) {
             return Err(RelayError::MethodNotAllowed);
