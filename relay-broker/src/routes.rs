@@ -122,7 +122,10 @@ async fn route(
     let transport = req.extensions().get::<Transport>().copied().or_else(|| {
         req.extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| Transport { peer: info.0, tls: false })
+            .map(|info| Transport {
+                peer: info.0,
+                tls: false,
+            })
     });
     let Some(rest) = HcPath::strip_ws_prefix(&path) else {
         if !relayable(req.method()) {

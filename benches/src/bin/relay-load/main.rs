@@ -92,6 +92,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if tools.join("rathole").exists() {
             all.push(targets::rathole(&backends, tools, &dir).await?);
+            if cli.tls {
+                all.push(targets::rathole_tls(&backends, tools, &dir).await?);
+            }
         }
     }
 

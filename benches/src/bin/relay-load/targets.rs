@@ -224,6 +224,64 @@ pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::R
     })
 }
 
+/// rathole with its TLS transport (native-tls), using the certificate the wss relay target
+/// wrote into `dir`, converted to PKCS#12 with the openssl CLI as rathole requires.
+pub(crate) async fn rathole_tls(b: &Backends, tools: &Path, dir: &Path) -> anyhow::Result<Target> {
+    let pfx = dir.join("identity.pfx");
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:bench", "-out"])
+        .arg(&pfx)
+        .arg("-inkey")
+        .arg(dir.join("key.pem"))
+        .arg("-in")
+        .arg(dir.join("cert.pem"))
+        .status()
+        .context("running openssl pkcs12")?;
+    anyhow::ensure!(status.success(), "openssl pkcs12 failed");
+    let server = format!(
+        "[server]\nbind_addr = \"127.0.0.1:23340\"\n[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"bench\"\n[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23341\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23342\"\n",
+        pfx.display()
+    );
+    let client = format!(
+        "[client]\nremote_addr = \"localhost:23340\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
+        dir.join("cert.pem").display(),
+        b.sink,
+        b.echo
+    );
+    let (sp, cp) = (
+        dir.join("rathole-tls-server.toml"),
+        dir.join("rathole-tls-client.toml"),
+    );
+    std::fs::write(&sp, server)?;
+    std::fs::write(&cp, client)?;
+    let env = [("RUST_LOG", "info")];
+    let bin = tools.join("rathole");
+    let s = spawn(
+        &bin,
+        &["--server".into(), sp.display().to_string()],
+        &env,
+        "Listening",
+    )
+    .await?
+    .0;
+    let c = spawn(
+        &bin,
+        &["--client".into(), cp.display().to_string()],
+        &env,
+        "Control channel established",
+    )
+    .await?
+    .0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Target {
+        name: "rathole (tls)".into(),
+        sink: SocketAddr::from(([127, 0, 0, 1], 23341)),
+        echo: SocketAddr::from(([127, 0, 0, 1], 23342)),
+        procs: vec![s, c],
+        endpoint: None,
+    })
+}
+
 /// Where the release binaries are.
 pub(crate) fn bin_dir() -> PathBuf {
     std::env::current_exe()
