@@ -75,15 +75,13 @@ impl ConnectionString {
     }
 }
 
-/// Normalizes an endpoint to a `ws://` or `wss://` base without a trailing slash.
+/// Normalizes an endpoint to a WebSocket base without a trailing slash. `https` becomes
+/// `wss` and `http` becomes `ws`; `sb://` is kept: it means TLS, and the client may fall back
+/// to plain ws for a broker on a loopback address (a local broker on its embedded default).
 #[must_use]
 pub fn ws_base(endpoint: &str) -> String {
     let trimmed = endpoint.trim().trim_end_matches('/');
-    for (from, to) in [
-        ("sb://", "wss://"),
-        ("https://", "wss://"),
-        ("http://", "ws://"),
-    ] {
+    for (from, to) in [("https://", "wss://"), ("http://", "ws://")] {
         if let Some(rest) = trimmed.strip_prefix(from) {
             return format!("{to}{rest}");
         }
@@ -95,7 +93,10 @@ pub fn ws_base(endpoint: &str) -> String {
 #[must_use]
 pub fn http_base(endpoint: &str) -> String {
     let ws = ws_base(endpoint);
-    if let Some(rest) = ws.strip_prefix("wss://") {
+    if let Some(rest) = ws
+        .strip_prefix("wss://")
+        .or_else(|| ws.strip_prefix("sb://"))
+    {
         format!("https://{rest}")
     } else if let Some(rest) = ws.strip_prefix("ws://") {
         format!("http://{rest}")
@@ -111,7 +112,7 @@ mod tests {
     #[test]
     fn parses_azure_form() {
         let c = ConnectionString::parse("Endpoint=sb://127.0.0.1:9400/;SharedAccessKeyName=root;SharedAccessKey=a=b;EntityPath=orders").unwrap();
-        assert_eq!(c.ws_endpoint(), "wss://127.0.0.1:9400");
+        assert_eq!(c.ws_endpoint(), "sb://127.0.0.1:9400");
         assert_eq!(
             (c.key.as_deref(), c.entity_path.as_deref()),
             (Some("a=b"), Some("orders"))
@@ -249,7 +250,7 @@ mod target_tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!((t.endpoint.as_str(), t.hc.as_str()), ("wss://h:1", "x"));
+        assert_eq!((t.endpoint.as_str(), t.hc.as_str()), ("sb://h:1", "x"));
         assert_eq!(
             t.credential,
             Credential::Key {

@@ -118,6 +118,8 @@ pub struct Target {
     pub authority: String,
     /// Request target: path and query.
     pub path_and_query: String,
+    /// `sb://` to a loopback host: try TLS, then plain ws (a local broker on its default).
+    pub plain_fallback: bool,
 }
 
 impl Target {
@@ -141,12 +143,18 @@ impl Target {
             .to_owned();
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let plain_fallback = uri.scheme_str() == Some("sb") && loopback;
         Ok(Self {
             tls,
             host,
             port,
             authority: authority.as_str().to_owned(),
             path_and_query,
+            plain_fallback,
         })
     }
 }
@@ -184,8 +192,15 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connected, W
 }
 
 async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
-    let target = Target::parse(url)?;
-    let mut io = dial(&target, options.tls.as_ref()).await?;
+    let mut target = Target::parse(url)?;
+    let mut io = match dial(&target, options.tls.as_ref()).await {
+        Err(WsError::Tls(e)) if target.plain_fallback => {
+            tracing::debug!(error = %e, "no TLS on the loopback broker; using plain ws");
+            target.tls = false;
+            dial(&target, None).await?
+        }
+        other => other?,
+    };
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     io.write_all(upgrade_request(&target, &key, options).as_bytes())
         .await?;

@@ -152,7 +152,7 @@ mod tests {
         };
         assert_eq!(
             connect_url("sb://h:1/", "a/b", &o),
-            "wss://h:1/$hc/a/b/sub?x=1&sb-hc-action=connect&sb-hc-id=t+1"
+            "sb://h:1/$hc/a/b/sub?x=1&sb-hc-action=connect&sb-hc-id=t+1"
         );
         let t = sas_token("ws://h:1", "hc", "n", "k", 60);
         assert!(t.starts_with("SharedAccessSignature sr=http%3A%2F%2Fh%3A1%2Fhc&"));

@@ -358,3 +358,114 @@ async fn shutdown_drains_in_flight_connections_and_refuses_new_ones() {
         .unwrap()
         .unwrap();
 }
+
+/// Echo listener (library) on `hc`, reached through `endpoint`.
+async fn echo_listener(
+    endpoint: &str,
+    hc: &str,
+    tls: Option<Arc<relay_io::rustls::ClientConfig>>,
+) -> tokio_util::sync::CancellationToken {
+    let token = Arc::new(relay_listener::SasKeySource::new(
+        relay_tests::KEY_NAME,
+        relay_tests::KEY,
+    ));
+    let mut config = relay_listener::ListenerConfig::new(endpoint, hc, token);
+    config.tls = tls;
+    let listener = relay_listener::Listener::new(config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+        let Ok(stream) = conn.accept().await else {
+            return;
+        };
+        let (mut r, mut w) = tokio::io::split(stream);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let s = stop.clone();
+    tokio::spawn(async move { listener.run(handler, s).await });
+    stop
+}
+
+async fn echo_through(
+    endpoint: &str,
+    hc: &str,
+    tls: Option<Arc<relay_io::rustls::ClientConfig>>,
+) -> Vec<u8> {
+    let options = relay_sender::ConnectOptions {
+        token: Some(relay_sender::sas_token(
+            endpoint,
+            hc,
+            relay_tests::KEY_NAME,
+            relay_tests::KEY,
+            60,
+        )),
+        tls,
+        ..Default::default()
+    };
+    let mut conn = relay_sender::connect(endpoint, hc, &options).await.unwrap();
+    conn.stream.write_all(b"ping over the relay").await.unwrap();
+    conn.stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
+#[tokio::test]
+async fn azure_connection_string_reaches_a_local_plain_broker() {
+    let broker = TestBroker::start("").await;
+    let cs = format!(
+        "Endpoint=sb://{}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath=hyco",
+        broker.addr,
+        relay_tests::KEY_NAME,
+        relay_tests::KEY
+    );
+    let target = relay_core::connection_string::Target::resolve(
+        &relay_core::connection_string::TargetArgs {
+            connection_string: Some(&cs),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let _stop = echo_listener(&target.endpoint, &target.hc, None).await;
+    broker.wait_listeners("hyco", 1).await;
+    assert_eq!(
+        echo_through(&target.endpoint, "hyco", None).await,
+        b"ping over the relay"
+    );
+}
+
+#[tokio::test]
+async fn tls_end_to_end_with_a_private_ca() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("relay-tls-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let server = relay_io::tls::server_config(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+    let broker = TestBroker::start_with("", relay_broker::ServeOptions { tls: Some(server) }).await;
+    let client = relay_io::tls::client_config(Some(&dir.join("cert.pem"))).unwrap();
+    let endpoint = format!("wss://{}", broker.addr);
+    let _stop = echo_listener(&endpoint, "hyco", Some(Arc::clone(&client))).await;
+    broker.wait_listeners("hyco", 1).await;
+    assert_eq!(
+        echo_through(&endpoint, "hyco", Some(Arc::clone(&client))).await,
+        b"ping over the relay"
+    );
+    // sb:// means TLS: it is used when the broker speaks it.
+    assert_eq!(
+        echo_through(&format!("sb://{}", broker.addr), "hyco", Some(client)).await,
+        b"ping over the relay"
+    );
+    // Without the private CA the handshake is refused.
+    let untrusted =
+        relay_sender::connect(&endpoint, "hyco", &relay_sender::ConnectOptions::default()).await;
+    assert!(matches!(
+        untrusted,
+        Err(relay_sender::SenderError::Ws(relay_io::WsError::Tls(_)))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
