@@ -19,6 +19,7 @@
 //! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
 //! | `server` | the accept loop: TLS, HTTP/1.1 limits, graceful shutdown |
 
+pub mod ca;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -32,6 +33,7 @@ mod limiter;
 mod pump;
 mod rendezvous;
 mod routes;
+mod secure_fs;
 mod server;
 
 use std::net::SocketAddr;

@@ -27,7 +27,7 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("certificate");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
     (cert_path, key_path)
 }
 

@@ -444,7 +444,7 @@ async fn tls_end_to_end_with_a_private_ca() {
     let dir = std::env::temp_dir().join(format!("relay-tls-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let server = relay_io::tls::server_config(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
     let broker = TestBroker::start_with("", relay_broker::ServeOptions { tls: Some(server) }).await;
     let client = relay_io::tls::client_config(Some(&dir.join("cert.pem"))).unwrap();

@@ -51,7 +51,7 @@ pub(crate) async fn relay(
         let cert =
             rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
         std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
-        std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem())?;
+        std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem())?;
         config.push_str(&format!(
             "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
             dir.join("cert.pem").display(),

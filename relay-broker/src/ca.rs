@@ -1,0 +1,275 @@
+//! The broker's certificate authority for listener identities.
+//!
+//! Two levels: a root, and an online issuing CA (path length 0, clientAuth) that is the only
+//! issuer the mTLS verifier will trust for listeners. Both are created on first start, or
+//! loaded from `[ca].dir`; private keys are written atomically with mode 0600. The server's
+//! own TLS chain is separate (`[server].tls_cert`).
+//!
+//! Listener certificates follow the registration design's profile: nothing is copied from
+//! the CSR except its (signature-checked) public key; a random 128-bit serial; valid from
+//! five minutes ago (clock skew) for the configured lifetime; one SAN URI naming the
+//! listener; `CA:false`, digitalSignature, clientAuth only, AKI and SKI.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
+};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+use crate::secure_fs::{create_private_dir, write_atomic};
+
+/// Clock skew tolerated by backdating `notBefore`.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// Lifetime of the root created on first start.
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Lifetime of the issuing CA created on first start.
+const ISSUING_LIFETIME: Duration = Duration::from_secs(2 * 365 * 86_400);
+/// Largest CSR accepted, in bytes of PEM.
+pub const MAX_CSR_BYTES: usize = 8 * 1024;
+
+/// Certificate authority failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// Reading or writing the CA files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CA files exist but do not form a usable CA (or only some of them exist).
+    #[error("CA files in {0}: {1}")]
+    Corrupt(PathBuf, String),
+    /// The CSR is malformed, too large, or its self-signature does not verify.
+    #[error("invalid CSR: {0}")]
+    InvalidCsr(String),
+    /// The CSR's key type or size is not allowed.
+    #[error("key type not allowed: {0} (use ECDSA P-256 or Ed25519)")]
+    KeyNotAllowed(String),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Signing(#[from] rcgen::Error),
+}
+
+/// A listener certificate just issued.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// The serial as lower-case hex (what revocation lists name).
+    pub serial: String,
+    /// SHA-256 of the subject public key, hex: the fingerprint recorded against the person.
+    pub key_fingerprint: String,
+    /// Expiry.
+    pub not_after: OffsetDateTime,
+}
+
+/// The root and issuing CA.
+pub struct CertificateAuthority {
+    dir: PathBuf,
+    root_pem: String,
+    issuing_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `dir`, or creates it there on first start.
+    pub fn load_or_create(
+        dir: &Path,
+        trust_domain: &str,
+        now: OffsetDateTime,
+    ) -> Result<Self, CaError> {
+        let files = ["root.pem", "root.key", "issuing.pem", "issuing.key"].map(|f| dir.join(f));
+        let present = files.iter().filter(|f| f.exists()).count();
+        match present {
+            0 => Self::create(dir, trust_domain, now),
+            4 => Self::load(dir, trust_domain),
+            _ => Err(CaError::Corrupt(
+                dir.into(),
+                "some CA files are missing; restore them or remove all four".into(),
+            )),
+        }
+    }
+
+    fn create(dir: &Path, trust_domain: &str, now: OffsetDateTime) -> Result<Self, CaError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CaError::Io { path, source }
+        };
+        create_private_dir(dir).map_err(io(dir))?;
+        let root_key = KeyPair::generate()?;
+        let mut root = ca_params("Relay Root", now, ROOT_LIFETIME, None);
+        root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root_cert = root.self_signed(&root_key)?;
+        let root_issuer = Issuer::new(root, root_key);
+
+        let issuing_key = KeyPair::generate()?;
+        let mut issuing = ca_params("Relay Listener Client CA", now, ISSUING_LIFETIME, Some(0));
+        issuing.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        issuing.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        issuing.use_authority_key_identifier_extension = true;
+        let issuing_cert = issuing.signed_by(&issuing_key, &root_issuer)?;
+
+        // Keys first: a crash in between leaves a partial set, which load refuses loudly.
+        for (name, body, secret) in [
+            ("root.key", root_issuer_key_pem(&root_issuer), true),
+            ("issuing.key", issuing_key.serialize_pem(), true),
+            ("root.pem", root_cert.pem(), false),
+            ("issuing.pem", issuing_cert.pem(), false),
+        ] {
+            let path = dir.join(name);
+            write_atomic(&path, body.as_bytes(), secret).map_err(io(&path))?;
+        }
+        Ok(Self {
+            dir: dir.into(),
+            root_pem: root_cert.pem(),
+            issuing_pem: issuing_cert.pem(),
+            issuer: Issuer::new(issuing, issuing_key),
+            trust_domain: trust_domain.into(),
+        })
+    }
+
+    fn load(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| CaError::Io { path, source })
+        };
+        let (root_pem, issuing_pem, issuing_key) = (
+            read("root.pem")?,
+            read("issuing.pem")?,
+            read("issuing.key")?,
+        );
+        let corrupt = |e: rcgen::Error| CaError::Corrupt(dir.into(), e.to_string());
+        let key = KeyPair::from_pem(&issuing_key).map_err(corrupt)?;
+        let issuer = Issuer::from_ca_cert_pem(&issuing_pem, key).map_err(corrupt)?;
+        Ok(Self {
+            dir: dir.into(),
+            root_pem,
+            issuing_pem,
+            issuer,
+            trust_domain: trust_domain.into(),
+        })
+    }
+
+    /// The chain a listener presents after its leaf: issuing CA then root.
+    #[must_use]
+    pub fn chain_pem(&self) -> String {
+        format!("{}{}", self.issuing_pem, self.root_pem)
+    }
+
+    /// The root, for trust stores.
+    #[must_use]
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The SAN URI that names a listener.
+    #[must_use]
+    pub fn listener_uri(&self, listener_id: &str) -> String {
+        format!("spiffe://{}/listener/{listener_id}", self.trust_domain)
+    }
+
+    /// Issues a listener certificate for the key in `csr_pem`.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        listener_id: &str,
+        lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, CaError> {
+        if csr_pem.len() > MAX_CSR_BYTES {
+            return Err(CaError::InvalidCsr(format!(
+                "larger than {MAX_CSR_BYTES} bytes"
+            )));
+        }
+        // Parsing checks the CSR's self-signature: the requester holds the private key.
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
+        let alg = csr.public_key.algorithm();
+        if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ED25519 {
+            return Err(CaError::KeyNotAllowed(format!("{alg:?}")));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, listener_id);
+        params.distinguished_name = dn;
+        let uri = self.listener_uri(listener_id);
+        params.subject_alt_names = vec![SanType::URI(
+            uri.try_into()
+                .map_err(|e: rcgen::Error| CaError::InvalidCsr(e.to_string()))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - BACKDATE;
+        params.not_after = now + lifetime;
+        let serial = random_serial();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(IssuedCertificate {
+            pem: cert.pem(),
+            serial: hex(&serial),
+            key_fingerprint: hex(&Sha256::digest(csr.public_key.der_bytes())),
+            not_after: params.not_after,
+        })
+    }
+}
+
+fn ca_params(
+    name: &str,
+    now: OffsetDateTime,
+    lifetime: Duration,
+    path_len: Option<u8>,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(path_len.map_or(
+        BasicConstraints::Unconstrained,
+        BasicConstraints::Constrained,
+    ));
+    params.not_before = now - BACKDATE;
+    params.not_after = now + lifetime;
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+    params
+}
+
+fn root_issuer_key_pem(issuer: &Issuer<'_, KeyPair>) -> String {
+    issuer.key().serialize_pem()
+}
+
+/// 128 random bits with the top bit cleared, so the DER integer stays positive.
+fn random_serial() -> [u8; 16] {
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] &= 0x7f;
+    serial
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;
