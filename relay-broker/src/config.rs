@@ -49,6 +49,21 @@ pub struct BrokerConfig {
     pub hybrid_connections: Vec<HybridConnection>,
     /// SAS rules.
     pub rules: Vec<SharedAccessKey>,
+    /// The SQLite file of the durable store; `None` keeps state in memory.
+    pub store: Option<PathBuf>,
+    /// The certificate authority for listener identities; `None` disables it.
+    pub ca: Option<CaConfig>,
+}
+
+/// `[ca]`: where the CA lives and what it issues.
+#[derive(Clone, Debug)]
+pub struct CaConfig {
+    /// Directory of the root and issuing CA files, created on first start.
+    pub dir: PathBuf,
+    /// Lifetime of listener certificates.
+    pub cert_lifetime: Duration,
+    /// Trust domain in listener SAN URIs (`spiffe://<domain>/listener/<id>`).
+    pub trust_domain: String,
 }
 
 /// Paths of the server certificate chain and key.
@@ -125,6 +140,22 @@ struct RawConfig {
     hybrid_connections: Vec<RawHc>,
     #[serde(default)]
     authorization_rules: Vec<RawRule>,
+    store: Option<RawStore>,
+    ca: Option<RawCa>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    dir: PathBuf,
+    cert_lifetime_hours: Option<f64>,
+    trust_domain: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -226,6 +257,7 @@ impl BrokerConfig {
             .map(|r| rule(r, &hybrid_connections))
             .collect::<Result<_, _>>()
             .map_err(invalid)?;
+        let ca = raw.ca.map(|ca| ca_config(ca, &invalid)).transpose()?;
         Ok(Self {
             bind,
             public_url,
@@ -233,8 +265,38 @@ impl BrokerConfig {
             limits,
             hybrid_connections,
             rules,
+            store: raw.store.map(|s| s.path),
+            ca,
         })
     }
+}
+
+fn ca_config(
+    raw: RawCa,
+    invalid: &impl Fn(String) -> ConfigError,
+) -> Result<CaConfig, ConfigError> {
+    let hours = raw.cert_lifetime_hours.unwrap_or(168.0);
+    // The registration design allows 1 hour to 30 days.
+    if !(1.0..=720.0).contains(&hours) {
+        return Err(invalid(format!(
+            "[ca].cert_lifetime_hours = {hours}: must be between 1 and 720"
+        )));
+    }
+    let trust_domain = raw.trust_domain.unwrap_or_else(|| "relay".into());
+    if trust_domain.is_empty()
+        || !trust_domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+    {
+        return Err(invalid(format!(
+            "[ca].trust_domain = '{trust_domain}': use letters, digits, '-' and '.'"
+        )));
+    }
+    Ok(CaConfig {
+        dir: raw.dir,
+        cert_lifetime: Duration::from_secs_f64(hours * 3600.0),
+        trust_domain,
+    })
 }
 
 fn limits(raw: &RawLimits) -> Result<Limits, String> {
@@ -438,6 +500,30 @@ hybrid_connection = "a/b"
         assert!(
             err("[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Read']")
                 .contains("unknown right")
+        );
+    }
+
+    #[test]
+    fn store_and_ca_sections() {
+        let c = BrokerConfig::parse(
+            "[store]\npath = 'data/relay.db'\n[ca]\ndir = 'data/ca'\ncert_lifetime_hours = 24",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.store.as_deref(), Some(Path::new("data/relay.db")));
+        let ca = c.ca.unwrap();
+        assert_eq!(
+            (ca.cert_lifetime, ca.trust_domain.as_str()),
+            (Duration::from_secs(86_400), "relay")
+        );
+        let err =
+            BrokerConfig::parse("[ca]\ndir = 'x'\ncert_lifetime_hours = 0.1", "t").unwrap_err();
+        assert!(err.to_string().contains("cert_lifetime_hours"));
+        assert!(
+            BrokerConfig::parse("[store]\nfile = 'x'", "t")
+                .unwrap_err()
+                .to_string()
+                .contains("file")
         );
     }
 

@@ -67,10 +67,12 @@ pub(crate) fn start(
             if let Ok(upgraded) = upgrade.await {
                 tracing::info!("listener connected");
                 Shared::count(&shared.counters.listener_connects);
+                audit(&shared, "listener.connect", &handle.hc, &tracking);
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
-                let channel = Channel::new(&shared, &handle, tracking, expires_at);
+                let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at);
                 channel.run(reader, writer, rx).await;
                 Shared::count(&shared.counters.listener_disconnects);
+                audit(&shared, "listener.disconnect", &handle.hc, &tracking);
             }
             shared.presence.unregister(&handle.hc, handle.id);
             shared.rendezvous.drop_listener(handle.id);
@@ -79,6 +81,17 @@ pub(crate) fn start(
         .instrument(span),
     );
     Ok(())
+}
+
+/// Records an audit event off the runtime threads (a durable store syncs to disk).
+fn audit(shared: &Arc<Shared>, kind: &'static str, hc: &str, tracking: &TrackingId) {
+    let event = crate::store::AuditEvent::now(kind, hc, &format!("TrackingId:{tracking}"));
+    let store = Arc::clone(&shared.store);
+    shared.tasks.spawn_blocking(move || {
+        if let Err(e) = store.append_audit(&event) {
+            tracing::warn!(error = %e, "audit event lost");
+        }
+    });
 }
 
 /// Sent from the reader to the writer.

@@ -13,7 +13,8 @@
 //! | `pump` | the frame relay between a sender and a listener |
 //! | `http_relay` | relayed HTTP: inline or rendezvous, deadlines, header rules |
 //! | [`presence`] | which listeners serve which hybrid connection (a seam for clustering) |
-//! | [`store`] | where entities and rules come from (a seam for durable stores) |
+//! | [`store`] | entities, rules and the audit trail: in memory or SQLite |
+//! | [`ca`] | the certificate authority for listener identities |
 //! | `rendezvous` | bounded maps of pending capability addresses and requests |
 //! | [`error`] | every status the broker answers with, and its tracking id |
 //! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
@@ -48,7 +49,7 @@ pub use error::RelayError;
 pub use metrics::Counters;
 pub use presence::{LocalPresence, Presence};
 pub use server::ServeOptions;
-pub use store::{ConfigStore, Store};
+pub use store::{AuditEvent, MemoryStore, SqliteStore, Store, StoreError};
 
 /// How a request reached the broker; inserted by [`Broker::serve`]. A host app that nests
 /// the router may insert it too, otherwise addresses default to `ws://` and no remote
@@ -59,6 +60,18 @@ pub struct Transport {
     pub peer: SocketAddr,
     /// Whether the connection used TLS.
     pub tls: bool,
+}
+
+/// Failures opening a broker's durable state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The certificate authority could not be loaded or created.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
 }
 
 pub(crate) struct Shared {
@@ -76,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) hard_stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) next_listener: AtomicU64,
+    /// The certificate authority, when `[ca]` is configured.
+    pub(crate) ca: Option<Arc<ca::CertificateAuthority>>,
     pub(crate) counters: Counters,
 }
 
@@ -97,13 +112,56 @@ impl Broker {
     /// A broker whose entities and rules come from the configuration.
     #[must_use]
     pub fn new(config: &BrokerConfig) -> Self {
-        let store = Arc::new(ConfigStore::new(&config.hybrid_connections, &config.rules));
+        let store = Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules));
         Self::with_backends(
             config.limits.clone(),
             config.public_url.clone(),
             store,
             Arc::new(LocalPresence::default()),
         )
+    }
+
+    /// A broker from configuration, opening what it names: the SQLite store of `[store]`
+    /// (else state stays in memory) and the certificate authority of `[ca]`, created on first
+    /// start. Use this rather than [`Broker::new`] whenever those sections may be present.
+    pub fn open(config: &BrokerConfig) -> Result<Self, OpenError> {
+        let store: Arc<dyn Store> = match &config.store {
+            Some(path) => Arc::new(SqliteStore::open(
+                path,
+                &config.hybrid_connections,
+                &config.rules,
+            )?),
+            None => Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules)),
+        };
+        let mut broker = Self::with_backends(
+            config.limits.clone(),
+            config.public_url.clone(),
+            store,
+            Arc::new(LocalPresence::default()),
+        );
+        if let Some(ca) = &config.ca {
+            let authority = ca::CertificateAuthority::load_or_create(
+                &ca.dir,
+                &ca.trust_domain,
+                time::OffsetDateTime::now_utc(),
+            )?;
+            if let Some(shared) = Arc::get_mut(&mut broker.shared) {
+                shared.ca = Some(Arc::new(authority));
+            }
+        }
+        Ok(broker)
+    }
+
+    /// The certificate authority, when configured.
+    #[must_use]
+    pub fn ca(&self) -> Option<&ca::CertificateAuthority> {
+        self.shared.ca.as_deref()
+    }
+
+    /// The store (for administration and audit).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
     }
 
     /// A broker with chosen store and presence backends.
@@ -126,6 +184,7 @@ impl Broker {
             hard_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_listener: AtomicU64::new(1),
+            ca: None,
             counters: Counters::default(),
         };
         Self {

@@ -50,6 +50,8 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Durable state first: a broken store or CA fails before the port is announced.
+    let broker = Broker::open(&config).context("opening the store and certificate authority")?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -59,7 +61,6 @@ async fn main() -> anyhow::Result<()> {
         print_demo(scheme, addr, &key);
     }
     println!("listening on {addr}");
-    let broker = Broker::new(&config);
     broker
         .serve(listener, ServeOptions { tls }, shutdown_signal())
         .await?;

@@ -58,7 +58,7 @@ impl TestBroker {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let broker = Broker::new(&config);
+        let broker = Broker::open(&config).expect("open broker");
         let stop = CancellationToken::new();
         let (b, s) = (broker.clone(), stop.clone());
         let task =

@@ -222,3 +222,38 @@ async fn shutdown_closes_control_channels_with_1001() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn listener_connects_and_disconnects_are_audited_durably() {
+    let dir = std::env::temp_dir().join(format!("relay-audit-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let extra = format!("[store]\npath = \"{}\"", dir.join("relay.db").display());
+    let broker = TestBroker::start(&extra).await;
+    let listener = RawListener::open(&broker, "hyco").await;
+    drop(listener);
+    broker.wait_listeners("hyco", 0).await;
+    let store = std::sync::Arc::clone(broker.broker.store());
+    let mut kinds = Vec::new();
+    for _ in 0..200 {
+        kinds = store
+            .audit(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect::<Vec<_>>();
+        if kinds.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(kinds, ["listener.connect", "listener.disconnect"]);
+    broker.stop.cancel();
+    broker.task.await.unwrap().unwrap();
+    // Reopened from the file, as after a restart.
+    let reopened = relay_broker::SqliteStore::open(&dir.join("relay.db"), &[], &[]).unwrap();
+    assert_eq!(
+        relay_broker::Store::audit(&reopened, 0, 10).unwrap().len(),
+        2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,7 +64,7 @@ fn issues_the_profile_and_nothing_from_the_csr() {
             }
             ParsedExtension::BasicConstraints(bc) => assert!(!bc.ca),
             ParsedExtension::ExtendedKeyUsage(eku) => {
-                assert!(eku.client_auth && !eku.server_auth && eku.other.is_empty())
+                assert!(eku.client_auth && !eku.server_auth && eku.other.is_empty());
             }
             ParsedExtension::KeyUsage(ku) => assert!(ku.digital_signature() && !ku.key_cert_sign()),
             _ => {}

@@ -1,0 +1,159 @@
+//! The conformance battery every store implementation passes, plus SQLite durability tests.
+
+use std::path::PathBuf;
+
+use relay_core::sas::{Rights, SharedAccessKey};
+
+use super::*;
+
+fn config_hcs() -> Vec<HybridConnection> {
+    vec![HybridConnection {
+        name: "Orders".into(),
+        requires_client_authorization: true,
+    }]
+}
+
+fn config_rules() -> Vec<SharedAccessKey> {
+    vec![SharedAccessKey {
+        name: "root".into(),
+        key: "k".into(),
+        secondary_key: None,
+        rights: Rights::MANAGE,
+        hybrid_connection: None,
+    }]
+}
+
+fn hc(name: &str) -> HybridConnection {
+    HybridConnection {
+        name: name.into(),
+        requires_client_authorization: false,
+    }
+}
+
+fn battery(store: &dyn Store) {
+    assert_eq!(
+        store.hybrid_connection("orders").map(|h| h.name),
+        Some("Orders".into())
+    );
+    assert_eq!(store.rules().len(), 1);
+
+    store.create_hybrid_connection(hc("edge/device-7")).unwrap();
+    assert!(matches!(
+        store.create_hybrid_connection(hc("EDGE/device-7")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.create_hybrid_connection(hc("orders")),
+        Err(StoreError::FromConfig(_))
+    ));
+    assert!(
+        !store
+            .hybrid_connection("edge/device-7")
+            .unwrap()
+            .requires_client_authorization
+    );
+    let names: Vec<String> = store
+        .hybrid_connections()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names, ["Orders", "edge/device-7"]);
+    assert!(matches!(
+        store.remove_hybrid_connection("orders"),
+        Err(StoreError::FromConfig(_))
+    ));
+    assert!(store.remove_hybrid_connection("edge/device-7").unwrap());
+    assert!(!store.remove_hybrid_connection("edge/device-7").unwrap());
+    assert!(store.hybrid_connection("edge/device-7").is_none());
+
+    for (i, kind) in ["listener.connect", "listener.disconnect", "auth.rejected"]
+        .iter()
+        .enumerate()
+    {
+        store
+            .append_audit(&AuditEvent {
+                at_ms: 1000 + i as u64,
+                kind: (*kind).into(),
+                subject: "orders".into(),
+                detail: String::new(),
+            })
+            .unwrap();
+    }
+    let all = store.audit(0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["listener.connect", "listener.disconnect", "auth.rejected"]
+    );
+    assert_eq!(store.audit(1001, 100).unwrap().len(), 2);
+    assert_eq!(store.audit(0, 1).unwrap().len(), 1);
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("relay.db")
+}
+
+#[test]
+fn memory_store_passes_the_battery() {
+    battery(&MemoryStore::new(&config_hcs(), &config_rules()));
+}
+
+#[test]
+fn sqlite_store_passes_the_battery() {
+    let path = temp_db("battery");
+    battery(&SqliteStore::open(&path, &config_hcs(), &config_rules()).unwrap());
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn sqlite_keeps_everything_acknowledged_across_reopen() {
+    let path = temp_db("reopen");
+    {
+        let store = SqliteStore::open(&path, &config_hcs(), &config_rules()).unwrap();
+        store.create_hybrid_connection(hc("edge/a")).unwrap();
+        store.create_hybrid_connection(hc("shadowed")).unwrap();
+        store
+            .append_audit(&AuditEvent::now("listener.connect", "edge/a", "t-1"))
+            .unwrap();
+        // Dropped without any shutdown, as after a kill.
+    }
+    let config = vec![
+        config_hcs()[0].clone(),
+        HybridConnection {
+            name: "SHADOWED".into(),
+            requires_client_authorization: true,
+        },
+    ];
+    let store = SqliteStore::open(&path, &config, &config_rules()).unwrap();
+    assert!(store.hybrid_connection("edge/a").is_some());
+    // The configuration file wins over a stored entity of the same name.
+    assert!(
+        store
+            .hybrid_connection("shadowed")
+            .unwrap()
+            .requires_client_authorization
+    );
+    assert_eq!(store.audit(0, 10).unwrap()[0].detail, "t-1");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn sqlite_audit_is_append_only_and_newer_schemas_are_refused() {
+    let path = temp_db("append-only");
+    let store = SqliteStore::open(&path, &[], &[]).unwrap();
+    store.append_audit(&AuditEvent::now("k", "s", "d")).unwrap();
+    let conn = store.conn();
+    assert!(conn.execute("DELETE FROM audit_events", []).is_err());
+    assert!(
+        conn.execute("UPDATE audit_events SET detail = 'x'", [])
+            .is_err()
+    );
+    conn.execute("INSERT INTO schema_version (version) VALUES (99)", [])
+        .unwrap();
+    drop(conn);
+    drop(store);
+    let err = SqliteStore::open(&path, &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("newer than this broker"), "{err}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}

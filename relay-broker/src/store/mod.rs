@@ -1,0 +1,136 @@
+//! The store seam: hybrid connections, authorization rules and the audit trail.
+//!
+//! Reads are on the request path, so every implementation serves them from memory; writes
+//! are rare (administration, audit) and durable before they return. Entities declared in the
+//! configuration file are applied at start and always win; entities created at run time
+//! live in the store.
+//!
+//! | implementation | where |
+//! |---|---|
+//! | [`MemoryStore`] | in memory: the embedded default and tests |
+//! | [`SqliteStore`] | an embedded SQLite file with versioned migrations (`[store].path`) |
+//!
+//! Both pass the same conformance battery (`store/battery.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use relay_core::sas::SharedAccessKey;
+
+use crate::config::HybridConnection;
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Database(String),
+    /// The entity already exists.
+    #[error("'{0}' already exists")]
+    Conflict(String),
+    /// The entity comes from the configuration file and can only change there.
+    #[error("'{0}' is defined in the configuration file")]
+    FromConfig(String),
+}
+
+/// One append-only audit record. Never carries secrets, keys or whole CSRs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened, e.g. `listener.connect`.
+    pub kind: String,
+    /// Who or what it happened to, e.g. the hybrid connection or listener id.
+    pub subject: String,
+    /// Free-form detail (tracking id, reason).
+    pub detail: String,
+}
+
+impl AuditEvent {
+    /// An event stamped now.
+    #[must_use]
+    pub fn now(kind: &str, subject: &str, detail: &str) -> Self {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            at_ms,
+            kind: kind.into(),
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Namespace entities, rules and audit.
+pub trait Store: Send + Sync + 'static {
+    /// The hybrid connection with this name (case-insensitive), if it exists.
+    fn hybrid_connection(&self, name: &str) -> Option<HybridConnection>;
+    /// Every hybrid connection, sorted by name.
+    fn hybrid_connections(&self) -> Vec<HybridConnection>;
+    /// Every SAS rule of the namespace.
+    fn rules(&self) -> Arc<[SharedAccessKey]>;
+    /// Creates a hybrid connection at run time; durable when this returns.
+    fn create_hybrid_connection(&self, hc: HybridConnection) -> Result<(), StoreError>;
+    /// Removes a run-time hybrid connection; `Ok(false)` when it did not exist.
+    fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError>;
+    /// Appends an audit event; durable when this returns.
+    fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// Audit events at or after `since_ms`, oldest first, at most `limit`.
+    fn audit(&self, since_ms: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// The in-memory view both implementations serve reads from.
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    /// By lower-cased name.
+    hcs: HashMap<String, HybridConnection>,
+    /// Lower-cased names that come from the configuration file.
+    from_config: std::collections::HashSet<String>,
+    rules: Arc<[SharedAccessKey]>,
+}
+
+impl Snapshot {
+    fn from_config(hcs: &[HybridConnection], rules: &[SharedAccessKey]) -> Self {
+        Self {
+            hcs: hcs
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.clone()))
+                .collect(),
+            from_config: hcs.iter().map(|h| h.name.to_ascii_lowercase()).collect(),
+            rules: rules.to_vec().into(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<HybridConnection> {
+        self.hcs.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    fn sorted(&self) -> Vec<HybridConnection> {
+        let mut all: Vec<_> = self.hcs.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Checks a creation against the snapshot.
+    fn check_create(&self, hc: &HybridConnection) -> Result<(), StoreError> {
+        let key = hc.name.to_ascii_lowercase();
+        if self.from_config.contains(&key) {
+            return Err(StoreError::FromConfig(hc.name.clone()));
+        }
+        if self.hcs.contains_key(&key) {
+            return Err(StoreError::Conflict(hc.name.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod battery;
