@@ -37,6 +37,15 @@ pub enum RelayError {
     /// The request's headers exceed the 32 kB limit.
     #[error("Request headers exceed {0} bytes")]
     HeadersTooLarge(usize),
+    /// An administered entity (person) does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An administered entity already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The durable store failed.
+    #[error("Internal error: {0}")]
+    Internal(String),
     /// CONNECT cannot be relayed.
     #[error("The method cannot be relayed")]
     MethodNotAllowed,
@@ -73,6 +82,9 @@ impl RelayError {
             Self::EndpointNotFound | Self::ListenerNotConnected => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(e) if e.status() == 403 => StatusCode::FORBIDDEN,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::RendezvousExpired => StatusCode::FORBIDDEN,
@@ -97,6 +109,9 @@ impl RelayError {
             Self::NoListener | Self::ListenerNotConnected => "NoListener",
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::HeadersTooLarge(_) => "HeadersTooLarge",
+            Self::NotFound(_) => "NotFound",
+            Self::Conflict(_) => "Conflict",
+            Self::Internal(_) => "InternalServerError",
             Self::ListenerFailed(_) => "BadGateway",
             Self::GatewayTimeout => "GatewayTimeout",
             Self::Rejected { .. } => "RejectedByListener",

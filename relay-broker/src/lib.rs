@@ -15,11 +15,13 @@
 //! | [`presence`] | which listeners serve which hybrid connection (a seam for clustering) |
 //! | [`store`] | entities, rules and the audit trail: in memory or SQLite |
 //! | [`ca`] | the certificate authority for listener identities |
+//! | [`admin`] | the versioned administration API (`/$admin/v1`) |
 //! | `rendezvous` | bounded maps of pending capability addresses and requests |
 //! | [`error`] | every status the broker answers with, and its tracking id |
 //! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
 //! | `server` | the accept loop: TLS, HTTP/1.1 limits, graceful shutdown |
 
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod error;

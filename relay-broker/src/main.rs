@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+
+mod admin_cli;
 use relay_broker::config::{BrokerConfig, HybridConnection};
 use relay_broker::{Broker, ServeOptions};
 use relay_cli::{LogFormat, init_logging, shutdown_signal};
@@ -28,11 +30,17 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Administer a running broker instead of running one.
+    #[command(subcommand)]
+    command: Option<admin_cli::AdminCommand>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return admin_cli::run(command).await;
+    }
     init_logging(cli.log_format, "info,hyper=warn");
     let (mut config, demo_key) = match &cli.config {
         Some(path) => (BrokerConfig::load(path)?, None),

@@ -30,6 +30,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
+        .nest(crate::admin::PREFIX, crate::admin::router())
         .fallback(dispatch)
         .with_state(shared)
 }

@@ -86,6 +86,31 @@ fn battery(store: &dyn Store) {
     );
     assert_eq!(store.audit(1001, 100).unwrap().len(), 2);
     assert_eq!(store.audit(0, 1).unwrap().len(), 1);
+
+    store.add_person("alice", "$argon2id$hash").unwrap();
+    assert!(matches!(
+        store.add_person("ALICE", "x"),
+        Err(StoreError::Conflict(_))
+    ));
+    let register = Grant {
+        right: "listener.register".into(),
+        pattern: "orders*".into(),
+    };
+    assert!(store.grant("alice", &register).unwrap());
+    assert!(store.grant("Alice", &register).unwrap());
+    assert!(!store.grant("bob", &register).unwrap());
+    let (alice, hash) = store.person("alice").unwrap().unwrap();
+    assert_eq!(
+        (alice.rights.clone(), hash.as_str(), alice.disabled),
+        (vec![register.clone()], "$argon2id$hash", false)
+    );
+    assert!(store.set_person_disabled("alice", true).unwrap());
+    assert!(!store.set_person_disabled("bob", true).unwrap());
+    assert!(store.persons().unwrap()[0].disabled);
+    assert!(store.revoke_grant("alice", &register).unwrap());
+    assert!(!store.revoke_grant("alice", &register).unwrap());
+    assert!(store.person("alice").unwrap().unwrap().0.rights.is_empty());
+    assert!(store.person("nobody").unwrap().is_none());
 }
 
 fn temp_db(name: &str) -> PathBuf {

@@ -5,7 +5,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use relay_core::sas::SharedAccessKey;
 
-use super::{AuditEvent, Snapshot, Store, StoreError};
+use super::{AuditEvent, Grant, Person, Snapshot, Store, StoreError};
 use crate::config::HybridConnection;
 
 /// Audit events kept in memory; the oldest are dropped beyond this.
@@ -16,6 +16,8 @@ const AUDIT_CAPACITY: usize = 10_000;
 pub struct MemoryStore {
     snapshot: RwLock<Snapshot>,
     audit: RwLock<VecDeque<AuditEvent>>,
+    /// By lower-cased name: the person and their password hash.
+    persons: RwLock<std::collections::BTreeMap<String, (Person, String)>>,
 }
 
 impl MemoryStore {
@@ -25,6 +27,7 @@ impl MemoryStore {
         Self {
             snapshot: RwLock::new(Snapshot::from_config(hcs, rules)),
             audit: RwLock::new(VecDeque::new()),
+            persons: RwLock::default(),
         }
     }
 }
@@ -93,5 +96,69 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        let mut persons = self.persons.write().unwrap_or_else(PoisonError::into_inner);
+        let key = name.to_ascii_lowercase();
+        if persons.contains_key(&key) {
+            return Err(StoreError::Conflict(name.into()));
+        }
+        let person = Person {
+            name: name.into(),
+            disabled: false,
+            rights: Vec::new(),
+        };
+        persons.insert(key, (person, password_hash.into()));
+        Ok(())
+    }
+
+    fn person(&self, name: &str) -> Result<Option<(Person, String)>, StoreError> {
+        Ok(self
+            .persons
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&name.to_ascii_lowercase())
+            .cloned())
+    }
+
+    fn persons(&self) -> Result<Vec<Person>, StoreError> {
+        Ok(self
+            .persons
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(p, _)| p.clone())
+            .collect())
+    }
+
+    fn set_person_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError> {
+        let mut persons = self.persons.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(persons
+            .get_mut(&name.to_ascii_lowercase())
+            .map(|(p, _)| p.disabled = disabled)
+            .is_some())
+    }
+
+    fn grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError> {
+        let mut persons = self.persons.write().unwrap_or_else(PoisonError::into_inner);
+        let Some((person, _)) = persons.get_mut(&name.to_ascii_lowercase()) else {
+            return Ok(false);
+        };
+        if !person.rights.contains(grant) {
+            person.rights.push(grant.clone());
+            person.rights.sort();
+        }
+        Ok(true)
+    }
+
+    fn revoke_grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError> {
+        let mut persons = self.persons.write().unwrap_or_else(PoisonError::into_inner);
+        let Some((person, _)) = persons.get_mut(&name.to_ascii_lowercase()) else {
+            return Ok(false);
+        };
+        let before = person.rights.len();
+        person.rights.retain(|g| g != grant);
+        Ok(person.rights.len() != before)
     }
 }

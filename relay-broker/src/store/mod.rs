@@ -69,6 +69,26 @@ impl AuditEvent {
     }
 }
 
+/// A person who may register and manage listeners.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Person {
+    /// Unique name (case-insensitive).
+    pub name: String,
+    /// A disabled person can do nothing, and everything registered through them stops.
+    pub disabled: bool,
+    /// Rights, each on a hybrid-connection name pattern.
+    pub rights: Vec<Grant>,
+}
+
+/// One right on a hybrid-connection name pattern (`orders*`, `site-7/*`, `*`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Grant {
+    /// `listener.register`, `listener.manage` or `audit.read`.
+    pub right: String,
+    /// Name pattern; a trailing `*` matches any suffix.
+    pub pattern: String,
+}
+
 /// Namespace entities, rules and audit.
 pub trait Store: Send + Sync + 'static {
     /// The hybrid connection with this name (case-insensitive), if it exists.
@@ -85,6 +105,18 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Audit events at or after `since_ms`, oldest first, at most `limit`.
     fn audit(&self, since_ms: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Adds a person with a password hash (PHC string; never a password).
+    fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
+    /// A person and their password hash.
+    fn person(&self, name: &str) -> Result<Option<(Person, String)>, StoreError>;
+    /// Every person, sorted by name.
+    fn persons(&self) -> Result<Vec<Person>, StoreError>;
+    /// Disables or re-enables a person; `Ok(false)` when there is no such person.
+    fn set_person_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError>;
+    /// Adds a grant; `Ok(false)` when there is no such person (granting twice is a no-op).
+    fn grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError>;
+    /// Removes a grant; `Ok(false)` when it did not exist.
+    fn revoke_grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError>;
 }
 
 /// The in-memory view both implementations serve reads from.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use relay_core::sas::SharedAccessKey;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{AuditEvent, Snapshot, Store, StoreError};
+use super::{AuditEvent, Grant, Person, Snapshot, Store, StoreError};
 use crate::config::HybridConnection;
 
 /// Schema migrations; the index + 1 is the version. Never edit one that has shipped.
@@ -34,6 +34,19 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
     CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;",
+    // 2: persons and their rights.
+    "CREATE TABLE persons (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE person_rights (
+        person TEXT NOT NULL COLLATE NOCASE REFERENCES persons (name) ON DELETE CASCADE,
+        right_name TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        PRIMARY KEY (person, right_name, pattern)
+    );",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -222,4 +235,106 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        let inserted = self.conn().execute(
+            "INSERT INTO persons (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![name, password_hash, AuditEvent::now("", "", "").at_ms as i64],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(name.into()));
+        }
+        Ok(())
+    }
+
+    fn person(&self, name: &str) -> Result<Option<(Person, String)>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT name, disabled, password_hash FROM persons WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((name, disabled, hash)) = row else {
+            return Ok(None);
+        };
+        let rights = grants(&conn, &name)?;
+        Ok(Some((
+            Person {
+                name,
+                disabled,
+                rights,
+            },
+            hash,
+        )))
+    }
+
+    fn persons(&self) -> Result<Vec<Person>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, disabled FROM persons ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, disabled) = row?;
+            let rights = grants(&conn, &name)?;
+            out.push(Person {
+                name,
+                disabled,
+                rights,
+            });
+        }
+        Ok(out)
+    }
+
+    fn set_person_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE persons SET disabled = ?2 WHERE name = ?1",
+            params![name, disabled],
+        )? > 0)
+    }
+
+    fn grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM persons WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO person_rights (person, right_name, pattern) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![name, grant.right, grant.pattern],
+        )?;
+        Ok(true)
+    }
+
+    fn revoke_grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM person_rights WHERE person = ?1 AND right_name = ?2 AND pattern = ?3",
+            params![name, grant.right, grant.pattern],
+        )? > 0)
+    }
+}
+
+fn grants(conn: &Connection, person: &str) -> Result<Vec<Grant>, StoreError> {
+    let mut stmt = conn.prepare("SELECT right_name, pattern FROM person_rights WHERE person = ?1 ORDER BY right_name, pattern")?;
+    let rows = stmt.query_map(params![person], |r| {
+        Ok(Grant {
+            right: r.get(0)?,
+            pattern: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
