@@ -5,7 +5,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use relay_core::sas::SharedAccessKey;
 
-use super::{AuditEvent, Grant, Person, Snapshot, Store, StoreError};
+use super::{AuditEvent, Grant, Person, Snapshot, SnapshotCell, Store, StoreError};
 use crate::config::HybridConnection;
 
 /// Audit events kept in memory; the oldest are dropped beyond this.
@@ -14,7 +14,7 @@ const AUDIT_CAPACITY: usize = 10_000;
 /// A store that forgets everything on restart.
 #[derive(Debug)]
 pub struct MemoryStore {
-    snapshot: RwLock<Snapshot>,
+    snapshot: SnapshotCell,
     audit: RwLock<VecDeque<AuditEvent>>,
     /// By lower-cased name: the person and their password hash.
     persons: RwLock<std::collections::BTreeMap<String, (Person, String)>>,
@@ -25,7 +25,7 @@ impl MemoryStore {
     #[must_use]
     pub fn new(hcs: &[HybridConnection], rules: &[SharedAccessKey]) -> Self {
         Self {
-            snapshot: RwLock::new(Snapshot::from_config(hcs, rules)),
+            snapshot: SnapshotCell::new(Snapshot::from_config(hcs, rules)),
             audit: RwLock::new(VecDeque::new()),
             persons: RwLock::default(),
         }
@@ -34,49 +34,27 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn hybrid_connection(&self, name: &str) -> Option<HybridConnection> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
+        self.snapshot.get(name)
     }
 
     fn hybrid_connections(&self) -> Vec<HybridConnection> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sorted()
+        self.snapshot.sorted()
     }
 
     fn rules(&self) -> Arc<[SharedAccessKey]> {
-        Arc::clone(
-            &self
-                .snapshot
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .rules,
-        )
+        self.snapshot.rules()
     }
 
     fn create_hybrid_connection(&self, hc: HybridConnection) -> Result<(), StoreError> {
-        let mut snapshot = self
-            .snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut snapshot = self.snapshot.write();
         snapshot.check_create(&hc)?;
         snapshot.hcs.insert(hc.name.to_ascii_lowercase(), hc);
         Ok(())
     }
 
     fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError> {
-        let mut snapshot = self
-            .snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = name.to_ascii_lowercase();
-        if snapshot.from_config.contains(&key) {
-            return Err(StoreError::FromConfig(name.into()));
-        }
-        Ok(snapshot.hcs.remove(&key).is_some())
+        self.snapshot.check_remove(name)?;
+        Ok(self.snapshot.remove(name))
     }
 
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

@@ -119,6 +119,59 @@ pub trait Store: Send + Sync + 'static {
     fn revoke_grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError>;
 }
 
+/// The snapshot behind a lock, with the read and bookkeeping both stores share.
+#[derive(Debug)]
+struct SnapshotCell(std::sync::RwLock<Snapshot>);
+
+impl SnapshotCell {
+    fn new(snapshot: Snapshot) -> Self {
+        Self(std::sync::RwLock::new(snapshot))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, name: &str) -> Option<HybridConnection> {
+        self.read().get(name)
+    }
+
+    fn sorted(&self) -> Vec<HybridConnection> {
+        self.read().sorted()
+    }
+
+    fn rules(&self) -> Arc<[SharedAccessKey]> {
+        Arc::clone(&self.read().rules)
+    }
+
+    fn insert(&self, hc: HybridConnection) {
+        self.write().hcs.insert(hc.name.to_ascii_lowercase(), hc);
+    }
+
+    /// Refuses removing what the configuration file defines.
+    fn check_remove(&self, name: &str) -> Result<(), StoreError> {
+        if self.read().from_config.contains(&name.to_ascii_lowercase()) {
+            return Err(StoreError::FromConfig(name.into()));
+        }
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> bool {
+        self.write()
+            .hcs
+            .remove(&name.to_ascii_lowercase())
+            .is_some()
+    }
+}
+
 /// The in-memory view both implementations serve reads from.
 #[derive(Debug, Default, Clone)]
 struct Snapshot {

@@ -6,12 +6,12 @@
 //! enforced by triggers. Reads come from an in-memory snapshot refreshed after each write.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use relay_core::sas::SharedAccessKey;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{AuditEvent, Grant, Person, Snapshot, Store, StoreError};
+use super::{AuditEvent, Grant, Person, Snapshot, SnapshotCell, Store, StoreError};
 use crate::config::HybridConnection;
 
 /// Schema migrations; the index + 1 is the version. Never edit one that has shipped.
@@ -59,7 +59,7 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    snapshot: RwLock<Snapshot>,
+    snapshot: SnapshotCell,
 }
 
 impl SqliteStore {
@@ -101,7 +101,7 @@ impl SqliteStore {
         }
         Ok(Self {
             conn: Mutex::new(conn),
-            snapshot: RwLock::new(snapshot),
+            snapshot: SnapshotCell::new(snapshot),
         })
     }
 
@@ -141,74 +141,41 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 impl Store for SqliteStore {
     fn hybrid_connection(&self, name: &str) -> Option<HybridConnection> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
+        self.snapshot.get(name)
     }
 
     fn hybrid_connections(&self) -> Vec<HybridConnection> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sorted()
+        self.snapshot.sorted()
     }
 
     fn rules(&self) -> Arc<[SharedAccessKey]> {
-        Arc::clone(
-            &self
-                .snapshot
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .rules,
-        )
+        self.snapshot.rules()
     }
 
     fn create_hybrid_connection(&self, hc: HybridConnection) -> Result<(), StoreError> {
+        // Holding the connection serialises writers, so check and insert cannot interleave.
         let conn = self.conn();
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check_create(&hc)?;
-        let inserted = conn
-            .execute(
-                "INSERT INTO hybrid_connections (name, requires_client_authorization, created_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO NOTHING",
-                params![hc.name, hc.requires_client_authorization, AuditEvent::now("", "", "").at_ms as i64],
-            )
-            ?;
+        self.snapshot.read().check_create(&hc)?;
+        let inserted = conn.execute(
+            "INSERT INTO hybrid_connections (name, requires_client_authorization, created_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO NOTHING",
+            params![hc.name, hc.requires_client_authorization, AuditEvent::now("", "", "").at_ms as i64],
+        )?;
         if inserted == 0 {
             return Err(StoreError::Conflict(hc.name));
         }
-        self.snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .hcs
-            .insert(hc.name.to_ascii_lowercase(), hc);
+        self.snapshot.insert(hc);
         Ok(())
     }
 
     fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
-        let key = name.to_ascii_lowercase();
-        if self
-            .snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .from_config
-            .contains(&key)
-        {
-            return Err(StoreError::FromConfig(name.into()));
-        }
+        self.snapshot.check_remove(name)?;
         let removed = conn.execute(
             "DELETE FROM hybrid_connections WHERE name = ?1",
             params![name],
         )? > 0;
-        self.snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .hcs
-            .remove(&key);
+        self.snapshot.remove(name);
         Ok(removed)
     }
 

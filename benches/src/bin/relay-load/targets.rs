@@ -183,45 +183,15 @@ pub(crate) async fn bore(b: &Backends, tools: &Path) -> anyhow::Result<Target> {
     })
 }
 
-/// rathole: one server and one client, two services.
+/// rathole: one server and one client, two services, plain TCP transport.
 pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::Result<Target> {
-    let bin = tools.join("rathole");
-    let server = "[server]\nbind_addr = \"127.0.0.1:23330\"\n[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23331\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23332\"\n".to_string();
-    let client = format!(
-        "[client]\nremote_addr = \"127.0.0.1:23330\"\n[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
-        b.sink, b.echo
-    );
-    let (sp, cp) = (
-        dir.join("rathole-server.toml"),
-        dir.join("rathole-client.toml"),
-    );
-    std::fs::write(&sp, server)?;
-    std::fs::write(&cp, client)?;
-    let env = [("RUST_LOG", "info")];
-    let s = spawn(
-        &bin,
-        &["--server".into(), sp.display().to_string()],
-        &env,
-        "Listening",
-    )
-    .await?
-    .0;
-    let c = spawn(
-        &bin,
-        &["--client".into(), cp.display().to_string()],
-        &env,
-        "Control channel established",
-    )
-    .await?
-    .0;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(Target {
-        name: "rathole".into(),
-        sink: SocketAddr::from(([127, 0, 0, 1], 23331)),
-        echo: SocketAddr::from(([127, 0, 0, 1], 23332)),
-        procs: vec![s, c],
-        endpoint: None,
-    })
+    let setup = RatholeSetup {
+        name: "rathole",
+        base_port: 23330,
+        server_transport: String::new(),
+        client_transport: String::new(),
+    };
+    setup.start(b, tools, dir).await
 }
 
 /// rathole with its TLS transport (native-tls), using the certificate the wss relay target
@@ -238,48 +208,73 @@ pub(crate) async fn rathole_tls(b: &Backends, tools: &Path, dir: &Path) -> anyho
         .status()
         .context("running openssl pkcs12")?;
     anyhow::ensure!(status.success(), "openssl pkcs12 failed");
-    let server = format!(
-        "[server]\nbind_addr = \"127.0.0.1:23340\"\n[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"bench\"\n[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23341\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:23342\"\n",
-        pfx.display()
-    );
-    let client = format!(
-        "[client]\nremote_addr = \"localhost:23340\"\n[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
-        dir.join("cert.pem").display(),
-        b.sink,
-        b.echo
-    );
-    let (sp, cp) = (
-        dir.join("rathole-tls-server.toml"),
-        dir.join("rathole-tls-client.toml"),
-    );
-    std::fs::write(&sp, server)?;
-    std::fs::write(&cp, client)?;
-    let env = [("RUST_LOG", "info")];
-    let bin = tools.join("rathole");
-    let s = spawn(
-        &bin,
-        &["--server".into(), sp.display().to_string()],
-        &env,
-        "Listening",
-    )
-    .await?
-    .0;
-    let c = spawn(
-        &bin,
-        &["--client".into(), cp.display().to_string()],
-        &env,
-        "Control channel established",
-    )
-    .await?
-    .0;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(Target {
-        name: "rathole (tls)".into(),
-        sink: SocketAddr::from(([127, 0, 0, 1], 23341)),
-        echo: SocketAddr::from(([127, 0, 0, 1], 23342)),
-        procs: vec![s, c],
-        endpoint: None,
-    })
+    let setup = RatholeSetup {
+        name: "rathole (tls)",
+        base_port: 23340,
+        server_transport: format!(
+            "[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"bench\"\n",
+            pfx.display()
+        ),
+        client_transport: format!(
+            "[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n",
+            dir.join("cert.pem").display()
+        ),
+    };
+    setup.start(b, tools, dir).await
+}
+
+/// One rathole server and client: control on `base_port`, sink and echo on the next two.
+struct RatholeSetup {
+    name: &'static str,
+    base_port: u16,
+    server_transport: String,
+    client_transport: String,
+}
+
+impl RatholeSetup {
+    async fn start(&self, b: &Backends, tools: &Path, dir: &Path) -> anyhow::Result<Target> {
+        let (control, sink, echo) = (self.base_port, self.base_port + 1, self.base_port + 2);
+        let server = format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{}[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:{sink}\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:{echo}\"\n",
+            self.server_transport
+        );
+        let client = format!(
+            "[client]\nremote_addr = \"localhost:{control}\"\n{}[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
+            self.client_transport, b.sink, b.echo
+        );
+        let (sp, cp) = (
+            dir.join(format!("rathole-{control}-server.toml")),
+            dir.join(format!("rathole-{control}-client.toml")),
+        );
+        std::fs::write(&sp, server)?;
+        std::fs::write(&cp, client)?;
+        let env = [("RUST_LOG", "info")];
+        let bin = tools.join("rathole");
+        let s = spawn(
+            &bin,
+            &["--server".into(), sp.display().to_string()],
+            &env,
+            "Listening",
+        )
+        .await?
+        .0;
+        let c = spawn(
+            &bin,
+            &["--client".into(), cp.display().to_string()],
+            &env,
+            "Control channel established",
+        )
+        .await?
+        .0;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Target {
+            name: self.name.into(),
+            sink: SocketAddr::from(([127, 0, 0, 1], sink)),
+            echo: SocketAddr::from(([127, 0, 0, 1], echo)),
+            procs: vec![s, c],
+            endpoint: None,
+        })
+    }
 }
 
 /// Where the release binaries are.
