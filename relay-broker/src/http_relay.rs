@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use crate::auth::{Claim, authorize};
+use crate::auth::authorize;
 use crate::presence::Outbound;
 use crate::rendezvous::{ListenerResponse, OutgoingRequest, Pending, RequestSlot, ResponseBody};
 use crate::routes::{RENDEZVOUS_PARAM, Resolved, relay_io_halves, relayable};
@@ -49,20 +49,18 @@ pub(crate) async fn handle(
     }
     let audience = r.audience_path();
     let runtime_info = is_runtime_info(&req, &r);
-    let claim = Claim {
-        headers: req.headers(),
-        query: &r.query,
-        transport: r.transport,
-        hc: &r.hc.name,
-        path: &audience,
-        // Any valid rule may read runtime information; relaying needs Send.
-        needs: if runtime_info {
-            Rights::NONE
-        } else {
-            Rights::SEND
-        },
-        required: r.hc.requires_client_authorization || runtime_info,
+    // Any valid rule may read runtime information; relaying needs Send.
+    let needs = if runtime_info {
+        Rights::NONE
+    } else {
+        Rights::SEND
     };
+    let claim = r.claim(
+        req.headers(),
+        &audience,
+        needs,
+        r.hc.requires_client_authorization || runtime_info,
+    );
     let authorized = authorize(shared, claim).await?;
     if runtime_info {
         return Ok(runtime_information(shared, &r));

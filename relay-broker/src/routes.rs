@@ -67,6 +67,25 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    /// What this request must prove: `needs` on `path`, unless not `required`.
+    pub(crate) fn claim<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        path: &'a str,
+        needs: Rights,
+        required: bool,
+    ) -> Claim<'a> {
+        Claim {
+            headers,
+            query: &self.query,
+            transport: self.transport,
+            hc: &self.hc.name,
+            path,
+            needs,
+            required,
+        }
+    }
+
     /// `hc` or `hc/suffix`, decoded, for the token audience check.
     pub(crate) fn audience_path(&self) -> String {
         let suffix = percent_encoding::percent_decode_str(&self.suffix).decode_utf8_lossy();
@@ -203,15 +222,7 @@ async fn listen(
     }
     let accept_key =
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
-    let claim = Claim {
-        headers: req.headers(),
-        query: &r.query,
-        transport: r.transport,
-        hc: &r.hc.name,
-        path: &r.hc.name,
-        needs: Rights::LISTEN,
-        required: true,
-    };
+    let claim = r.claim(req.headers(), &r.hc.name, Rights::LISTEN, true);
     let Authorized { expires_at, .. } = authorize(shared, claim).await?;
     let base_url = base_url(shared, req.headers(), r.transport);
     let upgrade = hyper::upgrade::on(&mut req);
@@ -228,15 +239,12 @@ async fn connect(
     let accept_key =
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
     let audience = r.audience_path();
-    let claim = Claim {
-        headers: req.headers(),
-        query: &r.query,
-        transport: r.transport,
-        hc: &r.hc.name,
-        path: &audience,
-        needs: Rights::SEND,
-        required: r.hc.requires_client_authorization,
-    };
+    let claim = r.claim(
+        req.headers(),
+        &audience,
+        Rights::SEND,
+        r.hc.requires_client_authorization,
+    );
     let authorized = authorize(shared, claim).await?;
     let listener = shared
         .presence
