@@ -111,6 +111,49 @@ fn battery(store: &dyn Store) {
     assert!(!store.revoke_grant("alice", &register).unwrap());
     assert!(store.person("alice").unwrap().unwrap().0.rights.is_empty());
     assert!(store.person("nobody").unwrap().is_none());
+
+    let token = EnrollmentToken {
+        hash: "ab".repeat(32),
+        person: "alice".into(),
+        hybrid_connections: vec!["orders".into(), "edge/a".into()],
+        name: Some("site-7".into()),
+        expires_at_ms: 10_000,
+    };
+    store.add_enrollment_token(&token).unwrap();
+    assert_eq!(
+        store.burn_enrollment_token(&token.hash, 20_000).unwrap(),
+        None,
+        "expired"
+    );
+    let fresh = EnrollmentToken {
+        hash: "cd".repeat(32),
+        expires_at_ms: 30_000,
+        ..token
+    };
+    store.add_enrollment_token(&fresh).unwrap();
+    assert_eq!(
+        store.burn_enrollment_token(&fresh.hash, 20_000).unwrap(),
+        Some(fresh.clone())
+    );
+    assert_eq!(
+        store.burn_enrollment_token(&fresh.hash, 20_000).unwrap(),
+        None,
+        "single use"
+    );
+    assert_eq!(store.burn_enrollment_token("unknown", 0).unwrap(), None);
+
+    let record = ListenerRecord {
+        id: "l-1".into(),
+        name: "site-7".into(),
+        person: "alice".into(),
+        hybrid_connections: vec!["orders".into()],
+        key_fingerprint: "ff".repeat(32),
+        serial: "01".repeat(16),
+        not_after_ms: 99,
+        revoked_at_ms: None,
+    };
+    store.add_listener(&record).unwrap();
+    assert_eq!(store.listeners().unwrap(), [record]);
 }
 
 fn temp_db(name: &str) -> PathBuf {

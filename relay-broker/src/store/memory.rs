@@ -5,7 +5,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use relay_core::sas::SharedAccessKey;
 
-use super::{AuditEvent, Grant, Person, Snapshot, SnapshotCell, Store, StoreError};
+use super::{
+    AuditEvent, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot, SnapshotCell, Store,
+    StoreError,
+};
 use crate::config::HybridConnection;
 
 /// Audit events kept in memory; the oldest are dropped beyond this.
@@ -18,6 +21,8 @@ pub struct MemoryStore {
     audit: RwLock<VecDeque<AuditEvent>>,
     /// By lower-cased name: the person and their password hash.
     persons: RwLock<std::collections::BTreeMap<String, (Person, String)>>,
+    enrollment: RwLock<std::collections::HashMap<String, EnrollmentToken>>,
+    listeners: RwLock<Vec<ListenerRecord>>,
 }
 
 impl MemoryStore {
@@ -28,6 +33,8 @@ impl MemoryStore {
             snapshot: SnapshotCell::new(Snapshot::from_config(hcs, rules)),
             audit: RwLock::new(VecDeque::new()),
             persons: RwLock::default(),
+            enrollment: RwLock::default(),
+            listeners: RwLock::default(),
         }
     }
 }
@@ -138,5 +145,43 @@ impl Store for MemoryStore {
         let before = person.rights.len();
         person.rights.retain(|g| g != grant);
         Ok(person.rights.len() != before)
+    }
+
+    fn add_enrollment_token(&self, token: &EnrollmentToken) -> Result<(), StoreError> {
+        let mut tokens = self
+            .enrollment
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        tokens.retain(|_, t| t.expires_at_ms > token.expires_at_ms.saturating_sub(86_400_000));
+        tokens.insert(token.hash.clone(), token.clone());
+        Ok(())
+    }
+
+    fn burn_enrollment_token(
+        &self,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<EnrollmentToken>, StoreError> {
+        let mut tokens = self
+            .enrollment
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(tokens.remove(hash).filter(|t| t.expires_at_ms > now_ms))
+    }
+
+    fn add_listener(&self, listener: &ListenerRecord) -> Result<(), StoreError> {
+        self.listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener.clone());
+        Ok(())
+    }
+
+    fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError> {
+        Ok(self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone())
     }
 }

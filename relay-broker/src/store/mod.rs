@@ -89,6 +89,42 @@ pub struct Grant {
     pub pattern: String,
 }
 
+/// A single-use enrollment token, stored by its SHA-256 only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrollmentToken {
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// The person who minted it; registration happens on their behalf.
+    pub person: String,
+    /// Hybrid connections the registered listener may use.
+    pub hybrid_connections: Vec<String>,
+    /// Listener name to record, if chosen when minting.
+    pub name: Option<String>,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// A registered listener: its key fingerprint mapped to the person who registered it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ListenerRecord {
+    /// Listener id (also the certificate's CN).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The registering person.
+    pub person: String,
+    /// Hybrid connections granted at registration.
+    pub hybrid_connections: Vec<String>,
+    /// SHA-256 of the subject public key, hex.
+    pub key_fingerprint: String,
+    /// Serial of the current certificate, hex.
+    pub serial: String,
+    /// Expiry of the current certificate, ms since the Unix epoch.
+    pub not_after_ms: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<u64>,
+}
+
 /// Namespace entities, rules and audit.
 pub trait Store: Send + Sync + 'static {
     /// The hybrid connection with this name (case-insensitive), if it exists.
@@ -117,6 +153,19 @@ pub trait Store: Send + Sync + 'static {
     fn grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError>;
     /// Removes a grant; `Ok(false)` when it did not exist.
     fn revoke_grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError>;
+    /// Stores a new enrollment token.
+    fn add_enrollment_token(&self, token: &EnrollmentToken) -> Result<(), StoreError>;
+    /// Uses a token atomically: returns it once if it exists and has not expired at
+    /// `now_ms`, and never again.
+    fn burn_enrollment_token(
+        &self,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<EnrollmentToken>, StoreError>;
+    /// Records a registered listener.
+    fn add_listener(&self, listener: &ListenerRecord) -> Result<(), StoreError>;
+    /// Every registered listener, oldest first.
+    fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError>;
 }
 
 /// The snapshot behind a lock, with the read and bookkeeping both stores share.

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use relay_core::sas::SharedAccessKey;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{AuditEvent, Grant, Person, Snapshot, SnapshotCell, Store, StoreError};
+use super::{
+    AuditEvent, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot, SnapshotCell, Store,
+    StoreError,
+};
 use crate::config::HybridConnection;
 
 /// Schema migrations; the index + 1 is the version. Never edit one that has shipped.
@@ -46,6 +49,26 @@ const MIGRATIONS: &[&str] = &[
         right_name TEXT NOT NULL,
         pattern TEXT NOT NULL,
         PRIMARY KEY (person, right_name, pattern)
+    );",
+    // 3: enrollment tokens (hashes only) and registered listeners.
+    "CREATE TABLE enrollment_tokens (
+        hash TEXT PRIMARY KEY,
+        person TEXT NOT NULL,
+        hybrid_connections TEXT NOT NULL,
+        name TEXT,
+        expires_at_ms INTEGER NOT NULL,
+        used_at_ms INTEGER
+    );
+    CREATE TABLE listeners (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        person TEXT NOT NULL,
+        hybrid_connections TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER,
+        created_at_ms INTEGER NOT NULL
     );",
 ];
 
@@ -292,6 +315,82 @@ impl Store for SqliteStore {
             "DELETE FROM person_rights WHERE person = ?1 AND right_name = ?2 AND pattern = ?3",
             params![name, grant.right, grant.pattern],
         )? > 0)
+    }
+
+    fn add_enrollment_token(&self, token: &EnrollmentToken) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO enrollment_tokens (hash, person, hybrid_connections, name, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token.hash, token.person, token.hybrid_connections.join("\n"), token.name, token.expires_at_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    fn burn_enrollment_token(
+        &self,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<EnrollmentToken>, StoreError> {
+        // One statement marks it used and returns it, so two redeemers cannot both win.
+        let row = self
+            .conn()
+            .query_row(
+                "UPDATE enrollment_tokens SET used_at_ms = ?2 WHERE hash = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2
+                 RETURNING person, hybrid_connections, name, expires_at_ms",
+                params![hash, now_ms as i64],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(person, hcs, name, expires)| EnrollmentToken {
+            hash: hash.into(),
+            person,
+            hybrid_connections: hcs.split('\n').map(str::to_owned).collect(),
+            name,
+            expires_at_ms: expires as u64,
+        }))
+    }
+
+    fn add_listener(&self, l: &ListenerRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO listeners (id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                l.id,
+                l.name,
+                l.person,
+                l.hybrid_connections.join("\n"),
+                l.key_fingerprint,
+                l.serial,
+                l.not_after_ms as i64,
+                l.revoked_at_ms.map(|v| v as i64),
+                AuditEvent::now("", "", "").at_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms
+             FROM listeners ORDER BY created_at_ms, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ListenerRecord {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                person: r.get(2)?,
+                hybrid_connections: r
+                    .get::<_, String>(3)?
+                    .split('\n')
+                    .map(str::to_owned)
+                    .collect(),
+                key_fingerprint: r.get(4)?,
+                serial: r.get(5)?,
+                not_after_ms: r.get::<_, i64>(6)? as u64,
+                revoked_at_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }
 
