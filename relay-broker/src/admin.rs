@@ -41,6 +41,118 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/persons/{name}/disable", post(disable_person))
         .route("/persons/{name}/grants", post(grant).delete(revoke))
         .route("/audit", get(audit))
+        .route("/enrollment-tokens", post(mint_enrollment_token))
+}
+
+/// Whether a grant's pattern covers a hybrid connection: exact (case-insensitive), or a
+/// prefix when the pattern ends in `*`.
+pub(crate) fn pattern_covers(pattern: &str, hc: &str) -> bool {
+    let (pattern, hc) = (pattern.to_ascii_lowercase(), hc.to_ascii_lowercase());
+    match pattern.strip_suffix('*') {
+        Some(prefix) => hc.starts_with(prefix),
+        None => pattern == hc,
+    }
+}
+
+/// Checks that an active person may register listeners on every one of `hcs`.
+pub(crate) fn may_register(person: &Person, hcs: &[String]) -> std::result::Result<(), RelayError> {
+    if person.disabled {
+        return Err(RelayError::Forbidden(format!(
+            "person '{}' is disabled",
+            person.name
+        )));
+    }
+    for hc in hcs {
+        let covered = person
+            .rights
+            .iter()
+            .any(|g| g.right == "listener.register" && pattern_covers(&g.pattern, hc));
+        if !covered {
+            return Err(RelayError::Forbidden(format!(
+                "person '{}' lacks listener.register on '{hc}'",
+                person.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Validates the hybrid connection list of a registration.
+pub(crate) fn checked_hcs(hcs: &[String]) -> std::result::Result<Vec<String>, RelayError> {
+    let hcs: Vec<String> = hcs
+        .iter()
+        .map(|h| h.trim().trim_matches('/').to_owned())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hcs.is_empty()
+        || hcs.len() > 32
+        || hcs
+            .iter()
+            .any(|h| h.len() > relay_core::address::MAX_NAME_LEN)
+    {
+        return Err(RelayError::BadRequest(
+            "hybrid_connections: 1 to 32 names".into(),
+        ));
+    }
+    Ok(hcs)
+}
+
+#[derive(Deserialize)]
+struct MintToken {
+    person: String,
+    hybrid_connections: Vec<String>,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct MintedToken {
+    token: String,
+    expires_at_ms: u64,
+}
+
+/// Mints a single-use enrollment token for unattended installs (10 minutes by default, a day
+/// at most). Only its SHA-256 is stored; the token is shown once.
+async fn mint_enrollment_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<MintToken>,
+) -> Result<Json<MintedToken>> {
+    require_manage(&shared, &headers)?;
+    let hcs = checked_hcs(&body.hybrid_connections)?;
+    let ttl = body.ttl_secs.unwrap_or(600);
+    if !(1..=86_400).contains(&ttl) {
+        return Err(RelayError::BadRequest("ttl_secs: 1 to 86400".into()).into());
+    }
+    let store = Arc::clone(&shared.store);
+    let minted = blocking(move || {
+        let Some((person, _)) = store.person(&body.person)? else {
+            return Ok(Err(RelayError::NotFound("person".into())));
+        };
+        if let Err(e) = may_register(&person, &hcs) {
+            return Ok(Err(e));
+        }
+        let token = crate::registration::new_secret();
+        let expires_at_ms = AuditEvent::now("", "", "").at_ms + ttl * 1000;
+        store.add_enrollment_token(&crate::store::EnrollmentToken {
+            hash: crate::registration::sha256_hex(&token),
+            person: person.name.clone(),
+            hybrid_connections: hcs.clone(),
+            name: body.name,
+            expires_at_ms,
+        })?;
+        store.append_audit(&AuditEvent::now(
+            "enrollment.mint",
+            &person.name,
+            &hcs.join(","),
+        ))?;
+        Ok(Ok(MintedToken {
+            token,
+            expires_at_ms,
+        }))
+    })
+    .await??;
+    Ok(Json(minted))
 }
 
 /// A failure answered with the broker's usual status and JSON error body.

@@ -34,6 +34,7 @@ mod control;
 mod http_relay;
 mod limiter;
 mod pump;
+mod registration;
 mod rendezvous;
 mod routes;
 mod secure_fs;
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) next_listener: AtomicU64,
     /// The certificate authority, when `[ca]` is configured.
     pub(crate) ca: Option<Arc<ca::CertificateAuthority>>,
+    /// Lifetime of listener certificates (`[ca].cert_lifetime_hours`).
+    pub(crate) ca_lifetime: std::time::Duration,
     pub(crate) counters: Counters,
 }
 
@@ -149,6 +152,7 @@ impl Broker {
             )?;
             if let Some(shared) = Arc::get_mut(&mut broker.shared) {
                 shared.ca = Some(Arc::new(authority));
+                shared.ca_lifetime = ca.cert_lifetime;
             }
         }
         Ok(broker)
@@ -187,6 +191,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             next_listener: AtomicU64::new(1),
             ca: None,
+            ca_lifetime: std::time::Duration::from_secs(7 * 86_400),
             counters: Counters::default(),
         };
         Self {

@@ -31,6 +31,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
         .nest(crate::admin::PREFIX, crate::admin::router())
+        .route(
+            crate::registration::PATH,
+            axum::routing::post(crate::registration::register),
+        )
         .fallback(dispatch)
         .with_state(shared)
 }

@@ -1,0 +1,207 @@
+//! Listener registration, `POST /$register/v1/listeners`: a person (password or enrollment
+//! token) asks for a certificate for a key the listener made itself. The broker checks the
+//! person and their right on every hybrid connection, checks the CSR, issues a certificate
+//! from its CA, records the listener with its key fingerprint against the person, and audits
+//! it. No SAS token is involved; failures are throttled like SAS failures.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use argon2::PasswordVerifier as _;
+use argon2::password_hash::PasswordHash;
+use axum::Json;
+use axum::extract::State;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::admin::{AdminError, checked_hcs, may_register};
+use crate::ca::CaError;
+use crate::limiter::AuthLimiter;
+use crate::store::{AuditEvent, ListenerRecord};
+use crate::{RelayError, Shared, Transport};
+
+/// Path of the registration call.
+pub(crate) const PATH: &str = "/$register/v1/listeners";
+
+/// A 256-bit random secret, base64url.
+pub(crate) fn new_secret() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+pub(crate) fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The registration request.
+#[derive(Deserialize)]
+pub(crate) struct Register {
+    /// PEM CSR for the listener's own key.
+    csr: String,
+    /// Hybrid connections to listen on (ignored with an enrollment token, which fixes them).
+    #[serde(default)]
+    hybrid_connections: Vec<String>,
+    /// Listener name.
+    name: Option<String>,
+    /// Interactive form: the person and their password.
+    person: Option<String>,
+    password: Option<String>,
+    /// Unattended form: a token the person minted.
+    enrollment_token: Option<String>,
+}
+
+/// What a registered listener keeps.
+#[derive(Serialize)]
+pub(crate) struct Registered {
+    listener_id: String,
+    /// The listener's certificate, PEM.
+    certificate: String,
+    /// Issuing CA then root, PEM: the chain the listener presents after its certificate.
+    chain: String,
+    hybrid_connections: Vec<String>,
+    not_after_ms: u64,
+}
+
+pub(crate) async fn register(
+    State(shared): State<Arc<Shared>>,
+    transport: Option<axum::Extension<Transport>>,
+    Json(body): Json<Register>,
+) -> Result<Json<Registered>, AdminError> {
+    let Some(ca) = shared.ca.clone() else {
+        return Err(
+            RelayError::NotFound("registration (configure [ca] on the broker)".into()).into(),
+        );
+    };
+    let ip = transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.0.peer.ip());
+    let credential =
+        AuthLimiter::fingerprint(body.enrollment_token.as_deref().or(body.person.as_deref()));
+    if shared.limiter.is_throttled(ip, credential) {
+        shared.limiter.hold().await;
+        return Err(RelayError::Throttled.into());
+    }
+    let shared2 = Arc::clone(&shared);
+    let outcome = tokio::task::spawn_blocking(move || register_blocking(&shared2, &ca, body))
+        .await
+        .map_err(|e| RelayError::Internal(e.to_string()))?;
+    if let Err(e) = &outcome {
+        if e.status() == http::StatusCode::UNAUTHORIZED {
+            shared.limiter.record_failure(ip, credential);
+            Shared::count(&shared.counters.auth_failures);
+        }
+        let detail = e.to_string();
+        let store = Arc::clone(&shared.store);
+        let _ = tokio::task::spawn_blocking(move || {
+            store.append_audit(&AuditEvent::now("registration.rejected", "", &detail))
+        })
+        .await;
+    }
+    Ok(Json(outcome?))
+}
+
+fn register_blocking(
+    shared: &Shared,
+    ca: &crate::ca::CertificateAuthority,
+    body: Register,
+) -> Result<Registered, RelayError> {
+    let store = &shared.store;
+    let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
+    let now_ms = AuditEvent::now("", "", "").at_ms;
+    let (person_name, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
+        (Some(token), _, _) => {
+            let token = store
+                .burn_enrollment_token(&sha256_hex(token), now_ms)
+                .map_err(internal)?
+                .ok_or({
+                    RelayError::Unauthorized(relay_core::sas::SasError::Malformed(
+                        "enrollment token unknown, used or expired",
+                    ))
+                })?;
+            (
+                token.person,
+                token.hybrid_connections,
+                token.name.or(body.name),
+            )
+        }
+        (None, Some(person), Some(password)) => {
+            let found = store.person(person).map_err(internal)?;
+            // The same answer for an unknown person and a wrong password.
+            let verified = found.as_ref().is_some_and(|(_, hash)| {
+                PasswordHash::new(hash).is_ok_and(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+            });
+            if !verified {
+                return Err(RelayError::Unauthorized(
+                    relay_core::sas::SasError::Malformed("person or password is wrong"),
+                ));
+            }
+            (
+                person.clone(),
+                checked_hcs(&body.hybrid_connections)?,
+                body.name,
+            )
+        }
+        _ => {
+            return Err(RelayError::BadRequest(
+                "give enrollment_token, or person and password".into(),
+            ));
+        }
+    };
+    // Rights are re-checked at use, not only when a token was minted.
+    let (person, _) = store
+        .person(&person_name)
+        .map_err(internal)?
+        .ok_or_else(|| RelayError::Forbidden("person no longer exists".into()))?;
+    may_register(&person, &hcs)?;
+    let listener_id = uuid::Uuid::new_v4().to_string();
+    let lifetime = shared.ca_lifetime;
+    let issued = ca
+        .issue(
+            &body.csr,
+            &listener_id,
+            lifetime,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| match e {
+            CaError::InvalidCsr(_) | CaError::KeyNotAllowed(_) => {
+                RelayError::BadRequest(e.to_string())
+            }
+            other => RelayError::Internal(other.to_string()),
+        })?;
+    let not_after_ms = (issued.not_after.unix_timestamp().max(0) as u64) * 1000;
+    let record = ListenerRecord {
+        id: listener_id.clone(),
+        name: name.unwrap_or_else(|| listener_id.clone()),
+        person: person.name.clone(),
+        hybrid_connections: hcs.clone(),
+        key_fingerprint: issued.key_fingerprint.clone(),
+        serial: issued.serial.clone(),
+        not_after_ms,
+        revoked_at_ms: None,
+    };
+    store.add_listener(&record).map_err(internal)?;
+    let detail = format!("listener {listener_id} for {}", hcs.join(","));
+    store
+        .append_audit(&AuditEvent::now("listener.register", &person.name, &detail))
+        .map_err(internal)?;
+    let issue_detail = format!("serial {} key {}", issued.serial, issued.key_fingerprint);
+    store
+        .append_audit(&AuditEvent::now(
+            "certificate.issue",
+            &listener_id,
+            &issue_detail,
+        ))
+        .map_err(internal)?;
+    Ok(Registered {
+        listener_id,
+        certificate: issued.pem,
+        chain: ca.chain_pem(),
+        hybrid_connections: hcs,
+        not_after_ms,
+    })
+}
