@@ -9,6 +9,8 @@
 //! | `POST /persons/{name}/disable` | disables a person |
 //! | `POST /persons/{name}/grants {right, pattern}` / `DELETE` the same | grants or revokes a right |
 //! | `GET /audit?since_ms=N&limit=N` | audit events, oldest first |
+//! | `POST /enrollment-tokens {person, hybrid_connections, name?, ttl_secs?}` | mints a single-use token |
+//! | `GET /listeners` | registered listeners |
 
 use std::sync::Arc;
 
@@ -42,6 +44,16 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/persons/{name}/grants", post(grant).delete(revoke))
         .route("/audit", get(audit))
         .route("/enrollment-tokens", post(mint_enrollment_token))
+        .route("/listeners", get(list_listeners))
+}
+
+async fn list_listeners(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::store::ListenerRecord>>> {
+    require_manage(&shared, &headers)?;
+    let store = Arc::clone(&shared.store);
+    Ok(Json(blocking(move || store.listeners()).await?))
 }
 
 /// Whether a grant's pattern covers a hybrid connection: exact (case-insensitive), or a

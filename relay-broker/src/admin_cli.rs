@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use relay_core::connection_string::{http_base, ws_base};
-use relay_io::client::{Target, dial};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Where the running broker is and how to prove the Manage right.
 #[derive(Args, Debug)]
@@ -32,11 +30,47 @@ pub(crate) enum AdminCommand {
     /// Manage persons who may register listeners.
     #[command(subcommand)]
     Person(PersonCommand),
+    /// Mint single-use enrollment tokens for unattended listener installs.
+    #[command(subcommand, name = "enrollment-token")]
+    EnrollmentToken(EnrollmentTokenCommand),
+    /// Registered listeners.
+    #[command(subcommand)]
+    Listener(ListenerCommand),
     /// Print audit events.
     Audit {
         /// Only events at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum EnrollmentTokenCommand {
+    /// Mint a token on a person's behalf; it is printed once.
+    Create {
+        /// The person the listener is registered for.
+        #[arg(long)]
+        person: String,
+        /// Hybrid connections, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        hc: Vec<String>,
+        /// Listener name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds (default 600).
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ListenerCommand {
+    /// List registered listeners: id, name, person, hybrid connections, state.
+    List {
         #[command(flatten)]
         connection: AdminConnection,
     },
@@ -85,6 +119,42 @@ pub(crate) enum PersonCommand {
 pub(crate) async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Person(p) => person(p).await,
+        AdminCommand::EnrollmentToken(EnrollmentTokenCommand::Create {
+            person,
+            hc,
+            name,
+            ttl,
+            connection,
+        }) => {
+            let body = serde_json::json!({ "person": person, "hybrid_connections": hc, "name": name, "ttl_secs": ttl });
+            let reply = call(&connection, "POST", "/enrollment-tokens", Some(body)).await?;
+            println!("{}", text(&reply["token"]));
+            Ok(())
+        }
+        AdminCommand::Listener(ListenerCommand::List { connection }) => {
+            let rows = call(&connection, "GET", "/listeners", None).await?;
+            for l in rows.as_array().into_iter().flatten() {
+                let hcs: Vec<String> = l["hybrid_connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                let state = if l["revoked_at_ms"].is_null() {
+                    "active"
+                } else {
+                    "revoked"
+                };
+                println!(
+                    "{}  {}  {}  {}  {state}",
+                    text(&l["id"]),
+                    text(&l["name"]),
+                    text(&l["person"]),
+                    hcs.join(",")
+                );
+            }
+            Ok(())
+        }
         AdminCommand::Audit { since, connection } => {
             let since_ms = match since {
                 Some(s) => {
@@ -207,8 +277,8 @@ fn segment(name: &str) -> String {
     relay_core::address::encode_name(name).replace('/', "%2F")
 }
 
-/// One HTTP/1.1 call to `/$admin/v1{path}`; returns the JSON body or an error with the
-/// broker's message and tracking id.
+/// One call to `/$admin/v1{path}`; returns the JSON body or an error with the broker's
+/// message and tracking id, and a hint.
 async fn call(
     c: &AdminConnection,
     method: &str,
@@ -231,83 +301,22 @@ async fn call(
         key,
         now + 300,
     );
-    let target = Target::parse(&format!(
-        "{}{}{path}",
-        ws_base(endpoint),
-        relay_broker::admin::PREFIX
-    ))?;
-    let tls = relay_io::tls::client_config(c.ca_cert.as_deref())?;
-    let mut io = dial(&target, Some(&tls))
-        .await
-        .with_context(|| format!("connecting to {endpoint}"))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nServiceBusAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        target.path_and_query,
-        target.authority,
-        body.len()
-    );
-    io.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    io.read_to_end(&mut raw).await?;
-    let (status, reply) = parse_response(&raw)?;
-    let json: serde_json::Value = serde_json::from_slice(&reply).unwrap_or(serde_json::Value::Null);
-    if !(200..300).contains(&status) {
-        let message = json["error"]["message"].as_str().map_or_else(
-            || String::from_utf8_lossy(&reply).into_owned(),
-            str::to_owned,
-        );
-        let hint = match status {
+    let url = format!("{}{}{path}", ws_base(endpoint), relay_broker::admin::PREFIX);
+    let reply = relay_cli::http::call(
+        &url,
+        method,
+        &[("ServiceBusAuthorization", &token)],
+        body.as_ref(),
+        c.ca_cert.as_deref(),
+    )
+    .await?;
+    if !(200..300).contains(&reply.status) {
+        let hint = match reply.status {
             401 => " (check --sas-key-name and --sas-key)",
             403 => " (the rule needs the Manage right for the whole namespace)",
             _ => "",
         };
-        bail!("{status} from broker: {message}{hint}");
+        bail!("{} from broker: {}{hint}", reply.status, reply.message());
     }
-    Ok(json)
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(len) = resp.parse(raw)? else {
-        bail!("truncated response from the broker")
-    };
-    let chunked = resp.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked")
-    });
-    let status = resp.code.unwrap_or(0);
-    let body = &raw[len..];
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)?
-        } else {
-            body.to_vec()
-        },
-    ))
-}
-
-fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunked body")?;
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&body[..line_end])?
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim(),
-            16,
-        )?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(body.get(..size).context("bad chunked body")?);
-        body = body.get(size + 2..).context("bad chunked body")?;
-    }
+    Ok(reply.json)
 }

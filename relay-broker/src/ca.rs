@@ -21,7 +21,7 @@ use rcgen::{
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
-use crate::secure_fs::{create_private_dir, write_atomic};
+use relay_io::secure_fs::{create_private_dir, write_atomic};
 
 /// Clock skew tolerated by backdating `notBefore`.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);

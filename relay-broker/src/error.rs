@@ -19,6 +19,9 @@ pub enum RelayError {
     /// Token missing or invalid.
     #[error("{0}")]
     Unauthorized(SasError),
+    /// A person's password or an enrollment token was refused.
+    #[error("{0}")]
+    BadCredentials(&'static str),
     /// Valid token without the needed right, or a full listener quota.
     #[error("{0}")]
     Forbidden(String),
@@ -86,7 +89,7 @@ impl RelayError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(e) if e.status() == 403 => StatusCode::FORBIDDEN,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::BadCredentials(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::RendezvousExpired => StatusCode::FORBIDDEN,
             Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
             Self::NoListener | Self::ListenerFailed(_) => StatusCode::BAD_GATEWAY,
@@ -103,6 +106,7 @@ impl RelayError {
             Self::BadRequest(_) => "BadRequest",
             Self::EndpointNotFound => "EndpointNotFound",
             Self::Unauthorized(_) => "TokenMissingOrInvalid",
+            Self::BadCredentials(_) => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::RendezvousExpired => "RendezvousExpired",
             Self::Throttled => "TooManyRequests",

@@ -37,7 +37,7 @@ mod pump;
 mod registration;
 mod rendezvous;
 mod routes;
-mod secure_fs;
+
 mod server;
 
 use std::net::SocketAddr;

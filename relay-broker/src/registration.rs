@@ -115,9 +115,7 @@ fn register_blocking(
                 .burn_enrollment_token(&sha256_hex(token), now_ms)
                 .map_err(internal)?
                 .ok_or({
-                    RelayError::Unauthorized(relay_core::sas::SasError::Malformed(
-                        "enrollment token unknown, used or expired",
-                    ))
+                    RelayError::BadCredentials("the enrollment token is unknown, used or expired")
                 })?;
             (
                 token.person,
@@ -136,8 +134,8 @@ fn register_blocking(
                 })
             });
             if !verified {
-                return Err(RelayError::Unauthorized(
-                    relay_core::sas::SasError::Malformed("person or password is wrong"),
+                return Err(RelayError::BadCredentials(
+                    "the person or password is wrong",
                 ));
             }
             (

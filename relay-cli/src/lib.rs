@@ -30,6 +30,9 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+pub mod http;
+
+/// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {

@@ -14,11 +14,13 @@
 //! | [`client`] | the client upgrade over TCP or TLS, with the response's status and headers |
 //! | [`server`] | checking an upgrade request and building the `101` answer |
 //! | [`splice`] | a client WebSocket spliced to TCP without intermediate copies, with half-close |
+//! | [`secure_fs`] | atomic writes of secrets with mode 0600, private directories |
 //! | [`tls`] | rustls client configuration: webpki roots plus an optional private CA |
 
 pub mod client;
 pub mod message;
 pub mod reader;
+pub mod secure_fs;
 pub mod server;
 pub mod splice;
 pub mod stream;

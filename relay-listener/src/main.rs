@@ -32,6 +32,33 @@ struct Cli {
 enum Command {
     /// Listen on a hybrid connection and forward each connection to a TCP target.
     Run(RunArgs),
+    /// Register this listener: make a key here, send a CSR, store the certificate.
+    Register(RegisterArgs),
+}
+
+#[derive(Args, Debug)]
+struct RegisterArgs {
+    /// The broker, e.g. https://relay.example.com:9400.
+    #[arg(long, env = "RELAY_ENDPOINT")]
+    endpoint: String,
+    /// The person registering (password from RELAY_PERSON_PASSWORD or a prompt).
+    #[arg(long)]
+    person: Option<String>,
+    /// Hybrid connections, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    hc: Vec<String>,
+    /// Listener name.
+    #[arg(long)]
+    name: Option<String>,
+    /// A single-use token minted by the person (unattended installs) instead of --person.
+    #[arg(long, env = "RELAY_ENROLLMENT_TOKEN", hide_env_values = true)]
+    enrollment_token: Option<String>,
+    /// Directory for the key (mode 0600), certificate and registration details.
+    #[arg(long)]
+    identity: PathBuf,
+    /// Extra trusted root (PEM) for a broker with a private CA.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -52,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format, "info");
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Register(args) => register(args).await,
     }
 }
 
@@ -77,5 +105,80 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     listener
         .run(Arc::new(TcpForward::new(args.forward)), shutdown)
         .await;
+    Ok(())
+}
+
+/// Makes a P-256 key locally (it never leaves this machine), registers its CSR, and writes
+/// key, certificate chain and details atomically into the identity directory.
+async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let mut body = match (&args.enrollment_token, &args.person) {
+        (Some(token), _) => serde_json::json!({ "enrollment_token": token }),
+        (None, Some(person)) => {
+            anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person");
+            let password = match std::env::var("RELAY_PERSON_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprint!("Password for {person}: ");
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password")?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            serde_json::json!({ "person": person, "password": password, "hybrid_connections": args.hc })
+        }
+        (None, None) => anyhow::bail!("give --person (with --hc) or --enrollment-token"),
+    };
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)?
+        .pem()?;
+    body["csr"] = csr.into();
+    if let Some(name) = &args.name {
+        body["name"] = name.clone().into();
+    }
+    let base = relay_core::connection_string::http_base(&args.endpoint);
+    let url = format!("{base}/$register/v1/listeners");
+    let reply =
+        relay_cli::http::call(&url, "POST", &[], Some(&body), args.ca_cert.as_deref()).await?;
+    if reply.status != 200 {
+        let hint = match reply.status {
+            401 => " (the password or enrollment token is wrong, used or expired)",
+            403 => {
+                " (the person is disabled or lacks listener.register on these hybrid connections)"
+            }
+            404 => " (the broker has no [ca] configured)",
+            _ => "",
+        };
+        anyhow::bail!("{} from broker: {}{hint}", reply.status, reply.message());
+    }
+    let r = &reply.json;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    relay_io::secure_fs::create_private_dir(&args.identity)?;
+    let write = |name: &str, body: &str, secret: bool| {
+        let path = args.identity.join(name);
+        relay_io::secure_fs::write_atomic(&path, body.as_bytes(), secret)
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write("key.pem", &key.serialize_pem(), true)?;
+    write(
+        "cert.pem",
+        &format!("{}{}", text(&r["certificate"]), text(&r["chain"])),
+        false,
+    )?;
+    let details = serde_json::json!({
+        "listener_id": r["listener_id"],
+        "endpoint": args.endpoint,
+        "hybrid_connections": r["hybrid_connections"],
+        "not_after_ms": r["not_after_ms"],
+    });
+    write("listener.json", &details.to_string(), false)?;
+    println!(
+        "registered listener {} for {}; identity in {}",
+        text(&r["listener_id"]),
+        r["hybrid_connections"],
+        args.identity.display()
+    );
     Ok(())
 }

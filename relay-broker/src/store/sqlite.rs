@@ -94,7 +94,7 @@ impl SqliteStore {
         rules: &[SharedAccessKey],
     ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::secure_fs::create_private_dir(dir)
+            relay_io::secure_fs::create_private_dir(dir)
                 .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)

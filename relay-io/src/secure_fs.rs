@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 /// Writes `contents` to `path` atomically; `secret` files get mode 0600 on Unix.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -29,7 +29,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> std::i
 }
 
 /// Creates a directory (and parents) that only the owner can enter, on Unix.
-pub(crate) fn create_private_dir(path: &Path) -> std::io::Result<()> {
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(path)?;
     set_private_dir(path)
 }
