@@ -145,7 +145,7 @@ async fn mint_enrollment_token(
             return Ok(Err(e));
         }
         let token = crate::registration::new_secret();
-        let expires_at_ms = AuditEvent::now("", "", "").at_ms + ttl * 1000;
+        let expires_at_ms = crate::store::now_ms() + ttl * 1000;
         store.add_enrollment_token(&crate::store::EnrollmentToken {
             hash: crate::registration::sha256_hex(&token),
             person: person.name.clone(),

@@ -267,7 +267,8 @@ fn random_serial() -> [u8; 16] {
     serial
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as serials and fingerprints are shown and stored.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -30,10 +30,7 @@ pub(crate) fn new_secret() -> String {
 }
 
 pub(crate) fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::ca::hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// The registration request.
@@ -108,7 +105,7 @@ fn register_blocking(
 ) -> Result<Registered, RelayError> {
     let store = &shared.store;
     let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
-    let now_ms = AuditEvent::now("", "", "").at_ms;
+    let now_ms = crate::store::now_ms();
     let (person_name, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
         (Some(token), _, _) => {
             let token = store

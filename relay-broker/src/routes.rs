@@ -136,7 +136,7 @@ async fn route(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if header_bytes > MAX_HEADER_BYTES {
         return Err(RelayError::HeadersTooLarge(MAX_HEADER_BYTES));
     }

@@ -33,6 +33,14 @@ fn der(pem_text: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// DER of the first certificate in a PEM chain (the issuing CA in `chain_pem`).
+fn first_cert_der(chain: &str) -> Vec<u8> {
+    der(chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap())
+}
+
 #[test]
 fn issues_the_profile_and_nothing_from_the_csr() {
     let dir = temp_dir("profile");
@@ -81,10 +89,7 @@ fn issues_the_profile_and_nothing_from_the_csr() {
 
     // Signed by the issuing CA, whose own signature comes from the root.
     let chain = ca.chain_pem();
-    let issuing_der = der(chain
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap());
+    let issuing_der = first_cert_der(&chain);
     let (_, issuing) = X509Certificate::from_der(&issuing_der).unwrap();
     cert.verify_signature(Some(issuing.public_key())).unwrap();
     let root_der = der(ca.root_pem());
@@ -166,10 +171,7 @@ fn created_once_then_loaded_with_private_keys() {
     let leaf_der = der(&issued.pem);
     let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
     let chain = first.chain_pem();
-    let issuing_der = der(chain
-        .split_inclusive("-----END CERTIFICATE-----\n")
-        .next()
-        .unwrap());
+    let issuing_der = first_cert_der(&chain);
     let (_, issuing) = X509Certificate::from_der(&issuing_der).unwrap();
     cert.verify_signature(Some(issuing.public_key())).unwrap();
 

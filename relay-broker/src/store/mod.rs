@@ -57,16 +57,21 @@ impl AuditEvent {
     /// An event stamped now.
     #[must_use]
     pub fn now(kind: &str, subject: &str, detail: &str) -> Self {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         Self {
-            at_ms,
+            at_ms: now_ms(),
             kind: kind.into(),
             subject: subject.into(),
             detail: detail.into(),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock of every stored timestamp.
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A person who may register and manage listeners.

@@ -182,7 +182,7 @@ impl Store for SqliteStore {
         let inserted = conn.execute(
             "INSERT INTO hybrid_connections (name, requires_client_authorization, created_at_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO NOTHING",
-            params![hc.name, hc.requires_client_authorization, AuditEvent::now("", "", "").at_ms as i64],
+            params![hc.name, hc.requires_client_authorization, crate::store::now_ms() as i64],
         )?;
         if inserted == 0 {
             return Err(StoreError::Conflict(hc.name));
@@ -229,7 +229,7 @@ impl Store for SqliteStore {
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
         let inserted = self.conn().execute(
             "INSERT INTO persons (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
-            params![name, password_hash, AuditEvent::now("", "", "").at_ms as i64],
+            params![name, password_hash, crate::store::now_ms() as i64],
         )?;
         if inserted == 0 {
             return Err(StoreError::Conflict(name.into()));
@@ -362,7 +362,7 @@ impl Store for SqliteStore {
                 l.serial,
                 l.not_after_ms as i64,
                 l.revoked_at_ms.map(|v| v as i64),
-                AuditEvent::now("", "", "").at_ms as i64
+                crate::store::now_ms() as i64
             ],
         )?;
         Ok(())
