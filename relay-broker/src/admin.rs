@@ -1,16 +1,20 @@
 //! The versioned administration API, `/$admin/v1/...` (the `$` keeps it apart from hybrid
-//! connection names). Every call needs a namespace-wide SAS token with the Manage right, so
-//! changes made by `relay-broker person ...` take effect on the running broker at once.
+//! connection names), so changes made by `relay-broker person ...` take effect on the
+//! running broker at once. Callers are an administrator (a namespace-wide SAS token with
+//! the Manage right) or a person with a personal API token (`Authorization: Bearer rpt_...`)
+//! acting within their rights.
 //!
-//! | call | effect |
-//! |---|---|
-//! | `POST /persons {name, password}` | adds a person (password hashed with argon2id) |
-//! | `GET /persons` | lists persons and their rights |
-//! | `POST /persons/{name}/disable` | disables a person |
-//! | `POST /persons/{name}/grants {right, pattern}` / `DELETE` the same | grants or revokes a right |
-//! | `GET /audit?since_ms=N&limit=N` | audit events, oldest first |
-//! | `POST /enrollment-tokens {person, hybrid_connections, name?, ttl_secs?}` | mints a single-use token |
-//! | `GET /listeners` | registered listeners |
+//! | call | who | effect |
+//! |---|---|---|
+//! | `POST /persons {name, password}` | admin | adds a person (password hashed with argon2id) |
+//! | `GET /persons` | admin | lists persons and their rights |
+//! | `POST /persons/{name}/disable` | admin | disables a person and closes their listeners |
+//! | `POST /persons/{name}/grants {right, pattern}` / `DELETE` | admin | grants or revokes a right |
+//! | `POST /persons/{name}/tokens` | admin | mints a personal API token, shown once |
+//! | `GET /audit?since_ms=N&limit=N` | admin, `audit.read` | audit events, oldest first |
+//! | `POST /enrollment-tokens {person, hybrid_connections, name?, ttl_secs?}` | admin, the person | mints a single-use token |
+//! | `GET /listeners` | admin, `listener.manage` | registered listeners (a person sees those in their patterns) |
+//! | `POST /listeners/{id}/revoke` | admin, `listener.manage`, the registering person | revokes; closes its channels at once |
 
 use std::sync::Arc;
 
@@ -24,7 +28,7 @@ use relay_core::tracking::TrackingId;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::unix_now;
-use crate::store::{AuditEvent, Grant, Person, StoreError};
+use crate::store::{AuditEvent, Grant, ListenerRecord, Person, StoreError};
 use crate::{RelayError, Shared};
 
 /// Path prefix of the administration API.
@@ -42,18 +46,184 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/persons", get(list_persons).post(add_person))
         .route("/persons/{name}/disable", post(disable_person))
         .route("/persons/{name}/grants", post(grant).delete(revoke))
+        .route("/persons/{name}/tokens", post(mint_person_token))
         .route("/audit", get(audit))
         .route("/enrollment-tokens", post(mint_enrollment_token))
         .route("/listeners", get(list_listeners))
+        .route("/listeners/{id}/revoke", post(revoke_listener))
 }
+
+/// Who is calling.
+enum Caller {
+    /// A namespace Manage credential: everything.
+    Admin,
+    /// A person with a personal API token: their rights only.
+    Person(Person),
+}
+
+impl Caller {
+    /// Whether the caller holds `right` on `hc` (an admin holds every right).
+    fn holds(&self, right: &str, hc: &str) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Person(p) => p
+                .rights
+                .iter()
+                .any(|g| g.right == right && pattern_covers(&g.pattern, hc)),
+        }
+    }
+
+    /// Whether the caller holds `right` on any pattern at all.
+    fn holds_any(&self, right: &str) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Person(p) => p.rights.iter().any(|g| g.right == right),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Admin => "admin",
+            Self::Person(p) => &p.name,
+        }
+    }
+
+    fn may_manage(&self, listener: &ListenerRecord) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Person(p) => {
+                p.name.eq_ignore_ascii_case(&listener.person)
+                    || listener
+                        .hybrid_connections
+                        .iter()
+                        .all(|hc| self.holds("listener.manage", hc))
+            }
+        }
+    }
+}
+
+/// Prefix of personal API tokens, so they are recognisable in logs and secret scanners.
+const PERSON_TOKEN_PREFIX: &str = "rpt_";
 
 async fn list_listeners(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-) -> Result<Json<Vec<crate::store::ListenerRecord>>> {
+) -> Result<Json<Vec<ListenerRecord>>> {
+    let caller = caller(&shared, &headers).await?;
+    if !caller.holds_any("listener.manage") {
+        return Err(forbidden(&caller, "listener.manage"));
+    }
+    let store = Arc::clone(&shared.store);
+    let mut listeners = blocking(move || store.listeners()).await?;
+    listeners.retain(|l| caller.may_manage(l));
+    Ok(Json(listeners))
+}
+
+/// Revokes a listener: its certificates are refused from now on, and its control channels
+/// and relayed connections close at once.
+async fn revoke_listener(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ListenerRecord>> {
+    let caller = caller(&shared, &headers).await?;
+    let store = Arc::clone(&shared.store);
+    let actor = caller.name().to_owned();
+    let (id2, store2) = (id.clone(), Arc::clone(&store));
+    let Some(listener) = blocking(move || store2.listener(&id2)).await? else {
+        return Err(RelayError::NotFound(format!("listener '{id}'")).into());
+    };
+    if !caller.may_manage(&listener) {
+        return Err(forbidden(&caller, "listener.manage"));
+    }
+    let revoked = blocking(move || {
+        if store.revoke_listener(&id, crate::store::now_ms())? {
+            store.append_audit(&AuditEvent::now(
+                "listener.revoke",
+                &id,
+                &format!("by {actor}; serial {}", listener.serial),
+            ))?;
+        }
+        store.listener(&id)
+    })
+    .await?
+    .ok_or_else(|| RelayError::Internal("listener vanished".into()))?;
+    // Close after the store refuses it, so a reconnect cannot slip in between.
+    shared.sessions.close(&revoked.id);
+    Ok(Json(revoked))
+}
+
+#[derive(Serialize)]
+struct MintedPersonToken {
+    token: String,
+}
+
+/// Mints a personal API token; only its SHA-256 is stored, the token is shown once.
+async fn mint_person_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<MintedPersonToken>> {
     require_manage(&shared, &headers)?;
     let store = Arc::clone(&shared.store);
-    Ok(Json(blocking(move || store.listeners()).await?))
+    let token = blocking(move || {
+        let Some((person, _)) = store.person(&name)? else {
+            return Ok(None);
+        };
+        let token = format!("{PERSON_TOKEN_PREFIX}{}", crate::registration::new_secret());
+        store.add_person_token(&crate::registration::sha256_hex(&token), &person.name)?;
+        store.append_audit(&AuditEvent::now("person.token", &person.name, ""))?;
+        Ok(Some(token))
+    })
+    .await?
+    .ok_or_else(|| RelayError::NotFound("person".into()))?;
+    Ok(Json(MintedPersonToken { token }))
+}
+
+/// The enabled person a personal API token belongs to; the same answer for every failure.
+pub(crate) fn person_by_token(
+    store: &dyn crate::store::Store,
+    token: &str,
+) -> std::result::Result<Person, RelayError> {
+    const WRONG: &str = "the personal API token is unknown or its person is disabled";
+    if !token.starts_with(PERSON_TOKEN_PREFIX) {
+        return Err(RelayError::BadCredentials(WRONG));
+    }
+    let internal = |e: StoreError| RelayError::Internal(e.to_string());
+    let name = store
+        .person_for_token(&crate::registration::sha256_hex(token))
+        .map_err(internal)?
+        .ok_or(RelayError::BadCredentials(WRONG))?;
+    match store.person(&name).map_err(internal)? {
+        Some((person, _)) if !person.disabled => Ok(person),
+        _ => Err(RelayError::BadCredentials(WRONG)),
+    }
+}
+
+/// The caller: a personal API token (`Bearer rpt_...`) or a namespace Manage SAS token.
+async fn caller(shared: &Arc<Shared>, headers: &HeaderMap) -> Result<Caller> {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| t.starts_with(PERSON_TOKEN_PREFIX))
+        .map(str::to_owned);
+    let Some(token) = bearer else {
+        require_manage(shared, headers)?;
+        return Ok(Caller::Admin);
+    };
+    let store = Arc::clone(&shared.store);
+    let found = tokio::task::spawn_blocking(move || person_by_token(&*store, &token))
+        .await
+        .map_err(|e| AdminError(RelayError::Internal(e.to_string())))?;
+    found.map(Caller::Person).map_err(|e| {
+        Shared::count(&shared.counters.auth_failures);
+        e.into()
+    })
+}
+
+fn forbidden(caller: &Caller, right: &str) -> AdminError {
+    RelayError::Forbidden(format!("{} lacks {right} for this", caller.name())).into()
 }
 
 /// Whether a grant's pattern covers a hybrid connection: exact (case-insensitive), or a
@@ -130,7 +300,17 @@ async fn mint_enrollment_token(
     headers: HeaderMap,
     Json(body): Json<MintToken>,
 ) -> Result<Json<MintedToken>> {
-    require_manage(&shared, &headers)?;
+    let caller = caller(&shared, &headers).await?;
+    // A person mints for themselves; their right is checked below like anyone's.
+    if let Caller::Person(p) = &caller {
+        if !p.name.eq_ignore_ascii_case(&body.person) {
+            return Err(RelayError::Forbidden(format!(
+                "{} may mint enrollment tokens only for themselves",
+                p.name
+            ))
+            .into());
+        }
+    }
     let hcs = checked_hcs(&body.hybrid_connections)?;
     let ttl = body.ttl_secs.unwrap_or(600);
     if !(1..=86_400).contains(&ttl) {
@@ -285,11 +465,19 @@ async fn disable_person(
 ) -> Result<Json<Person>> {
     require_manage(&shared, &headers)?;
     let store = Arc::clone(&shared.store);
+    let shared2 = Arc::clone(&shared);
     let found = blocking(move || {
         if !store.set_person_disabled(&name, true)? {
             return Ok(None);
         }
-        store.append_audit(&AuditEvent::now("person.disable", &name, ""))?;
+        // Everything the person registered stops now: their listeners fail the person
+        // check from here on, and what they have open is closed.
+        let closed = crate::identity::close_person(&*store, &shared2.sessions, &name);
+        store.append_audit(&AuditEvent::now(
+            "person.disable",
+            &name,
+            &format!("closed the sessions of {closed} listeners"),
+        ))?;
         Ok(store.person(&name)?.map(|(p, _)| p))
     })
     .await?;
@@ -392,7 +580,10 @@ async fn audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditRow>>> {
-    require_manage(&shared, &headers)?;
+    let caller = caller(&shared, &headers).await?;
+    if !caller.holds_any("audit.read") {
+        return Err(forbidden(&caller, "audit.read"));
+    }
     let store = Arc::clone(&shared.store);
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let events = blocking(move || store.audit(q.since_ms.unwrap_or(0), limit)).await?;

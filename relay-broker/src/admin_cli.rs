@@ -19,6 +19,9 @@ pub(crate) struct AdminConnection {
     /// Its key (prefer RELAY_SAS_KEY).
     #[arg(long, env = "RELAY_SAS_KEY", hide_env_values = true)]
     sas_key: Option<String>,
+    /// Act as a person with their personal API token instead (their rights only).
+    #[arg(long, env = "RELAY_PERSON_TOKEN", hide_env_values = true, conflicts_with_all = ["sas_key_name", "sas_key"])]
+    person_token: Option<String>,
     /// Extra trusted root (PEM) for a broker with a private CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -74,6 +77,13 @@ pub(crate) enum ListenerCommand {
         #[command(flatten)]
         connection: AdminConnection,
     },
+    /// Revoke a listener: its certificates are refused and its connections close at once.
+    Revoke {
+        /// The listener id (see `listener list`).
+        id: String,
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,7 +102,13 @@ pub(crate) enum PersonCommand {
         #[command(flatten)]
         connection: AdminConnection,
     },
-    /// Disable a person.
+    /// Mint a personal API token for a person; it is printed once.
+    Token {
+        name: String,
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// Disable a person; the listeners they registered are disconnected and refused.
     Disable {
         name: String,
         #[command(flatten)]
@@ -129,6 +145,12 @@ pub(crate) async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let body = serde_json::json!({ "person": person, "hybrid_connections": hc, "name": name, "ttl_secs": ttl });
             let reply = call(&connection, "POST", "/enrollment-tokens", Some(body)).await?;
             println!("{}", text(&reply["token"]));
+            Ok(())
+        }
+        AdminCommand::Listener(ListenerCommand::Revoke { id, connection }) => {
+            let path = format!("/listeners/{}/revoke", segment(&id));
+            call(&connection, "POST", &path, None).await?;
+            println!("revoked listener {id}");
             Ok(())
         }
         AdminCommand::Listener(ListenerCommand::List { connection }) => {
@@ -198,6 +220,12 @@ pub(crate) async fn run(command: AdminCommand) -> anyhow::Result<()> {
 
 async fn person(command: PersonCommand) -> anyhow::Result<()> {
     let (connection, method, path, body) = match command {
+        PersonCommand::Token { name, connection } => {
+            let path = format!("/persons/{}/tokens", segment(&name));
+            let reply = call(&connection, "POST", &path, None).await?;
+            println!("{}", text(&reply["token"]));
+            return Ok(());
+        }
         PersonCommand::Add {
             name,
             password_env,
@@ -289,31 +317,35 @@ async fn call(
         .endpoint
         .as_deref()
         .context("--endpoint (or RELAY_ENDPOINT) is required")?;
-    let (Some(key_name), Some(key)) = (&c.sas_key_name, &c.sas_key) else {
-        bail!("--sas-key-name and --sas-key (or RELAY_SAS_KEY_NAME / RELAY_SAS_KEY) are required");
+    let header = match (&c.person_token, &c.sas_key_name, &c.sas_key) {
+        (Some(token), _, _) => ("Authorization", format!("Bearer {token}")),
+        (None, Some(key_name), Some(key)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let audience = format!("{}/", http_base(endpoint));
+            let token = relay_core::sas::create_token(&audience, key_name, key, now + 300);
+            ("ServiceBusAuthorization", token)
+        }
+        _ => bail!(
+            "--sas-key-name and --sas-key (or RELAY_SAS_KEY_NAME / RELAY_SAS_KEY), or --person-token, are required"
+        ),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let token = relay_core::sas::create_token(
-        &format!("{}/", http_base(endpoint)),
-        key_name,
-        key,
-        now + 300,
-    );
     let url = format!("{}{}{path}", ws_base(endpoint), relay_broker::admin::PREFIX);
     let reply = relay_cli::http::call(
         &url,
         method,
-        &[("ServiceBusAuthorization", &token)],
+        &[(header.0, &header.1)],
         body.as_ref(),
         c.ca_cert.as_deref(),
     )
     .await?;
     if !(200..300).contains(&reply.status) {
-        let hint = match reply.status {
-            401 => " (check --sas-key-name and --sas-key)",
-            403 => " (the rule needs the Manage right for the whole namespace)",
+        let hint = match (reply.status, c.person_token.is_some()) {
+            (401, false) => " (check --sas-key-name and --sas-key)",
+            (401, true) => " (the personal API token is wrong, or its person is disabled)",
+            (403, false) => " (the rule needs the Manage right for the whole namespace)",
+            (403, true) => " (the person lacks the right this needs)",
             _ => "",
         };
         bail!("{} from broker: {}{hint}", reply.status, reply.message());

@@ -71,6 +71,17 @@ pub struct IssuedCertificate {
     pub not_after: OffsetDateTime,
 }
 
+/// The listener a verified client certificate names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Listener id.
+    pub listener_id: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// Expiry, Unix seconds.
+    pub not_after: u64,
+}
+
 /// The root and issuing CA.
 pub struct CertificateAuthority {
     dir: PathBuf,
@@ -183,6 +194,34 @@ impl CertificateAuthority {
         &self.root_pem
     }
 
+    /// The issuing CA, DER: the only trust anchor for listener client certificates.
+    pub fn issuing_der(&self) -> Result<rustls_pki_types::CertificateDer<'static>, CaError> {
+        rustls_pemfile::certs(&mut self.issuing_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                CaError::Corrupt(self.dir.clone(), "issuing.pem holds no certificate".into())
+            })
+    }
+
+    /// Who a verified client certificate names: its listener id (from the SAN URI this CA
+    /// writes), serial and expiry. `None` for a certificate this CA's profile did not make.
+    #[must_use]
+    pub fn identify(&self, der: &[u8]) -> Option<PeerCertificate> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let prefix = self.listener_uri("");
+        let san = cert.subject_alternative_name().ok()??;
+        let listener_id = san.value.general_names.iter().find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(prefix.as_str()),
+            _ => None,
+        })?;
+        Some(PeerCertificate {
+            listener_id: listener_id.to_owned(),
+            serial: hex(cert.raw_serial()),
+            not_after: cert.validity().not_after.timestamp().max(0) as u64,
+        })
+    }
+
     /// The SAN URI that names a listener.
     #[must_use]
     pub fn listener_uri(&self, listener_id: &str) -> String {
@@ -227,9 +266,13 @@ impl CertificateAuthority {
         let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        // The serial as encoded (DER drops a leading zero byte): what TLS peers present.
+        let serial = x509_parser::parse_x509_certificate(cert.der())
+            .map(|(_, c)| hex(c.raw_serial()))
+            .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
-            serial: hex(&serial),
+            serial,
             key_fingerprint: hex(&Sha256::digest(csr.public_key.der_bytes())),
             not_after: params.not_after,
         })

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::auth::check_renewal;
+use crate::identity::{CLOSE_REVOKED, CertSession};
 use crate::presence::{ListenerHandle, Outbound};
 use crate::rendezvous::{ListenerResponse, ResponseBody};
 use crate::routes::{Resolved, relay_io_halves};
@@ -41,6 +42,7 @@ pub(crate) fn start(
     r: &Resolved,
     base_url: String,
     expires_at: u64,
+    cert: Option<CertSession>,
 ) -> Result<(), RelayError> {
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
     let handle = ListenerHandle {
@@ -49,6 +51,7 @@ pub(crate) fn start(
         base_url: base_url.into(),
         tx,
         close: shared.shutdown.child_token(),
+        revoked: cert.as_ref().map(|c| c.revoked.clone()),
     };
     shared
         .presence
@@ -59,7 +62,14 @@ pub(crate) fn start(
                 shared.limits.max_listeners_per_hc, r.hc.name
             ))
         })?;
-    let span = tracing::info_span!("listener", hc = %handle.hc, listener = handle.id, tracking = %r.tracking);
+    let identity = cert
+        .as_ref()
+        .map_or_else(String::new, |c| c.listener_id.to_string());
+    let span = tracing::info_span!("listener", hc = %handle.hc, listener = handle.id, identity, tracking = %r.tracking);
+    let who = match &cert {
+        Some(c) => format!("{} listener {}", r.hc.name, c.listener_id),
+        None => r.hc.name.clone(),
+    };
     let shared = Arc::clone(shared);
     let tracking = r.tracking.clone();
     shared.tasks.clone().spawn(
@@ -67,12 +77,12 @@ pub(crate) fn start(
             if let Ok(upgraded) = upgrade.await {
                 tracing::info!("listener connected");
                 Shared::count(&shared.counters.listener_connects);
-                audit(&shared, "listener.connect", &handle.hc, &tracking);
+                audit(&shared, "listener.connect", &who, &tracking);
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
-                let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at);
+                let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at, cert);
                 channel.run(reader, writer, rx).await;
                 Shared::count(&shared.counters.listener_disconnects);
-                audit(&shared, "listener.disconnect", &handle.hc, &tracking);
+                audit(&shared, "listener.disconnect", &who, &tracking);
             }
             shared.presence.unregister(&handle.hc, handle.id);
             shared.rendezvous.drop_listener(handle.id);
@@ -83,9 +93,13 @@ pub(crate) fn start(
     Ok(())
 }
 
+fn audit(shared: &Arc<Shared>, kind: &'static str, subject: &str, tracking: &TrackingId) {
+    audit_event(shared, kind, subject, &format!("TrackingId:{tracking}"));
+}
+
 /// Records an audit event off the runtime threads (a durable store syncs to disk).
-fn audit(shared: &Arc<Shared>, kind: &'static str, hc: &str, tracking: &TrackingId) {
-    let event = crate::store::AuditEvent::now(kind, hc, &format!("TrackingId:{tracking}"));
+pub(crate) fn audit_event(shared: &Arc<Shared>, kind: &str, subject: &str, detail: &str) {
+    let event = crate::store::AuditEvent::now(kind, subject, detail);
     let store = Arc::clone(&shared.store);
     shared.tasks.spawn_blocking(move || {
         if let Err(e) = store.append_audit(&event) {
@@ -109,6 +123,9 @@ struct Channel<'a> {
     /// When the listener was last heard from, in ms since `epoch`.
     last_seen: AtomicU64,
     epoch: Instant,
+    /// Set for certificate listeners: `expires_at` is then the certificate's notAfter, and
+    /// revocation closes the channel.
+    cert: Option<CertSession>,
 }
 
 impl<'a> Channel<'a> {
@@ -117,6 +134,7 @@ impl<'a> Channel<'a> {
         handle: &'a ListenerHandle,
         tracking: TrackingId,
         expires_at: u64,
+        cert: Option<CertSession>,
     ) -> Self {
         Self {
             shared,
@@ -125,6 +143,7 @@ impl<'a> Channel<'a> {
             expires_at: AtomicU64::new(expires_at),
             last_seen: AtomicU64::new(0),
             epoch: Instant::now(),
+            cert,
         }
     }
 
@@ -162,11 +181,15 @@ impl<'a> Channel<'a> {
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// How long until the token (plus grace) runs out; zero once it has.
+    /// How long until the token (plus grace) or the certificate (no grace) runs out; zero
+    /// once it has.
     fn time_left(&self) -> Duration {
-        let deadline = UNIX_EPOCH
-            + Duration::from_secs(self.expires_at.load(Ordering::Relaxed))
-            + self.shared.limits.token_grace;
+        let grace = match self.cert {
+            Some(_) => Duration::ZERO,
+            None => self.shared.limits.token_grace,
+        };
+        let deadline =
+            UNIX_EPOCH + Duration::from_secs(self.expires_at.load(Ordering::Relaxed)) + grace;
         deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
@@ -180,6 +203,13 @@ impl<'a> Channel<'a> {
     ) {
         let interval = self.shared.limits.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        let revoked = async {
+            match &self.cert {
+                Some(c) => c.revoked.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(revoked);
         let result: Result<(), WsError> = async {
             loop {
                 let expiry = Instant::now() + self.time_left();
@@ -196,6 +226,11 @@ impl<'a> Channel<'a> {
                         }
                         None => return Ok(()),
                     },
+                    () = &mut revoked => {
+                        tracing::info!("listener revoked; closing its control channel");
+                        writer.close(CLOSE_REVOKED, &self.text("Listener revoked")).await?;
+                        return Ok(());
+                    }
                     () = self.handle.close.cancelled() => {
                         writer.close(close_code::GOING_AWAY, &self.text("The broker is shutting down")).await?;
                         return Ok(());
@@ -220,8 +255,9 @@ impl<'a> Channel<'a> {
                     }
                     () = tokio::time::sleep_until(expiry) => {
                         if self.time_left().is_zero() {
-                            tracing::info!("token expired without renewal");
-                            writer.close(close_code::POLICY_VIOLATION, &self.text("Token expired")).await?;
+                            let what = if self.cert.is_some() { "Certificate expired" } else { "Token expired" };
+                            tracing::info!(what, "credential expired");
+                            writer.close(close_code::POLICY_VIOLATION, &self.text(what)).await?;
                             return Ok(());
                         }
                     }
@@ -331,6 +367,10 @@ impl<'a> Channel<'a> {
             text.as_bytes(),
             self.shared.limits.max_control_message_bytes,
         ) {
+            // A certificate's lifetime is not extended by a token.
+            Ok(ListenerCommand::RenewToken(_)) if self.cert.is_some() => {
+                self.unsolicited(state, "renewToken on a certificate channel");
+            }
             Ok(ListenerCommand::RenewToken(renew)) => {
                 match check_renewal(self.shared, &self.handle.hc, &renew.token) {
                     Ok(expires_at) => {

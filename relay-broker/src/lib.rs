@@ -32,6 +32,7 @@ pub mod store;
 mod auth;
 mod control;
 mod http_relay;
+mod identity;
 mod limiter;
 mod pump;
 mod registration;
@@ -75,6 +76,9 @@ pub enum OpenError {
     /// The certificate authority could not be loaded or created.
     #[error(transparent)]
     Ca(#[from] ca::CaError),
+    /// The TLS files could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub(crate) struct Shared {
@@ -96,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) ca: Option<Arc<ca::CertificateAuthority>>,
     /// Lifetime of listener certificates (`[ca].cert_lifetime_hours`).
     pub(crate) ca_lifetime: std::time::Duration,
+    /// What revocation closes, per certificate-authenticated listener.
+    pub(crate) sessions: identity::Sessions,
     pub(crate) counters: Counters,
 }
 
@@ -164,6 +170,22 @@ impl Broker {
         self.shared.ca.as_deref()
     }
 
+    /// A TLS server configuration from PEM files that also verifies listener client
+    /// certificates against this broker's CA, when one is configured (the certificate stays
+    /// optional, so SAS clients share the port).
+    pub fn server_tls(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Arc<rustls::ServerConfig>, OpenError> {
+        let client_cas = match &self.shared.ca {
+            Some(ca) => vec![ca.issuing_der()?],
+            None => Vec::new(),
+        };
+        relay_io::tls::server_config_with_client_ca(cert, key, &client_cas)
+            .map_err(|e| OpenError::Tls(e.to_string()))
+    }
+
     /// The store (for administration and audit).
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -192,6 +214,7 @@ impl Broker {
             next_listener: AtomicU64::new(1),
             ca: None,
             ca_lifetime: std::time::Duration::from_secs(7 * 86_400),
+            sessions: identity::Sessions::default(),
             counters: Counters::default(),
         };
         Self {

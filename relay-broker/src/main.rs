@@ -51,15 +51,16 @@ async fn main() -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("--bind '{bind}' is not host:port"))?;
     }
+    // Durable state first: a broken store or CA fails before the port is announced.
+    let broker = Broker::open(&config).context("opening the store and certificate authority")?;
     let tls = match &config.tls {
         Some(files) => Some(
-            relay_io::tls::server_config(&files.cert, &files.key)
+            broker
+                .server_tls(&files.cert, &files.key)
                 .context("loading [server] tls_cert/tls_key")?,
         ),
         None => None,
     };
-    // Durable state first: a broken store or CA fails before the port is announced.
-    let broker = Broker::open(&config).context("opening the store and certificate authority")?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

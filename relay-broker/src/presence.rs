@@ -31,8 +31,11 @@ pub struct ListenerHandle {
     pub base_url: Arc<str>,
     /// Its control channel's outgoing queue.
     pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled to close the control channel (revocation, shutdown).
+    /// Cancelled to close the control channel (shutdown).
     pub close: CancellationToken,
+    /// For certificate listeners: cancelled on revocation, which also cuts the connections
+    /// relayed to this listener.
+    pub revoked: Option<CancellationToken>,
 }
 
 /// The hybrid connection already has its maximum number of listeners.
@@ -142,6 +145,7 @@ mod tests {
             base_url: "ws://x".into(),
             tx: mpsc::channel(1).0,
             close: CancellationToken::new(),
+            revoked: None,
         }
     }
 

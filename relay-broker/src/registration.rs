@@ -1,8 +1,13 @@
-//! Listener registration, `POST /$register/v1/listeners`: a person (password or enrollment
-//! token) asks for a certificate for a key the listener made itself. The broker checks the
-//! person and their right on every hybrid connection, checks the CSR, issues a certificate
-//! from its CA, records the listener with its key fingerprint against the person, and audits
-//! it. No SAS token is involved; failures are throttled like SAS failures.
+//! Listener registration, `POST /$register/v1/listeners`: a person (password, personal API
+//! token or enrollment token) asks for a certificate for a key the listener made itself. The
+//! broker checks the person and their right on every hybrid connection, checks the CSR,
+//! issues a certificate from its CA, records the listener with its key fingerprint against
+//! the person, and audits it. No SAS token is involved; failures are throttled like SAS
+//! failures.
+//!
+//! Renewal, `POST /$register/v1/renew`, is authenticated by the listener's current client
+//! certificate alone and needs a new key; it is refused once the listener was revoked or
+//! its person lost the right.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -17,12 +22,15 @@ use sha2::{Digest as _, Sha256};
 
 use crate::admin::{AdminError, checked_hcs, may_register};
 use crate::ca::CaError;
+use crate::ca::PeerCertificate;
 use crate::limiter::AuthLimiter;
-use crate::store::{AuditEvent, ListenerRecord};
+use crate::store::{AuditEvent, CertificateRecord, ListenerRecord};
 use crate::{RelayError, Shared, Transport};
 
 /// Path of the registration call.
 pub(crate) const PATH: &str = "/$register/v1/listeners";
+/// Path of the renewal call.
+pub(crate) const RENEW_PATH: &str = "/$register/v1/renew";
 
 /// A 256-bit random secret, base64url.
 pub(crate) fn new_secret() -> String {
@@ -46,8 +54,17 @@ pub(crate) struct Register {
     /// Interactive form: the person and their password.
     person: Option<String>,
     password: Option<String>,
+    /// Interactive form without a password: the person's API token.
+    person_token: Option<String>,
     /// Unattended form: a token the person minted.
     enrollment_token: Option<String>,
+}
+
+/// The renewal request.
+#[derive(Deserialize)]
+pub(crate) struct Renew {
+    /// PEM CSR for a new key.
+    csr: String,
 }
 
 /// What a registered listener keeps.
@@ -73,8 +90,12 @@ pub(crate) async fn register(
         );
     };
     let ip = transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.0.peer.ip());
-    let credential =
-        AuthLimiter::fingerprint(body.enrollment_token.as_deref().or(body.person.as_deref()));
+    let credential = AuthLimiter::fingerprint(
+        body.enrollment_token
+            .as_deref()
+            .or(body.person_token.as_deref())
+            .or(body.person.as_deref()),
+    );
     if shared.limiter.is_throttled(ip, credential) {
         shared.limiter.hold().await;
         return Err(RelayError::Throttled.into());
@@ -107,6 +128,15 @@ fn register_blocking(
     let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
     let now_ms = crate::store::now_ms();
     let (person_name, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
+        (None, _, None) if body.person_token.is_some() => {
+            let token = body.person_token.as_deref().unwrap_or_default();
+            let person = crate::admin::person_by_token(&**store, token)?;
+            (
+                person.name,
+                checked_hcs(&body.hybrid_connections)?,
+                body.name,
+            )
+        }
         (Some(token), _, _) => {
             let token = store
                 .burn_enrollment_token(&sha256_hex(token), now_ms)
@@ -143,7 +173,7 @@ fn register_blocking(
         }
         _ => {
             return Err(RelayError::BadRequest(
-                "give enrollment_token, or person and password".into(),
+                "give enrollment_token, person_token, or person and password".into(),
             ));
         }
     };
@@ -155,20 +185,8 @@ fn register_blocking(
     may_register(&person, &hcs)?;
     let listener_id = uuid::Uuid::new_v4().to_string();
     let lifetime = shared.ca_lifetime;
-    let issued = ca
-        .issue(
-            &body.csr,
-            &listener_id,
-            lifetime,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| match e {
-            CaError::InvalidCsr(_) | CaError::KeyNotAllowed(_) => {
-                RelayError::BadRequest(e.to_string())
-            }
-            other => RelayError::Internal(other.to_string()),
-        })?;
-    let not_after_ms = (issued.not_after.unix_timestamp().max(0) as u64) * 1000;
+    let issued = issue(ca, &body.csr, &listener_id, lifetime)?;
+    let not_after_ms = ms(issued.not_after);
     let record = ListenerRecord {
         id: listener_id.clone(),
         name: name.unwrap_or_else(|| listener_id.clone()),
@@ -179,7 +197,7 @@ fn register_blocking(
         not_after_ms,
         revoked_at_ms: None,
     };
-    store.add_listener(&record).map_err(internal)?;
+    store.add_listener(&record).map_err(key_conflict)?;
     let detail = format!("listener {listener_id} for {}", hcs.join(","));
     store
         .append_audit(&AuditEvent::now("listener.register", &person.name, &detail))
@@ -198,5 +216,105 @@ fn register_blocking(
         chain: ca.chain_pem(),
         hybrid_connections: hcs,
         not_after_ms,
+    })
+}
+
+fn issue(
+    ca: &crate::ca::CertificateAuthority,
+    csr: &str,
+    listener_id: &str,
+    lifetime: std::time::Duration,
+) -> Result<crate::ca::IssuedCertificate, RelayError> {
+    ca.issue(csr, listener_id, lifetime, time::OffsetDateTime::now_utc())
+        .map_err(|e| match e {
+            CaError::InvalidCsr(_) | CaError::KeyNotAllowed(_) => {
+                RelayError::BadRequest(e.to_string())
+            }
+            other => RelayError::Internal(other.to_string()),
+        })
+}
+
+/// A key already bound to a certificate is refused: one key, one listener, one certificate.
+fn key_conflict(e: crate::store::StoreError) -> RelayError {
+    match e {
+        crate::store::StoreError::Conflict(_) => RelayError::Conflict(
+            "key_reuse: this key already has a certificate; make a new key".into(),
+        ),
+        other => RelayError::Internal(other.to_string()),
+    }
+}
+
+fn ms(t: time::OffsetDateTime) -> u64 {
+    (t.unix_timestamp().max(0) as u64) * 1000
+}
+
+/// `POST /$register/v1/renew`: a new certificate for a new key, authenticated by the
+/// current certificate. The old certificate stays valid until it expires, so a session
+/// using it is not cut; the listener uses the new one from its next connection.
+pub(crate) async fn renew(
+    State(shared): State<Arc<Shared>>,
+    cert: Option<axum::Extension<Arc<PeerCertificate>>>,
+    Json(body): Json<Renew>,
+) -> Result<Json<Registered>, AdminError> {
+    let Some(ca) = shared.ca.clone() else {
+        return Err(RelayError::NotFound("renewal (configure [ca] on the broker)".into()).into());
+    };
+    let Some(axum::Extension(cert)) = cert else {
+        return Err(RelayError::BadCredentials(
+            "renewal needs the listener's current client certificate (mTLS)",
+        )
+        .into());
+    };
+    let shared2 = Arc::clone(&shared);
+    let cert2 = Arc::clone(&cert);
+    let outcome = tokio::task::spawn_blocking(move || renew_blocking(&shared2, &ca, &cert2, &body))
+        .await
+        .map_err(|e| RelayError::Internal(e.to_string()))?;
+    if let Err(e) = &outcome {
+        let detail = format!("serial {}: {e}", cert.serial);
+        crate::control::audit_event(&shared, "renewal.rejected", &cert.listener_id, &detail);
+    }
+    Ok(Json(outcome?))
+}
+
+fn renew_blocking(
+    shared: &Shared,
+    ca: &crate::ca::CertificateAuthority,
+    cert: &PeerCertificate,
+    body: &Renew,
+) -> Result<Registered, RelayError> {
+    let store = &shared.store;
+    let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
+    let record = crate::identity::authorize_renewal(&**store, cert, crate::store::now_ms())?;
+    let issued = issue(ca, &body.csr, &record.id, shared.ca_lifetime)?;
+    if issued.key_fingerprint == record.key_fingerprint {
+        return Err(RelayError::BadRequest(
+            "rekey_required: renewal needs a new key".into(),
+        ));
+    }
+    let renewed = CertificateRecord {
+        serial: issued.serial.clone(),
+        listener_id: record.id.clone(),
+        key_fingerprint: issued.key_fingerprint.clone(),
+        not_after_ms: ms(issued.not_after),
+    };
+    if !store.renew_listener(&renewed).map_err(key_conflict)? {
+        return Err(RelayError::Forbidden(
+            "the listener no longer exists".into(),
+        ));
+    }
+    let detail = format!(
+        "serial {} key {} replaces serial {}",
+        issued.serial, issued.key_fingerprint, cert.serial
+    );
+    store
+        .append_audit(&AuditEvent::now("certificate.renew", &record.id, &detail))
+        .map_err(internal)?;
+    Ok(Registered {
+        listener_id: record.id,
+        certificate: issued.pem,
+        chain: ca.chain_pem(),
+        hybrid_connections: record.hybrid_connections,
+        not_after_ms: renewed.not_after_ms,
     })
 }

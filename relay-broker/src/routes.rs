@@ -17,7 +17,9 @@ use relay_io::server as handshake;
 use tracing::Instrument as _;
 
 use crate::auth::{Authorized, Claim, authorize};
+use crate::ca::PeerCertificate;
 use crate::config::HybridConnection;
+use crate::identity::{self, CertSession};
 use crate::presence::Outbound;
 use crate::rendezvous::{Arrival, Pending};
 use crate::{RelayError, Shared, Transport, control, http_relay, pump};
@@ -34,6 +36,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
         .route(
             crate::registration::PATH,
             axum::routing::post(crate::registration::register),
+        )
+        .route(
+            crate::registration::RENEW_PATH,
+            axum::routing::post(crate::registration::renew),
         )
         .fallback(dispatch)
         .with_state(shared)
@@ -226,12 +232,53 @@ async fn listen(
     }
     let accept_key =
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
-    let claim = r.claim(req.headers(), &r.hc.name, Rights::LISTEN, true);
-    let Authorized { expires_at, .. } = authorize(shared, claim).await?;
+    // A verified client certificate is the listener's credential; SAS otherwise.
+    let cert = req.extensions().get::<Arc<PeerCertificate>>().cloned();
+    let (expires_at, session) = match cert {
+        Some(cert) => {
+            let session = authorize_certificate(shared, &cert, &r).await?;
+            (cert.not_after, Some(session))
+        }
+        None => {
+            let claim = r.claim(req.headers(), &r.hc.name, Rights::LISTEN, true);
+            let Authorized { expires_at, .. } = authorize(shared, claim).await?;
+            (expires_at.unwrap_or(0), None)
+        }
+    };
     let base_url = base_url(shared, req.headers(), r.transport);
     let upgrade = hyper::upgrade::on(&mut req);
-    control::start(shared, upgrade, &r, base_url, expires_at.unwrap_or(0))?;
+    control::start(shared, upgrade, &r, base_url, expires_at, session)?;
     Ok(switching(&accept_key, None))
+}
+
+/// Checks a certificate listener against the store (off the runtime threads), auditing
+/// refusals, and hands back what closes its session.
+async fn authorize_certificate(
+    shared: &Arc<Shared>,
+    cert: &Arc<PeerCertificate>,
+    r: &Resolved,
+) -> Result<CertSession, RelayError> {
+    // Taken before the check: a revocation landing after it still cancels this token.
+    let revoked = shared.sessions.token(&cert.listener_id);
+    let store = Arc::clone(&shared.store);
+    let (c, hc) = (Arc::clone(cert), r.hc.name.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        identity::authorize_listen(&*store, &c, &hc, crate::store::now_ms())
+    })
+    .await
+    .map_err(|e| RelayError::Internal(e.to_string()))?;
+    match checked {
+        Ok(record) => Ok(CertSession {
+            revoked,
+            listener_id: record.id.into(),
+        }),
+        Err(e) => {
+            Shared::count(&shared.counters.auth_failures);
+            let detail = format!("{}: {e} TrackingId:{}", r.hc.name, r.tracking);
+            control::audit_event(shared, "listener.rejected", &cert.listener_id, &detail);
+            Err(e)
+        }
+    }
 }
 
 /// `sb-hc-action=connect`: a sender wants a WebSocket to a listener.
@@ -316,7 +363,13 @@ async fn connect(
             description,
         }),
         Arrival::Accepted { upgrade, protocol } => {
-            spawn_pair(shared, sender_upgrade, upgrade, &r.tracking);
+            spawn_pair(
+                shared,
+                sender_upgrade,
+                upgrade,
+                &r.tracking,
+                listener.revoked.clone(),
+            );
             Ok(switching(&accept_key, protocol.as_deref()))
         }
     }
@@ -327,11 +380,13 @@ fn spawn_pair(
     sender: hyper::upgrade::OnUpgrade,
     listener: hyper::upgrade::OnUpgrade,
     tracking: &TrackingId,
+    revoked: Option<tokio_util::sync::CancellationToken>,
 ) {
     let buffer = shared.limits.relay_buffer_bytes;
     let shared = Arc::clone(shared);
-    // In-flight connections may finish during the drain; only the hard stop cuts them.
-    let shutdown = shared.hard_stop.clone();
+    // In-flight connections may finish during the drain; only the hard stop cuts them, or
+    // the revocation of a certificate listener.
+    let shutdown = shared.hard_stop.child_token();
     let span = tracing::info_span!("relay", tracking = %tracking);
     let tasks = shared.tasks.clone();
     tasks.spawn(
@@ -345,7 +400,22 @@ fn spawn_pair(
             let counters = &shared.counters;
             counters.sender_connects.fetch_add(1, Ordering::Relaxed);
             counters.active_connections.fetch_add(1, Ordering::Relaxed);
-            let relayed = pump::relay(sender, listener, shutdown, counters).await;
+            let relay = pump::relay(sender, listener, shutdown.clone(), counters);
+            tokio::pin!(relay);
+            let revocation = async {
+                match revoked {
+                    Some(revoked) => revoked.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let relayed = tokio::select! {
+                relayed = &mut relay => relayed,
+                () = revocation => {
+                    // Close both sides at the next frame boundary, as on a hard stop.
+                    shutdown.cancel();
+                    relay.await
+                }
+            };
             counters.active_connections.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(
                 to_listener = relayed.to_listener,

@@ -1,7 +1,6 @@
 //! The accept loop: optional TLS, HTTP/1.1 with bounded headers, upgrades, and a graceful
 //! shutdown that stops accepting, closes control channels with 1001 and drains within a bound.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use relay_core::limits::MAX_HEADER_BYTES;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
+use crate::ca::PeerCertificate;
 use crate::{Broker, Transport};
 
 /// Time a client has to finish the TLS handshake and send its request head.
@@ -68,12 +68,20 @@ pub(crate) async fn serve(
         let router = router.clone();
         let acceptor = acceptor.clone();
         let stop = stop.clone();
+        let broker = broker.clone();
         connections.spawn(async move {
             match acceptor {
-                None => serve_connection(stream, peer, false, router, stop).await,
+                None => {
+                    let transport = Transport { peer, tls: false };
+                    serve_connection(stream, transport, None, router, stop).await;
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, peer, true, router, stop).await,
+                        Ok(Ok(tls)) => {
+                            let cert = client_certificate(&broker, &tls);
+                            let transport = Transport { peer, tls: true };
+                            serve_connection(tls, transport, cert, router, stop).await;
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -106,18 +114,30 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// The listener named by a verified client certificate, if the client presented one.
+fn client_certificate<S>(
+    broker: &Broker,
+    tls: &tokio_rustls::server::TlsStream<S>,
+) -> Option<Arc<PeerCertificate>> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    broker.ca()?.identify(leaf).map(Arc::new)
+}
+
+/// `cert` is `Some` only over TLS with a verified client certificate.
 async fn serve_connection<S>(
     stream: S,
-    peer: SocketAddr,
-    tls: bool,
+    transport: Transport,
+    cert: Option<Arc<PeerCertificate>>,
     router: axum::Router,
     stop: tokio_util::sync::CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let transport = Transport { peer, tls };
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(transport);
+        if let Some(cert) = &cert {
+            req.extensions_mut().insert(Arc::clone(cert));
+        }
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -137,6 +157,6 @@ async fn serve_connection<S>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tracing::debug!(peer = %transport.peer, error = %e, "connection ended with an error");
     }
 }

@@ -12,12 +12,14 @@
 //! | [`message`] | whole-message reads with a size limit, for control traffic |
 //! | [`stream`] | [`WsByteStream`]: binary messages as an `AsyncRead + AsyncWrite` byte stream |
 //! | [`client`] | the client upgrade over TCP or TLS, with the response's status and headers |
+//! | [`http1`] | one-shot HTTP/1.1 JSON calls to the broker's own endpoints |
 //! | [`server`] | checking an upgrade request and building the `101` answer |
 //! | [`splice`] | a client WebSocket spliced to TCP without intermediate copies, with half-close |
 //! | [`secure_fs`] | atomic writes of secrets with mode 0600, private directories |
 //! | [`tls`] | rustls client configuration: webpki roots plus an optional private CA |
 
 pub mod client;
+pub mod http1;
 pub mod message;
 pub mod reader;
 pub mod secure_fs;

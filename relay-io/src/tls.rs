@@ -38,6 +38,23 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, WsError> {
 
 /// A client configuration trusting the public web roots plus, optionally, a private CA.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WsError> {
+    Ok(Arc::new(client_builder(extra_ca)?.with_no_client_auth()))
+}
+
+/// Like [`client_config`], presenting whatever certificate `identity` currently holds (so a
+/// renewed certificate is used from the next handshake on).
+pub fn client_config_with_identity(
+    extra_ca: Option<&Path>,
+    identity: Arc<dyn rustls::client::ResolvesClientCert>,
+) -> Result<Arc<ClientConfig>, WsError> {
+    Ok(Arc::new(
+        client_builder(extra_ca)?.with_client_cert_resolver(identity),
+    ))
+}
+
+fn client_builder(
+    extra_ca: Option<&Path>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, WsError> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -48,21 +65,54 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, WsErr
                 .map_err(|e| WsError::Tls(format!("{}: {e}", path.display())))?;
         }
     }
-    let config = ClientConfig::builder_with_provider(provider())
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| WsError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots))
+}
+
+/// The crypto provider every configuration uses, for signing keys outside a handshake.
+#[must_use]
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    provider()
 }
 
 /// A server configuration from a PEM certificate chain and key. Only HTTP/1.1 is offered:
 /// WebSocket upgrades need it.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, WsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    server_config_with_client_ca(cert, key, &[])
+}
+
+/// Like [`server_config`], and also asks clients for a certificate issued by one of
+/// `client_cas` (trust anchors: an issuing CA here trusts only what it issued, not its
+/// siblings under the same root). A client certificate stays optional, so SAS clients share
+/// the port; one that is presented must verify (chain, validity, clientAuth EKU) or the
+/// handshake fails.
+pub fn server_config_with_client_ca(
+    cert: &Path,
+    key: &Path,
+    client_cas: &[CertificateDer<'static>],
+) -> Result<Arc<ServerConfig>, WsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| WsError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| WsError::Tls(e.to_string()))?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for ca in client_cas {
+            roots
+                .add(ca.clone())
+                .map_err(|e| WsError::Tls(format!("client CA: {e}")))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| WsError::Tls(format!("client CA: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|e| WsError::Tls(format!("{}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

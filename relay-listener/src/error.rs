@@ -16,6 +16,9 @@ pub enum ListenerError {
         /// Close reason, with the broker's tracking id.
         reason: String,
     },
+    /// The certificate was renewed; the control channel reconnects with it at once.
+    #[error("certificate renewed; reconnecting")]
+    Rotated,
     /// Nothing was heard from the broker for too long.
     #[error("no traffic from the broker for {0:?}; the link is dead")]
     Dead(std::time::Duration),
@@ -38,7 +41,12 @@ impl ListenerError {
             Self::Ws(relay_io::WsError::Tls(_)) => {
                 Some("check --ca-cert and the broker's certificate")
             }
-            Self::Closed { code: 1008, .. } => Some("the token expired or its renewal was refused"),
+            Self::Closed { code: 1008, .. } => {
+                Some("the token or certificate expired, or the token's renewal was refused")
+            }
+            Self::Closed { code: 4401, .. } => {
+                Some("this listener was revoked (or its person disabled); register it again")
+            }
             _ => None,
         }
     }

@@ -11,6 +11,7 @@
 //! | [`listener`] | the control channel loop and [`ListenerConfig`] |
 //! | [`handler`] | the [`Handler`] trait, accepted streams, tower service adapter |
 //! | `http` | relayed HTTP: inline or rendezvous responses |
+//! | [`identity`] | a registered listener's key and certificate, and their renewal |
 //! | [`forward`] | a handler that forwards every connection to a TCP target |
 //! | [`token`] | token sources (SAS key, ready token) |
 //! | [`backoff`] | reconnect delays |
@@ -18,6 +19,7 @@
 pub mod backoff;
 pub mod forward;
 pub mod handler;
+pub mod identity;
 pub mod listener;
 pub mod token;
 
@@ -26,5 +28,6 @@ mod http;
 
 pub use error::ListenerError;
 pub use handler::{Handler, IncomingConnection, RelayBody, RelayStream, ServiceHandler, full_body};
-pub use listener::{Listener, ListenerConfig, Status};
+pub use identity::{CertificateIdentity, IdentityError};
+pub use listener::{Credential, Listener, ListenerConfig, Status};
 pub use token::{SasKeySource, StaticToken, Token, TokenSource};

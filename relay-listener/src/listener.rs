@@ -17,8 +17,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::handler::{Handler, IncomingConnection};
+use crate::identity::CertificateIdentity;
 use crate::token::{TokenSource, unix_now};
 use crate::{ListenerError, http};
+
+/// How a listener proves itself on its control channel.
+#[derive(Clone)]
+pub enum Credential {
+    /// A SAS token in `ServiceBusAuthorization`, renewed with `renewToken` (Azure's way).
+    Token(Arc<dyn TokenSource>),
+    /// A client certificate issued at registration, presented in the TLS handshake. After a
+    /// renewal the listener reconnects with the new certificate.
+    Certificate(Arc<CertificateIdentity>),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token"),
+            Self::Certificate(identity) => write!(f, "Certificate({})", identity.listener_id()),
+        }
+    }
+}
 
 /// How to reach the broker.
 #[derive(Clone)]
@@ -27,8 +47,8 @@ pub struct ListenerConfig {
     pub endpoint: String,
     /// The hybrid connection to listen on.
     pub hc: String,
-    /// Token source for the control channel.
-    pub token: Arc<dyn TokenSource>,
+    /// How the listener proves itself.
+    pub credential: Credential,
     /// TLS client configuration for `wss://` (a private CA goes here).
     pub tls: Option<Arc<relay_io::rustls::ClientConfig>>,
     /// Reconnect delays.
@@ -58,12 +78,27 @@ impl ListenerConfig {
         Self {
             endpoint: relay_core::connection_string::ws_base(&endpoint.into()),
             hc: hc.into().trim_matches('/').to_owned(),
-            token,
+            credential: Credential::Token(token),
             tls: None,
             backoff: Backoff::default(),
             keepalive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
         }
+    }
+
+    /// A certificate-authenticated listener (needs a `wss://` endpoint). `extra_ca` is a
+    /// private root for the broker's server certificate.
+    pub fn with_certificate(
+        endpoint: impl Into<String>,
+        hc: impl Into<String>,
+        identity: Arc<CertificateIdentity>,
+        extra_ca: Option<&std::path::Path>,
+    ) -> Result<Self, ListenerError> {
+        let tls = identity.client_config(extra_ca)?;
+        let mut config = Self::new(endpoint, hc, Arc::new(crate::StaticToken(String::new())));
+        config.credential = Credential::Certificate(identity);
+        config.tls = Some(tls);
+        Ok(config)
     }
 
     fn connect_options(&self) -> ConnectOptions {
@@ -146,6 +181,10 @@ impl Listener {
                 Ok(()) => break,
                 Err(e) => e,
             };
+            if matches!(error, ListenerError::Rotated) {
+                tracing::info!("reconnecting with the renewed certificate");
+                continue;
+            }
             attempt += 1;
             let delay = backoff.next_delay();
             match error.hint() {
@@ -183,11 +222,21 @@ impl Listener {
             relay_core::address::encode_name(&config.hc),
             uuid_like()
         );
-        let token = config.token.token(&config.audience());
         let mut options = config.connect_options();
-        options
-            .headers
-            .push(("ServiceBusAuthorization".into(), token.value));
+        let (expires_at, renewals) = match &config.credential {
+            Credential::Token(source) => {
+                let token = source.token(&config.audience());
+                options
+                    .headers
+                    .push(("ServiceBusAuthorization".into(), token.value));
+                (token.expires_at, None)
+            }
+            Credential::Certificate(identity) => {
+                let mut renewals = identity.renewals();
+                renewals.mark_unchanged();
+                (None, Some(renewals))
+            }
+        };
         options.read_buffer = 16 * 1024;
         let connected = relay_io::client::connect(&url, &options).await?;
         tracing::info!(hc = %config.hc, endpoint = %config.endpoint, "listening");
@@ -201,7 +250,14 @@ impl Listener {
             hc: config.hc.clone(),
         });
         let reader = self.read_loop(connected.reader, handler, &ctx, &out_tx);
-        let writer = self.write_loop(connected.writer, out_rx, token.expires_at, shutdown, &done);
+        let writer = self.write_loop(
+            connected.writer,
+            out_rx,
+            expires_at,
+            renewals,
+            shutdown,
+            &done,
+        );
         tokio::select! {
             result = reader => { done.cancel(); result }
             result = writer => result,
@@ -213,6 +269,7 @@ impl Listener {
         mut writer: Writer,
         mut out: mpsc::Receiver<Out>,
         mut expires_at: Option<u64>,
+        mut renewals: Option<watch::Receiver<u64>>,
         shutdown: &CancellationToken,
         done: &CancellationToken,
     ) -> Result<(), ListenerError> {
@@ -245,8 +302,19 @@ impl Listener {
                     writer.send(true, OpCode::Ping, b"").await.map_err(relay_io::WsError::from)?;
                     writer.flush().await.map_err(relay_io::WsError::from)?;
                 }
+                Ok(()) = async {
+                    match renewals.as_mut() {
+                        Some(r) => r.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Move to the renewed certificate; relayed connections carry on.
+                    let _ = writer.close(close_code::NORMAL, "certificate renewed").await;
+                    return Err(ListenerError::Rotated);
+                }
                 () = tokio::time::sleep_until(renew_at) => {
-                    let token = self.config.token.token(&self.config.audience());
+                    let Credential::Token(source) = &self.config.credential else { continue };
+                    let token = source.token(&self.config.audience());
                     expires_at = token.expires_at.filter(|e| Some(*e) != expires_at);
                     let renew = ListenerCommand::RenewToken(control::RenewToken { token: token.value });
                     writer.text(&renew.encode()).await.map_err(relay_io::WsError::from)?;

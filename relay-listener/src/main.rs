@@ -2,6 +2,8 @@
 //!
 //! `relay-listener run --endpoint ws://127.0.0.1:9400 --hc orders --sas-key-name NAME
 //! --sas-key KEY --forward 127.0.0.1:5432` relays every accepted connection to the target.
+//! With `--identity DIR` (from `relay-listener register`) it authenticates with its
+//! certificate instead, and renews it before it expires.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use relay_cli::{ConnectionArgs, LogFormat, init_logging, shutdown_signal};
 use relay_core::connection_string::Credential;
 use relay_listener::forward::TcpForward;
-use relay_listener::{Listener, ListenerConfig, SasKeySource, StaticToken, TokenSource};
+use relay_listener::{
+    CertificateIdentity, Listener, ListenerConfig, SasKeySource, StaticToken, TokenSource,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -44,6 +48,9 @@ struct RegisterArgs {
     /// The person registering (password from RELAY_PERSON_PASSWORD or a prompt).
     #[arg(long)]
     person: Option<String>,
+    /// The person's API token instead of a password (identifies the person by itself).
+    #[arg(long, env = "RELAY_PERSON_TOKEN", hide_env_values = true)]
+    person_token: Option<String>,
     /// Hybrid connections, comma-separated.
     #[arg(long, value_delimiter = ',')]
     hc: Vec<String>,
@@ -71,6 +78,9 @@ struct RunArgs {
     /// Extra trusted root (PEM) for a broker with a private CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// Authenticate with the certificate in this directory (from `register`) instead of SAS.
+    #[arg(long)]
+    identity: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -85,18 +95,50 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let target = args.connection.target()?;
-    let token: Arc<dyn TokenSource> = match target.credential {
-        Credential::Key { name, key } => Arc::new(SasKeySource::new(name, key)),
-        Credential::Token(token) => Arc::new(StaticToken(token)),
-        Credential::None => {
-            anyhow::bail!("a listener needs --sas-key-name and --sas-key (or a connection string)")
+    let shutdown = CancellationToken::new();
+    let config = match (&args.identity, target.credential) {
+        (Some(dir), Credential::None) => {
+            let identity = Arc::new(CertificateIdentity::load(dir).with_context(|| {
+                format!(
+                    "loading the identity in {} (run `relay-listener register` first)",
+                    dir.display()
+                )
+            })?);
+            let config = ListenerConfig::with_certificate(
+                target.endpoint.clone(),
+                target.hc,
+                Arc::clone(&identity),
+                args.ca_cert.as_deref(),
+            )
+            .context("loading --ca-cert")?;
+            let tls = config.tls.clone().context("TLS configuration")?;
+            tracing::info!(listener = identity.listener_id(), not_after = ?identity.not_after(), "using certificate identity");
+            tokio::spawn(keep_renewed(
+                identity,
+                target.endpoint,
+                tls,
+                shutdown.clone(),
+            ));
+            config
+        }
+        (Some(_), _) => anyhow::bail!("--identity replaces the SAS key; give one or the other"),
+        (None, credential) => {
+            let token: Arc<dyn TokenSource> = match credential {
+                Credential::Key { name, key } => Arc::new(SasKeySource::new(name, key)),
+                Credential::Token(token) => Arc::new(StaticToken(token)),
+                Credential::None => anyhow::bail!(
+                    "a listener needs --sas-key-name and --sas-key (or a connection string), or --identity"
+                ),
+            };
+            let mut config = ListenerConfig::new(target.endpoint, target.hc, token);
+            config.tls = Some(
+                relay_io::tls::client_config(args.ca_cert.as_deref())
+                    .context("loading --ca-cert")?,
+            );
+            config
         }
     };
-    let mut config = ListenerConfig::new(target.endpoint, target.hc, token);
-    config.tls =
-        Some(relay_io::tls::client_config(args.ca_cert.as_deref()).context("loading --ca-cert")?);
     let listener = Listener::new(config);
-    let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -108,11 +150,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Renews the certificate in the background; a refusal is final, so say what to do.
+async fn keep_renewed(
+    identity: Arc<CertificateIdentity>,
+    endpoint: String,
+    tls: Arc<relay_io::rustls::ClientConfig>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = identity.keep_renewed(endpoint, tls, shutdown).await {
+        tracing::error!(error = %e, "certificate renewal refused: the listener was revoked or its person lost the right; it keeps listening until the certificate expires, then register it again");
+    }
+}
+
 /// Makes a P-256 key locally (it never leaves this machine), registers its CSR, and writes
 /// key, certificate chain and details atomically into the identity directory.
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let mut body = match (&args.enrollment_token, &args.person) {
         (Some(token), _) => serde_json::json!({ "enrollment_token": token }),
+        (None, _) if args.person_token.is_some() => {
+            anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person-token");
+            serde_json::json!({ "person_token": args.person_token, "hybrid_connections": args.hc })
+        }
         (None, Some(person)) => {
             anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person");
             let password = match std::env::var("RELAY_PERSON_PASSWORD") {
@@ -128,7 +186,9 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
             };
             serde_json::json!({ "person": person, "password": password, "hybrid_connections": args.hc })
         }
-        (None, None) => anyhow::bail!("give --person (with --hc) or --enrollment-token"),
+        (None, None) => {
+            anyhow::bail!("give --person or --person-token (with --hc), or --enrollment-token")
+        }
     };
     let key = rcgen::KeyPair::generate()?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
@@ -144,7 +204,8 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         relay_cli::http::call(&url, "POST", &[], Some(&body), args.ca_cert.as_deref()).await?;
     if reply.status != 200 {
         let hint = match reply.status {
-            401 => " (the password or enrollment token is wrong, used or expired)",
+            401 => " (the password, person token or enrollment token is wrong, used or expired)",
+            409 => " (this key is already registered; run register again to make a new one)",
             403 => {
                 " (the person is disabled or lacks listener.register on these hybrid connections)"
             }

@@ -153,7 +153,70 @@ fn battery(store: &dyn Store) {
         revoked_at_ms: None,
     };
     store.add_listener(&record).unwrap();
-    assert_eq!(store.listeners().unwrap(), [record]);
+    assert_eq!(store.listeners().unwrap(), std::slice::from_ref(&record));
+    assert_eq!(store.listener("l-1").unwrap(), Some(record.clone()));
+    assert_eq!(store.listener("l-2").unwrap(), None);
+    assert_eq!(
+        store.certificate(&record.serial).unwrap(),
+        Some(record.certificate())
+    );
+    // One key, one certificate: a second listener with the same key is refused.
+    let twin = ListenerRecord {
+        id: "l-2".into(),
+        serial: "02".repeat(16),
+        ..record.clone()
+    };
+    assert!(matches!(
+        store.add_listener(&twin),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.listeners().unwrap().len(), 1, "nothing half-written");
+
+    let renewed = CertificateRecord {
+        serial: "03".repeat(16),
+        listener_id: "l-1".into(),
+        key_fingerprint: "ee".repeat(32),
+        not_after_ms: 199,
+    };
+    let same_key = CertificateRecord {
+        serial: "04".repeat(16),
+        key_fingerprint: record.key_fingerprint.clone(),
+        ..renewed.clone()
+    };
+    assert!(matches!(
+        store.renew_listener(&same_key),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.renew_listener(&renewed).unwrap());
+    let current = store.listener("l-1").unwrap().unwrap();
+    assert_eq!(
+        (current.serial.as_str(), current.not_after_ms),
+        (renewed.serial.as_str(), 199)
+    );
+    // The superseded certificate is still known (valid until it expires).
+    assert!(store.certificate(&record.serial).unwrap().is_some());
+    let orphan = CertificateRecord {
+        listener_id: "nobody".into(),
+        serial: "05".repeat(16),
+        key_fingerprint: "dd".repeat(32),
+        ..renewed
+    };
+    assert!(!store.renew_listener(&orphan).unwrap());
+
+    assert!(store.revoke_listener("l-1", 500).unwrap());
+    assert!(!store.revoke_listener("l-1", 600).unwrap(), "once");
+    assert!(!store.revoke_listener("nobody", 600).unwrap());
+    assert_eq!(
+        store.listener("l-1").unwrap().unwrap().revoked_at_ms,
+        Some(500)
+    );
+
+    store.add_person_token(&"aa".repeat(32), "alice").unwrap();
+    assert_eq!(
+        store.person_for_token(&"aa".repeat(32)).unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(store.person_for_token("bb").unwrap(), None);
 }
 
 fn temp_db(name: &str) -> PathBuf {

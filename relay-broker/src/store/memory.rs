@@ -6,8 +6,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use relay_core::sas::SharedAccessKey;
 
 use super::{
-    AuditEvent, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot, SnapshotCell, Store,
-    StoreError,
+    AuditEvent, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot,
+    SnapshotCell, Store, StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -22,7 +22,34 @@ pub struct MemoryStore {
     /// By lower-cased name: the person and their password hash.
     persons: RwLock<std::collections::BTreeMap<String, (Person, String)>>,
     enrollment: RwLock<std::collections::HashMap<String, EnrollmentToken>>,
-    listeners: RwLock<Vec<ListenerRecord>>,
+    listeners: RwLock<Listeners>,
+    /// Personal API token hash → person.
+    person_tokens: RwLock<std::collections::HashMap<String, String>>,
+}
+
+#[derive(Debug, Default)]
+struct Listeners {
+    records: Vec<ListenerRecord>,
+    /// By serial.
+    certificates: std::collections::HashMap<String, CertificateRecord>,
+}
+
+impl Listeners {
+    fn insert_certificate(&mut self, cert: &CertificateRecord) -> Result<(), StoreError> {
+        let reused = self.certificates.contains_key(&cert.serial)
+            || self
+                .certificates
+                .values()
+                .any(|c| c.key_fingerprint == cert.key_fingerprint);
+        if reused {
+            return Err(StoreError::Conflict(format!(
+                "key {}",
+                cert.key_fingerprint
+            )));
+        }
+        self.certificates.insert(cert.serial.clone(), cert.clone());
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -35,6 +62,7 @@ impl MemoryStore {
             persons: RwLock::default(),
             enrollment: RwLock::default(),
             listeners: RwLock::default(),
+            person_tokens: RwLock::default(),
         }
     }
 }
@@ -170,18 +198,72 @@ impl Store for MemoryStore {
     }
 
     fn add_listener(&self, listener: &ListenerRecord) -> Result<(), StoreError> {
-        self.listeners
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(listener.clone());
+        let mut listeners = self.registry();
+        listeners.insert_certificate(&listener.certificate())?;
+        listeners.records.push(listener.clone());
         Ok(())
     }
 
     fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError> {
+        Ok(self.registry().records.clone())
+    }
+
+    fn listener(&self, id: &str) -> Result<Option<ListenerRecord>, StoreError> {
+        Ok(self.registry().records.iter().find(|l| l.id == id).cloned())
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        Ok(self.registry().certificates.get(serial).cloned())
+    }
+
+    fn renew_listener(&self, cert: &CertificateRecord) -> Result<bool, StoreError> {
+        let mut listeners = self.registry();
+        let Some(index) = listeners
+            .records
+            .iter()
+            .position(|l| l.id == cert.listener_id)
+        else {
+            return Ok(false);
+        };
+        listeners.insert_certificate(cert)?;
+        let record = &mut listeners.records[index];
+        record.serial.clone_from(&cert.serial);
+        record.key_fingerprint.clone_from(&cert.key_fingerprint);
+        record.not_after_ms = cert.not_after_ms;
+        Ok(true)
+    }
+
+    fn revoke_listener(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+        let mut listeners = self.registry();
+        let found = listeners
+            .records
+            .iter_mut()
+            .find(|l| l.id == id && l.revoked_at_ms.is_none());
+        Ok(found.map(|l| l.revoked_at_ms = Some(at_ms)).is_some())
+    }
+
+    fn add_person_token(&self, hash: &str, person: &str) -> Result<(), StoreError> {
+        self.person_tokens
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(hash.into(), person.into());
+        Ok(())
+    }
+
+    fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .listeners
+            .person_tokens
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone())
+            .get(hash)
+            .cloned())
+    }
+}
+
+impl MemoryStore {
+    fn registry(&self) -> std::sync::RwLockWriteGuard<'_, Listeners> {
+        self.listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -130,6 +130,33 @@ pub struct ListenerRecord {
     pub revoked_at_ms: Option<u64>,
 }
 
+/// A certificate issued to a registered listener.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateRecord {
+    /// Serial, hex.
+    pub serial: String,
+    /// The listener it was issued to.
+    pub listener_id: String,
+    /// SHA-256 of the subject public key, hex. A key is bound to one certificate only, so
+    /// renewal must bring a new key and no two listeners share one.
+    pub key_fingerprint: String,
+    /// Expiry, ms since the Unix epoch.
+    pub not_after_ms: u64,
+}
+
+impl ListenerRecord {
+    /// The record of its current certificate.
+    #[must_use]
+    pub fn certificate(&self) -> CertificateRecord {
+        CertificateRecord {
+            serial: self.serial.clone(),
+            listener_id: self.id.clone(),
+            key_fingerprint: self.key_fingerprint.clone(),
+            not_after_ms: self.not_after_ms,
+        }
+    }
+}
+
 /// Namespace entities, rules and audit.
 pub trait Store: Send + Sync + 'static {
     /// The hybrid connection with this name (case-insensitive), if it exists.
@@ -167,10 +194,26 @@ pub trait Store: Send + Sync + 'static {
         hash: &str,
         now_ms: u64,
     ) -> Result<Option<EnrollmentToken>, StoreError>;
-    /// Records a registered listener.
+    /// Records a registered listener and its first certificate. `Conflict` when the key is
+    /// already bound to a certificate.
     fn add_listener(&self, listener: &ListenerRecord) -> Result<(), StoreError>;
     /// Every registered listener, oldest first.
     fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError>;
+    /// One registered listener.
+    fn listener(&self, id: &str) -> Result<Option<ListenerRecord>, StoreError>;
+    /// A certificate by serial, current or superseded.
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
+    /// Makes `cert` the current certificate of its listener; the superseded one stays valid
+    /// until it expires. `Ok(false)` when there is no such listener; `Conflict` when the
+    /// key is already bound to a certificate.
+    fn renew_listener(&self, cert: &CertificateRecord) -> Result<bool, StoreError>;
+    /// Marks a listener revoked at `at_ms`, refusing every certificate it holds.
+    /// `Ok(false)` when there is no such listener or it was revoked already.
+    fn revoke_listener(&self, id: &str, at_ms: u64) -> Result<bool, StoreError>;
+    /// Stores a personal API token by its SHA-256.
+    fn add_person_token(&self, hash: &str, person: &str) -> Result<(), StoreError>;
+    /// The person a personal API token belongs to.
+    fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// The snapshot behind a lock, with the read and bookkeeping both stores share.

@@ -12,8 +12,8 @@ use relay_core::sas::SharedAccessKey;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
-    AuditEvent, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot, SnapshotCell, Store,
-    StoreError,
+    AuditEvent, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot,
+    SnapshotCell, Store, StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -68,6 +68,21 @@ const MIGRATIONS: &[&str] = &[
         serial TEXT NOT NULL,
         not_after_ms INTEGER NOT NULL,
         revoked_at_ms INTEGER,
+        created_at_ms INTEGER NOT NULL
+    );",
+    // 4: every certificate issued (a key binds to one only), and personal API tokens.
+    "CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY,
+        listener_id TEXT NOT NULL REFERENCES listeners (id),
+        key_fingerprint TEXT NOT NULL UNIQUE,
+        not_after_ms INTEGER NOT NULL,
+        issued_at_ms INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO certificates
+        SELECT serial, id, key_fingerprint, not_after_ms, created_at_ms FROM listeners;
+    CREATE TABLE person_tokens (
+        hash TEXT PRIMARY KEY,
+        person TEXT NOT NULL COLLATE NOCASE REFERENCES persons (name) ON DELETE CASCADE,
         created_at_ms INTEGER NOT NULL
     );",
 ];
@@ -350,7 +365,10 @@ impl Store for SqliteStore {
     }
 
     fn add_listener(&self, l: &ListenerRecord) -> Result<(), StoreError> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = crate::store::now_ms() as i64;
+        tx.execute(
             "INSERT INTO listeners (id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -362,35 +380,128 @@ impl Store for SqliteStore {
                 l.serial,
                 l.not_after_ms as i64,
                 l.revoked_at_ms.map(|v| v as i64),
-                crate::store::now_ms() as i64
+                now
             ],
         )?;
+        insert_certificate(&tx, &l.certificate())?;
+        tx.commit()?;
         Ok(())
     }
 
     fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms
-             FROM listeners ORDER BY created_at_ms, id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ListenerRecord {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                person: r.get(2)?,
-                hybrid_connections: r
-                    .get::<_, String>(3)?
-                    .split('\n')
-                    .map(str::to_owned)
-                    .collect(),
-                key_fingerprint: r.get(4)?,
-                serial: r.get(5)?,
-                not_after_ms: r.get::<_, i64>(6)? as u64,
-                revoked_at_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!("{LISTENER_COLUMNS} ORDER BY created_at_ms, id"))?;
+        let rows = stmt.query_map([], listener_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn listener(&self, id: &str) -> Result<Option<ListenerRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("{LISTENER_COLUMNS} WHERE id = ?1"),
+                params![id],
+                listener_row,
+            )
+            .optional()?)
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT serial, listener_id, key_fingerprint, not_after_ms FROM certificates WHERE serial = ?1",
+                params![serial],
+                |r| {
+                    Ok(CertificateRecord {
+                        serial: r.get(0)?,
+                        listener_id: r.get(1)?,
+                        key_fingerprint: r.get(2)?,
+                        not_after_ms: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn renew_listener(&self, cert: &CertificateRecord) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let updated = tx.execute(
+            "UPDATE listeners SET serial = ?2, key_fingerprint = ?3, not_after_ms = ?4 WHERE id = ?1",
+            params![cert.listener_id, cert.serial, cert.key_fingerprint, cert.not_after_ms as i64],
+        )?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        insert_certificate(&tx, cert)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn revoke_listener(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE listeners SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+            params![id, at_ms as i64],
+        )? > 0)
+    }
+
+    fn add_person_token(&self, hash: &str, person: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO person_tokens (hash, person, created_at_ms) VALUES (?1, ?2, ?3)",
+            params![hash, person, crate::store::now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT person FROM person_tokens WHERE hash = ?1",
+                params![hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+const LISTENER_COLUMNS: &str = "SELECT id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms FROM listeners";
+
+fn listener_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRecord> {
+    Ok(ListenerRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        person: r.get(2)?,
+        hybrid_connections: r
+            .get::<_, String>(3)?
+            .split('\n')
+            .map(str::to_owned)
+            .collect(),
+        key_fingerprint: r.get(4)?,
+        serial: r.get(5)?,
+        not_after_ms: r.get::<_, i64>(6)? as u64,
+        revoked_at_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+    })
+}
+
+/// Inserts a certificate; a key already bound to one is a `Conflict`.
+fn insert_certificate(conn: &Connection, cert: &CertificateRecord) -> Result<(), StoreError> {
+    let result = conn.execute(
+        "INSERT INTO certificates (serial, listener_id, key_fingerprint, not_after_ms, issued_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![cert.serial, cert.listener_id, cert.key_fingerprint, cert.not_after_ms as i64, crate::store::now_ms() as i64],
+    );
+    match result {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict(format!(
+                "key {}",
+                cert.key_fingerprint
+            )))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
