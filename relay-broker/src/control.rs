@@ -167,6 +167,10 @@ impl<'a> Channel<'a> {
         };
         let write = async {
             self.write_loop(writer, queue, internal_rx).await;
+            // Closing: no new senders are routed here while the Close handshake finishes.
+            self.shared
+                .presence
+                .unregister(&self.handle.hc, self.handle.id);
             wrote_close.cancel();
         };
         tokio::join!(read, write);

@@ -71,6 +71,37 @@ impl TestBroker {
         }
     }
 
+    /// A broker serving TLS with a fresh self-signed server certificate for 127.0.0.1
+    /// (written into `dir` as `server.pem`/`server.key`), verifying listener client
+    /// certificates when `extra` configures `[ca]`.
+    pub async fn start_tls(extra: &str, dir: &std::path::Path) -> Self {
+        let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
+        let broker = Broker::open(&config).expect("open broker");
+        let (cert, key) = server_tls_files(dir);
+        let tls = broker.server_tls(&cert, &key).expect("server TLS");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let (b, s) = (broker.clone(), stop.clone());
+        let options = ServeOptions { tls: Some(tls) };
+        let task =
+            tokio::spawn(async move { b.serve(listener, options, s.cancelled_owned()).await });
+        Self {
+            addr,
+            broker,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops serving and waits for the drain.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
     pub fn ws(&self) -> String {
         format!("ws://{}", self.addr)
     }
@@ -211,4 +242,26 @@ pub async fn http_request(
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
     (status, headers, body)
+}
+
+/// A self-signed server certificate for 127.0.0.1 and localhost in `dir`, reused when
+/// present so a restarted broker keeps the name clients trust.
+pub fn server_tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    if !cert.exists() {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("server cert");
+        std::fs::write(&cert, made.cert.pem()).expect("write cert");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
+    }
+    (cert, key)
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

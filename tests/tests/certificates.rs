@@ -1,0 +1,787 @@
+//! Certificate-authenticated listeners over real TLS: registration, mTLS listen, renewal,
+//! revocation, restart, and the bad inputs of the enrollment design (§4.10). Fixtures are
+//! minted with rcgen at test time; "now" is injected through the CA's `issue`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_io::WsError;
+use relay_io::client::{ConnectOptions, Connected};
+use relay_io::rustls::ClientConfig;
+use relay_io::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use relay_listener::CertificateIdentity;
+use relay_tests::{KEY, KEY_NAME, TestBroker, temp_dir, token_for};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A TLS broker with a store and a CA, and a person `alice` who may register on `hyco*`.
+struct Env {
+    dir: PathBuf,
+    broker: TestBroker,
+}
+
+fn extra(dir: &Path) -> String {
+    format!(
+        "[store]\npath = \"{}\"\n[ca]\ndir = \"{}\"\ncert_lifetime_hours = 24\n",
+        dir.join("relay.db").display(),
+        dir.join("ca").display()
+    )
+}
+
+impl Env {
+    async fn start(name: &str) -> Self {
+        let dir = temp_dir(name);
+        let broker = TestBroker::start_tls(&extra(&dir), &dir).await;
+        let env = Self { dir, broker };
+        let (status, reply) = env
+            .admin(
+                "POST",
+                "/persons",
+                serde_json::json!({"name": "alice", "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        env.grant("alice", "listener.register", "hyco*").await;
+        env
+    }
+
+    async fn restart(self) -> Self {
+        self.broker.shutdown().await;
+        let broker = TestBroker::start_tls(&extra(&self.dir), &self.dir).await;
+        Self {
+            dir: self.dir,
+            broker,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.broker.addr)
+    }
+
+    fn wss(&self) -> String {
+        format!("wss://{}", self.broker.addr)
+    }
+
+    fn server_ca(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+
+    /// Trusts the broker's server certificate; presents no client certificate.
+    fn anonymous(&self) -> Arc<ClientConfig> {
+        relay_io::tls::client_config(Some(&self.server_ca())).unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+        tls: &Arc<ClientConfig>,
+    ) -> (u16, serde_json::Value) {
+        let (status, reply) = relay_io::http1::call(
+            &self.url(path),
+            method,
+            headers,
+            body.to_string().as_bytes(),
+            Some(tls),
+        )
+        .await
+        .unwrap();
+        (status, serde_json::from_slice(&reply).unwrap_or_default())
+    }
+
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let manage = token_for(&format!("https://{}/", self.broker.addr), KEY_NAME, KEY, 60);
+        let headers = [("ServiceBusAuthorization", manage.as_str())];
+        let path = format!("/$admin/v1{path}");
+        self.call(method, &path, &headers, &body, &self.anonymous())
+            .await
+    }
+
+    async fn grant(&self, person: &str, right: &str, pattern: &str) {
+        let body = serde_json::json!({"right": right, "pattern": pattern});
+        let path = format!("/persons/{person}/grants");
+        assert_eq!(self.admin("POST", &path, body).await.0, 200);
+    }
+
+    /// Registers as alice, the way `relay-listener register` does, into a fresh identity
+    /// directory; returns it.
+    async fn register(&self, name: &str, hcs: &[&str]) -> PathBuf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let body = serde_json::json!({
+            "csr": csr(&key), "hybrid_connections": hcs, "person": "alice", "password": PASSWORD,
+        });
+        let (status, reply) = self
+            .call(
+                "POST",
+                "/$register/v1/listeners",
+                &[],
+                &body,
+                &self.anonymous(),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let chain = format!(
+            "{}{}",
+            reply["certificate"].as_str().unwrap(),
+            reply["chain"].as_str().unwrap()
+        );
+        std::fs::write(dir.join("cert.pem"), chain).unwrap();
+        std::fs::write(dir.join("listener.json"), reply.to_string()).unwrap();
+        dir
+    }
+
+    fn identity(&self, dir: &Path) -> Arc<CertificateIdentity> {
+        Arc::new(CertificateIdentity::load(dir).unwrap())
+    }
+
+    /// Opens a control channel on `hc` with `tls` and no SAS token.
+    async fn listen(&self, hc: &str, tls: Arc<ClientConfig>) -> Result<Connected, WsError> {
+        let url = format!("{}/$hc/{hc}?sb-hc-action=listen", self.wss());
+        let options = ConnectOptions {
+            tls: Some(tls),
+            timeout: Duration::from_secs(10),
+            ..ConnectOptions::default()
+        };
+        relay_io::client::connect(&url, &options).await
+    }
+
+    fn issuer(&self, which: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join("ca").join(f)).unwrap();
+        let key = rcgen::KeyPair::from_pem(&read(&format!("{which}.key"))).unwrap();
+        rcgen::Issuer::from_ca_cert_pem(&read(&format!("{which}.pem")), key).unwrap()
+    }
+
+    fn chain_pem(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join("ca").join(f)).unwrap();
+        format!("{}{}", read("issuing.pem"), read("root.pem"))
+    }
+
+    async fn wait_listeners(&self, hc: &str, n: usize, within: Duration) {
+        let started = Instant::now();
+        while self.broker.broker.listener_count(hc) != n {
+            assert!(
+                started.elapsed() < within,
+                "{hc} did not reach {n} listeners within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn audit(&self) -> String {
+        self.admin("GET", "/audit", serde_json::Value::Null)
+            .await
+            .1
+            .to_string()
+    }
+}
+
+fn csr(key: &rcgen::KeyPair) -> String {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+/// A client configuration trusting the broker and presenting `chain_pem` with `key`.
+fn client_with(env: &Env, chain_pem: &str, key: &rcgen::KeyPair) -> Arc<ClientConfig> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile_certs(chain_pem);
+    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut roots = relay_io::rustls::RootCertStore::empty();
+    for cert in relay_io::tls::load_certs(&env.server_ca()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    Arc::new(
+        ClientConfig::builder_with_provider(relay_io::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    let dir = temp_dir(&format!("pem-{}", rand_suffix()));
+    let path = dir.join("chain.pem");
+    std::fs::write(&path, pem).unwrap();
+    relay_io::tls::load_certs(&path).unwrap()
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A leaf with the broker's SAN URI for `listener_id`, signed by `issuer`.
+fn leaf(
+    env: &Env,
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    key: &rcgen::KeyPair,
+    listener_id: &str,
+    eku: rcgen::ExtendedKeyUsagePurpose,
+) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let uri = env.broker.broker.ca().unwrap().listener_uri(listener_id);
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    params.extended_key_usages = vec![eku];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::hours(1);
+    params.signed_by(key, issuer).unwrap().pem()
+}
+
+fn refused(result: &Result<Connected, WsError>) -> Option<u16> {
+    match result {
+        Err(WsError::Refused { status, .. }) => Some(*status),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn whole_flow_register_listen_relay_revoke_and_refuse() {
+    let env = Env::start("certs-flow").await;
+    let dir = env.register("site-7", &["hyco"]).await;
+    let identity = env.identity(&dir);
+
+    // The listener agent's library, authenticating with its certificate only.
+    let config = relay_listener::ListenerConfig::with_certificate(
+        env.wss(),
+        "hyco",
+        Arc::clone(&identity),
+        Some(&env.server_ca()),
+    )
+    .unwrap();
+    let listener = relay_listener::Listener::new(config);
+    let mut status = listener.status();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+        let stream = conn.accept().await.unwrap();
+        let (mut r, mut w) = tokio::io::split(stream);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move { listener.run(handler, stop).await })
+    };
+    env.wait_listeners("hyco", 1, Duration::from_secs(10)).await;
+
+    // A sender relays bytes through it (SAS, as Azure senders do).
+    let options = relay_sender::ConnectOptions {
+        token: Some(relay_sender::sas_token(
+            &env.wss(),
+            "hyco",
+            KEY_NAME,
+            KEY,
+            60,
+        )),
+        tls: Some(env.anonymous()),
+        ..Default::default()
+    };
+    let mut conn = relay_sender::connect(&env.wss(), "hyco", &options)
+        .await
+        .unwrap();
+    conn.stream.write_all(b"ping over mTLS").await.unwrap();
+    let mut echoed = [0u8; 14];
+    conn.stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping over mTLS");
+
+    // Revoke: the control channel and the relayed connection close within a second.
+    let path = format!("/listeners/{}/revoke", identity.listener_id());
+    let (code, reply) = env.admin("POST", &path, serde_json::Value::Null).await;
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply["revoked_at_ms"].is_u64());
+    let revoked_at = Instant::now();
+    env.wait_listeners("hyco", 0, Duration::from_secs(1)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), conn.stream.read_to_end(&mut rest))
+        .await
+        .expect("the relayed connection is cut within 1 s")
+        .ok();
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+
+    // The agent sees why, and its reconnects are refused.
+    let error = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            status.changed().await.unwrap();
+            if let relay_listener::Status::Connecting {
+                last_error: Some(e),
+                ..
+            } = &*status.borrow()
+            {
+                return e.clone();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(error.contains("4401"), "{error}");
+    let again = env.listen(
+        "hyco",
+        identity.client_config(Some(&env.server_ca())).unwrap(),
+    );
+    assert_eq!(refused(&again.await), Some(403));
+    stop.cancel();
+    run.await.unwrap();
+
+    let audit = env.audit().await;
+    for kind in [
+        "listener.register",
+        "certificate.issue",
+        "listener.connect",
+        "listener.revoke",
+        "listener.disconnect",
+        "listener.rejected",
+    ] {
+        assert!(audit.contains(kind), "audit lacks {kind}: {audit}");
+    }
+    assert!(
+        !audit.contains("BEGIN"),
+        "no certificates or CSRs in the audit"
+    );
+}
+
+#[tokio::test]
+async fn the_handshake_refuses_certificates_the_listener_ca_did_not_issue_properly() {
+    let env = Env::start("certs-tls").await;
+    let dir = env.register("good", &["hyco"]).await;
+    let identity = env.identity(&dir);
+    let id = identity.listener_id().to_owned();
+    let ca = env.broker.broker.ca().unwrap();
+    let good = env
+        .listen(
+            "hyco",
+            identity.client_config(Some(&env.server_ca())).unwrap(),
+        )
+        .await;
+    assert!(good.is_ok(), "control: the registered certificate works");
+
+    let now = time::OffsetDateTime::now_utc();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let day = Duration::from_secs(86_400);
+    // #1 expired, #2 not yet valid (issued "now" = 30 days ago / 2 days ahead).
+    let expired = ca
+        .issue(&csr(&key), &id, day, now - time::Duration::days(30))
+        .unwrap();
+    let future = ca
+        .issue(&csr(&key), &id, day, now + time::Duration::days(2))
+        .unwrap();
+    // #3 self-signed, clientAuth, naming the listener.
+    let mut own = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    own.subject_alt_names = vec![rcgen::SanType::URI(
+        ca.listener_uri(&id).try_into().unwrap(),
+    )];
+    own.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let self_signed = own.self_signed(&key).unwrap().pem();
+    // #4 the right root but not the listener CA (signed by the root directly).
+    let by_root = leaf(
+        &env,
+        &env.issuer("root"),
+        &key,
+        &id,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    // #5 the listener CA, but a serverAuth certificate.
+    let server_auth = leaf(
+        &env,
+        &env.issuer("issuing"),
+        &key,
+        &id,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    for (what, pem) in [
+        ("expired", format!("{}{}", expired.pem, env.chain_pem())),
+        (
+            "not yet valid",
+            format!("{}{}", future.pem, env.chain_pem()),
+        ),
+        ("self-signed", self_signed),
+        (
+            "signed by the root",
+            format!("{by_root}{}", env.chain_pem()),
+        ),
+        (
+            "serverAuth only",
+            format!("{server_auth}{}", env.chain_pem()),
+        ),
+    ] {
+        let result = env.listen("hyco", client_with(&env, &pem, &key)).await;
+        assert!(
+            matches!(
+                result,
+                Err(WsError::Tls(_) | WsError::Io(_) | WsError::UnexpectedEof)
+            ),
+            "{what}: {:?}",
+            result.map(|_| "connected")
+        );
+    }
+
+    // #10 no certificate and no token: 401 in the protocol's terms.
+    assert_eq!(
+        refused(&env.listen("hyco", env.anonymous()).await),
+        Some(401)
+    );
+    // A well-formed certificate from the CA that was never recorded for the listener.
+    let unrecorded = ca.issue(&csr(&key), &id, day, now).unwrap();
+    let pem = format!("{}{}", unrecorded.pem, env.chain_pem());
+    let r = env.listen("hyco", client_with(&env, &pem, &key)).await;
+    assert_eq!(refused(&r), Some(403));
+    // One naming no registered listener.
+    let stranger = ca.issue(&csr(&key), "no-such-listener", day, now).unwrap();
+    let pem = format!("{}{}", stranger.pem, env.chain_pem());
+    let r = env.listen("hyco", client_with(&env, &pem, &key)).await;
+    assert_eq!(refused(&r), Some(401));
+    // A hybrid connection it was not registered for.
+    let tls = identity.client_config(Some(&env.server_ca())).unwrap();
+    assert_eq!(refused(&env.listen("open", tls).await), Some(403));
+    assert!(env.audit().await.contains("listener.rejected"));
+}
+
+#[tokio::test]
+async fn renewal_needs_the_current_certificate_a_new_key_and_the_right() {
+    let env = Env::start("certs-renew").await;
+    let dir = env.register("renewing", &["hyco"]).await;
+    let identity = env.identity(&dir);
+    let tls = identity.client_config(Some(&env.server_ca())).unwrap();
+    let renew = |csr: String| serde_json::json!({ "csr": csr });
+
+    // Without a client certificate: 401.
+    let fresh = rcgen::KeyPair::generate().unwrap();
+    let (code, _) = env
+        .call(
+            "POST",
+            "/$register/v1/renew",
+            &[],
+            &renew(csr(&fresh)),
+            &env.anonymous(),
+        )
+        .await;
+    assert_eq!(code, 401);
+    // #23 the same key again: 400.
+    let old_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("key.pem")).unwrap()).unwrap();
+    let (code, reply) = env
+        .call(
+            "POST",
+            "/$register/v1/renew",
+            &[],
+            &renew(csr(&old_key)),
+            &tls,
+        )
+        .await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.to_string().contains("rekey_required"));
+
+    // The agent's own renewal: a new key, written atomically, used from the next handshake.
+    let old_cert = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let mut renewals = identity.renewals();
+    identity.renew(&env.wss(), &tls).await.unwrap();
+    assert!(renewals.has_changed().unwrap());
+    renewals.mark_unchanged();
+    let new_cert = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    assert_ne!(old_cert, new_cert);
+    assert!(!dir.join("key.pem.new").exists());
+    assert!(
+        env.listen("hyco", Arc::clone(&tls)).await.is_ok(),
+        "new certificate"
+    );
+    // The superseded certificate stays valid until it expires (sessions are not cut).
+    assert!(
+        env.listen("hyco", client_with(&env, &old_cert, &old_key))
+            .await
+            .is_ok()
+    );
+    assert!(env.audit().await.contains("certificate.renew"));
+
+    // The person loses the right: renewal and new connects are refused.
+    let body = serde_json::json!({"right": "listener.register", "pattern": "hyco*"});
+    assert_eq!(
+        env.admin("DELETE", "/persons/alice/grants", body).await.0,
+        200
+    );
+    let err = identity.renew(&env.wss(), &tls).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            relay_listener::IdentityError::Refused { status: 403, .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        refused(&env.listen("hyco", Arc::clone(&tls)).await),
+        Some(403)
+    );
+    env.grant("alice", "listener.register", "hyco*").await;
+    assert!(env.listen("hyco", Arc::clone(&tls)).await.is_ok());
+
+    // Revoked: renewal refused.
+    let path = format!("/listeners/{}/revoke", identity.listener_id());
+    assert_eq!(
+        env.admin("POST", &path, serde_json::Value::Null).await.0,
+        200
+    );
+    let err = identity.renew(&env.wss(), &tls).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            relay_listener::IdentityError::Refused { status: 403, .. }
+        ),
+        "{err}"
+    );
+    assert!(env.audit().await.contains("renewal.rejected"));
+}
+
+#[tokio::test]
+async fn a_key_registers_once_and_person_disable_closes_what_is_open() {
+    let env = Env::start("certs-disable").await;
+    // #16 the same key for a second listener: 409.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let body = serde_json::json!({
+        "csr": csr(&key), "hybrid_connections": ["hyco"], "person": "alice", "password": PASSWORD,
+    });
+    let env = &env;
+    let register = |body: serde_json::Value| async move {
+        env.call(
+            "POST",
+            "/$register/v1/listeners",
+            &[],
+            &body,
+            &env.anonymous(),
+        )
+        .await
+    };
+    assert_eq!(register(body.clone()).await.0, 200);
+    let (code, reply) = register(body).await;
+    assert_eq!(code, 409, "{reply}");
+    assert!(reply.to_string().contains("key_reuse"));
+
+    let dir = env.register("disabled", &["hyco"]).await;
+    let tls = env
+        .identity(&dir)
+        .client_config(Some(&env.server_ca()))
+        .unwrap();
+    let mut open = env.listen("hyco", Arc::clone(&tls)).await.unwrap();
+    env.wait_listeners("hyco", 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        env.admin("POST", "/persons/alice/disable", serde_json::Value::Null)
+            .await
+            .0,
+        200
+    );
+    env.wait_listeners("hyco", 0, Duration::from_secs(1)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(1), open.reader.message(1024))
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, Ok(Some(relay_io::Message::Close(Some((4401, _)))))),
+        "{closed:?}"
+    );
+    assert_eq!(refused(&env.listen("hyco", tls).await), Some(403));
+}
+
+#[tokio::test]
+async fn a_certificate_channel_closes_at_not_after_and_ignores_token_renewal() {
+    let env = Env::start("certs-expiry").await;
+    let dir = env.register("short", &["hyco"]).await;
+    let id = env.identity(&dir).listener_id().to_owned();
+    // A certificate that expires in three seconds, recorded as the listener's current one.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = env.broker.broker.ca().unwrap();
+    let issued = ca
+        .issue(
+            &csr(&key),
+            &id,
+            Duration::from_secs(3),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let record = relay_broker::store::CertificateRecord {
+        serial: issued.serial.clone(),
+        listener_id: id,
+        key_fingerprint: issued.key_fingerprint.clone(),
+        not_after_ms: (issued.not_after.unix_timestamp() as u64) * 1000,
+    };
+    assert!(env.broker.broker.store().renew_listener(&record).unwrap());
+    let pem = format!("{}{}", issued.pem, env.chain_pem());
+    let mut open = env
+        .listen("hyco", client_with(&env, &pem, &key))
+        .await
+        .unwrap();
+    // A SAS renewal does not extend a certificate's life.
+    let token = token_for(
+        &format!("https://{}/hyco", env.broker.addr),
+        KEY_NAME,
+        KEY,
+        3600,
+    );
+    let renew =
+        relay_core::control::ListenerCommand::RenewToken(relay_core::control::RenewToken { token });
+    open.writer.text(&renew.encode()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match open.reader.message(1024).await {
+                Ok(Some(relay_io::Message::Close(status))) => return status,
+                Ok(Some(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (code, reason) = closed.unwrap();
+    assert_eq!(code, 1008);
+    assert!(reason.contains("Certificate expired"), "{reason}");
+}
+
+#[tokio::test]
+async fn nothing_registered_is_lost_across_a_broker_restart() {
+    let env = Env::start("certs-restart").await;
+    let dir = env.register("durable", &["hyco"]).await;
+    let env = env.restart().await;
+    let tls = env
+        .identity(&dir)
+        .client_config(Some(&env.server_ca()))
+        .unwrap();
+    assert!(env.listen("hyco", tls).await.is_ok());
+    let (code, listeners) = env
+        .admin("GET", "/listeners", serde_json::Value::Null)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(listeners.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn personal_api_tokens_register_and_act_within_their_rights() {
+    let env = Env::start("certs-person-token").await;
+    let (code, minted) = env
+        .admin("POST", "/persons/alice/tokens", serde_json::Value::Null)
+        .await;
+    assert_eq!(code, 200);
+    let token = minted["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("rpt_"));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let body = serde_json::json!({"csr": csr(&key), "hybrid_connections": ["hyco"], "person_token": token});
+    let (code, reply) = env
+        .call(
+            "POST",
+            "/$register/v1/listeners",
+            &[],
+            &body,
+            &env.anonymous(),
+        )
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    let wrong = serde_json::json!({"csr": csr(&key), "hybrid_connections": ["hyco"], "person_token": "rpt_nope"});
+    let (code, _) = env
+        .call(
+            "POST",
+            "/$register/v1/listeners",
+            &[],
+            &wrong,
+            &env.anonymous(),
+        )
+        .await;
+    assert_eq!(code, 401);
+
+    let bearer = format!("Bearer {token}");
+    let as_alice = [("Authorization", bearer.as_str())];
+    let env = &env;
+    let get = |path: &'static str| {
+        let headers = as_alice;
+        async move {
+            env.call(
+                "GET",
+                path,
+                &headers,
+                &serde_json::Value::Null,
+                &env.anonymous(),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(get("/$admin/v1/audit").await, 403, "no audit.read yet");
+    assert_eq!(
+        get("/$admin/v1/persons").await,
+        401,
+        "persons are admin-only"
+    );
+    env.grant("alice", "audit.read", "*").await;
+    assert_eq!(get("/$admin/v1/audit").await, 200);
+    // The registering person may revoke their own listener.
+    let path = format!(
+        "/$admin/v1/listeners/{}/revoke",
+        reply["listener_id"].as_str().unwrap()
+    );
+    let (code, _) = env
+        .call(
+            "POST",
+            &path,
+            &as_alice,
+            &serde_json::Value::Null,
+            &env.anonymous(),
+        )
+        .await;
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn an_identity_with_the_wrong_key_is_refused_and_an_interrupted_renewal_recovers() {
+    let dir = temp_dir("certs-identity-files");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let make = |key: &rcgen::KeyPair| {
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        format!(
+            "{}{}",
+            params.signed_by(key, &issuer).unwrap().pem(),
+            ca_cert.pem()
+        )
+    };
+    let (key, other) = (
+        rcgen::KeyPair::generate().unwrap(),
+        rcgen::KeyPair::generate().unwrap(),
+    );
+    std::fs::write(
+        dir.join("listener.json"),
+        r#"{"listener_id":"l-1","hybrid_connections":["hyco"]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("cert.pem"), make(&key)).unwrap();
+    std::fs::write(dir.join("key.pem"), other.serialize_pem()).unwrap();
+    // #9 a certificate with someone else's key.
+    let err = CertificateIdentity::load(&dir).unwrap_err();
+    assert!(err.to_string().contains("key.pem"), "{err}");
+    // A renewal interrupted after the certificate was written: the pending key is used.
+    std::fs::write(dir.join("key.pem.new"), key.serialize_pem()).unwrap();
+    let identity = CertificateIdentity::load(&dir).unwrap();
+    assert_eq!(identity.listener_id(), "l-1");
+    assert!(!dir.join("key.pem.new").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+        key.serialize_pem()
+    );
+}
