@@ -13,8 +13,9 @@ use tower::ServiceExt as _;
 use crate::ca::PeerCertificate;
 use crate::{Broker, Transport};
 
-/// Time a client has to finish the TLS handshake and send its request head.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time a client has to finish the TLS handshake, and then again to send its request head
+/// (slowloris bound).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle time before TCP keep-alive probes start, and the interval between them.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);

@@ -1,11 +1,14 @@
-//! The command-line flow as a user runs it: the real `relay-broker` and `relay-listener`
-//! binaries, a broker with a durable store and a CA, persons, and registration.
+//! The command-line flow as a user runs it: the real `relay-broker`, `relay-listener` and
+//! `relay-sender` binaries, a TLS broker with a durable store and a CA, persons,
+//! registration, a certificate-authenticated listener relaying bytes, and revocation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,6 +24,7 @@ fn bin(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A child process killed when the test ends, pass or fail.
 struct Broker(Child);
 
 impl Drop for Broker {
@@ -35,19 +39,32 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 #[test]
-fn person_registers_listeners_by_password_and_by_enrollment_token() {
+fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_line() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = Command::new(cargo)
         .current_dir(workspace())
-        .args(["build", "-q", "-p", "relay-broker", "-p", "relay-listener"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "relay-broker",
+            "-p",
+            "relay-listener",
+            "-p",
+            "relay-sender",
+        ])
         .status()
         .unwrap();
     assert!(built.success());
     let dir = std::env::temp_dir().join(format!("relay-cli-flow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let (server_pem, server_key) = relay_tests::server_tls_files(&dir);
+    let ca_cert = server_pem.to_str().unwrap().to_owned();
     let config = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n[ca]\ndir = \"{}\"\n[[hybrid_connections]]\nname = \"orders\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"cli-key\"\nrights = [\"Manage\"]\n",
+        "[server]\nbind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[store]\npath = \"{}\"\n[ca]\ndir = \"{}\"\n[[hybrid_connections]]\nname = \"orders\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"cli-key\"\nrights = [\"Manage\"]\n",
+        server_pem.display(),
+        server_key.display(),
         dir.join("relay.db").display(),
         dir.join("ca").display()
     );
@@ -67,10 +84,11 @@ fn person_registers_listeners_by_password_and_by_enrollment_token() {
         }
     };
     let _broker = Broker(child);
-    let endpoint = format!("http://{addr}");
+    let endpoint = format!("https://{addr}");
     let admin = |args: &[&str]| {
         run(Command::new(bin("relay-broker"))
             .args(args)
+            .args(["--ca-cert", &ca_cert])
             .env("RELAY_ENDPOINT", &endpoint)
             .env("RELAY_SAS_KEY_NAME", "root")
             .env("RELAY_SAS_KEY", "cli-key")
@@ -99,6 +117,8 @@ fn person_registers_listeners_by_password_and_by_enrollment_token() {
             "orders",
             "--name",
             "site-7",
+            "--ca-cert",
+            &ca_cert,
             "--identity",
         ])
         .arg(&identity)
@@ -152,6 +172,8 @@ fn person_registers_listeners_by_password_and_by_enrollment_token() {
                 &endpoint,
                 "--enrollment-token",
                 &token,
+                "--ca-cert",
+                &ca_cert,
                 "--identity",
             ])
             .arg(dir.join(out)))
@@ -171,5 +193,116 @@ fn person_registers_listeners_by_password_and_by_enrollment_token() {
     assert!(listed.contains("site-7  alice  orders  active"));
     let audit = String::from_utf8(admin(&["audit"]).stdout).unwrap();
     assert!(audit.contains("listener.register") && audit.contains("certificate.issue"));
+
+    // The agent listens with its certificate alone; a sender reaches the TCP service.
+    let echo = echo_server();
+    let wss = format!("wss://{addr}");
+    let _listener = Broker(
+        Command::new(bin("relay-listener"))
+            .args([
+                "run",
+                "--endpoint",
+                &wss,
+                "--hc",
+                "orders",
+                "--ca-cert",
+                &ca_cert,
+            ])
+            .arg("--identity")
+            .arg(&identity)
+            .args(["--forward", &echo.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let local = free_port();
+    let _sender = Broker(
+        Command::new(bin("relay-sender"))
+            .args([
+                "forward",
+                "--endpoint",
+                &wss,
+                "--hc",
+                "orders",
+                "--ca-cert",
+                &ca_cert,
+            ])
+            .args(["--sas-key-name", "root", "--sas-key", "cli-key"])
+            .args(["--local", &local.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut relayed = echo_through(local, Duration::from_secs(30)).expect("relayed echo");
+
+    // Revoke from the command line: the relayed connection is cut, and new ones fail.
+    let details: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(identity.join("listener.json")).unwrap()).unwrap();
+    let id = details["listener_id"].as_str().unwrap();
+    let revoked = admin(&["listener", "revoke", id]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    relayed
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    // End of stream, not a read timeout: the broker cut the connection.
+    let cut = relayed.read_to_end(&mut rest);
+    assert!(cut.is_ok(), "{cut:?}");
+    assert!(
+        echo_through(local, Duration::from_secs(2)).is_none(),
+        "a revoked listener relays nothing"
+    );
+    let listed = String::from_utf8(admin(&["listener", "list"]).stdout).unwrap();
+    assert!(
+        listed.contains("site-7  alice  orders  revoked"),
+        "{listed}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP echo service on a loopback port.
+fn echo_server() -> std::net::SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in server.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut writer = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut conn, &mut writer);
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Connects to the sender's local port and checks an echo, retrying (bounded) while the
+/// processes start; returns the still-open connection.
+fn echo_through(local: std::net::SocketAddr, within: Duration) -> Option<TcpStream> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Ok(mut conn) = TcpStream::connect(local) {
+            conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut reply = [0u8; 5];
+            if conn.write_all(b"hello").is_ok() && conn.read_exact(&mut reply).is_ok() {
+                assert_eq!(&reply, b"hello");
+                return Some(conn);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }
