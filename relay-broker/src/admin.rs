@@ -51,6 +51,74 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/enrollment-tokens", post(mint_enrollment_token))
         .route("/listeners", get(list_listeners))
         .route("/listeners/{id}/revoke", post(revoke_listener))
+        .route(
+            "/hybrid-connections/{*name}",
+            axum::routing::put(put_hybrid_connection).delete(delete_hybrid_connection),
+        )
+}
+
+#[derive(Deserialize, Default)]
+struct NewHybridConnection {
+    requires_client_authorization: Option<bool>,
+}
+
+/// Creates a hybrid connection at run time (durable with a SQLite store).
+async fn put_hybrid_connection(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::config::HybridConnection>> {
+    require_manage(&shared, &headers)?;
+    let name = crate::config::checked_hc_name(&name).map_err(RelayError::BadRequest)?;
+    let options: NewHybridConnection = if body.is_empty() {
+        NewHybridConnection::default()
+    } else {
+        serde_json::from_slice::<Option<NewHybridConnection>>(&body)
+            .map_err(|e| RelayError::BadRequest(format!("body: {e}")))?
+            .unwrap_or_default()
+    };
+    let hc = crate::config::HybridConnection {
+        name,
+        requires_client_authorization: options.requires_client_authorization.unwrap_or(true),
+    };
+    let store = Arc::clone(&shared.store);
+    let created = hc.clone();
+    blocking(move || {
+        store.create_hybrid_connection(hc.clone())?;
+        store.append_audit(&AuditEvent::now(
+            "hybrid_connection.create",
+            &hc.name,
+            "by admin",
+        ))
+    })
+    .await?;
+    Ok(Json(created))
+}
+
+async fn delete_hybrid_connection(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<bool>> {
+    require_manage(&shared, &headers)?;
+    let store = Arc::clone(&shared.store);
+    let removed = blocking(move || {
+        let removed = store.remove_hybrid_connection(&name)?;
+        if removed {
+            store.append_audit(&AuditEvent::now(
+                "hybrid_connection.remove",
+                &name,
+                "by admin",
+            ))?;
+        }
+        Ok(removed)
+    })
+    .await?;
+    if !removed {
+        return Err(RelayError::NotFound("hybrid connection".into()).into());
+    }
+    Ok(Json(true))
 }
 
 /// Who is calling.
@@ -366,6 +434,9 @@ impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         Self(match e {
             StoreError::Conflict(name) => RelayError::Conflict(format!("'{name}' already exists")),
+            StoreError::FromConfig(name) => RelayError::Conflict(format!(
+                "'{name}' is defined in the broker's configuration file"
+            )),
             other => RelayError::Internal(other.to_string()),
         })
     }

@@ -76,7 +76,7 @@ pub struct TlsFiles {
 }
 
 /// A hybrid connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HybridConnection {
     /// Name; may contain `/`.
     pub name: String,
@@ -375,24 +375,29 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
 /// connection may take these names.
 pub const RESERVED_NAMES: [&str; 3] = ["healthz", "readyz", "metrics"];
 
+/// A hybrid connection name, trimmed of slashes, or why it cannot be one.
+pub(crate) fn checked_hc_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim_matches('/').to_owned();
+    if name.is_empty()
+        || name.len() > relay_core::address::MAX_NAME_LEN
+        || name.contains(['?', '#', '$', ' ', '*'])
+    {
+        return Err(format!(
+            "name '{raw}' is empty, too long or has ?, #, $, * or space"
+        ));
+    }
+    if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(&name)) {
+        return Err(format!(
+            "name '{name}' is reserved for the broker's own endpoint /{name}"
+        ));
+    }
+    Ok(name)
+}
+
 fn hybrid_connections(raw: Vec<RawHc>) -> Result<Vec<HybridConnection>, String> {
     let mut out: Vec<HybridConnection> = Vec::with_capacity(raw.len());
     for hc in raw {
-        let name = hc.name.trim_matches('/').to_owned();
-        if name.is_empty()
-            || name.len() > relay_core::address::MAX_NAME_LEN
-            || name.contains(['?', '#', '$', ' '])
-        {
-            return Err(format!(
-                "[[hybrid_connections]] name '{}' is empty, too long or has ?, #, $ or space",
-                hc.name
-            ));
-        }
-        if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(&name)) {
-            return Err(format!(
-                "[[hybrid_connections]] name '{name}' is reserved for the broker's own endpoint /{name}"
-            ));
-        }
+        let name = checked_hc_name(&hc.name).map_err(|e| format!("[[hybrid_connections]] {e}"))?;
         if out.iter().any(|h| h.name.eq_ignore_ascii_case(&name)) {
             return Err(format!(
                 "[[hybrid_connections]] name '{name}' is defined twice"

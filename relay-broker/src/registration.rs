@@ -31,6 +31,8 @@ use crate::{RelayError, Shared, Transport};
 pub(crate) const PATH: &str = "/$register/v1/listeners";
 /// Path of the renewal call.
 pub(crate) const RENEW_PATH: &str = "/$register/v1/renew";
+/// Hybrid connections a certificate listener creates and removes under its patterns.
+pub(crate) const HC_PATH: &str = "/$register/v1/hybrid-connections/{*name}";
 
 /// A 256-bit random secret, base64url.
 pub(crate) fn new_secret() -> String {
@@ -317,4 +319,95 @@ fn renew_blocking(
         hybrid_connections: record.hybrid_connections,
         not_after_ms: renewed.not_after_ms,
     })
+}
+
+/// Outcome of a dynamic create or remove.
+#[derive(Serialize)]
+pub(crate) struct DynamicHc {
+    name: String,
+    created: bool,
+}
+
+/// `PUT /$register/v1/hybrid-connections/{name}`: a certificate listener creates a hybrid
+/// connection under a name pattern its registration allows (`edge-7/*`): the IoT case of
+/// sub-devices registered by the edge. Its person must still hold `listener.register` on it.
+pub(crate) async fn create_hybrid_connection(
+    State(shared): State<Arc<Shared>>,
+    cert: Option<axum::Extension<Arc<PeerCertificate>>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<DynamicHc>, AdminError> {
+    dynamic_hc(&shared, cert, &name, true).await
+}
+
+/// `DELETE /$register/v1/hybrid-connections/{name}`: removes one created at run time.
+pub(crate) async fn remove_hybrid_connection(
+    State(shared): State<Arc<Shared>>,
+    cert: Option<axum::Extension<Arc<PeerCertificate>>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<DynamicHc>, AdminError> {
+    dynamic_hc(&shared, cert, &name, false).await
+}
+
+async fn dynamic_hc(
+    shared: &Arc<Shared>,
+    cert: Option<axum::Extension<Arc<PeerCertificate>>>,
+    name: &str,
+    create: bool,
+) -> Result<Json<DynamicHc>, AdminError> {
+    let Some(axum::Extension(cert)) = cert else {
+        return Err(RelayError::BadCredentials(
+            "hybrid connections are managed here with a listener client certificate (mTLS)",
+        )
+        .into());
+    };
+    let name = crate::config::checked_hc_name(name).map_err(RelayError::BadRequest)?;
+    let store = Arc::clone(&shared.store);
+    let cert2 = Arc::clone(&cert);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let record =
+            crate::identity::authorize_listen(&*store, &cert2, &name, crate::store::now_ms())?;
+        let changed = if create {
+            let hc = crate::config::HybridConnection {
+                name: name.clone(),
+                requires_client_authorization: true,
+            };
+            store.create_hybrid_connection(hc).map_err(store_error)?;
+            true
+        } else {
+            store.remove_hybrid_connection(&name).map_err(store_error)?
+        };
+        if changed {
+            let kind = if create {
+                "hybrid_connection.create"
+            } else {
+                "hybrid_connection.remove"
+            };
+            store
+                .append_audit(&AuditEvent::now(
+                    kind,
+                    &name,
+                    &format!("by listener {}", record.id),
+                ))
+                .map_err(store_error)?;
+        }
+        Ok::<_, RelayError>(DynamicHc {
+            name,
+            created: create && changed,
+        })
+    })
+    .await
+    .map_err(|e| RelayError::Internal(e.to_string()))?;
+    Ok(Json(outcome?))
+}
+
+fn store_error(e: crate::store::StoreError) -> RelayError {
+    match e {
+        crate::store::StoreError::Conflict(name) => {
+            RelayError::Conflict(format!("'{name}' already exists"))
+        }
+        crate::store::StoreError::FromConfig(name) => RelayError::Conflict(format!(
+            "'{name}' is defined in the broker's configuration file"
+        )),
+        other => RelayError::Internal(other.to_string()),
+    }
 }

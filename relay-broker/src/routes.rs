@@ -41,6 +41,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
             crate::registration::RENEW_PATH,
             axum::routing::post(crate::registration::renew),
         )
+        .route(
+            crate::registration::HC_PATH,
+            axum::routing::put(crate::registration::create_hybrid_connection)
+                .delete(crate::registration::remove_hybrid_connection),
+        )
         .fallback(dispatch)
         .with_state(shared)
 }

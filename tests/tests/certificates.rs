@@ -785,3 +785,73 @@ fn an_identity_with_the_wrong_key_is_refused_and_an_interrupted_renewal_recovers
         key.serialize_pem()
     );
 }
+
+#[tokio::test]
+async fn a_certificate_listener_creates_hybrid_connections_under_its_patterns() {
+    let env = Env::start("certs-dynamic").await;
+    let dir = env.register("edge", &["hyco-edge/*"]).await;
+    let tls = env
+        .identity(&dir)
+        .client_config(Some(&env.server_ca()))
+        .unwrap();
+    let hc = |name: &str| format!("/$register/v1/hybrid-connections/{name}");
+    let null = serde_json::Value::Null;
+
+    let (code, reply) = env
+        .call("PUT", &hc("hyco-edge/dev-1"), &[], &null, &tls)
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    assert!(
+        env.listen("hyco-edge/dev-1", Arc::clone(&tls))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        env.call("PUT", &hc("hyco-edge/dev-1"), &[], &null, &tls)
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        env.call("PUT", &hc("other/dev-1"), &[], &null, &tls)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(env.call("PUT", &hc("hyco"), &[], &null, &tls).await.0, 403);
+    assert_eq!(
+        env.call("PUT", &hc("hyco-edge/a*b"), &[], &null, &tls)
+            .await
+            .0,
+        400
+    );
+    let anonymous = env.anonymous();
+    assert_eq!(
+        env.call("PUT", &hc("hyco-edge/dev-2"), &[], &null, &anonymous)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        env.call("DELETE", &hc("hyco-edge/dev-1"), &[], &null, &tls)
+            .await
+            .0,
+        200
+    );
+    let gone = env.listen("hyco-edge/dev-1", Arc::clone(&tls)).await;
+    assert_eq!(refused(&gone), Some(404));
+
+    // An administrator creates them statically; configuration-file ones stay put.
+    let (code, reply) = env
+        .admin("PUT", "/hybrid-connections/static-1", null.clone())
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["requires_client_authorization"], true);
+    assert_eq!(
+        env.admin("DELETE", "/hybrid-connections/hyco", null)
+            .await
+            .0,
+        409
+    );
+    assert!(env.audit().await.contains("hybrid_connection.create"));
+}
