@@ -54,21 +54,7 @@ impl TestBroker {
 
     pub async fn start_with(extra: &str, options: ServeOptions) -> Self {
         let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let broker = Broker::open(&config).expect("open broker");
-        let stop = CancellationToken::new();
-        let (b, s) = (broker.clone(), stop.clone());
-        let task =
-            tokio::spawn(async move { b.serve(listener, options, s.cancelled_owned()).await });
-        Self {
-            addr,
-            broker,
-            stop,
-            task,
-        }
+        Self::serve(Broker::open(&config).expect("open broker"), options).await
     }
 
     /// A broker serving TLS with a fresh self-signed server certificate for 127.0.0.1
@@ -79,13 +65,16 @@ impl TestBroker {
         let broker = Broker::open(&config).expect("open broker");
         let (cert, key) = server_tls_files(dir);
         let tls = broker.server_tls(&cert, &key).expect("server TLS");
+        Self::serve(broker, ServeOptions { tls: Some(tls) }).await
+    }
+
+    async fn serve(broker: Broker, options: ServeOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let (b, s) = (broker.clone(), stop.clone());
-        let options = ServeOptions { tls: Some(tls) };
         let task =
             tokio::spawn(async move { b.serve(listener, options, s.cancelled_owned()).await });
         Self {

@@ -794,48 +794,32 @@ async fn a_certificate_listener_creates_hybrid_connections_under_its_patterns() 
         .identity(&dir)
         .client_config(Some(&env.server_ca()))
         .unwrap();
-    let hc = |name: &str| format!("/$register/v1/hybrid-connections/{name}");
     let null = serde_json::Value::Null;
 
-    let (code, reply) = env
-        .call("PUT", &hc("hyco-edge/dev-1"), &[], &null, &tls)
-        .await;
-    assert_eq!(code, 200, "{reply}");
+    let env = &env;
+    let call = |method: &'static str, name: &'static str, tls: Arc<ClientConfig>| async move {
+        let path = format!("/$register/v1/hybrid-connections/{name}");
+        env.call(method, &path, &[], &serde_json::Value::Null, &tls)
+            .await
+            .0
+    };
+    assert_eq!(call("PUT", "hyco-edge/dev-1", Arc::clone(&tls)).await, 200);
     assert!(
         env.listen("hyco-edge/dev-1", Arc::clone(&tls))
             .await
             .is_ok()
     );
+    for (name, status) in [
+        ("hyco-edge/dev-1", 409),
+        ("other/dev-1", 403),
+        ("hyco", 403),
+        ("hyco-edge/a*b", 400),
+    ] {
+        assert_eq!(call("PUT", name, Arc::clone(&tls)).await, status, "{name}");
+    }
+    assert_eq!(call("PUT", "hyco-edge/dev-2", env.anonymous()).await, 401);
     assert_eq!(
-        env.call("PUT", &hc("hyco-edge/dev-1"), &[], &null, &tls)
-            .await
-            .0,
-        409
-    );
-    assert_eq!(
-        env.call("PUT", &hc("other/dev-1"), &[], &null, &tls)
-            .await
-            .0,
-        403
-    );
-    assert_eq!(env.call("PUT", &hc("hyco"), &[], &null, &tls).await.0, 403);
-    assert_eq!(
-        env.call("PUT", &hc("hyco-edge/a*b"), &[], &null, &tls)
-            .await
-            .0,
-        400
-    );
-    let anonymous = env.anonymous();
-    assert_eq!(
-        env.call("PUT", &hc("hyco-edge/dev-2"), &[], &null, &anonymous)
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        env.call("DELETE", &hc("hyco-edge/dev-1"), &[], &null, &tls)
-            .await
-            .0,
+        call("DELETE", "hyco-edge/dev-1", Arc::clone(&tls)).await,
         200
     );
     let gone = env.listen("hyco-edge/dev-1", Arc::clone(&tls)).await;

@@ -21,16 +21,6 @@ fn run(cmd: &mut Command, what: &str) {
     assert!(status.success(), "{what} failed: {status}");
 }
 
-/// A self-signed server certificate for 127.0.0.1 and localhost.
-fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .expect("certificate");
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-    (cert_path, key_path)
-}
-
 #[test]
 fn hyco_clients_against_the_broker_plain_and_tls() {
     let root = workspace();
@@ -90,7 +80,7 @@ fn hyco_clients_against_the_broker_plain_and_tls() {
     node_test(false, &[]);
     let dir = std::env::temp_dir().join(format!("relay-interop-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert, key) = tls_files(&dir);
+    let (cert, key) = relay_tests::server_tls_files(&dir);
     node_test(
         true,
         &[
