@@ -74,27 +74,38 @@ pub(crate) fn start(
     let tracking = r.tracking.clone();
     shared.tasks.clone().spawn(
         async move {
-            if let Ok(upgraded) = upgrade.await {
+            let upgraded = upgrade.await;
+            let connected = upgraded.is_ok();
+            if let Ok(upgraded) = upgraded {
                 tracing::info!("listener connected");
                 Shared::count(&shared.counters.listener_connects);
-                audit(&shared, "listener.connect", &who, &tracking);
+                audit(&shared, "listener.connect", &who, &tracking).await;
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
                 let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at, cert);
                 channel.run(reader, writer, rx).await;
                 Shared::count(&shared.counters.listener_disconnects);
-                audit(&shared, "listener.disconnect", &who, &tracking);
             }
             shared.presence.unregister(&handle.hc, handle.id);
             shared.rendezvous.drop_listener(handle.id);
             tracing::info!("listener disconnected");
+            if connected {
+                audit(&shared, "listener.disconnect", &who, &tracking).await;
+            }
         }
         .instrument(span),
     );
     Ok(())
 }
 
-fn audit(shared: &Arc<Shared>, kind: &'static str, subject: &str, tracking: &TrackingId) {
-    audit_event(shared, kind, subject, &format!("TrackingId:{tracking}"));
+/// Records a channel's audit event and waits for it, so one channel's connect is always
+/// written before its disconnect.
+async fn audit(shared: &Arc<Shared>, kind: &'static str, subject: &str, tracking: &TrackingId) {
+    let event = crate::store::AuditEvent::now(kind, subject, &format!("TrackingId:{tracking}"));
+    let store = Arc::clone(&shared.store);
+    let written = tokio::task::spawn_blocking(move || store.append_audit(&event)).await;
+    if let Ok(Err(e)) = written {
+        tracing::warn!(error = %e, "audit event lost");
+    }
 }
 
 /// Records an audit event off the runtime threads (a durable store syncs to disk).
