@@ -257,12 +257,10 @@ pub(crate) fn person_by_token(
     if !token.starts_with(PERSON_TOKEN_PREFIX) {
         return Err(RelayError::BadCredentials(WRONG));
     }
-    let internal = |e: StoreError| RelayError::Internal(e.to_string());
     let name = store
-        .person_for_token(&crate::registration::sha256_hex(token))
-        .map_err(internal)?
+        .person_for_token(&crate::registration::sha256_hex(token))?
         .ok_or(RelayError::BadCredentials(WRONG))?;
-    match store.person(&name).map_err(internal)? {
+    match store.person(&name)? {
         Some((person, _)) if !person.disabled => Ok(person),
         _ => Err(RelayError::BadCredentials(WRONG)),
     }
@@ -432,13 +430,7 @@ impl From<RelayError> for AdminError {
 
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
-        Self(match e {
-            StoreError::Conflict(name) => RelayError::Conflict(format!("'{name}' already exists")),
-            StoreError::FromConfig(name) => RelayError::Conflict(format!(
-                "'{name}' is defined in the broker's configuration file"
-            )),
-            other => RelayError::Internal(other.to_string()),
-        })
+        Self(e.into())
     }
 }
 
@@ -543,7 +535,7 @@ async fn disable_person(
         }
         // Everything the person registered stops now: their listeners fail the person
         // check from here on, and what they have open is closed.
-        let closed = crate::identity::close_person(&*store, &shared2.sessions, &name);
+        let closed = crate::identity::close_person(&*store, &shared2.sessions, &name)?;
         store.append_audit(&AuditEvent::now(
             "person.disable",
             &name,

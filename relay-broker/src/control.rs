@@ -100,23 +100,24 @@ pub(crate) fn start(
 /// Records a channel's audit event and waits for it, so one channel's connect is always
 /// written before its disconnect.
 async fn audit(shared: &Arc<Shared>, kind: &'static str, subject: &str, tracking: &TrackingId) {
-    let event = crate::store::AuditEvent::now(kind, subject, &format!("TrackingId:{tracking}"));
-    let store = Arc::clone(&shared.store);
-    let written = tokio::task::spawn_blocking(move || store.append_audit(&event)).await;
-    if let Ok(Err(e)) = written {
-        tracing::warn!(error = %e, "audit event lost");
-    }
+    let _ = audit_event(shared, kind, subject, &format!("TrackingId:{tracking}")).await;
 }
 
-/// Records an audit event off the runtime threads (a durable store syncs to disk).
-pub(crate) fn audit_event(shared: &Arc<Shared>, kind: &str, subject: &str, detail: &str) {
+/// Records an audit event off the runtime threads (a durable store syncs to disk); await the
+/// handle when order matters.
+pub(crate) fn audit_event(
+    shared: &Arc<Shared>,
+    kind: &str,
+    subject: &str,
+    detail: &str,
+) -> tokio::task::JoinHandle<()> {
     let event = crate::store::AuditEvent::now(kind, subject, detail);
     let store = Arc::clone(&shared.store);
     shared.tasks.spawn_blocking(move || {
         if let Err(e) = store.append_audit(&event) {
             tracing::warn!(error = %e, "audit event lost");
         }
-    });
+    })
 }
 
 /// Sent from the reader to the writer.

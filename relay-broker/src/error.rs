@@ -162,3 +162,18 @@ impl RelayError {
         resp
     }
 }
+
+/// What a store failure means to a client: an existing name is a conflict, anything else is
+/// the broker's own failure.
+impl From<crate::store::StoreError> for RelayError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Conflict(name) => Self::Conflict(format!("'{name}' already exists")),
+            StoreError::FromConfig(name) => Self::Conflict(format!(
+                "'{name}' is defined in the broker's configuration file"
+            )),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

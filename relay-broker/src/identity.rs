@@ -82,21 +82,18 @@ fn current(
     cert: &PeerCertificate,
     now_ms: u64,
 ) -> Result<ListenerRecord, RelayError> {
-    let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
-    let record =
-        store
-            .listener(&cert.listener_id)
-            .map_err(internal)?
-            .ok_or(RelayError::BadCredentials(
-                "the client certificate names no registered listener",
-            ))?;
+    let record = store
+        .listener(&cert.listener_id)?
+        .ok_or(RelayError::BadCredentials(
+            "the client certificate names no registered listener",
+        ))?;
     if record.revoked_at_ms.is_some() {
         return Err(RelayError::Forbidden(format!(
             "listener {} was revoked; register it again",
             record.id
         )));
     }
-    let issued = store.certificate(&cert.serial).map_err(internal)?;
+    let issued = store.certificate(&cert.serial)?;
     if issued.is_none_or(|c| c.listener_id != record.id) {
         return Err(RelayError::Forbidden(format!(
             "certificate {} was not issued to listener {}",
@@ -117,18 +114,19 @@ fn person_may_register(
     record: &ListenerRecord,
     hcs: &[String],
 ) -> Result<(), RelayError> {
-    let (person, _) = store
-        .person(&record.person)
-        .map_err(|e| RelayError::Internal(e.to_string()))?
-        .ok_or_else(|| {
-            RelayError::Forbidden(format!("person '{}' no longer exists", record.person))
-        })?;
+    let (person, _) = store.person(&record.person)?.ok_or_else(|| {
+        RelayError::Forbidden(format!("person '{}' no longer exists", record.person))
+    })?;
     may_register(&person, hcs)
 }
 
 /// Closes the sessions of every listener `person` registered; returns how many.
-pub(crate) fn close_person(store: &dyn Store, sessions: &Sessions, person: &str) -> usize {
-    let listeners = store.listeners().unwrap_or_default();
+pub(crate) fn close_person(
+    store: &dyn Store,
+    sessions: &Sessions,
+    person: &str,
+) -> Result<usize, crate::store::StoreError> {
+    let listeners = store.listeners()?;
     let mine: Vec<_> = listeners
         .iter()
         .filter(|l| l.person.eq_ignore_ascii_case(person))
@@ -136,7 +134,7 @@ pub(crate) fn close_person(store: &dyn Store, sessions: &Sessions, person: &str)
     for listener in &mine {
         sessions.close(&listener.id);
     }
-    mine.len()
+    Ok(mine.len())
 }
 
 /// A control channel's certificate facts: when it must close, and what closes it early.

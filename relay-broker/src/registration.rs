@@ -112,11 +112,7 @@ pub(crate) async fn register(
             Shared::count(&shared.counters.auth_failures);
         }
         let detail = e.to_string();
-        let store = Arc::clone(&shared.store);
-        let _ = tokio::task::spawn_blocking(move || {
-            store.append_audit(&AuditEvent::now("registration.rejected", "", &detail))
-        })
-        .await;
+        let _ = crate::control::audit_event(&shared, "registration.rejected", "", &detail).await;
     }
     Ok(Json(outcome?))
 }
@@ -127,7 +123,6 @@ fn register_blocking(
     body: Register,
 ) -> Result<Registered, RelayError> {
     let store = &shared.store;
-    let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
     let now_ms = crate::store::now_ms();
     let (person_name, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
         (None, _, None) if body.person_token.is_some() => {
@@ -141,8 +136,7 @@ fn register_blocking(
         }
         (Some(token), _, _) => {
             let token = store
-                .burn_enrollment_token(&sha256_hex(token), now_ms)
-                .map_err(internal)?
+                .burn_enrollment_token(&sha256_hex(token), now_ms)?
                 .ok_or({
                     RelayError::BadCredentials("the enrollment token is unknown, used or expired")
                 })?;
@@ -153,7 +147,7 @@ fn register_blocking(
             )
         }
         (None, Some(person), Some(password)) => {
-            let found = store.person(person).map_err(internal)?;
+            let found = store.person(person)?;
             // The same answer for an unknown person and a wrong password.
             let verified = found.as_ref().is_some_and(|(_, hash)| {
                 PasswordHash::new(hash).is_ok_and(|h| {
@@ -181,8 +175,7 @@ fn register_blocking(
     };
     // Rights are re-checked at use, not only when a token was minted.
     let (person, _) = store
-        .person(&person_name)
-        .map_err(internal)?
+        .person(&person_name)?
         .ok_or_else(|| RelayError::Forbidden("person no longer exists".into()))?;
     may_register(&person, &hcs)?;
     let listener_id = uuid::Uuid::new_v4().to_string();
@@ -201,17 +194,13 @@ fn register_blocking(
     };
     store.add_listener(&record).map_err(key_conflict)?;
     let detail = format!("listener {listener_id} for {}", hcs.join(","));
-    store
-        .append_audit(&AuditEvent::now("listener.register", &person.name, &detail))
-        .map_err(internal)?;
+    store.append_audit(&AuditEvent::now("listener.register", &person.name, &detail))?;
     let issue_detail = format!("serial {} key {}", issued.serial, issued.key_fingerprint);
-    store
-        .append_audit(&AuditEvent::now(
-            "certificate.issue",
-            &listener_id,
-            &issue_detail,
-        ))
-        .map_err(internal)?;
+    store.append_audit(&AuditEvent::now(
+        "certificate.issue",
+        &listener_id,
+        &issue_detail,
+    ))?;
     Ok(Registered {
         listener_id,
         certificate: issued.pem,
@@ -286,7 +275,6 @@ fn renew_blocking(
     body: &Renew,
 ) -> Result<Registered, RelayError> {
     let store = &shared.store;
-    let internal = |e: crate::store::StoreError| RelayError::Internal(e.to_string());
     let record = crate::identity::authorize_renewal(&**store, cert, crate::store::now_ms())?;
     let issued = issue(ca, &body.csr, &record.id, shared.ca_lifetime)?;
     if issued.key_fingerprint == record.key_fingerprint {
@@ -309,9 +297,7 @@ fn renew_blocking(
         "serial {} key {} replaces serial {}",
         issued.serial, issued.key_fingerprint, cert.serial
     );
-    store
-        .append_audit(&AuditEvent::now("certificate.renew", &record.id, &detail))
-        .map_err(internal)?;
+    store.append_audit(&AuditEvent::now("certificate.renew", &record.id, &detail))?;
     Ok(Registered {
         listener_id: record.id,
         certificate: issued.pem,
@@ -371,10 +357,10 @@ async fn dynamic_hc(
                 name: name.clone(),
                 requires_client_authorization: true,
             };
-            store.create_hybrid_connection(hc).map_err(store_error)?;
+            store.create_hybrid_connection(hc)?;
             true
         } else {
-            store.remove_hybrid_connection(&name).map_err(store_error)?
+            store.remove_hybrid_connection(&name)?
         };
         if changed {
             let kind = if create {
@@ -382,13 +368,11 @@ async fn dynamic_hc(
             } else {
                 "hybrid_connection.remove"
             };
-            store
-                .append_audit(&AuditEvent::now(
-                    kind,
-                    &name,
-                    &format!("by listener {}", record.id),
-                ))
-                .map_err(store_error)?;
+            store.append_audit(&AuditEvent::now(
+                kind,
+                &name,
+                &format!("by listener {}", record.id),
+            ))?;
         }
         Ok::<_, RelayError>(DynamicHc {
             name,
@@ -398,16 +382,4 @@ async fn dynamic_hc(
     .await
     .map_err(|e| RelayError::Internal(e.to_string()))?;
     Ok(Json(outcome?))
-}
-
-fn store_error(e: crate::store::StoreError) -> RelayError {
-    match e {
-        crate::store::StoreError::Conflict(name) => {
-            RelayError::Conflict(format!("'{name}' already exists"))
-        }
-        crate::store::StoreError::FromConfig(name) => RelayError::Conflict(format!(
-            "'{name}' is defined in the broker's configuration file"
-        )),
-        other => RelayError::Internal(other.to_string()),
-    }
 }

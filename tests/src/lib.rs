@@ -254,3 +254,39 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// The workspace root.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Path of a debug binary of the workspace (see [`build_binaries`]).
+pub fn bin(name: &str) -> std::path::PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map_or_else(|_| workspace().join("target"), std::path::PathBuf::from)
+        .join("debug")
+        .join(name)
+}
+
+/// Builds the three binaries, for suites that run them as a user would.
+pub fn build_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace())
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "relay-broker",
+            "-p",
+            "relay-listener",
+            "-p",
+            "relay-sender",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the binaries failed: {status}");
+}

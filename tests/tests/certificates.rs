@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use relay_io::WsError;
 use relay_io::client::{ConnectOptions, Connected};
 use relay_io::rustls::ClientConfig;
+use relay_io::rustls::pki_types::pem::PemObject as _;
 use relay_io::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use relay_listener::CertificateIdentity;
 use relay_tests::{KEY, KEY_NAME, TestBroker, temp_dir, token_for};
@@ -200,7 +201,9 @@ fn csr(key: &rcgen::KeyPair) -> String {
 
 /// A client configuration trusting the broker and presenting `chain_pem` with `key`.
 fn client_with(env: &Env, chain_pem: &str, key: &rcgen::KeyPair) -> Arc<ClientConfig> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile_certs(chain_pem);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
     let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let mut roots = relay_io::rustls::RootCertStore::empty();
     for cert in relay_io::tls::load_certs(&env.server_ca()).unwrap() {
@@ -214,20 +217,6 @@ fn client_with(env: &Env, chain_pem: &str, key: &rcgen::KeyPair) -> Arc<ClientCo
             .with_client_auth_cert(chain, key)
             .unwrap(),
     )
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    let dir = temp_dir(&format!("pem-{}", rand_suffix()));
-    let path = dir.join("chain.pem");
-    std::fs::write(&path, pem).unwrap();
-    relay_io::tls::load_certs(&path).unwrap()
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 /// A leaf with the broker's SAN URI for `listener_id`, signed by `issuer`.

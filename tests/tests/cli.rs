@@ -6,28 +6,15 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn bin(name: &str) -> PathBuf {
-    std::env::var("CARGO_TARGET_DIR")
-        .map_or_else(|_| workspace().join("target"), PathBuf::from)
-        .join("debug")
-        .join(name)
-}
+use relay_tests::{bin, build_binaries};
 
 /// A child process killed when the test ends, pass or fail.
-struct Broker(Child);
+struct KillOnDrop(Child);
 
-impl Drop for Broker {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -40,22 +27,7 @@ fn run(cmd: &mut Command) -> Output {
 
 #[test]
 fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_line() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .current_dir(workspace())
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "relay-broker",
-            "-p",
-            "relay-listener",
-            "-p",
-            "relay-sender",
-        ])
-        .status()
-        .unwrap();
-    assert!(built.success());
+    build_binaries();
     let dir = std::env::temp_dir().join(format!("relay-cli-flow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -83,7 +55,7 @@ fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_lin
             break addr.to_owned();
         }
     };
-    let _broker = Broker(child);
+    let _broker = KillOnDrop(child);
     let endpoint = format!("https://{addr}");
     let admin = |args: &[&str]| {
         run(Command::new(bin("relay-broker"))
@@ -197,43 +169,22 @@ fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_lin
     // The agent listens with its certificate alone; a sender reaches the TCP service.
     let echo = echo_server();
     let wss = format!("wss://{addr}");
-    let _listener = Broker(
+    let common = ["--endpoint", &wss, "--hc", "orders", "--ca-cert", &ca_cert];
+    let _listener = background(
         Command::new(bin("relay-listener"))
-            .args([
-                "run",
-                "--endpoint",
-                &wss,
-                "--hc",
-                "orders",
-                "--ca-cert",
-                &ca_cert,
-            ])
+            .arg("run")
+            .args(common)
             .arg("--identity")
             .arg(&identity)
-            .args(["--forward", &echo.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .args(["--forward", &echo.to_string()]),
     );
     let local = free_port();
-    let _sender = Broker(
+    let _sender = background(
         Command::new(bin("relay-sender"))
-            .args([
-                "forward",
-                "--endpoint",
-                &wss,
-                "--hc",
-                "orders",
-                "--ca-cert",
-                &ca_cert,
-            ])
+            .arg("forward")
+            .args(common)
             .args(["--sas-key-name", "root", "--sas-key", "cli-key"])
-            .args(["--local", &local.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .args(["--local", &local.to_string()]),
     );
     let mut relayed = echo_through(local, Duration::from_secs(30)).expect("relayed echo");
 
@@ -264,6 +215,16 @@ fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_lin
         "{listed}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts a quiet child process, killed when the handle drops.
+fn background(cmd: &mut Command) -> KillOnDrop {
+    KillOnDrop(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("process starts"),
+    )
 }
 
 /// A TCP echo service on a loopback port.

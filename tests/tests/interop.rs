@@ -4,15 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn run(cmd: &mut Command, what: &str) {
     let status = cmd
@@ -23,22 +16,9 @@ fn run(cmd: &mut Command, what: &str) {
 
 #[test]
 fn hyco_clients_against_the_broker_plain_and_tls() {
-    let root = workspace();
+    let root = relay_tests::workspace();
     let interop = root.join("interop");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(
-        Command::new(cargo).current_dir(&root).args([
-            "build",
-            "-q",
-            "-p",
-            "relay-broker",
-            "-p",
-            "relay-listener",
-            "-p",
-            "relay-sender",
-        ]),
-        "building the binaries",
-    );
+    relay_tests::build_binaries();
     if !interop.join("node_modules/hyco-ws").exists()
         || !interop.join("node_modules/hyco-https").exists()
     {
@@ -49,9 +29,6 @@ fn hyco_clients_against_the_broker_plain_and_tls() {
             "npm ci",
         );
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map_or_else(|_| root.join("target"), PathBuf::from)
-        .join("debug");
     let node_test = |tls: bool, extra: &[(&str, &Path)]| {
         let mut cmd = Command::new("node");
         cmd.current_dir(&interop)
@@ -62,9 +39,9 @@ fn hyco_clients_against_the_broker_plain_and_tls() {
                 "test/",
             ])
             .env("RELAY_TLS", if tls { "1" } else { "0" })
-            .env("RELAY_BROKER_BIN", target.join("relay-broker"))
-            .env("RELAY_LISTENER_BIN", target.join("relay-listener"))
-            .env("RELAY_SENDER_BIN", target.join("relay-sender"));
+            .env("RELAY_BROKER_BIN", relay_tests::bin("relay-broker"))
+            .env("RELAY_LISTENER_BIN", relay_tests::bin("relay-listener"))
+            .env("RELAY_SENDER_BIN", relay_tests::bin("relay-sender"));
         for (k, v) in extra {
             cmd.env(k, v);
         }
