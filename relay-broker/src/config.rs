@@ -64,6 +64,9 @@ pub struct CaConfig {
     pub cert_lifetime: Duration,
     /// Trust domain in listener SAN URIs (`spiffe://<domain>/listener/<id>`).
     pub trust_domain: String,
+    /// Whether listeners behind an L7 proxy that ends TLS may log in by proof of possession
+    /// of their certificate's key (off by default: mTLS to the broker is stronger).
+    pub proof_of_possession: bool,
 }
 
 /// Paths of the server certificate chain and key.
@@ -156,6 +159,7 @@ struct RawCa {
     dir: PathBuf,
     cert_lifetime_hours: Option<f64>,
     trust_domain: Option<String>,
+    proof_of_possession: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -296,6 +300,7 @@ fn ca_config(
         dir: raw.dir,
         cert_lifetime: Duration::from_secs_f64(hours * 3600.0),
         trust_domain,
+        proof_of_possession: raw.proof_of_possession.unwrap_or(false),
     })
 }
 

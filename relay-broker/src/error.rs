@@ -22,6 +22,9 @@ pub enum RelayError {
     /// A person's password or an enrollment token was refused.
     #[error("{0}")]
     BadCredentials(&'static str),
+    /// A proof-of-possession login or session ticket was refused.
+    #[error("proof of possession refused: {0}")]
+    ProofRejected(String),
     /// Valid token without the needed right, or a full listener quota.
     #[error("{0}")]
     Forbidden(String),
@@ -89,7 +92,9 @@ impl RelayError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(e) if e.status() == 403 => StatusCode::FORBIDDEN,
-            Self::Unauthorized(_) | Self::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::BadCredentials(_) | Self::ProofRejected(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden(_) | Self::RendezvousExpired => StatusCode::FORBIDDEN,
             Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
             Self::NoListener | Self::ListenerFailed(_) => StatusCode::BAD_GATEWAY,
@@ -106,7 +111,7 @@ impl RelayError {
             Self::BadRequest(_) => "BadRequest",
             Self::EndpointNotFound => "EndpointNotFound",
             Self::Unauthorized(_) => "TokenMissingOrInvalid",
-            Self::BadCredentials(_) => "Unauthorized",
+            Self::BadCredentials(_) | Self::ProofRejected(_) => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::RendezvousExpired => "RendezvousExpired",
             Self::Throttled => "TooManyRequests",

@@ -48,7 +48,7 @@ pub(crate) fn authorize_listen(
     hc: &str,
     now_ms: u64,
 ) -> Result<ListenerRecord, RelayError> {
-    let record = current(store, cert, now_ms)?;
+    let record = check_certificate(store, cert, now_ms)?;
     let granted = record
         .hybrid_connections
         .iter()
@@ -70,14 +70,14 @@ pub(crate) fn authorize_renewal(
     cert: &PeerCertificate,
     now_ms: u64,
 ) -> Result<ListenerRecord, RelayError> {
-    let record = current(store, cert, now_ms)?;
+    let record = check_certificate(store, cert, now_ms)?;
     person_may_register(store, &record, &record.hybrid_connections)?;
     Ok(record)
 }
 
 /// The listener record behind a certificate, refusing revoked listeners and certificates the
 /// broker did not issue to it.
-fn current(
+pub(crate) fn check_certificate(
     store: &dyn Store,
     cert: &PeerCertificate,
     now_ms: u64,

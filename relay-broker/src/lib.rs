@@ -16,6 +16,7 @@
 //! | [`store`] | entities, rules and the audit trail: in memory or SQLite |
 //! | [`ca`] | the certificate authority for listener identities |
 //! | [`admin`] | the versioned administration API (`/$admin/v1`) |
+//! | `pop` | proof-of-possession login for listeners behind an L7 proxy that ends TLS |
 //! | `rendezvous` | bounded maps of pending capability addresses and requests |
 //! | [`error`] | every status the broker answers with, and its tracking id |
 //! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
@@ -34,6 +35,7 @@ mod control;
 mod http_relay;
 mod identity;
 mod limiter;
+mod pop;
 mod pump;
 mod registration;
 mod rendezvous;
@@ -102,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) ca_lifetime: std::time::Duration,
     /// What revocation closes, per certificate-authenticated listener.
     pub(crate) sessions: identity::Sessions,
+    /// Proof-of-possession logins, when `[ca].proof_of_possession` is on.
+    pub(crate) pop: Option<Arc<pop::PopLogins>>,
     pub(crate) counters: Counters,
 }
 
@@ -156,9 +160,14 @@ impl Broker {
                 &ca.trust_domain,
                 time::OffsetDateTime::now_utc(),
             )?;
+            let logins = ca
+                .proof_of_possession
+                .then(|| pop::PopLogins::new(&authority).map(Arc::new))
+                .transpose()?;
             if let Some(shared) = Arc::get_mut(&mut broker.shared) {
                 shared.ca = Some(Arc::new(authority));
                 shared.ca_lifetime = ca.cert_lifetime;
+                shared.pop = logins;
             }
         }
         Ok(broker)
@@ -215,6 +224,7 @@ impl Broker {
             ca: None,
             ca_lifetime: std::time::Duration::from_secs(7 * 86_400),
             sessions: identity::Sessions::default(),
+            pop: None,
             counters: Counters::default(),
         };
         Self {

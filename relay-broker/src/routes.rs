@@ -27,15 +27,22 @@ use crate::{RelayError, Shared, Transport, control, http_relay, pump};
 /// The query parameter carrying a rendezvous capability.
 pub(crate) const RENDEZVOUS_PARAM: &str = "sb-hc-rendezvous";
 
+/// Largest body of a registration, renewal or login call (a CSR is at most 8 KiB).
+const MAX_REGISTER_BODY: usize = 64 * 1024;
+
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(readyz))
-        .route("/metrics", axum::routing::get(metrics))
-        .nest(crate::admin::PREFIX, crate::admin::router())
+    let register = axum::Router::new()
         .route(
             crate::registration::PATH,
             axum::routing::post(crate::registration::register),
+        )
+        .route(
+            crate::pop::CHALLENGE_PATH,
+            axum::routing::post(crate::pop::challenge),
+        )
+        .route(
+            crate::pop::SESSION_PATH,
+            axum::routing::post(crate::pop::session),
         )
         .route(
             crate::registration::RENEW_PATH,
@@ -46,7 +53,18 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
             axum::routing::put(crate::registration::create_hybrid_connection)
                 .delete(crate::registration::remove_hybrid_connection),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REGISTER_BODY));
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics))
+        .nest(crate::admin::PREFIX, crate::admin::router())
+        .merge(register)
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            crate::pop::attach_session,
+        ))
         .with_state(shared)
 }
 

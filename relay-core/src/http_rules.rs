@@ -45,8 +45,9 @@ pub fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
 /// Whether a header carries a relay credential that a listener must never see.
 #[must_use]
 pub fn is_relay_credential(name: &HeaderName) -> bool {
-    name.as_str()
-        .eq_ignore_ascii_case(crate::auth::SERVICE_BUS_AUTHORIZATION)
+    let name = name.as_str();
+    name.eq_ignore_ascii_case(crate::auth::SERVICE_BUS_AUTHORIZATION)
+        || name.eq_ignore_ascii_case(crate::pop::SESSION_HEADER)
 }
 
 /// The `Via` value after this broker (`host`) handled a message: appended to any existing one.

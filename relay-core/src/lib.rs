@@ -14,6 +14,7 @@
 //! | [`frame`] | RFC 6455 frame headers, masking and the upgrade handshake key |
 //! | [`http_rules`] | header rules for relayed HTTP: hop-by-hop stripping, `Via` |
 //! | [`limits`] | protocol limits shared by every role |
+//! | [`pop`] | the proof-of-possession login format for listeners behind an L7 proxy |
 //! | [`tracking`] | tracking ids carried in status texts and close reasons |
 
 pub mod address;
@@ -23,6 +24,7 @@ pub mod control;
 pub mod frame;
 pub mod http_rules;
 pub mod limits;
+pub mod pop;
 pub mod sas;
 pub mod tracking;
 

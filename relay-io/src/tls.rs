@@ -77,6 +77,37 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     provider()
 }
 
+/// The client-certificate check of the TLS handshake (chain to one of `client_cas`,
+/// validity, clientAuth EKU), for use outside a handshake too: a proof-of-possession login
+/// checks a presented chain with exactly the rules mTLS applies.
+pub fn client_cert_verifier(
+    client_cas: &[CertificateDer<'static>],
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, WsError> {
+    client_verifier(client_cas, false)
+}
+
+fn client_verifier(
+    client_cas: &[CertificateDer<'static>],
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, WsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in client_cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| WsError::Tls(format!("client CA: {e}")))?;
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider());
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder
+        .build()
+        .map_err(|e| WsError::Tls(format!("client CA: {e}")))
+}
+
 /// A server configuration from a PEM certificate chain and key. Only HTTP/1.1 is offered:
 /// WebSocket upgrades need it.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, WsError> {
@@ -99,18 +130,7 @@ pub fn server_config_with_client_ca(
     let builder = if client_cas.is_empty() {
         builder.with_no_client_auth()
     } else {
-        let mut roots = RootCertStore::empty();
-        for ca in client_cas {
-            roots
-                .add(ca.clone())
-                .map_err(|e| WsError::Tls(format!("client CA: {e}")))?;
-        }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| WsError::Tls(format!("client CA: {e}")))?;
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(client_verifier(client_cas, true)?)
     };
     let mut config = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)

@@ -19,6 +19,9 @@ pub enum ListenerError {
     /// The certificate was renewed; the control channel reconnects with it at once.
     #[error("certificate renewed; reconnecting")]
     Rotated,
+    /// The proof-of-possession login before connecting failed.
+    #[error("proof-of-possession login: {0}")]
+    Login(#[from] crate::IdentityError),
     /// Nothing was heard from the broker for too long.
     #[error("no traffic from the broker for {0:?}; the link is dead")]
     Dead(std::time::Duration),
@@ -44,6 +47,12 @@ impl ListenerError {
             Self::Closed { code: 1008, .. } => {
                 Some("the token or certificate expired, or the token's renewal was refused")
             }
+            Self::Login(crate::IdentityError::Refused { status: 404, .. }) => Some(
+                "the broker does not allow proof-of-possession logins ([ca].proof_of_possession)",
+            ),
+            Self::Login(crate::IdentityError::Refused { .. }) => Some(
+                "the broker refused the certificate: revoked, expired, or the broker's address (aud) differs; check --endpoint",
+            ),
             Self::Closed { code: 4401, .. } => {
                 Some("this listener was revoked (or its person disabled); register it again")
             }

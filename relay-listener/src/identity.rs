@@ -54,6 +54,8 @@ pub enum IdentityError {
 
 struct Current {
     key: Arc<CertifiedKey>,
+    /// PKCS#8, for proof-of-possession signatures outside a handshake.
+    key_der: Arc<PrivateKeyDer<'static>>,
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -66,6 +68,9 @@ pub struct CertificateIdentity {
     current: RwLock<Current>,
     /// Bumped on every renewal, so control channels move to the new certificate.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Prove the key by a signed login instead of in the TLS handshake (an L7 proxy in
+    /// front of the broker ends TLS).
+    proof_of_possession: bool,
 }
 
 impl std::fmt::Debug for CertificateIdentity {
@@ -100,7 +105,49 @@ impl CertificateIdentity {
             hybrid_connections,
             current: RwLock::new(current),
             generation: tokio::sync::watch::Sender::new(0),
+            proof_of_possession: false,
         })
+    }
+
+    /// Proves the key with a signed login before each connect and renewal, for a broker
+    /// behind an L7 proxy that ends TLS; the TLS handshake then presents no certificate.
+    #[must_use]
+    pub fn with_proof_of_possession(mut self, on: bool) -> Self {
+        self.proof_of_possession = on;
+        self
+    }
+
+    /// Whether logins prove the key by signature rather than in the handshake.
+    #[must_use]
+    pub fn uses_proof_of_possession(&self) -> bool {
+        self.proof_of_possession
+    }
+
+    /// A proof-of-possession login: a nonce from the broker, signed with the current key
+    /// together with the certificate chain. Returns the single-use session ticket for the
+    /// next request.
+    pub async fn login(
+        &self,
+        endpoint: &str,
+        tls: &Arc<ClientConfig>,
+    ) -> Result<String, IdentityError> {
+        let base = relay_core::connection_string::http_base(endpoint);
+        let challenge = format!("{base}/$register/v1/pop/challenge");
+        let reply = post_json(&challenge, &[], &serde_json::json!({}), tls).await?;
+        let nonce = reply["nonce"]
+            .as_str()
+            .ok_or_else(|| IdentityError::Transport("the challenge has no nonce".into()))?;
+        let proof = {
+            let current = self.read();
+            crate::pop::sign(&current.key_der, &current.key.cert, &base, nonce)
+        }
+        .map_err(IdentityError::Transport)?;
+        let session = format!("{base}/$register/v1/pop/session");
+        let reply = post_json(&session, &[], &serde_json::json!({ "proof": proof }), tls).await?;
+        reply["session"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| IdentityError::Transport("the login reply has no session".into()))
     }
 
     /// Changes whenever the certificate is renewed.
@@ -150,6 +197,9 @@ impl CertificateIdentity {
         self: &Arc<Self>,
         extra_ca: Option<&Path>,
     ) -> Result<Arc<ClientConfig>, relay_io::WsError> {
+        if self.proof_of_possession {
+            return relay_io::tls::client_config(extra_ca);
+        }
         relay_io::tls::client_config_with_identity(extra_ca, Arc::clone(self) as _)
     }
 
@@ -170,21 +220,16 @@ impl CertificateIdentity {
             "{}/$register/v1/renew",
             relay_core::connection_string::http_base(endpoint)
         );
-        let body = serde_json::json!({ "csr": csr }).to_string();
-        let (status, reply) = relay_io::http1::call(&url, "POST", &[], body.as_bytes(), Some(tls))
-            .await
-            .map_err(|e| IdentityError::Transport(e.to_string()))?;
-        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
-        if status != 200 {
-            let message = reply["error"]["message"]
-                .as_str()
-                .map_or_else(|| reply.to_string(), str::to_owned);
-            return Err(if (400..500).contains(&status) {
-                IdentityError::Refused { status, message }
-            } else {
-                IdentityError::Transport(format!("{status}: {message}"))
-            });
-        }
+        let ticket = match self.proof_of_possession {
+            true => Some(self.login(endpoint, tls).await?),
+            false => None,
+        };
+        let headers: Vec<(&str, &str)> = ticket
+            .iter()
+            .map(|t| (relay_core::pop::SESSION_HEADER, t.as_str()))
+            .collect();
+        let body = serde_json::json!({ "csr": csr });
+        let reply = post_json(&url, &headers, &body, tls).await?;
         let chain = format!(
             "{}{}",
             reply["certificate"].as_str().unwrap_or_default(),
@@ -267,6 +312,32 @@ impl ResolvesClientCert for CertificateIdentity {
     }
 }
 
+/// POSTs JSON to the broker: a 4xx is a refusal (not retried), anything else that is not
+/// 200 a failure in transit.
+async fn post_json(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+    tls: &Arc<ClientConfig>,
+) -> Result<serde_json::Value, IdentityError> {
+    let body = body.to_string();
+    let (status, reply) = relay_io::http1::call(url, "POST", headers, body.as_bytes(), Some(tls))
+        .await
+        .map_err(|e| IdentityError::Transport(e.to_string()))?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+    if status == 200 {
+        return Ok(reply);
+    }
+    let message = reply["error"]["message"]
+        .as_str()
+        .map_or_else(|| reply.to_string(), str::to_owned);
+    Err(if (400..500).contains(&status) {
+        IdentityError::Refused { status, message }
+    } else {
+        IdentityError::Transport(format!("{status}: {message}"))
+    })
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|source| IdentityError::Io {
         path: path.to_path_buf(),
@@ -287,11 +358,12 @@ fn load_pair(dir: &Path) -> Result<Current, IdentityError> {
     let (not_before, not_after) =
         validity(leaf).ok_or_else(|| invalid("cert.pem: unreadable validity".into()))?;
     let provider = relay_io::tls::crypto_provider();
-    let pair = |key_path: &Path| -> Result<CertifiedKey, IdentityError> {
+    let pair = |key_path: &Path| -> Result<(CertifiedKey, PrivateKeyDer<'static>), IdentityError> {
         let key = private_key(&read(key_path)?)
             .ok_or_else(|| invalid(format!("{}: no private key", key_path.display())))?;
-        CertifiedKey::from_der(chain.clone(), key, &provider)
-            .map_err(|e| invalid(format!("{}: {e}", key_path.display())))
+        let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
+            .map_err(|e| invalid(format!("{}: {e}", key_path.display())))?;
+        Ok((certified, key))
     };
     let (key_path, pending) = (dir.join("key.pem"), dir.join("key.pem.new"));
     let key = match pair(&key_path) {
@@ -309,8 +381,10 @@ fn load_pair(dir: &Path) -> Result<Current, IdentityError> {
         }
         Err(e) => return Err(e),
     };
+    let (key, key_der) = key;
     Ok(Current {
         key: Arc::new(key),
+        key_der: Arc::new(key_der),
         not_before,
         not_after,
     })

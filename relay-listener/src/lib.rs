@@ -25,6 +25,7 @@ pub mod token;
 
 mod error;
 mod http;
+mod pop;
 
 pub use error::ListenerError;
 pub use handler::{Handler, IncomingConnection, RelayBody, RelayStream, ServiceHandler, full_body};

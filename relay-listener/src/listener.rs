@@ -232,6 +232,16 @@ impl Listener {
                 (token.expires_at, None)
             }
             Credential::Certificate(identity) => {
+                if identity.uses_proof_of_possession() {
+                    let tls = match options.tls.clone() {
+                        Some(tls) => tls,
+                        None => relay_io::tls::client_config(None)?,
+                    };
+                    let ticket = identity.login(&config.endpoint, &tls).await?;
+                    options
+                        .headers
+                        .push((relay_core::pop::SESSION_HEADER.into(), ticket));
+                }
                 let mut renewals = identity.renewals();
                 renewals.mark_unchanged();
                 (None, Some(renewals))

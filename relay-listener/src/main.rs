@@ -81,6 +81,10 @@ struct RunArgs {
     /// Authenticate with the certificate in this directory (from `register`) instead of SAS.
     #[arg(long)]
     identity: Option<PathBuf>,
+    /// With --identity, for a broker behind an L7 proxy that ends TLS: prove the key with a
+    /// signed login before each connect instead of in the TLS handshake.
+    #[arg(long, requires = "identity")]
+    proof_of_possession: bool,
 }
 
 #[tokio::main]
@@ -98,12 +102,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let config = match (&args.identity, target.credential) {
         (Some(dir), Credential::None) => {
-            let identity = Arc::new(CertificateIdentity::load(dir).with_context(|| {
+            let identity = CertificateIdentity::load(dir).with_context(|| {
                 format!(
                     "loading the identity in {} (run `relay-listener register` first)",
                     dir.display()
                 )
-            })?);
+            })?;
+            let identity = Arc::new(identity.with_proof_of_possession(args.proof_of_possession));
             let config = ListenerConfig::with_certificate(
                 target.endpoint.clone(),
                 target.hc,

@@ -1,6 +1,8 @@
 //! Test harness: an in-process broker on `127.0.0.1:0`, raw protocol clients, and helpers.
 #![allow(missing_docs, unreachable_pub)]
 
+pub mod certs;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
