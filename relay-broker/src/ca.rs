@@ -241,8 +241,9 @@ impl CertificateAuthority {
                 "larger than {MAX_CSR_BYTES} bytes"
             )));
         }
+        let der = csr_der(csr_pem)?;
         // Parsing checks the CSR's self-signature: the requester holds the private key.
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        let csr = CertificateSigningRequestParams::from_der(&der.into())
             .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
         let alg = csr.public_key.algorithm();
         if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ED25519 {
@@ -276,6 +277,30 @@ impl CertificateAuthority {
             key_fingerprint: hex(&Sha256::digest(csr.public_key.der_bytes())),
             not_after: params.not_after,
         })
+    }
+}
+
+/// The DER of a PEM CSR that holds exactly one `CERTIFICATE REQUEST` block, whose DER has
+/// no trailing bytes: anything looser would let a second, unchecked object ride along.
+fn csr_der(pem: &str) -> Result<Vec<u8>, CaError> {
+    use rustls_pki_types::pem::{PemObject as _, SectionKind};
+    use x509_parser::prelude::FromDer as _;
+    let invalid = |why: &str| CaError::InvalidCsr(why.into());
+    let mut sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes());
+    let (kind, der) = match (sections.next(), sections.next()) {
+        (Some(Ok(first)), None) => first,
+        (None, _) => return Err(invalid("no PEM block")),
+        (Some(Err(_)), _) | (Some(Ok(_)), Some(Err(_))) => return Err(invalid("bad PEM")),
+        (Some(Ok(_)), Some(Ok(_))) => return Err(invalid("more than one PEM block")),
+    };
+    if kind != SectionKind::Csr {
+        return Err(invalid("the PEM block is not a CERTIFICATE REQUEST"));
+    }
+    let parsed = x509_parser::certification_request::X509CertificationRequest::from_der(&der);
+    match parsed {
+        Ok(([], _)) => Ok(der),
+        Ok(_) => Err(invalid("trailing bytes after the DER")),
+        Err(e) => Err(CaError::InvalidCsr(e.to_string())),
     }
 }
 

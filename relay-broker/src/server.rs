@@ -83,7 +83,7 @@ pub(crate) async fn serve(
                             let transport = Transport { peer, tls: true };
                             serve_connection(tls, transport, cert, router, stop).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => handshake_failed(&broker, peer, &e),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
@@ -113,6 +113,29 @@ pub(crate) async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.tasks.wait()).await;
     }
     Ok(())
+}
+
+/// A refused client certificate (expired, not yet valid, unknown issuer, wrong EKU) is a
+/// rejected listener attempt and is audited; other handshake failures are only logged. The
+/// audit is throttled per address like any credential failure, so a flood cannot fill it.
+fn handshake_failed(broker: &Broker, peer: std::net::SocketAddr, e: &std::io::Error) {
+    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    let refused_cert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)));
+    if !refused_cert {
+        return;
+    }
+    let shared = broker.shared();
+    let credential = crate::limiter::AuthLimiter::fingerprint(Some("client certificate"));
+    crate::Shared::count(&shared.counters.auth_failures);
+    if shared.limiter.is_throttled(peer.ip(), credential) {
+        return;
+    }
+    shared.limiter.record_failure(peer.ip(), credential);
+    let detail = format!("TLS handshake from {}: {e}", peer.ip());
+    crate::control::audit_event(shared, "listener.rejected", "", &detail);
 }
 
 /// The listener named by a verified client certificate, if the client presented one.

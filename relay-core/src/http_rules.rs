@@ -60,8 +60,94 @@ pub fn via(existing: Option<&str>, protocol: &str, host: &str) -> String {
     }
 }
 
+/// Clock difference beyond which an agent warns: certificates are backdated this much, so a
+/// larger skew makes a fresh certificate look not yet valid (or an old one still valid).
+pub const MAX_CLOCK_SKEW_SECS: u64 = 5 * 60;
+
+/// Seconds by which a peer's `Date` header (IMF-fixdate, `Tue, 01 Dec 2026 06:55:17 GMT`)
+/// is ahead of `now` (negative: behind), when it differs by more than
+/// [`MAX_CLOCK_SKEW_SECS`]. `None` when the clocks agree or the header does not parse.
+#[must_use]
+pub fn clock_skew(date_header: &str, now: u64) -> Option<i64> {
+    let theirs = i64::try_from(parse_http_date(date_header)?).ok()?;
+    let skew = theirs - i64::try_from(now).ok()?;
+    (skew.unsigned_abs() > MAX_CLOCK_SKEW_SECS).then_some(skew)
+}
+
+/// Unix seconds of an IMF-fixdate (RFC 9110 §5.6.7), the form every current server sends.
+#[must_use]
+pub fn parse_http_date(text: &str) -> Option<u64> {
+    let mut parts = text.split_ascii_whitespace();
+    let (_weekday, day, month, year, clock, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if zone != "GMT" || parts.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let mut hms = clock.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 || hms.next().is_some() {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn http_dates_and_skew() {
+        use super::{clock_skew, parse_http_date};
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 01 Dec 2026 06:55:17 GMT"),
+            Some(1_796_108_117)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "",
+            "Tue, 01 Dec 2026 06:55:17 UTC",
+            "Tue, 01 Foo 2026 06:55:17 GMT",
+            "Tue, 32 Dec 2026 06:55:17 GMT",
+            "Tue, 01 Dec 2026 24:00:00 GMT",
+            "Tue, 01 Dec 2026 06:55 GMT",
+            "Tuesday, 01-Dec-26 06:55:17 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        let now = 1_796_108_117;
+        let date = "Tue, 01 Dec 2026 06:55:17 GMT";
+        assert_eq!(clock_skew(date, now), None);
+        assert_eq!(
+            clock_skew(date, now + 300),
+            None,
+            "five minutes is tolerated"
+        );
+        assert_eq!(clock_skew(date, now + 600), Some(-600), "agent ahead");
+        assert_eq!(clock_skew(date, now - 601), Some(601), "agent behind");
+        assert_eq!(clock_skew("garbage", now), None);
+    }
+
     use super::*;
 
     #[test]

@@ -50,6 +50,13 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), WsError> {
     let chunked = resp.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked")
     });
+    if let Some(date) = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("date"))
+    {
+        warn_on_clock_skew(std::str::from_utf8(date.value).unwrap_or_default());
+    }
     let body = &raw[len..];
     Ok((
         resp.code.unwrap_or(0),
@@ -59,6 +66,20 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), WsError> {
             body.to_vec()
         },
     ))
+}
+
+/// The broker decides validity by its own clock; a skewed agent clock shows up later as
+/// certificates that look not yet valid or expired to the agent's own checks, so say so now.
+fn warn_on_clock_skew(date: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Some(skew_secs) = relay_core::http_rules::clock_skew(date, now) {
+        tracing::warn!(
+            skew_secs,
+            "this machine's clock differs from the broker's by more than 5 minutes; fix the time (NTP)"
+        );
+    }
 }
 
 fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, WsError> {

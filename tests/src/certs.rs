@@ -192,6 +192,17 @@ impl Env {
         }
     }
 
+    /// Waits (bounded) until the audit trail mentions `needle`.
+    pub async fn wait_audit(&self, needle: &str) {
+        for _ in 0..200 {
+            if self.audit().await.contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the audit trail never mentioned {needle:?}");
+    }
+
     pub async fn audit(&self) -> String {
         self.admin("GET", "/audit", serde_json::Value::Null)
             .await
@@ -254,4 +265,10 @@ pub fn refused(result: &Result<Connected, WsError>) -> Option<u16> {
         Err(WsError::Refused { status, .. }) => Some(*status),
         _ => None,
     }
+}
+
+/// A token-shaped secret nobody minted.
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

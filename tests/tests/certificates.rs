@@ -212,6 +212,8 @@ async fn the_handshake_refuses_certificates_the_listener_ca_did_not_issue_proper
     let tls = identity.client_config(Some(&env.server_ca())).unwrap();
     assert_eq!(refused(&env.listen("open", tls).await), Some(403));
     assert!(env.audit().await.contains("listener.rejected"));
+    // The handshake refusals above are audited too (written off the accept path).
+    env.wait_audit("TLS handshake from 127.0.0.1").await;
 }
 
 #[tokio::test]
@@ -595,4 +597,71 @@ async fn a_certificate_listener_creates_hybrid_connections_under_its_patterns() 
         409
     );
     assert!(env.audit().await.contains("hybrid_connection.create"));
+}
+
+#[tokio::test]
+async fn an_enrollment_token_redeems_once_even_when_raced_and_all_refusals_look_alike() {
+    let env = Env::start("certs-token-race").await;
+    let body = serde_json::json!({"person": "alice", "hybrid_connections": ["hyco"]});
+    let (status, minted) = env.admin("POST", "/enrollment-tokens", body).await;
+    assert_eq!(status, 200, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let redeem = |token: String| {
+        let env = &env;
+        async move {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let body = serde_json::json!({"csr": csr(&key), "enrollment_token": token});
+            env.call(
+                "POST",
+                "/$register/v1/listeners",
+                &[],
+                &body,
+                &env.anonymous(),
+            )
+            .await
+        }
+    };
+
+    // §4.10 #19: two redeems at once, exactly one wins (the burn is atomic).
+    let (a, b) = tokio::join!(redeem(token.clone()), redeem(token.clone()));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "{} / {}", a.1, b.1);
+
+    // §4.10 #20: used, unknown and truncated tokens get the same answer (no oracle).
+    let message = |reply: &serde_json::Value| {
+        let text = reply["error"]["message"].as_str().unwrap().to_owned();
+        text.split(" TrackingId:").next().unwrap().to_owned()
+    };
+    let used = redeem(token.clone()).await;
+    let unknown = redeem(relay_tests::certs::random_token()).await;
+    let truncated = redeem(token[..token.len() / 2].to_owned()).await;
+    for (what, (status, reply)) in [("unknown", &unknown), ("truncated", &truncated)] {
+        assert_eq!(*status, 401, "{what}");
+        assert_eq!(message(reply), message(&used.1), "{what}");
+    }
+    assert_eq!(used.0, 401);
+}
+
+/// §4.10 #28: a client that opens TCP and never finishes the TLS handshake is cut at the
+/// 10 s bound (virtual time: the runtime's clock is paused and jumps while all are idle).
+#[tokio::test(start_paused = true)]
+async fn a_stalled_tls_handshake_is_closed_at_the_bound() {
+    let dir = temp_dir("certs-slowloris");
+    let broker = relay_tests::TestBroker::start_tls("", &dir).await;
+    let started = tokio::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    // Half a ClientHello's record header, then nothing.
+    tcp.write_all(&[0x16, 0x03]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the broker closes the stalled handshake"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(12),
+        "{waited:?}"
+    );
 }

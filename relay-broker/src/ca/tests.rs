@@ -13,13 +13,22 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A CSR asking for things it must not get: another CN, a SAN, CA rights.
+/// A CSR asking for things it must not get: another CN, a SAN, certificate signing,
+/// serverAuth.
 fn greedy_csr(key: &KeyPair) -> String {
     let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "admin");
     params.distinguished_name = dn;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
 }
 
 fn der(pem_text: &str) -> Vec<u8> {
@@ -134,6 +143,61 @@ fn bad_csrs_are_refused() {
         ca.issue("not a csr", "x", lifetime, now()),
         Err(CaError::InvalidCsr(_))
     ));
+    // §4.10 #13: one CSR block, nothing more, nothing else.
+    let one = der(&good);
+    for (what, pem) in [
+        ("two blocks", format!("{good}{good}")),
+        ("a certificate", pem_block("CERTIFICATE", &one)),
+        (
+            "trailing DER",
+            pem_block("CERTIFICATE REQUEST", &[one.clone(), vec![0]].concat()),
+        ),
+        (
+            "garbage base64",
+            "-----BEGIN CERTIFICATE REQUEST-----\n%%%\n-----END CERTIFICATE REQUEST-----\n".into(),
+        ),
+        (
+            "truncated DER",
+            pem_block("CERTIFICATE REQUEST", &one[..one.len() - 8]),
+        ),
+    ] {
+        assert!(
+            matches!(
+                ca.issue(&pem, "x", lifetime, now()),
+                Err(CaError::InvalidCsr(_))
+            ),
+            "{what}"
+        );
+    }
+    // §4.10 #15: CA:true, or an extension the profile does not know, is refused (rcgen's
+    // parser allows only SAN, KU and EKU), so misuse is visible rather than ignored.
+    for (what, oid, content) in [
+        (
+            "CA:true",
+            &[2u64, 5, 29, 19][..],
+            vec![0x30, 0x03, 0x01, 0x01, 0xff],
+        ),
+        (
+            "unknown extension",
+            &[1, 3, 6, 1, 4, 1, 99_999, 1][..],
+            vec![0x05, 0x00],
+        ),
+    ] {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(oid, content)];
+        let asked = params
+            .serialize_request(&KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+            .unwrap();
+        assert!(
+            matches!(
+                ca.issue(&asked, "x", lifetime, now()),
+                Err(CaError::InvalidCsr(_))
+            ),
+            "{what}"
+        );
+    }
     let huge = "A".repeat(MAX_CSR_BYTES + 1);
     assert!(matches!(
         ca.issue(&huge, "x", lifetime, now()),
