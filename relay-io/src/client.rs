@@ -80,6 +80,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Read buffer of the resulting [`WsReader`].
     pub read_buffer: usize,
+    /// Proxies to tunnel through; `None` connects directly.
+    pub proxy: Option<Arc<crate::proxy::ProxyRules>>,
 }
 
 impl Default for ConnectOptions {
@@ -90,6 +92,7 @@ impl Default for ConnectOptions {
             tls: None,
             timeout: Duration::from_secs(30),
             read_buffer: crate::reader::DEFAULT_BUFFER,
+            proxy: None,
         }
     }
 }
@@ -159,9 +162,17 @@ impl Target {
     }
 }
 
-/// Opens a TCP (and TLS) connection to `target`.
-pub async fn dial(target: &Target, tls: Option<&Arc<ClientConfig>>) -> Result<MaybeTls, WsError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+/// Opens a TCP (and TLS) connection to `target`, through the proxy `proxy` picks for it.
+pub async fn dial(
+    target: &Target,
+    tls: Option<&Arc<ClientConfig>>,
+    proxy: Option<&crate::proxy::ProxyRules>,
+) -> Result<MaybeTls, WsError> {
+    let via = proxy.and_then(|rules| rules.for_target(&target.host, target.tls));
+    let tcp = match via {
+        Some(proxy) => proxy.tunnel(&target.host, target.port).await?,
+        None => TcpStream::connect((target.host.as_str(), target.port)).await?,
+    };
     tcp.set_nodelay(true)?;
     if !target.tls {
         return Ok(MaybeTls::Plain(tcp));
@@ -193,11 +204,12 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connected, W
 
 async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
     let mut target = Target::parse(url)?;
-    let mut io = match dial(&target, options.tls.as_ref()).await {
+    let proxy = options.proxy.as_deref();
+    let mut io = match dial(&target, options.tls.as_ref(), proxy).await {
         Err(WsError::Tls(e)) if target.plain_fallback => {
             tracing::debug!(error = %e, "no TLS on the loopback broker; using plain ws");
             target.tls = false;
-            dial(&target, None).await?
+            dial(&target, None, proxy).await?
         }
         other => other?,
     };

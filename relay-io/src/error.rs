@@ -33,6 +33,9 @@ pub enum WsError {
     /// TLS setup failed.
     #[error("tls: {0}")]
     Tls(String),
+    /// The proxy could not be reached, refused the tunnel, or wants credentials.
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
 impl WsError {
@@ -41,7 +44,7 @@ impl WsError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Io(_) | Self::UnexpectedEof | Self::Handshake(_) => true,
+            Self::Io(_) | Self::UnexpectedEof | Self::Handshake(_) | Self::Proxy(_) => true,
             Self::Refused { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }

@@ -21,8 +21,20 @@ pub async fn call(
     body: &[u8],
     tls: Option<&Arc<ClientConfig>>,
 ) -> Result<(u16, Vec<u8>), WsError> {
+    call_via(url, method, headers, body, tls, None).await
+}
+
+/// Like [`call`], through the proxy `proxy` picks for the broker.
+pub async fn call_via(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    tls: Option<&Arc<ClientConfig>>,
+    proxy: Option<&crate::proxy::ProxyRules>,
+) -> Result<(u16, Vec<u8>), WsError> {
     let target = Target::parse(url)?;
-    let mut io = dial(&target, tls).await?;
+    let mut io = dial(&target, tls, proxy).await?;
     let mut request = format!(
         "{method} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         target.path_and_query,

@@ -13,6 +13,8 @@
 //! | [`stream`] | [`WsByteStream`]: binary messages as an `AsyncRead + AsyncWrite` byte stream |
 //! | [`client`] | the client upgrade over TCP or TLS, with the response's status and headers |
 //! | [`http1`] | one-shot HTTP/1.1 JSON calls to the broker's own endpoints |
+//! | [`proxy`] | outbound through an HTTP CONNECT or SOCKS5 proxy, from config or the environment |
+//! | [`pump`] | frames from one client WebSocket to another (a WebSocket backend behind a listener) |
 //! | [`server`] | checking an upgrade request and building the `101` answer |
 //! | [`splice`] | a client WebSocket spliced to TCP without intermediate copies, with half-close |
 //! | [`secure_fs`] | atomic writes of secrets with mode 0600, private directories |
@@ -21,6 +23,8 @@
 pub mod client;
 pub mod http1;
 pub mod message;
+pub mod proxy;
+pub mod pump;
 pub mod reader;
 pub mod secure_fs;
 pub mod server;

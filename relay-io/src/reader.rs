@@ -76,6 +76,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         self.end > self.start
     }
 
+    /// Payload bytes of the current frame not yet made available by
+    /// [`WsReader::poll_payload`]: 0 once the last piece is in [`WsReader::payload`].
+    pub fn payload_remaining(&self) -> u64 {
+        self.remaining
+    }
+
     /// Whether the current frame's payload has been fully consumed.
     pub fn frame_done(&self) -> bool {
         self.ready == 0 && self.remaining == 0

@@ -28,6 +28,23 @@ pub enum ListenerError {
 }
 
 impl ListenerError {
+    /// Whether the broker refused this listener as revoked (close 4401 on a live channel,
+    /// or a refused connect or login that says so).
+    #[must_use]
+    pub fn is_revoked(&self) -> bool {
+        match self {
+            Self::Closed { code, .. } => *code == 4401,
+            Self::Ws(relay_io::WsError::Refused {
+                status: 403,
+                reason,
+            }) => reason.contains("revoked"),
+            Self::Login(crate::IdentityError::Refused { message, .. }) => {
+                message.contains("revoked")
+            }
+            _ => false,
+        }
+    }
+
     /// A hint for the operator: what to check for this failure.
     #[must_use]
     pub fn hint(&self) -> Option<&'static str> {

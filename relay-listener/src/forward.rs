@@ -1,11 +1,15 @@
-//! Forwards every relayed connection to a TCP target. End of stream on either side is passed
-//! on as a half-close, and the other direction keeps flowing.
+//! Forwards every relayed connection to a TCP target ([`TcpForward`]), or to one of several
+//! targets named by the sender ([`PortMap`]). End of stream on either side is passed on as a
+//! half-close, and the other direction keeps flowing.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use crate::handler::{Handler, IncomingConnection};
+use crate::limits::{RateLimit, Throttled};
 
 /// Forwards connections to `target` (`host:port`).
 #[derive(Clone, Debug)]
@@ -14,6 +18,10 @@ pub struct TcpForward {
     pub target: String,
     /// Bound on connecting to the target.
     pub connect_timeout: Duration,
+    /// Paces bytes towards the target (shared by the endpoint's connections).
+    pub to_target: Option<Arc<RateLimit>>,
+    /// Paces bytes from the target.
+    pub from_target: Option<Arc<RateLimit>>,
 }
 
 impl TcpForward {
@@ -23,8 +31,71 @@ impl TcpForward {
         Self {
             target: target.into(),
             connect_timeout: Duration::from_secs(10),
+            to_target: None,
+            from_target: None,
         }
     }
+
+    /// Caps each direction at `bytes_per_sec`.
+    #[must_use]
+    pub fn with_bandwidth(mut self, bytes_per_sec: u64) -> Self {
+        self.to_target = Some(RateLimit::new(bytes_per_sec));
+        self.from_target = Some(RateLimit::new(bytes_per_sec));
+        self
+    }
+}
+
+/// Logical port names on one hybrid connection: the sender connects to `/{hc}/{port}` and
+/// reaches that port's target, so one edge agent exposes many devices without a hybrid
+/// connection each. An unknown or missing name is refused with 404 or 400, naming the ports.
+#[derive(Clone, Debug)]
+pub struct PortMap {
+    ports: BTreeMap<String, TcpForward>,
+}
+
+impl PortMap {
+    /// Ports by name.
+    #[must_use]
+    pub fn new(ports: BTreeMap<String, TcpForward>) -> Self {
+        Self { ports }
+    }
+
+    fn names(&self) -> String {
+        self.ports.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Handler for PortMap {
+    async fn on_connection(&self, conn: IncomingConnection) {
+        let name = conn
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let name = percent_decode(name);
+        match self.ports.get(name.as_str()) {
+            Some(forward) => forward.on_connection(conn).await,
+            None if name.is_empty() => {
+                let why = format!("name a port: connect to /<hc>/<port> ({})", self.names());
+                let _ = conn.reject(400, &why).await;
+            }
+            None => {
+                tracing::warn!(connection = %conn.id, port = %name, "unknown port; rejecting");
+                let why = format!(
+                    "no port '{name}' here; this listener serves {}",
+                    self.names()
+                );
+                let _ = conn.reject(404, &why).await;
+            }
+        }
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl Handler for TcpForward {
@@ -57,7 +128,12 @@ impl Handler for TcpForward {
                 return;
             }
         };
-        match relay_io::splice::splice(stream.into_parts(), tcp.into_split()).await {
+        let (from_tcp, to_tcp) = tcp.into_split();
+        let tcp = (
+            Throttled::new(from_tcp, self.from_target.clone()),
+            Throttled::new(to_tcp, self.to_target.clone()),
+        );
+        match relay_io::splice::splice(stream.into_parts(), tcp).await {
             Ok(s) => tracing::debug!(
                 connection = %id,
                 to_target = s.to_tcp,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use relay_io::proxy::ProxyRules;
 use relay_io::rustls::client::ResolvesClientCert;
 use relay_io::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use relay_io::rustls::sign::CertifiedKey;
@@ -131,9 +132,19 @@ impl CertificateIdentity {
         endpoint: &str,
         tls: &Arc<ClientConfig>,
     ) -> Result<String, IdentityError> {
+        self.login_via(endpoint, tls, None).await
+    }
+
+    /// Like [`login`](Self::login), through the proxy `proxy` picks for the broker.
+    pub async fn login_via(
+        &self,
+        endpoint: &str,
+        tls: &Arc<ClientConfig>,
+        proxy: Option<&ProxyRules>,
+    ) -> Result<String, IdentityError> {
         let base = relay_core::connection_string::http_base(endpoint);
         let challenge = format!("{base}/$register/v1/pop/challenge");
-        let reply = post_json(&challenge, &[], &serde_json::json!({}), tls).await?;
+        let reply = post_json(&challenge, &[], &serde_json::json!({}), tls, proxy).await?;
         let nonce = reply["nonce"]
             .as_str()
             .ok_or_else(|| IdentityError::Transport("the challenge has no nonce".into()))?;
@@ -143,7 +154,8 @@ impl CertificateIdentity {
         }
         .map_err(IdentityError::Transport)?;
         let session = format!("{base}/$register/v1/pop/session");
-        let reply = post_json(&session, &[], &serde_json::json!({ "proof": proof }), tls).await?;
+        let proof = serde_json::json!({ "proof": proof });
+        let reply = post_json(&session, &[], &proof, tls, proxy).await?;
         reply["session"]
             .as_str()
             .map(str::to_owned)
@@ -210,6 +222,16 @@ impl CertificateIdentity {
         endpoint: &str,
         tls: &Arc<ClientConfig>,
     ) -> Result<(), IdentityError> {
+        self.renew_via(endpoint, tls, None).await
+    }
+
+    /// Like [`renew`](Self::renew), through the proxy `proxy` picks for the broker.
+    pub async fn renew_via(
+        &self,
+        endpoint: &str,
+        tls: &Arc<ClientConfig>,
+        proxy: Option<&ProxyRules>,
+    ) -> Result<(), IdentityError> {
         let key =
             rcgen::KeyPair::generate().map_err(|e| IdentityError::Transport(e.to_string()))?;
         let csr = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -221,7 +243,7 @@ impl CertificateIdentity {
             relay_core::connection_string::http_base(endpoint)
         );
         let ticket = match self.proof_of_possession {
-            true => Some(self.login(endpoint, tls).await?),
+            true => Some(self.login_via(endpoint, tls, proxy).await?),
             false => None,
         };
         let headers: Vec<(&str, &str)> = ticket
@@ -229,7 +251,7 @@ impl CertificateIdentity {
             .map(|t| (relay_core::pop::SESSION_HEADER, t.as_str()))
             .collect();
         let body = serde_json::json!({ "csr": csr });
-        let reply = post_json(&url, &headers, &body, tls).await?;
+        let reply = post_json(&url, &headers, &body, tls, proxy).await?;
         let chain = format!(
             "{}{}",
             reply["certificate"].as_str().unwrap_or_default(),
@@ -257,6 +279,7 @@ impl CertificateIdentity {
         self: Arc<Self>,
         endpoint: String,
         tls: Arc<ClientConfig>,
+        proxy: Option<Arc<ProxyRules>>,
         shutdown: CancellationToken,
     ) -> Result<(), IdentityError> {
         let mut backoff = Backoff::default();
@@ -270,7 +293,7 @@ impl CertificateIdentity {
                 () = tokio::time::sleep(wait) => {}
             }
             loop {
-                match self.renew(&endpoint, &tls).await {
+                match self.renew_via(&endpoint, &tls, proxy.as_deref()).await {
                     Ok(()) => {
                         backoff.reset();
                         break;
@@ -319,11 +342,13 @@ async fn post_json(
     headers: &[(&str, &str)],
     body: &serde_json::Value,
     tls: &Arc<ClientConfig>,
+    proxy: Option<&ProxyRules>,
 ) -> Result<serde_json::Value, IdentityError> {
     let body = body.to_string();
-    let (status, reply) = relay_io::http1::call(url, "POST", headers, body.as_bytes(), Some(tls))
-        .await
-        .map_err(|e| IdentityError::Transport(e.to_string()))?;
+    let (status, reply) =
+        relay_io::http1::call_via(url, "POST", headers, body.as_bytes(), Some(tls), proxy)
+            .await
+            .map_err(|e| IdentityError::Transport(e.to_string()))?;
     let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
     if status == 200 {
         return Ok(reply);

@@ -12,15 +12,21 @@
 //! | [`handler`] | the [`Handler`] trait, accepted streams, tower service adapter |
 //! | `http` | relayed HTTP: inline or rendezvous responses |
 //! | [`identity`] | a registered listener's key and certificate, and their renewal |
-//! | [`forward`] | a handler that forwards every connection to a TCP target |
+//! | [`forward`] | handlers forwarding to a TCP target, or to named ports |
+//! | [`reverse_proxy`] | a handler reverse-proxying HTTP and WebSocket to a local web app |
+//! | [`limits`] | connections in flight, bandwidth, and the drain on shutdown |
+//! | [`agent`] | the agent: many endpoints from a TOML file, status endpoint, graceful stop |
 //! | [`token`] | token sources (SAS key, ready token) |
 //! | [`backoff`] | reconnect delays |
 
+pub mod agent;
 pub mod backoff;
 pub mod forward;
 pub mod handler;
 pub mod identity;
+pub mod limits;
 pub mod listener;
+pub mod reverse_proxy;
 pub mod token;
 
 mod error;

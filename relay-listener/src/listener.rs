@@ -57,6 +57,8 @@ pub struct ListenerConfig {
     pub keepalive: Duration,
     /// Bound on each connect attempt.
     pub connect_timeout: Duration,
+    /// Proxies to reach the broker through; `None` connects directly.
+    pub proxy: Option<Arc<relay_io::proxy::ProxyRules>>,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -83,6 +85,7 @@ impl ListenerConfig {
             backoff: Backoff::default(),
             keepalive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
+            proxy: None,
         }
     }
 
@@ -105,6 +108,7 @@ impl ListenerConfig {
         ConnectOptions {
             tls: self.tls.clone(),
             timeout: self.connect_timeout,
+            proxy: self.proxy.clone(),
             ..ConnectOptions::default()
         }
     }
@@ -133,6 +137,14 @@ pub enum Status {
     },
     /// The control channel is up.
     Connected,
+    /// The broker revoked this listener (or disabled its person); it keeps retrying, in case
+    /// the person is enabled again.
+    Revoked {
+        /// The broker's words.
+        last_error: String,
+        /// When the next attempt starts.
+        next_retry: SystemTime,
+    },
     /// `run` returned.
     Stopped,
 }
@@ -195,10 +207,18 @@ impl Listener {
                     tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
                 }
             }
-            self.status.send_replace(Status::Connecting {
-                attempt,
-                last_error: Some(error.to_string()),
-                next_retry: Some(SystemTime::now() + delay),
+            let next_retry = SystemTime::now() + delay;
+            self.status.send_replace(if error.is_revoked() {
+                Status::Revoked {
+                    last_error: error.to_string(),
+                    next_retry,
+                }
+            } else {
+                Status::Connecting {
+                    attempt,
+                    last_error: Some(error.to_string()),
+                    next_retry: Some(next_retry),
+                }
             });
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -237,7 +257,9 @@ impl Listener {
                         Some(tls) => tls,
                         None => relay_io::tls::client_config(None)?,
                     };
-                    let ticket = identity.login(&config.endpoint, &tls).await?;
+                    let ticket = identity
+                        .login_via(&config.endpoint, &tls, config.proxy.as_deref())
+                        .await?;
                     options
                         .headers
                         .push((relay_core::pop::SESSION_HEADER.into(), ticket));

@@ -1,21 +1,18 @@
 //! `relay-listener`: the listener agent.
 //!
 //! `relay-listener run --endpoint ws://127.0.0.1:9400 --hc orders --sas-key-name NAME
-//! --sas-key KEY --forward 127.0.0.1:5432` relays every accepted connection to the target.
+//! --sas-key KEY --forward 127.0.0.1:5432` relays every accepted connection to the target;
+//! `run --config agent.toml` serves many endpoints (TCP, HTTP reverse proxy, named ports).
 //! With `--identity DIR` (from `relay-listener register`) it authenticates with its
-//! certificate instead, and renews it before it expires.
+//! certificate instead, and renews it before it expires. `status` shows a running agent.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use relay_cli::{ConnectionArgs, LogFormat, init_logging, shutdown_signal};
 use relay_core::connection_string::Credential;
-use relay_listener::forward::TcpForward;
-use relay_listener::{
-    CertificateIdentity, Listener, ListenerConfig, SasKeySource, StaticToken, TokenSource,
-};
+use relay_listener::agent::{Agent, AgentConfig, Credentials, Endpoint, Target};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -38,6 +35,8 @@ enum Command {
     Run(RunArgs),
     /// Register this listener: make a key here, send a CSR, store the certificate.
     Register(RegisterArgs),
+    /// Show a running agent's endpoints: CONNECTED, CONNECTING (last error, next retry) or REVOKED.
+    Status(StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -70,11 +69,18 @@ struct RegisterArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Agent configuration file (TOML, many endpoints); the flags below make a one-off
+    /// single endpoint instead.
+    #[arg(long, conflicts_with_all = ["forward", "http"])]
+    config: Option<PathBuf>,
     #[command(flatten)]
     connection: ConnectionArgs,
     /// TCP target host:port for every accepted connection.
+    #[arg(long, conflicts_with = "http")]
+    forward: Option<String>,
+    /// Reverse-proxy relayed HTTP and WebSocket to this base URL (http:// or https://).
     #[arg(long)]
-    forward: String,
+    http: Option<String>,
     /// Extra trusted root (PEM) for a broker with a private CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -85,6 +91,29 @@ struct RunArgs {
     /// signed login before each connect instead of in the TLS handshake.
     #[arg(long, requires = "identity")]
     proof_of_possession: bool,
+    /// Proxy for the broker (http://user:password@host:port or socks5://); default from
+    /// HTTPS_PROXY / ALL_PROXY / NO_PROXY.
+    #[arg(long)]
+    proxy: Option<String>,
+    /// Connections in flight at most; more are refused with 503.
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Bytes per second in each direction.
+    #[arg(long)]
+    bandwidth: Option<u64>,
+    /// Local status endpoint (for `relay-listener status`).
+    #[arg(long)]
+    status_bind: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The agent's status endpoint ([agent].status_bind).
+    #[arg(long, default_value = "127.0.0.1:9401")]
+    status_addr: std::net::SocketAddr,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[tokio::main]
@@ -94,77 +123,108 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Register(args) => register(args).await,
+        Command::Status(args) => status(args).await,
     }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let target = args.connection.target()?;
-    let shutdown = CancellationToken::new();
-    let config = match (&args.identity, target.credential) {
-        (Some(dir), Credential::None) => {
-            let identity = CertificateIdentity::load(dir).with_context(|| {
-                format!(
-                    "loading the identity in {} (run `relay-listener register` first)",
-                    dir.display()
-                )
-            })?;
-            let identity = Arc::new(identity.with_proof_of_possession(args.proof_of_possession));
-            let config = ListenerConfig::with_certificate(
-                target.endpoint.clone(),
-                target.hc,
-                Arc::clone(&identity),
-                args.ca_cert.as_deref(),
-            )
-            .context("loading --ca-cert")?;
-            let tls = config.tls.clone().context("TLS configuration")?;
-            tracing::info!(listener = identity.listener_id(), not_after = ?identity.not_after(), "using certificate identity");
-            tokio::spawn(keep_renewed(
-                identity,
-                target.endpoint,
-                tls,
-                shutdown.clone(),
-            ));
-            config
-        }
-        (Some(_), _) => anyhow::bail!("--identity replaces the SAS key; give one or the other"),
-        (None, credential) => {
-            let token: Arc<dyn TokenSource> = match credential {
-                Credential::Key { name, key } => Arc::new(SasKeySource::new(name, key)),
-                Credential::Token(token) => Arc::new(StaticToken(token)),
-                Credential::None => anyhow::bail!(
-                    "a listener needs --sas-key-name and --sas-key (or a connection string), or --identity"
-                ),
-            };
-            let mut config = ListenerConfig::new(target.endpoint, target.hc, token);
-            config.tls = Some(
-                relay_io::tls::client_config(args.ca_cert.as_deref())
-                    .context("loading --ca-cert")?,
-            );
-            config
-        }
+    let config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => one_off(&args)?,
     };
-    let listener = Listener::new(config);
+    for e in &config.endpoints {
+        tracing::info!(hc = %e.hc, target = ?e.target, max_connections = e.max_connections, "endpoint");
+    }
+    let agent = Agent::new(config)?;
+    let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        tracing::info!("stopping: no new connections; in-flight ones may finish");
         stop.cancel();
     });
-    listener
-        .run(Arc::new(TcpForward::new(args.forward)), shutdown)
-        .await;
+    agent.run(shutdown).await?;
     Ok(())
 }
 
-/// Renews the certificate in the background; a refusal is final, so say what to do.
-async fn keep_renewed(
-    identity: Arc<CertificateIdentity>,
-    endpoint: String,
-    tls: Arc<relay_io::rustls::ClientConfig>,
-    shutdown: CancellationToken,
-) {
-    if let Err(e) = identity.keep_renewed(endpoint, tls, shutdown).await {
-        tracing::error!(error = %e, "certificate renewal refused: the listener was revoked or its person lost the right; it keeps listening until the certificate expires, then register it again");
+/// The single endpoint the flags describe.
+fn one_off(args: &RunArgs) -> anyhow::Result<AgentConfig> {
+    let target = args.connection.target()?;
+    let credentials = match (&args.identity, target.credential) {
+        (Some(dir), Credential::None) => Credentials::Certificate {
+            identity: dir.clone(),
+            proof_of_possession: args.proof_of_possession,
+        },
+        (Some(_), _) => anyhow::bail!("--identity replaces the SAS key; give one or the other"),
+        (None, Credential::Key { name, key }) => Credentials::Sas {
+            key_name: name,
+            key,
+        },
+        (None, Credential::Token(token)) => Credentials::SasToken(token),
+        (None, Credential::None) => anyhow::bail!(
+            "a listener needs --sas-key-name and --sas-key (or a connection string), or --identity, or --config"
+        ),
+    };
+    let endpoint_target = match (&args.forward, &args.http) {
+        (Some(tcp), None) => Target::Tcp(tcp.clone()),
+        (None, Some(url)) => Target::Http(url.clone()),
+        _ => anyhow::bail!("give --forward host:port or --http URL (or --config FILE)"),
+    };
+    Ok(AgentConfig {
+        endpoint: target.endpoint,
+        credentials,
+        ca_cert: args.ca_cert.clone(),
+        proxy: args.proxy.clone().map(|p| (p, String::new())),
+        status_bind: args.status_bind,
+        shutdown_drain: std::time::Duration::from_secs(10),
+        endpoints: vec![Endpoint {
+            hc: target.hc,
+            target: endpoint_target,
+            max_connections: args
+                .max_connections
+                .unwrap_or(relay_listener::agent::config::DEFAULT_MAX_CONNECTIONS),
+            bandwidth: args.bandwidth,
+        }],
+    })
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let endpoints = relay_listener::agent::fetch_status(args.status_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the agent's status at {} (is it running with [agent].status_bind?)",
+                args.status_addr
+            )
+        })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&endpoints)?);
+        return Ok(());
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<24} {:<11} {:>9}  TARGET / DETAIL",
+        "HYBRID CONNECTION", "STATE", "IN FLIGHT"
+    );
+    for e in &endpoints {
+        let state = serde_json::to_value(e.state)?;
+        let in_flight = format!("{}/{}", e.in_flight, e.max_connections);
+        println!(
+            "{:<24} {:<11} {in_flight:>9}  {}",
+            e.hc,
+            state.as_str().unwrap_or("?"),
+            e.target
+        );
+        if let Some(error) = &e.last_error {
+            let retry = e.next_retry_unix.map_or(String::new(), |t| {
+                format!(" (next retry in {} s)", t.saturating_sub(now))
+            });
+            println!("{:<24} last error: {error}{retry}", "");
+        }
+    }
+    Ok(())
 }
 
 /// Makes a P-256 key locally (it never leaves this machine), registers its CSR, and writes

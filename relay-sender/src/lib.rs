@@ -72,6 +72,8 @@ pub struct ConnectOptions {
     pub tls: Option<Arc<relay_io::rustls::ClientConfig>>,
     /// Bound on connecting (defaults to 70 s, as .NET senders wait).
     pub timeout: Option<Duration>,
+    /// Proxies to reach the broker through; `None` connects directly.
+    pub proxy: Option<Arc<relay_io::proxy::ProxyRules>>,
 }
 
 /// An open relayed connection.
@@ -114,6 +116,7 @@ pub async fn connect(
         protocols: options.protocols.clone(),
         tls: options.tls.clone(),
         timeout: options.timeout.unwrap_or(Duration::from_secs(70)),
+        proxy: options.proxy.clone(),
         ..relay_io::client::ConnectOptions::default()
     };
     if let Some(token) = &options.token {

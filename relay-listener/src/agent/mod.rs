@@ -1,0 +1,255 @@
+//! The listener agent: many endpoints from one configuration, each its own control channel
+//! with its own limits, one credential and proxy for all, a local status endpoint, and a
+//! graceful shutdown that stops accepting and lets in-flight connections finish up to a
+//! deadline.
+
+pub mod config;
+mod status;
+
+use std::sync::Arc;
+
+use relay_io::proxy::ProxyRules;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{AgentConfig, ConfigError, Credentials, Endpoint, Target};
+pub use status::{EndpointState, EndpointStatus, fetch_status};
+
+use crate::forward::{PortMap, TcpForward};
+use crate::handler::{Handler, IncomingConnection, RelayBody};
+use crate::limits::{Gate, Limited};
+use crate::reverse_proxy::HttpProxy;
+use crate::{CertificateIdentity, Listener, ListenerConfig, SasKeySource};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The identity directory could not be loaded.
+    #[error("loading the identity (run `relay-listener register` first): {0}")]
+    Identity(#[from] crate::IdentityError),
+    /// TLS, proxy or backend settings were unusable.
+    #[error(transparent)]
+    Setup(#[from] relay_io::WsError),
+    /// The status endpoint could not be bound.
+    #[error("binding the status endpoint {addr}: {source}")]
+    Status {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What one endpoint does with its connections.
+enum Forwarder {
+    Tcp(TcpForward),
+    Http(HttpProxy),
+    Ports(PortMap),
+}
+
+impl Handler for Forwarder {
+    async fn on_connection(&self, conn: IncomingConnection) {
+        match self {
+            Self::Tcp(h) => h.on_connection(conn).await,
+            Self::Http(h) => h.on_connection(conn).await,
+            Self::Ports(h) => h.on_connection(conn).await,
+        }
+    }
+
+    async fn on_request(&self, req: http::Request<RelayBody>) -> http::Response<RelayBody> {
+        match self {
+            Self::Http(h) => h.on_request(req).await,
+            Self::Tcp(h) => h.on_request(req).await,
+            Self::Ports(h) => h.on_request(req).await,
+        }
+    }
+}
+
+/// A running endpoint: its listener and what is in flight on it.
+struct Running {
+    endpoint: Endpoint,
+    listener: Arc<Listener>,
+    gate: Gate,
+    handler: Arc<Limited<Forwarder>>,
+}
+
+/// The agent, built from an [`AgentConfig`].
+pub struct Agent {
+    config: AgentConfig,
+    identity: Option<Arc<CertificateIdentity>>,
+    proxy: Option<Arc<ProxyRules>>,
+    /// What renewal presents: the certificate over mTLS, or nothing (proof of possession).
+    renew_tls: Option<Arc<relay_io::rustls::ClientConfig>>,
+    running: Vec<Running>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("endpoint", &self.config.endpoint)
+            .field("endpoints", &self.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Loads the credential and builds every endpoint; nothing connects yet.
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let proxy = match &config.proxy {
+            Some((url, no_proxy)) => Some(ProxyRules::new(url, no_proxy)?),
+            None => Some(ProxyRules::from_env()?).filter(|r| *r != ProxyRules::default()),
+        }
+        .map(Arc::new);
+        let ca = config.ca_cert.as_deref();
+        let credential = match &config.credentials {
+            Credentials::Certificate {
+                identity,
+                proof_of_possession,
+            } => crate::Credential::Certificate(Arc::new(
+                CertificateIdentity::load(identity)?.with_proof_of_possession(*proof_of_possession),
+            )),
+            Credentials::Sas { key_name, key } => {
+                crate::Credential::Token(Arc::new(SasKeySource::new(key_name.clone(), key.clone())))
+            }
+            Credentials::SasToken(token) => {
+                crate::Credential::Token(Arc::new(crate::StaticToken(token.clone())))
+            }
+        };
+        let plain_tls = relay_io::tls::client_config(ca)?;
+        let mut running = Vec::new();
+        for endpoint in &config.endpoints {
+            let mut listener = match &credential {
+                crate::Credential::Certificate(identity) => ListenerConfig::with_certificate(
+                    config.endpoint.clone(),
+                    endpoint.hc.clone(),
+                    Arc::clone(identity),
+                    ca,
+                )
+                .map_err(|e| relay_io::WsError::Tls(e.to_string()))?,
+                crate::Credential::Token(source) => {
+                    let mut c = ListenerConfig::new(
+                        config.endpoint.clone(),
+                        endpoint.hc.clone(),
+                        Arc::clone(source),
+                    );
+                    c.tls = Some(Arc::clone(&plain_tls));
+                    c
+                }
+            };
+            listener.proxy = proxy.clone();
+            let gate = Gate::new(endpoint.max_connections);
+            let forwarder = forwarder(endpoint, &plain_tls)?;
+            running.push(Running {
+                endpoint: endpoint.clone(),
+                listener: Arc::new(Listener::new(listener)),
+                handler: Arc::new(Limited::new(forwarder, gate.clone())),
+                gate,
+            });
+        }
+        let identity = match credential {
+            crate::Credential::Certificate(identity) => Some(identity),
+            crate::Credential::Token(_) => None,
+        };
+        let renew_tls = identity
+            .as_ref()
+            .map(|identity| identity.client_config(ca))
+            .transpose()?;
+        Ok(Self {
+            config,
+            identity,
+            proxy,
+            renew_tls,
+            running,
+        })
+    }
+
+    /// Runs every endpoint until `shutdown`, then stops accepting (control channels close)
+    /// and waits up to the drain deadline for in-flight connections.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let statuses: Vec<_> = self
+            .running
+            .iter()
+            .map(|r| (r.endpoint.clone(), r.listener.status(), r.gate.clone()))
+            .collect();
+        if let Some(addr) = self.config.status_bind {
+            let server = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Status { addr, source })?;
+            tracing::info!(%addr, "status endpoint");
+            tokio::spawn(status::serve(server, statuses, shutdown.clone()));
+        }
+        if let (Some(identity), Some(tls)) = (&self.identity, &self.renew_tls) {
+            tokio::spawn(keep_renewed(
+                Arc::clone(identity),
+                self.config.endpoint.clone(),
+                Arc::clone(tls),
+                self.proxy.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for r in &self.running {
+            let (listener, handler, stop) = (
+                Arc::clone(&r.listener),
+                Arc::clone(&r.handler),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move { listener.run(handler, stop).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        let drain = self.config.shutdown_drain;
+        let waits = self.running.iter().map(|r| async move {
+            if !r.gate.drain(drain).await {
+                tracing::warn!(hc = %r.endpoint.hc, in_flight = r.gate.in_flight(), "drain deadline reached; cutting connections");
+            }
+        });
+        futures_util::future::join_all(waits).await;
+        Ok(())
+    }
+}
+
+fn forwarder(
+    endpoint: &Endpoint,
+    tls: &Arc<relay_io::rustls::ClientConfig>,
+) -> Result<Forwarder, relay_io::WsError> {
+    let tcp = |target: &str| {
+        let forward = TcpForward::new(target);
+        match endpoint.bandwidth {
+            Some(rate) => forward.with_bandwidth(rate),
+            None => forward,
+        }
+    };
+    Ok(match &endpoint.target {
+        Target::Tcp(target) => Forwarder::Tcp(tcp(target)),
+        Target::Http(base) => {
+            Forwarder::Http(HttpProxy::new(&endpoint.hc, base, Some(Arc::clone(tls)))?)
+        }
+        Target::Ports(ports) => {
+            // One bandwidth budget for the endpoint, whichever port a connection uses.
+            let shared = tcp("unused:1");
+            let ports = ports
+                .iter()
+                .map(|(name, target)| {
+                    let mut forward = TcpForward::new(target);
+                    forward.to_target.clone_from(&shared.to_target);
+                    forward.from_target.clone_from(&shared.from_target);
+                    (name.clone(), forward)
+                })
+                .collect();
+            Forwarder::Ports(PortMap::new(ports))
+        }
+    })
+}
+
+/// Renews the certificate in the background; a refusal is final, so say what to do.
+async fn keep_renewed(
+    identity: Arc<CertificateIdentity>,
+    endpoint: String,
+    tls: Arc<relay_io::rustls::ClientConfig>,
+    proxy: Option<Arc<ProxyRules>>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = identity.keep_renewed(endpoint, tls, proxy, shutdown).await {
+        tracing::error!(error = %e, "certificate renewal refused: the listener was revoked or its person lost the right; it keeps listening until the certificate expires, then register it again");
+    }
+}
