@@ -43,6 +43,7 @@ pub(crate) fn start(
     base_url: String,
     expires_at: u64,
     cert: Option<CertSession>,
+    instance: Option<String>,
 ) -> Result<(), RelayError> {
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
     let handle = ListenerHandle {
@@ -52,6 +53,8 @@ pub(crate) fn start(
         tx,
         close: shared.shutdown.child_token(),
         revoked: cert.as_ref().map(|c| c.revoked.clone()),
+        instance: instance.map(Into::into),
+        replaced: tokio_util::sync::CancellationToken::new(),
     };
     shared
         .presence
@@ -249,6 +252,11 @@ impl<'a> Channel<'a> {
                     }
                     () = self.handle.close.cancelled() => {
                         writer.close(close_code::GOING_AWAY, &self.text("The broker is shutting down")).await?;
+                        return Ok(());
+                    }
+                    () = self.handle.replaced.cancelled() => {
+                        let why = self.text("Replaced by a newer connection of the same listener instance");
+                        writer.close(relay_core::control::CLOSE_REPLACED, &why).await?;
                         return Ok(());
                     }
                     Some(out) = queue.recv() => match out {

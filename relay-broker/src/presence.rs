@@ -36,6 +36,12 @@ pub struct ListenerHandle {
     /// For certificate listeners: cancelled on revocation, which also cuts the connections
     /// relayed to this listener.
     pub revoked: Option<CancellationToken>,
+    /// The agent instance behind this channel, with its credential
+    /// (`<principal>|<relay-listener-instance>`): a newer channel with the same value
+    /// replaces this one.
+    pub instance: Option<Arc<str>>,
+    /// Cancelled when a newer channel of the same instance replaced this one.
+    pub replaced: CancellationToken,
 }
 
 /// The hybrid connection already has its maximum number of listeners.
@@ -44,7 +50,9 @@ pub struct QuotaExceeded;
 
 /// Listener presence and routing.
 pub trait Presence: Send + Sync + 'static {
-    /// Adds a listener unless its hybrid connection already has `max` listeners.
+    /// Adds a listener unless its hybrid connection already has `max` listeners. A listener
+    /// with the same `instance` as one already there replaces it (whose `replaced` token is
+    /// cancelled): a restarted agent takes over from its own stale channel at once.
     fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded>;
     /// Removes a listener.
     fn unregister(&self, hc: &str, id: u64);
@@ -76,6 +84,15 @@ impl Presence for LocalPresence {
             .slots
             .entry(handle.hc.to_ascii_lowercase())
             .or_default();
+        if let Some(instance) = &handle.instance {
+            slot.listeners.retain(|l| {
+                let stale = l.instance.as_ref() == Some(instance);
+                if stale {
+                    l.replaced.cancel();
+                }
+                !stale
+            });
+        }
         if slot.listeners.len() >= max {
             return Err(QuotaExceeded);
         }
@@ -146,6 +163,8 @@ mod tests {
             tx: mpsc::channel(1).0,
             close: CancellationToken::new(),
             revoked: None,
+            instance: None,
+            replaced: CancellationToken::new(),
         }
     }
 
@@ -163,5 +182,27 @@ mod tests {
         }
         assert_eq!(p.count("orders"), 0);
         assert!(p.pick("orders").is_none());
+    }
+
+    #[test]
+    fn the_same_instance_replaces_its_stale_channel() {
+        let p = LocalPresence::default();
+        let with = |id, instance: &str| ListenerHandle {
+            instance: Some(instance.into()),
+            ..handle(id)
+        };
+        let old = with(1, "sas:root|agent-a");
+        p.register(old.clone(), 2).unwrap();
+        p.register(with(2, "sas:other|agent-a"), 2).unwrap();
+        // Full, but the newcomer replaces its own instance's channel.
+        p.register(with(3, "sas:root|agent-a"), 2).unwrap();
+        assert!(old.replaced.is_cancelled());
+        let mut ids: Vec<u64> = (0..2).map(|_| p.pick("orders").unwrap().id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 3], "another credential's channel is left alone");
+        assert_eq!(
+            p.register(with(4, "sas:root|agent-b"), 2),
+            Err(QuotaExceeded)
+        );
     }
 }

@@ -257,21 +257,46 @@ async fn listen(
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
     // A verified client certificate is the listener's credential; SAS otherwise.
     let cert = req.extensions().get::<Arc<PeerCertificate>>().cloned();
-    let (expires_at, session) = match cert {
+    let (expires_at, session, principal) = match cert {
         Some(cert) => {
             let session = authorize_certificate(shared, &cert, &r).await?;
-            (cert.not_after, Some(session))
+            let principal = format!("cert:{}", cert.listener_id);
+            (cert.not_after, Some(session), principal)
         }
         None => {
             let claim = r.claim(req.headers(), &r.hc.name, Rights::LISTEN, true);
-            let Authorized { expires_at, .. } = authorize(shared, claim).await?;
-            (expires_at.unwrap_or(0), None)
+            let Authorized {
+                expires_at,
+                presented,
+            } = authorize(shared, claim).await?;
+            let rule = presented
+                .token
+                .as_deref()
+                .and_then(|t| relay_core::sas::SasToken::parse(t).ok())
+                .map(|t| t.key_name)
+                .unwrap_or_default();
+            (expires_at.unwrap_or(0), None, format!("sas:{rule}"))
         }
     };
+    let instance = listener_instance(req.headers())?.map(|i| format!("{principal}|{i}"));
     let base_url = base_url(shared, req.headers(), r.transport);
     let upgrade = hyper::upgrade::on(&mut req);
-    control::start(shared, upgrade, &r, base_url, expires_at, session)?;
+    control::start(shared, upgrade, &r, base_url, expires_at, session, instance)?;
     Ok(switching(&accept_key, None))
+}
+
+/// The agent's `relay-listener-instance` name, bounded.
+fn listener_instance(headers: &HeaderMap) -> Result<Option<&str>, RelayError> {
+    use relay_core::control::{INSTANCE_HEADER, MAX_INSTANCE_LEN};
+    let Some(value) = headers.get(INSTANCE_HEADER) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v) if !v.is_empty() && v.len() <= MAX_INSTANCE_LEN => Ok(Some(v)),
+        _ => Err(RelayError::BadRequest(format!(
+            "{INSTANCE_HEADER}: 1 to {MAX_INSTANCE_LEN} visible ASCII characters"
+        ))),
+    }
 }
 
 /// Checks a certificate listener against the store (off the runtime threads), auditing

@@ -4,6 +4,16 @@
 //! [`RenewToken`]. Each travels as one WebSocket text message of the form `{"<name>":{...}}`.
 //! Unknown fields are ignored, as the real clients add some; unknown commands are errors.
 
+/// Request header with which one of our listener agents names itself across restarts
+/// (an extension standard clients never send). A new control channel with the same name and
+/// the same credential replaces the old one at once, so a restarted agent is not blocked by
+/// its own half-open channel. At most [`MAX_INSTANCE_LEN`] bytes.
+pub const INSTANCE_HEADER: &str = "relay-listener-instance";
+/// Longest accepted [`INSTANCE_HEADER`].
+pub const MAX_INSTANCE_LEN: usize = 128;
+/// Close code for a control channel replaced by a newer one of the same listener instance.
+pub const CLOSE_REPLACED: u16 = 4409;
+
 use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};

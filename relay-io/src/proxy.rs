@@ -161,9 +161,10 @@ impl Proxy {
             .map_err(|e| WsError::Proxy(format!("bad proxy reply: {e}")))?;
         match resp.code {
             Some(200..=299) => Ok(()),
-            Some(407) => Err(WsError::Proxy(
-                "407 from proxy: it wants credentials; put user:password in the proxy URL".into(),
-            )),
+            // 407 is the standard answer; tinyproxy, among others, sends 401.
+            Some(code @ (401 | 407)) => Err(WsError::Proxy(format!(
+                "{code} from proxy: it refused the credentials; put the right user:password in the proxy URL"
+            ))),
             Some(code) => Err(WsError::Proxy(format!(
                 "{code} {} from proxy for CONNECT {authority}",
                 resp.reason.unwrap_or_default()

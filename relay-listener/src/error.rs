@@ -70,6 +70,9 @@ impl ListenerError {
             Self::Login(crate::IdentityError::Refused { .. }) => Some(
                 "the broker refused the certificate: revoked, expired, or the broker's address (aud) differs; check --endpoint",
             ),
+            Self::Closed { code: 4409, .. } => Some(
+                "a newer agent with the same instance name took over; if this one is still wanted, give it its own [agent].instance",
+            ),
             Self::Closed { code: 4401, .. } => {
                 Some("this listener was revoked (or its person disabled); register it again")
             }

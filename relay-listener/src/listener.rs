@@ -59,6 +59,9 @@ pub struct ListenerConfig {
     pub connect_timeout: Duration,
     /// Proxies to reach the broker through; `None` connects directly.
     pub proxy: Option<Arc<relay_io::proxy::ProxyRules>>,
+    /// A name for this agent that survives restarts: the broker lets a new control channel
+    /// with the same name and credential replace the old one at once.
+    pub instance: Option<String>,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -86,6 +89,7 @@ impl ListenerConfig {
             keepalive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
             proxy: None,
+            instance: None,
         }
     }
 
@@ -269,6 +273,12 @@ impl Listener {
                 (None, Some(renewals))
             }
         };
+        if let Some(instance) = &config.instance {
+            options.headers.push((
+                relay_core::control::INSTANCE_HEADER.into(),
+                instance.clone(),
+            ));
+        }
         options.read_buffer = 16 * 1024;
         let connected = relay_io::client::connect(&url, &options).await?;
         tracing::info!(hc = %config.hc, endpoint = %config.endpoint, "listening");

@@ -177,6 +177,7 @@ fn one_off(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         proxy: args.proxy.clone().map(|p| (p, String::new())),
         status_bind: args.status_bind,
         shutdown_drain: std::time::Duration::from_secs(10),
+        instance: None,
         endpoints: vec![Endpoint {
             hc: target.hc,
             target: endpoint_target,

@@ -2,6 +2,7 @@
 #![allow(missing_docs, unreachable_pub)]
 
 pub mod certs;
+pub mod external;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,10 +71,22 @@ impl TestBroker {
         Self::serve(broker, ServeOptions { tls: Some(tls) }).await
     }
 
+    /// A plain broker on a chosen address (a restart on the port the last one used).
+    pub async fn start_on(addr: SocketAddr, extra: &str) -> Self {
+        let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
+        let broker = Broker::open(&config).expect("open broker");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        Self::serve_on(broker, listener, ServeOptions::default())
+    }
+
     async fn serve(broker: Broker, options: ServeOptions) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::serve_on(broker, listener, options)
+    }
+
+    fn serve_on(broker: Broker, listener: tokio::net::TcpListener, options: ServeOptions) -> Self {
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let (b, s) = (broker.clone(), stop.clone());
@@ -160,11 +173,17 @@ pub struct RawListener {
 
 impl RawListener {
     pub async fn open(broker: &TestBroker, hc: &str) -> Self {
+        let raw = Self::open_with(broker, hc, &[]).await;
+        broker.wait_listeners(hc, 1).await;
+        raw
+    }
+
+    /// Opens with extra request headers; does not wait for the broker to register it.
+    pub async fn open_with(broker: &TestBroker, hc: &str, headers: &[(&str, &str)]) -> Self {
         let url = format!("{}/$hc/{hc}?sb-hc-action=listen", broker.ws());
-        let conn = ws_connect(&url, Some(&broker.token(hc)), &[], &[])
+        let conn = ws_connect(&url, Some(&broker.token(hc)), &[], headers)
             .await
             .expect("listen");
-        broker.wait_listeners(hc, 1).await;
         Self { conn }
     }
 

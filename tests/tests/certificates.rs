@@ -77,16 +77,12 @@ async fn whole_flow_register_listen_relay_revoke_and_refuse() {
         .ok();
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
 
-    // The agent sees why, and its reconnects are refused.
+    // The agent sees why (REVOKED, not just CONNECTING), and its reconnects are refused.
     let error = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             status.changed().await.unwrap();
-            if let relay_listener::Status::Connecting {
-                last_error: Some(e),
-                ..
-            } = &*status.borrow()
-            {
-                return e.clone();
+            if let relay_listener::Status::Revoked { last_error, .. } = &*status.borrow() {
+                return last_error.clone();
             }
         }
     })

@@ -15,6 +15,7 @@
 //! [agent]
 //! # status_bind = "127.0.0.1:9401"       # local status endpoint for `relay-listener status`
 //! # shutdown_drain_secs = 10
+//! # instance = "site-7-gw1"             # survives restarts; default: the host name
 //!
 //! [[endpoints]]
 //! hc = "orders"
@@ -121,6 +122,8 @@ pub struct AgentConfig {
     pub status_bind: Option<SocketAddr>,
     /// How long in-flight connections may finish on shutdown.
     pub shutdown_drain: Duration,
+    /// This agent's name across restarts (default: the host name).
+    pub instance: Option<String>,
     /// The endpoints, at least one.
     pub endpoints: Vec<Endpoint>,
 }
@@ -155,6 +158,7 @@ struct RawBroker {
 struct RawAgent {
     status_bind: Option<String>,
     shutdown_drain_secs: Option<u64>,
+    instance: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +298,14 @@ impl AgentConfig {
                 "[agent].shutdown_drain_secs = {drain}: at most 3600"
             )));
         }
+        let instance = raw.agent.instance;
+        if instance.as_ref().is_some_and(|i| {
+            i.is_empty() || i.len() > 64 || !i.chars().all(|c| c.is_ascii_graphic())
+        }) {
+            return Err(invalid(
+                "[agent].instance: 1 to 64 visible ASCII characters".into(),
+            ));
+        }
         let endpoints = endpoints(raw.endpoints, &invalid)?;
         Ok(Self {
             endpoint,
@@ -302,6 +314,7 @@ impl AgentConfig {
             proxy: b.proxy.map(|p| (p, b.no_proxy.unwrap_or_default())),
             status_bind,
             shutdown_drain: Duration::from_secs(drain),
+            instance,
             endpoints,
         })
     }

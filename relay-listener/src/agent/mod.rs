@@ -137,6 +137,7 @@ impl Agent {
                 }
             };
             listener.proxy = proxy.clone();
+            listener.instance = Some(instance_name(&config, endpoint));
             let gate = Gate::new(endpoint.max_connections);
             let forwarder = forwarder(endpoint, &plain_tls)?;
             running.push(Running {
@@ -206,6 +207,26 @@ impl Agent {
         futures_util::future::join_all(waits).await;
         Ok(())
     }
+}
+
+/// What the agent calls itself on a hybrid connection: `[agent].instance` or the host name,
+/// plus the endpoint, so restarts replace exactly their own channels.
+fn instance_name(config: &AgentConfig, endpoint: &Endpoint) -> String {
+    let host = config.instance.clone().unwrap_or_else(hostname);
+    let mut name = format!("{host}/{}", endpoint.hc);
+    name.truncate(relay_core::control::MAX_INSTANCE_LEN);
+    name.retain(|c| c.is_ascii_graphic());
+    name
+}
+
+fn hostname() -> String {
+    let from_file = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    from_file
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay-agent".into())
 }
 
 fn forwarder(
