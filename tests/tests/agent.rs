@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_io::Message;
@@ -177,6 +176,7 @@ async fn one_config_serves_tcp_a_real_web_app_and_named_ports() {
     let (code, _) = refusal(sender(&broker, "ui", "/nowhere", &[]).await);
     assert_eq!(code, 400, "the backend's own refusal reaches the sender");
 
+    drop((c, p, k, r, w));
     agent.stop.cancel();
     agent.task.await.unwrap();
 }
@@ -236,6 +236,7 @@ async fn limits_refuse_with_a_status_and_bandwidth_is_paced() {
     let measured = payload.len() as f64 / took;
     eprintln!("bandwidth cap {rate} B/s: measured {measured:.0} B/s over {took:.2} s");
     assert!(took >= 2.5, "600 kB at {rate} B/s took only {took:.2} s");
+    drop((slow, again));
     agent.stop.cancel();
     agent.task.await.unwrap();
 }
@@ -306,6 +307,7 @@ async fn the_agent_reaches_the_broker_through_real_http_and_socks5_proxies() {
         log.contains("connect"),
         "the agent went through Dante: {log}"
     );
+    drop(c);
     agent.stop.cancel();
     agent.task.await.unwrap();
 }
@@ -423,7 +425,7 @@ async fn the_agent_comes_back_after_the_broker_restarts() {
     }
     let mut c = sender(&broker, "hyco", "", &[]).await.unwrap();
     assert_eq!(read_n(&mut c.stream, 5).await, b"back:");
+    drop(c);
     agent.stop.cancel();
     agent.task.await.unwrap();
-    let _ = Arc::new(());
 }
