@@ -29,7 +29,31 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Like [`init_logging`], appending to `path` (services have no console).
+pub fn init_logging_to_file(
+    format: LogFormat,
+    default_filter: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
 pub mod http;
 
 /// Resolves on SIGINT or SIGTERM.

@@ -24,6 +24,7 @@ use relay_io::secure_fs::write_atomic;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::keystore::{KeyStore, platform_key_store};
 
 /// Identity failures.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct CertificateIdentity {
     /// Prove the key by a signed login instead of in the TLS handshake (an L7 proxy in
     /// front of the broker ends TLS).
     proof_of_possession: bool,
+    /// Where the private key rests.
+    key_store: Arc<dyn KeyStore>,
 }
 
 impl std::fmt::Debug for CertificateIdentity {
@@ -84,8 +87,14 @@ impl std::fmt::Debug for CertificateIdentity {
 }
 
 impl CertificateIdentity {
-    /// Loads the identity written by `relay-listener register`.
+    /// Loads the identity written by `relay-listener register`, its key from the
+    /// platform's store.
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
+        Self::load_with(dir, platform_key_store())
+    }
+
+    /// Like [`load`](Self::load), with the key in `key_store`.
+    pub fn load_with(dir: &Path, key_store: Arc<dyn KeyStore>) -> Result<Self, IdentityError> {
         let invalid = |why: String| IdentityError::Invalid(dir.to_path_buf(), why);
         let details: serde_json::Value = serde_json::from_slice(&read(&dir.join("listener.json"))?)
             .map_err(|e| invalid(format!("listener.json: {e}")))?;
@@ -99,7 +108,7 @@ impl CertificateIdentity {
             .flatten()
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
-        let current = load_pair(dir)?;
+        let current = load_pair(dir, &*key_store)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             listener_id,
@@ -107,6 +116,7 @@ impl CertificateIdentity {
             current: RwLock::new(current),
             generation: tokio::sync::watch::Sender::new(0),
             proof_of_possession: false,
+            key_store,
         })
     }
 
@@ -259,13 +269,14 @@ impl CertificateIdentity {
         );
         let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
         let pending = self.dir.join("key.pem.new");
-        write_atomic(&pending, key.serialize_pem().as_bytes(), true)
+        self.key_store
+            .write(&pending, key.serialize_pem().as_bytes())
             .map_err(io(pending.clone()))?;
         let cert_path = self.dir.join("cert.pem");
         write_atomic(&cert_path, chain.as_bytes(), false).map_err(io(cert_path.clone()))?;
         let key_path = self.dir.join("key.pem");
         std::fs::rename(&pending, &key_path).map_err(io(key_path))?;
-        let renewed = load_pair(&self.dir)?;
+        let renewed = load_pair(&self.dir, &*self.key_store)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = renewed;
         self.generation.send_modify(|g| *g += 1);
         tracing::info!(listener = %self.listener_id, not_after = ?self.not_after(), "certificate renewed with a new key");
@@ -337,7 +348,7 @@ impl ResolvesClientCert for CertificateIdentity {
 
 /// POSTs JSON to the broker: a 4xx is a refusal (not retried), anything else that is not
 /// 200 a failure in transit.
-async fn post_json(
+pub(crate) async fn post_json(
     url: &str,
     headers: &[(&str, &str)],
     body: &serde_json::Value,
@@ -372,7 +383,7 @@ fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
 
 /// Loads `cert.pem` with `key.pem`, or with `key.pem.new` when a renewal was interrupted
 /// after writing the certificate (and then finishes it).
-fn load_pair(dir: &Path) -> Result<Current, IdentityError> {
+fn load_pair(dir: &Path, key_store: &dyn KeyStore) -> Result<Current, IdentityError> {
     let invalid = |why: String| IdentityError::Invalid(dir.to_path_buf(), why);
     let cert_pem = read(&dir.join("cert.pem"))?;
     let chain: Vec<CertificateDer<'static>> =
@@ -384,7 +395,13 @@ fn load_pair(dir: &Path) -> Result<Current, IdentityError> {
         validity(leaf).ok_or_else(|| invalid("cert.pem: unreadable validity".into()))?;
     let provider = relay_io::tls::crypto_provider();
     let pair = |key_path: &Path| -> Result<(CertifiedKey, PrivateKeyDer<'static>), IdentityError> {
-        let key = private_key(&read(key_path)?)
+        let pem = key_store
+            .read(key_path)
+            .map_err(|source| IdentityError::Io {
+                path: key_path.to_path_buf(),
+                source,
+            })?;
+        let key = private_key(&pem)
             .ok_or_else(|| invalid(format!("{}: no private key", key_path.display())))?;
         let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
             .map_err(|e| invalid(format!("{}: {e}", key_path.display())))?;

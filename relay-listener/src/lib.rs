@@ -11,7 +11,8 @@
 //! | [`listener`] | the control channel loop and [`ListenerConfig`] |
 //! | [`handler`] | the [`Handler`] trait, accepted streams, tower service adapter |
 //! | `http` | relayed HTTP: inline or rendezvous responses |
-//! | [`identity`] | a registered listener's key and certificate, and their renewal |
+//! | [`identity`] | a registered listener's key and certificate, registration and renewal |
+//! | [`keystore`] | the private key at rest: 0600 file, DPAPI on Windows |
 //! | [`forward`] | handlers forwarding to a TCP target, or to named ports |
 //! | [`reverse_proxy`] | a handler reverse-proxying HTTP and WebSocket to a local web app |
 //! | [`limits`] | connections in flight, bandwidth, and the drain on shutdown |
@@ -24,8 +25,10 @@ pub mod backoff;
 pub mod forward;
 pub mod handler;
 pub mod identity;
+pub mod keystore;
 pub mod limits;
 pub mod listener;
+pub mod register;
 pub mod reverse_proxy;
 pub mod token;
 

@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use relay_cli::{ConnectionArgs, LogFormat, init_logging, shutdown_signal};
 use relay_core::connection_string::Credential;
-use relay_listener::agent::{Agent, AgentConfig, Credentials, Endpoint, Target};
+use relay_listener::IdentityError;
+use relay_listener::agent::{AgentConfig, Credentials, Endpoint, Target};
+use relay_listener::register::Enrollment;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -37,7 +39,12 @@ enum Command {
     Register(RegisterArgs),
     /// Show a running agent's endpoints: CONNECTED, CONNECTING (last error, next retry) or REVOKED.
     Status(StatusArgs),
+    /// Run as a Windows service: install, uninstall, or the service's own entry.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
+
+mod service;
 
 #[derive(Args, Debug)]
 struct RegisterArgs {
@@ -116,11 +123,21 @@ struct StatusArgs {
     json: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format, "info");
+    // A service logs to a file and owns its runtime; everything else logs to stderr.
     match cli.command {
+        Command::Service(command) => service::dispatch(command),
+        command => {
+            init_logging(cli.log_format, "info");
+            tokio::runtime::Runtime::new()?.block_on(async_main(command))
+        }
+    }
+}
+
+async fn async_main(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Service(_) => anyhow::bail!("service commands run before the runtime starts"),
         Command::Run(args) => run(args).await,
         Command::Register(args) => register(args).await,
         Command::Status(args) => status(args).await,
@@ -135,7 +152,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for e in &config.endpoints {
         tracing::info!(hc = %e.hc, target = ?e.target, max_connections = e.max_connections, "endpoint");
     }
-    let agent = Agent::new(config)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -143,7 +159,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("stopping: no new connections; in-flight ones may finish");
         stop.cancel();
     });
-    agent.run(shutdown).await?;
+    relay_listener::agent::run_config(config, shutdown).await?;
     Ok(())
 }
 
@@ -154,6 +170,7 @@ fn one_off(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         (Some(dir), Credential::None) => Credentials::Certificate {
             identity: dir.clone(),
             proof_of_possession: args.proof_of_possession,
+            enrollment_token_file: None,
         },
         (Some(_), _) => anyhow::bail!("--identity replaces the SAS key; give one or the other"),
         (None, Credential::Key { name, key }) => Credentials::Sas {
@@ -231,13 +248,16 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 /// Makes a P-256 key locally (it never leaves this machine), registers its CSR, and writes
 /// key, certificate chain and details atomically into the identity directory.
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
-    let mut body = match (&args.enrollment_token, &args.person) {
-        (Some(token), _) => serde_json::json!({ "enrollment_token": token }),
-        (None, _) if args.person_token.is_some() => {
+    let enrollment = match (&args.enrollment_token, &args.person, &args.person_token) {
+        (Some(token), _, _) => Enrollment::Token(token.clone()),
+        (None, _, Some(token)) => {
             anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person-token");
-            serde_json::json!({ "person_token": args.person_token, "hybrid_connections": args.hc })
+            Enrollment::PersonToken {
+                token: token.clone(),
+                hybrid_connections: args.hc.clone(),
+            }
         }
-        (None, Some(person)) => {
+        (None, Some(person), None) => {
             anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person");
             let password = match std::env::var("RELAY_PERSON_PASSWORD") {
                 Ok(p) => p,
@@ -250,61 +270,39 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
                     line.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
-            serde_json::json!({ "person": person, "password": password, "hybrid_connections": args.hc })
+            Enrollment::Password {
+                person: person.clone(),
+                password,
+                hybrid_connections: args.hc.clone(),
+            }
         }
-        (None, None) => {
+        (None, None, None) => {
             anyhow::bail!("give --person or --person-token (with --hc), or --enrollment-token")
         }
     };
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
-        .serialize_request(&key)?
-        .pem()?;
-    body["csr"] = csr.into();
-    if let Some(name) = &args.name {
-        body["name"] = name.clone().into();
-    }
-    let base = relay_core::connection_string::http_base(&args.endpoint);
-    let url = format!("{base}/$register/v1/listeners");
-    let reply =
-        relay_cli::http::call(&url, "POST", &[], Some(&body), args.ca_cert.as_deref()).await?;
-    if reply.status != 200 {
-        let hint = match reply.status {
-            401 => " (the password, person token or enrollment token is wrong, used or expired)",
-            409 => " (this key is already registered; run register again to make a new one)",
-            403 => {
-                " (the person is disabled or lacks listener.register on these hybrid connections)"
-            }
-            404 => " (the broker has no [ca] configured)",
-            _ => "",
-        };
-        anyhow::bail!("{} from broker: {}{hint}", reply.status, reply.message());
-    }
-    let r = &reply.json;
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    relay_io::secure_fs::create_private_dir(&args.identity)?;
-    let write = |name: &str, body: &str, secret: bool| {
-        let path = args.identity.join(name);
-        relay_io::secure_fs::write_atomic(&path, body.as_bytes(), secret)
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    write("key.pem", &key.serialize_pem(), true)?;
-    write(
-        "cert.pem",
-        &format!("{}{}", text(&r["certificate"]), text(&r["chain"])),
-        false,
-    )?;
-    let details = serde_json::json!({
-        "listener_id": r["listener_id"],
-        "endpoint": args.endpoint,
-        "hybrid_connections": r["hybrid_connections"],
-        "not_after_ms": r["not_after_ms"],
-    });
-    write("listener.json", &details.to_string(), false)?;
+    let tls = relay_io::tls::client_config(args.ca_cert.as_deref())?;
+    let store = relay_listener::keystore::platform_key_store();
+    let registered = relay_listener::register::register(
+        &args.endpoint,
+        &enrollment,
+        args.name.as_deref(),
+        &args.identity,
+        &*store,
+        &tls,
+        None,
+    )
+    .await
+    .map_err(|e| match &e {
+        IdentityError::Refused { status, message } => anyhow::anyhow!(
+            "{status} from broker: {message}{}",
+            relay_listener::register::refusal_hint(*status)
+        ),
+        _ => anyhow::Error::new(e),
+    })?;
     println!(
-        "registered listener {} for {}; identity in {}",
-        text(&r["listener_id"]),
-        r["hybrid_connections"],
+        "registered listener {} for {:?}; identity in {}",
+        registered.listener_id,
+        registered.hybrid_connections,
         args.identity.display()
     );
     Ok(())

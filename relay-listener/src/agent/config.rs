@@ -5,6 +5,7 @@
 //! [broker]
 //! endpoint = "wss://relay.example.com:9400"
 //! identity = "identity"                 # from `relay-listener register`; or the SAS keys:
+//! # enrollment_token_file = "enroll.token"  # unattended: register on first start
 //! # sas_key_name = "site-7"; sas_key_env = "RELAY_SAS_KEY"   (or sas_key = "...")
 //! # connection_string_env = "RELAY_CONNECTION_STRING"
 //! # proof_of_possession = false          # behind an L7 proxy that ends TLS
@@ -70,6 +71,9 @@ pub enum Credentials {
         identity: PathBuf,
         /// Prove the key by a signed login (broker behind a TLS-ending proxy).
         proof_of_possession: bool,
+        /// A file holding a single-use enrollment token: with no identity yet, the agent
+        /// registers itself on start (making its key in its own account), then deletes it.
+        enrollment_token_file: Option<PathBuf>,
     },
 }
 
@@ -144,6 +148,7 @@ struct RawBroker {
     endpoint: Option<String>,
     identity: Option<PathBuf>,
     proof_of_possession: Option<bool>,
+    enrollment_token_file: Option<PathBuf>,
     sas_key_name: Option<String>,
     sas_key: Option<String>,
     sas_key_env: Option<String>,
@@ -248,6 +253,7 @@ impl AgentConfig {
             (Some(dir), None, None) => Credentials::Certificate {
                 identity: base.join(dir),
                 proof_of_possession: b.proof_of_possession.unwrap_or(false),
+                enrollment_token_file: b.enrollment_token_file.map(|f| base.join(f)),
             },
             (None, Some(key_name), Some(key)) => Credentials::Sas { key_name, key },
             (None, None, None)
@@ -515,7 +521,7 @@ mod tests {
         let c = parse("[broker]\nendpoint = \"wss://r\"\nidentity = \"id\"\nproof_of_possession = true\n[[endpoints]]\nhc = \"a\"\ntcp = \"h:1\"\n").unwrap();
         assert!(matches!(
             &c.credentials,
-            Credentials::Certificate { identity, proof_of_possession: true } if identity == Path::new("/etc/relay/id")
+            Credentials::Certificate { identity, proof_of_possession: true, .. } if identity == Path::new("/etc/relay/id")
         ));
     }
 }

@@ -30,6 +30,9 @@ pub enum AgentError {
     /// TLS, proxy or backend settings were unusable.
     #[error(transparent)]
     Setup(#[from] relay_io::WsError),
+    /// Registering with the enrollment token failed for good.
+    #[error("enrollment: {0}")]
+    Enrollment(String),
     /// The status endpoint could not be bound.
     #[error("binding the status endpoint {addr}: {source}")]
     Status {
@@ -95,16 +98,13 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Loads the credential and builds every endpoint; nothing connects yet.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let proxy = match &config.proxy {
-            Some((url, no_proxy)) => Some(ProxyRules::new(url, no_proxy)?),
-            None => Some(ProxyRules::from_env()?).filter(|r| *r != ProxyRules::default()),
-        }
-        .map(Arc::new);
+        let proxy = proxy_rules(&config)?;
         let ca = config.ca_cert.as_deref();
         let credential = match &config.credentials {
             Credentials::Certificate {
                 identity,
                 proof_of_possession,
+                ..
             } => crate::Credential::Certificate(Arc::new(
                 CertificateIdentity::load(identity)?.with_proof_of_possession(*proof_of_possession),
             )),
@@ -227,6 +227,90 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "relay-agent".into())
+}
+
+/// With a certificate identity not yet registered and an enrollment token file, registers
+/// (retrying while the broker is unreachable, until `shutdown`) and deletes the token file.
+/// Returns whether it registered.
+pub async fn enroll(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<bool, AgentError> {
+    let Credentials::Certificate {
+        identity,
+        enrollment_token_file: Some(token_file),
+        ..
+    } = &config.credentials
+    else {
+        return Ok(false);
+    };
+    if identity.join("listener.json").exists() {
+        return Ok(false);
+    }
+    let token = std::fs::read_to_string(token_file).map_err(|source| {
+        AgentError::Enrollment(format!(
+            "no identity in {} and the enrollment token file {} is unreadable: {source}",
+            identity.display(),
+            token_file.display()
+        ))
+    })?;
+    let enrollment = crate::register::Enrollment::Token(token.trim().to_owned());
+    let tls = relay_io::tls::client_config(config.ca_cert.as_deref())?;
+    let proxy = proxy_rules(config)?;
+    let store = crate::keystore::platform_key_store();
+    let mut backoff = crate::backoff::Backoff::default();
+    loop {
+        let attempt = crate::register::register(
+            &config.endpoint,
+            &enrollment,
+            None,
+            identity,
+            &*store,
+            &tls,
+            proxy.as_deref(),
+        );
+        match attempt.await {
+            Ok(registered) => {
+                tracing::info!(listener = %registered.listener_id, hcs = ?registered.hybrid_connections, "registered with the enrollment token");
+                let _ = std::fs::remove_file(token_file);
+                return Ok(true);
+            }
+            Err(crate::IdentityError::Refused { status, message }) => {
+                return Err(AgentError::Enrollment(format!(
+                    "{status} from broker: {message}{}",
+                    crate::register::refusal_hint(status)
+                )));
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "enrollment failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(false),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Enrolls if needed, builds the agent and runs it until `shutdown`.
+pub async fn run_config(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    enroll(&config, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    Agent::new(config)?.run(shutdown).await
+}
+
+fn proxy_rules(config: &AgentConfig) -> Result<Option<Arc<ProxyRules>>, relay_io::WsError> {
+    Ok(match &config.proxy {
+        Some((url, no_proxy)) => Some(ProxyRules::new(url, no_proxy)?),
+        None => Some(ProxyRules::from_env()?).filter(|r| *r != ProxyRules::default()),
+    }
+    .map(Arc::new))
 }
 
 fn forwarder(

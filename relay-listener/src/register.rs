@@ -1,0 +1,140 @@
+//! Registering a listener: a P-256 key made here (it never leaves this machine), its CSR
+//! sent with a person's credential or a single-use enrollment token, and the key,
+//! certificate chain and details written into the identity directory. Used by
+//! `relay-listener register` and by an agent enrolling itself on its first start (a service
+//! must make its own key, so that DPAPI binds it to the service's account).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use relay_io::proxy::ProxyRules;
+use relay_io::rustls::ClientConfig;
+
+use crate::IdentityError;
+use crate::keystore::KeyStore;
+
+/// How the registration is authorized.
+#[derive(Clone)]
+pub enum Enrollment {
+    /// A person and their password, for these hybrid connections.
+    Password {
+        /// The person.
+        person: String,
+        /// Their password.
+        password: String,
+        /// Hybrid connections (patterns the person may register).
+        hybrid_connections: Vec<String>,
+    },
+    /// A person's API token, for these hybrid connections.
+    PersonToken {
+        /// The token.
+        token: String,
+        /// Hybrid connections.
+        hybrid_connections: Vec<String>,
+    },
+    /// A single-use token the person minted (it fixes the hybrid connections).
+    Token(String),
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No secret reaches a log.
+        match self {
+            Self::Password { person, .. } => write!(f, "Password({person})"),
+            Self::PersonToken { .. } => f.write_str("PersonToken"),
+            Self::Token(_) => f.write_str("Token"),
+        }
+    }
+}
+
+/// What was registered.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    /// The listener id the broker assigned.
+    pub listener_id: String,
+    /// The hybrid connections granted.
+    pub hybrid_connections: Vec<String>,
+}
+
+/// Registers with the broker at `endpoint` and writes the identity into `dir`.
+pub async fn register(
+    endpoint: &str,
+    enrollment: &Enrollment,
+    name: Option<&str>,
+    dir: &Path,
+    key_store: &dyn KeyStore,
+    tls: &Arc<ClientConfig>,
+    proxy: Option<&ProxyRules>,
+) -> Result<Registered, IdentityError> {
+    let mut body = match enrollment {
+        Enrollment::Token(token) => serde_json::json!({ "enrollment_token": token }),
+        Enrollment::PersonToken {
+            token,
+            hybrid_connections,
+        } => serde_json::json!({ "person_token": token, "hybrid_connections": hybrid_connections }),
+        Enrollment::Password {
+            person,
+            password,
+            hybrid_connections,
+        } => serde_json::json!({
+            "person": person, "password": password, "hybrid_connections": hybrid_connections
+        }),
+    };
+    let transport = |e: rcgen::Error| IdentityError::Transport(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(transport)?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(transport)?;
+    body["csr"] = csr.into();
+    if let Some(name) = name {
+        body["name"] = name.into();
+    }
+    let url = format!(
+        "{}/$register/v1/listeners",
+        relay_core::connection_string::http_base(endpoint)
+    );
+    let reply = crate::identity::post_json(&url, &[], &body, tls, proxy).await?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
+    relay_io::secure_fs::create_private_dir(dir).map_err(io(dir.to_path_buf()))?;
+    let key_path = dir.join("key.pem");
+    key_store
+        .write(&key_path, key.serialize_pem().as_bytes())
+        .map_err(io(key_path.clone()))?;
+    let chain = format!("{}{}", text(&reply["certificate"]), text(&reply["chain"]));
+    let cert_path = dir.join("cert.pem");
+    relay_io::secure_fs::write_atomic(&cert_path, chain.as_bytes(), false)
+        .map_err(io(cert_path.clone()))?;
+    let details = serde_json::json!({
+        "listener_id": reply["listener_id"],
+        "endpoint": endpoint,
+        "hybrid_connections": reply["hybrid_connections"],
+        "not_after_ms": reply["not_after_ms"],
+    });
+    // Written last: an identity directory with listener.json is complete.
+    let details_path = dir.join("listener.json");
+    relay_io::secure_fs::write_atomic(&details_path, details.to_string().as_bytes(), false)
+        .map_err(io(details_path.clone()))?;
+    Ok(Registered {
+        listener_id: text(&reply["listener_id"]),
+        hybrid_connections: reply["hybrid_connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+    })
+}
+
+/// What to tell an operator about a refused registration.
+#[must_use]
+pub fn refusal_hint(status: u16) -> &'static str {
+    match status {
+        401 => " (the password, person token or enrollment token is wrong, used or expired)",
+        409 => " (this key is already registered; run register again to make a new one)",
+        403 => " (the person is disabled or lacks listener.register on these hybrid connections)",
+        404 => " (the broker has no [ca] configured)",
+        _ => "",
+    }
+}
