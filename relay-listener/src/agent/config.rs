@@ -517,6 +517,26 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let example = include_str!("../../../dist/systemd/agent.toml.example");
+        let c = AgentConfig::parse(
+            example,
+            "agent.toml.example",
+            Path::new("/etc/relay-agent"),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert!(matches!(
+            &c.credentials,
+            Credentials::Certificate {
+                enrollment_token_file: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn identity_paths_are_relative_to_the_file() {
         let c = parse("[broker]\nendpoint = \"wss://r\"\nidentity = \"id\"\nproof_of_possession = true\n[[endpoints]]\nhc = \"a\"\ntcp = \"h:1\"\n").unwrap();
         assert!(matches!(
