@@ -10,7 +10,7 @@
 //! | `routes` | dispatch of every request: WebSocket actions by `sb-hc-action`, else HTTP relay |
 //! | `auth` | token extraction, SAS checks and throttling of failures |
 //! | `control` | one task per listener control channel: queue, pings, renewal, responses |
-//! | `pump` | the frame relay between a sender and a listener |
+//! | [`pump`] | the frame relay between a sender and a listener (public for benchmarks and embedders) |
 //! | `http_relay` | relayed HTTP: inline or rendezvous, deadlines, header rules |
 //! | [`presence`] | which listeners serve which hybrid connection (a seam for clustering) |
 //! | [`store`] | entities, rules and the audit trail: in memory or SQLite |
@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod presence;
+pub mod pump;
 pub mod store;
 
 mod auth;
@@ -36,7 +37,6 @@ mod http_relay;
 mod identity;
 mod limiter;
 mod pop;
-mod pump;
 mod registration;
 mod rendezvous;
 mod routes;

@@ -38,15 +38,16 @@ enum End {
 
 /// Bytes relayed in each direction, for metrics and logs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Relayed {
+pub struct Relayed {
     /// Sender to listener.
     pub to_listener: u64,
     /// Listener to sender.
     pub to_sender: u64,
 }
 
-/// Relays until both sides have closed, or one side vanished.
-pub(crate) async fn relay<R1, W1, R2, W2>(
+/// Relays until both sides have closed, or one side vanished. `sender` and `listener` are
+/// the broker's (server-role) ends of the two upgraded sockets.
+pub async fn relay<R1, W1, R2, W2>(
     sender: (WsReader<R1>, WsWriter<W1>),
     listener: (WsReader<R2>, WsWriter<W2>),
     shutdown: CancellationToken,
