@@ -369,6 +369,8 @@ mod tests {
             (ProxyKind::Socks5, "::1", 1081)
         );
         assert_eq!(Proxy::parse("proxy.corp").unwrap().port, 3128);
+        let bare = Proxy::parse("socks5://[fd00::1]").unwrap();
+        assert_eq!((bare.host.as_str(), bare.port), ("fd00::1", 1080));
         let err = Proxy::parse("ftp://bob:secret@x:1")
             .unwrap_err()
             .to_string();

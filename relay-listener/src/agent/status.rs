@@ -107,7 +107,11 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => return,
             accepted = server.accept() => match accepted {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(_) => {
+                    // EMFILE and the like: back off rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
         let body = serde_json::to_string(&snapshot(&watched)).unwrap_or_default();
