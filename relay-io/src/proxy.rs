@@ -76,18 +76,17 @@ impl Proxy {
             };
             (decode(user), decode(pass))
         });
+        let default_port = if kind == ProxyKind::Socks5 {
+            1080
+        } else {
+            3128
+        };
+        let bare_v6 = hostport.starts_with('[') && hostport.ends_with(']');
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+            Some((h, p)) if !bare_v6 && (!h.contains(':') || h.ends_with(']')) => {
                 (h, p.parse().map_err(|_| bad("the port is not a number"))?)
             }
-            _ => (
-                hostport,
-                if kind == ProxyKind::Socks5 {
-                    1080
-                } else {
-                    3128
-                },
-            ),
+            _ => (hostport, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
