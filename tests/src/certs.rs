@@ -17,6 +17,36 @@ use crate::{KEY, KEY_NAME, TestBroker, temp_dir, token_for};
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// A listener that echoes every accepted connection, running until stopped.
+pub struct EchoListener {
+    pub status: tokio::sync::watch::Receiver<relay_listener::Status>,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoListener {
+    pub fn spawn(listener: relay_listener::Listener) -> Self {
+        use tokio::io::AsyncWriteExt as _;
+        let status = listener.status();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+            let stream = conn.accept().await.unwrap();
+            let (mut r, mut w) = tokio::io::split(stream);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+        let s = stop.clone();
+        let task = tokio::spawn(async move { listener.run(handler, s).await });
+        Self { status, stop, task }
+    }
+
+    /// Stops it and waits for it to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 /// A TLS broker with a store and a CA, and a person `alice` who may register on `hyco*`.
 pub struct Env {
     pub dir: PathBuf,
@@ -190,6 +220,35 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Posts a registration body as `relay-listener register` does.
+    pub async fn post_registration(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(
+            "POST",
+            "/$register/v1/listeners",
+            &[],
+            body,
+            &self.anonymous(),
+        )
+        .await
+    }
+
+    /// Runs a certificate listener on `hc` at `endpoint` that echoes every connection.
+    pub fn echo_listener(
+        &self,
+        endpoint: String,
+        hc: &str,
+        identity: Arc<CertificateIdentity>,
+    ) -> EchoListener {
+        let config = relay_listener::ListenerConfig::with_certificate(
+            endpoint,
+            hc,
+            identity,
+            Some(&self.server_ca()),
+        )
+        .unwrap();
+        EchoListener::spawn(relay_listener::Listener::new(config))
     }
 
     /// Waits (bounded) until the audit trail mentions `needle`.

@@ -49,6 +49,29 @@ fn installed(binary: &str, package: &str) -> String {
     panic!("{binary} is needed for this suite: apt-get install {package} (.ci/run does)");
 }
 
+/// The `relay-broker` binary serving `config`; returns it and the address it printed.
+pub fn relay_broker(config: &Path) -> (Process, String) {
+    let mut child = Command::new(crate::bin("relay-broker"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("relay-broker runs (see build_binaries)");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("broker prints its address")
+            .expect("broker stdout");
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_owned();
+        }
+    };
+    (Process(child), addr)
+}
+
 /// The Node web application in `interop/apps/webapp.js`; returns it and its address.
 pub fn web_app() -> (Process, SocketAddr) {
     let script = crate::workspace().join("interop/apps/webapp.js");
@@ -122,6 +145,25 @@ pub fn danted(dir: &Path) -> (Process, SocketAddr) {
     let process = Process(child);
     wait_accepting(addr, "danted", &log);
     (process, addr)
+}
+
+/// Like [`echo_server`], on threads, for synchronous tests that drive the binaries.
+pub fn echo_thread(greeting: &'static str) -> SocketAddr {
+    use std::io::Write as _;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut conn in server.incoming().flatten() {
+            std::thread::spawn(move || {
+                if conn.write_all(greeting.as_bytes()).is_ok() {
+                    if let Ok(mut writer) = conn.try_clone() {
+                        let _ = std::io::copy(&mut conn, &mut writer);
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// A TCP echo server that first writes `greeting`, so a test can tell targets apart.

@@ -312,18 +312,22 @@ async fn the_agent_reaches_the_broker_through_real_http_and_socks5_proxies() {
     agent.task.await.unwrap();
 }
 
-#[tokio::test]
-async fn shutdown_stops_accepting_and_lets_in_flight_connections_finish() {
+/// A broker, and an agent serving `hyco` from an echo service with `agent` in `[agent]`.
+async fn echo_agent(agent: &str) -> (TestBroker, Running) {
     let broker = TestBroker::start("").await;
     let db = echo_server("").await;
-    let agent = start(config(
+    let running = start(config(
         &broker,
         "",
-        &format!(
-            "[agent]\nshutdown_drain_secs = 30\n[[endpoints]]\nhc = \"hyco\"\ntcp = \"{db}\"\n"
-        ),
+        &format!("[agent]\n{agent}\n[[endpoints]]\nhc = \"hyco\"\ntcp = \"{db}\"\n"),
     ));
     broker.wait_listeners("hyco", 1).await;
+    (broker, running)
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_lets_in_flight_connections_finish() {
+    let (broker, agent) = echo_agent("shutdown_drain_secs = 30").await;
     let mut c = sender(&broker, "hyco", "", &[]).await.unwrap();
     c.stream.write_all(b"before").await.unwrap();
     assert_eq!(read_n(&mut c.stream, 6).await, b"before");
@@ -351,16 +355,7 @@ async fn shutdown_stops_accepting_and_lets_in_flight_connections_finish() {
 
 #[tokio::test]
 async fn a_short_drain_deadline_cuts_what_is_left() {
-    let broker = TestBroker::start("").await;
-    let db = echo_server("").await;
-    let agent = start(config(
-        &broker,
-        "",
-        &format!(
-            "[agent]\nshutdown_drain_secs = 1\n[[endpoints]]\nhc = \"hyco\"\ntcp = \"{db}\"\n"
-        ),
-    ));
-    broker.wait_listeners("hyco", 1).await;
+    let (broker, agent) = echo_agent("shutdown_drain_secs = 1").await;
     let _held = sender(&broker, "hyco", "", &[]).await.unwrap();
     agent.stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), agent.task)

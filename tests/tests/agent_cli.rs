@@ -5,32 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relay_tests::external::{Process, free_port, web_app};
+use relay_tests::external::{Process, echo_thread, free_port, web_app};
 use relay_tests::{bin, build_binaries, temp_dir};
 
 const KEY: &str = "cli-agent-key";
-
-/// A greeting echo service, on a thread (these tests are synchronous).
-fn echo(greeting: &'static str) -> SocketAddr {
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = server.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in server.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let _ = conn.write_all(greeting.as_bytes());
-                let mut writer = conn.try_clone().unwrap();
-                let _ = std::io::copy(&mut conn, &mut writer);
-            });
-        }
-    });
-    addr
-}
 
 /// Connects (retrying while processes start) and reads the target's greeting.
 fn greeting_through(local: SocketAddr, len: usize, within: Duration) -> Option<String> {
@@ -56,21 +39,7 @@ fn start_broker(dir: &std::path::Path) -> (Process, String) {
          [[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n"
     );
     std::fs::write(dir.join("broker.toml"), config).unwrap();
-    let mut child = Command::new(bin("relay-broker"))
-        .args(["--config", dir.join("broker.toml").to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("broker prints its address").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_owned();
-        }
-    };
-    (Process(child), addr)
+    relay_tests::external::relay_broker(&dir.join("broker.toml"))
 }
 
 fn start_agent(dir: &std::path::Path) -> Process {
@@ -123,7 +92,7 @@ fn an_operator_runs_the_agent_from_a_config_and_reaches_everything_with_the_send
     let dir = temp_dir("agent-cli");
     let (_broker, addr) = start_broker(&dir);
     let endpoint = format!("ws://{addr}");
-    let (db, plc, cam) = (echo("db:"), echo("plc:"), echo("cam:"));
+    let (db, plc, cam) = (echo_thread("db:"), echo_thread("plc:"), echo_thread("cam:"));
     let (_app, app) = web_app();
     let status_addr = free_port();
     std::fs::write(

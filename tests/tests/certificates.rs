@@ -21,26 +21,8 @@ async fn whole_flow_register_listen_relay_revoke_and_refuse() {
     let identity = env.identity(&dir);
 
     // The listener agent's library, authenticating with its certificate only.
-    let config = relay_listener::ListenerConfig::with_certificate(
-        env.wss(),
-        "hyco",
-        Arc::clone(&identity),
-        Some(&env.server_ca()),
-    )
-    .unwrap();
-    let listener = relay_listener::Listener::new(config);
-    let mut status = listener.status();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
-        let stream = conn.accept().await.unwrap();
-        let (mut r, mut w) = tokio::io::split(stream);
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    });
-    let run = {
-        let stop = stop.clone();
-        tokio::spawn(async move { listener.run(handler, stop).await })
-    };
+    let echo = env.echo_listener(env.wss(), "hyco", Arc::clone(&identity));
+    let mut status = echo.status.clone();
     env.wait_listeners("hyco", 1, Duration::from_secs(10)).await;
 
     // A sender relays bytes through it (SAS, as Azure senders do).
@@ -94,8 +76,7 @@ async fn whole_flow_register_listen_relay_revoke_and_refuse() {
         identity.client_config(Some(&env.server_ca())).unwrap(),
     );
     assert_eq!(refused(&again.await), Some(403));
-    stop.cancel();
-    run.await.unwrap();
+    echo.stop().await;
 
     let audit = env.audit().await;
     for kind in [
@@ -315,16 +296,7 @@ async fn a_key_registers_once_and_person_disable_closes_what_is_open() {
         "csr": csr(&key), "hybrid_connections": ["hyco"], "person": "alice", "password": PASSWORD,
     });
     let env = &env;
-    let register = |body: serde_json::Value| async move {
-        env.call(
-            "POST",
-            "/$register/v1/listeners",
-            &[],
-            &body,
-            &env.anonymous(),
-        )
-        .await
-    };
+    let register = |body: serde_json::Value| async move { env.post_registration(&body).await };
     assert_eq!(register(body.clone()).await.0, 200);
     let (code, reply) = register(body).await;
     assert_eq!(code, 409, "{reply}");
@@ -607,14 +579,7 @@ async fn an_enrollment_token_redeems_once_even_when_raced_and_all_refusals_look_
         async move {
             let key = rcgen::KeyPair::generate().unwrap();
             let body = serde_json::json!({"csr": csr(&key), "enrollment_token": token});
-            env.call(
-                "POST",
-                "/$register/v1/listeners",
-                &[],
-                &body,
-                &env.anonymous(),
-            )
-            .await
+            env.post_registration(&body).await
         }
     };
 

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -41,21 +41,7 @@ fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_lin
         dir.join("ca").display()
     );
     std::fs::write(dir.join("broker.toml"), config).unwrap();
-    let mut child = Command::new(bin("relay-broker"))
-        .args(["--config", dir.join("broker.toml").to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("broker prints its address").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_owned();
-        }
-    };
-    let _broker = KillOnDrop(child);
+    let (_broker, addr) = relay_tests::external::relay_broker(&dir.join("broker.toml"));
     let endpoint = format!("https://{addr}");
     let admin = |args: &[&str]| {
         run(Command::new(bin("relay-broker"))
@@ -167,7 +153,7 @@ fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_lin
     assert!(audit.contains("listener.register") && audit.contains("certificate.issue"));
 
     // The agent listens with its certificate alone; a sender reaches the TCP service.
-    let echo = echo_server();
+    let echo = relay_tests::external::echo_thread("");
     let wss = format!("wss://{addr}");
     let common = ["--endpoint", &wss, "--hc", "orders", "--ca-cert", &ca_cert];
     let _listener = background(
@@ -225,22 +211,6 @@ fn background(cmd: &mut Command) -> KillOnDrop {
             .spawn()
             .expect("process starts"),
     )
-}
-
-/// A TCP echo service on a loopback port.
-fn echo_server() -> std::net::SocketAddr {
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = server.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in server.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut writer = conn.try_clone().unwrap();
-                let _ = std::io::copy(&mut conn, &mut writer);
-            });
-        }
-    });
-    addr
 }
 
 fn free_port() -> std::net::SocketAddr {

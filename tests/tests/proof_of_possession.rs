@@ -104,31 +104,6 @@ fn pop_identity(dir: &Path) -> Arc<CertificateIdentity> {
     )
 }
 
-async fn echo_listener(
-    endpoint: String,
-    identity: Arc<CertificateIdentity>,
-    env: &Env,
-) -> tokio_util::sync::CancellationToken {
-    let config = relay_listener::ListenerConfig::with_certificate(
-        endpoint,
-        "hyco",
-        identity,
-        Some(&env.server_ca()),
-    )
-    .unwrap();
-    let listener = relay_listener::Listener::new(config);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
-        let stream = conn.accept().await.unwrap();
-        let (mut r, mut w) = tokio::io::split(stream);
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    });
-    let s = stop.clone();
-    tokio::spawn(async move { listener.run(handler, s).await });
-    stop
-}
-
 #[tokio::test]
 async fn a_listener_behind_nginx_logs_in_by_proof_of_possession_relays_renews_and_is_revoked() {
     let env = Env::start_with("pop-nginx", POP_ON).await;
@@ -152,7 +127,7 @@ async fn a_listener_behind_nginx_logs_in_by_proof_of_possession_relays_renews_an
     );
 
     let identity = pop_identity(&dir);
-    let stop = echo_listener(endpoint.clone(), Arc::clone(&identity), &env).await;
+    let echo = env.echo_listener(endpoint.clone(), "hyco", Arc::clone(&identity));
     env.wait_listeners("hyco", 1, Duration::from_secs(10)).await;
 
     // A sender relays bytes through nginx, the broker and the listener.
@@ -193,7 +168,7 @@ async fn a_listener_behind_nginx_logs_in_by_proof_of_possession_relays_renews_an
         "{login:?}"
     );
     assert!(env.audit().await.contains("pop.rejected"));
-    stop.cancel();
+    echo.stop().await;
 }
 
 /// Builds proofs by hand, so each field can be made wrong on its own.
