@@ -72,6 +72,10 @@ struct RegisterArgs {
     /// Extra trusted root (PEM) for a broker with a private CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// Proxy for the broker (http://user:password@host:port or socks5://); default from
+    /// HTTPS_PROXY / ALL_PROXY / NO_PROXY.
+    #[arg(long)]
+    proxy: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +285,10 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         }
     };
     let tls = relay_io::tls::client_config(args.ca_cert.as_deref())?;
+    let proxy = match &args.proxy {
+        Some(url) => relay_io::proxy::ProxyRules::new(url, "")?,
+        None => relay_io::proxy::ProxyRules::from_env()?,
+    };
     let store = relay_listener::keystore::platform_key_store();
     let registered = relay_listener::register::register(
         &args.endpoint,
@@ -289,7 +297,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         &args.identity,
         &*store,
         &tls,
-        None,
+        Some(&proxy),
     )
     .await
     .map_err(|e| match &e {

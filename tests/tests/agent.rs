@@ -424,3 +424,54 @@ async fn the_agent_comes_back_after_the_broker_restarts() {
     agent.stop.cancel();
     agent.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_agent_behind_a_proxy_enrolls_itself_on_first_start_and_listens_with_mtls() {
+    let env = relay_tests::certs::Env::start("agent-enroll").await;
+    let (_tinyproxy, proxy) = tinyproxy(&env.dir, "agent", "pa55word");
+    let db = echo_server("enrolled:").await;
+    let body = serde_json::json!({"person": "alice", "hybrid_connections": ["hyco"]});
+    let (status, minted) = env.admin("POST", "/enrollment-tokens", body).await;
+    assert_eq!(status, 200, "{minted}");
+    std::fs::write(
+        env.dir.join("enroll.token"),
+        minted["token"].as_str().unwrap(),
+    )
+    .unwrap();
+    let text = format!(
+        "[broker]\nendpoint = \"{}\"\nidentity = \"agent-identity\"\nenrollment_token_file = \"enroll.token\"\n\
+         ca_cert = \"server.pem\"\nproxy = \"http://agent:pa55word@{proxy}\"\n\
+         [[endpoints]]\nhc = \"hyco\"\ntcp = \"{db}\"\n",
+        env.wss()
+    );
+    let config = AgentConfig::parse(&text, "agent.toml", &env.dir, |_| None).unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(relay_listener::agent::run_config(config, stop.clone()));
+    env.wait_listeners("hyco", 1, Duration::from_secs(20)).await;
+
+    // It registered (key made here, 0600; the token burned and its file gone) ...
+    assert!(env.dir.join("agent-identity/listener.json").exists());
+    assert!(!env.dir.join("enroll.token").exists());
+    assert!(env.audit().await.contains("listener.register"));
+    // ... and relays over mTLS, all through the proxy.
+    let options = relay_sender::ConnectOptions {
+        token: Some(relay_sender::sas_token(
+            &env.wss(),
+            "hyco",
+            KEY_NAME,
+            KEY,
+            60,
+        )),
+        tls: Some(env.anonymous()),
+        ..Default::default()
+    };
+    let mut c = relay_sender::connect(&env.wss(), "hyco", &options)
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut c.stream, 9).await, b"enrolled:");
+    let log = std::fs::read_to_string(env.dir.join("tinyproxy.log")).unwrap();
+    assert!(log.contains("CONNECT"), "{log}");
+    drop(c);
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}
