@@ -1,5 +1,5 @@
 //! Relayed HTTP requests per second at a fixed concurrency, against the same trivial app
-//! served directly.
+//! served directly. Each client is one keep-alive HTTP/1.1 connection (TLS for https).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,10 +23,15 @@ pub(crate) async fn direct_base() -> anyhow::Result<String> {
 
 /// Serves the app through our listener library on hybrid connection `http`; returns the
 /// base URL of relayed requests.
-pub(crate) async fn relayed_base(endpoint: &str, key: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn relayed_base(
+    endpoint: &str,
+    key: &str,
+    tls: Option<Arc<relay_io::rustls::ClientConfig>>,
+) -> anyhow::Result<(String, String)> {
     let token = Arc::new(relay_listener::SasKeySource::new("root", key));
-    let listener =
-        relay_listener::Listener::new(relay_listener::ListenerConfig::new(endpoint, "http", token));
+    let mut config = relay_listener::ListenerConfig::new(endpoint, "http", token);
+    config.tls = tls;
+    let listener = relay_listener::Listener::new(config);
     let mut status = listener.status();
     tokio::spawn(async move {
         listener
@@ -47,7 +52,9 @@ pub(crate) async fn relayed_base(endpoint: &str, key: &str) -> anyhow::Result<(S
         "HTTP listener did not connect: {:?}",
         *status.borrow()
     );
-    let http = endpoint.replacen("ws://", "http://", 1);
+    let http = endpoint
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1);
     let audience = format!("{http}/http");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -57,29 +64,36 @@ pub(crate) async fn relayed_base(endpoint: &str, key: &str) -> anyhow::Result<(S
 }
 
 /// Runs `concurrency` keep-alive clients for `duration`; returns (requests/s, latencies).
+/// `tls` verifies an https base.
 pub(crate) async fn load(
     base: &str,
     token: Option<&str>,
     concurrency: usize,
     duration: Duration,
+    tls: Option<Arc<relay_io::rustls::ClientConfig>>,
 ) -> anyhow::Result<(f64, Vec<Duration>)> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(concurrency)
-        .build_http::<Empty<Bytes>>();
-    let uri: http::Uri = format!("{base}/x").parse().context("uri")?;
+    let target = relay_io::client::Target::parse(base)?;
+    let uri: http::Uri = format!("{}/x", target.path_and_query.trim_end_matches('/'))
+        .parse()
+        .context("uri")?;
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (client, uri, token) = (client.clone(), uri.clone(), token.map(str::to_owned));
+        let (target, uri, token, tls) = (target.clone(), uri.clone(), token.map(str::to_owned), tls.clone());
         tasks.spawn(async move {
+            let io = relay_io::client::dial(&target, tls.as_ref(), None).await?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+            tokio::spawn(conn);
             let mut samples = Vec::new();
             while Instant::now() < deadline {
-                let mut req = http::Request::get(uri.clone());
+                let mut req = http::Request::get(uri.clone()).header("Host", target.authority.as_str());
                 if let Some(t) = &token {
                     req = req.header("ServiceBusAuthorization", t.as_str());
                 }
                 let started = Instant::now();
-                let resp = client.request(req.body(Empty::new())?).await?;
+                send.ready().await?;
+                let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
                 anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
                 resp.into_body().collect().await?;
                 samples.push(started.elapsed());

@@ -12,6 +12,7 @@ mod procs;
 mod targets;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -147,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     let secs = Duration::from_secs(cli.http_secs);
     let direct = http::direct_base().await?;
-    let (rps, mut lat) = http::load(&direct, None, 64, secs).await?;
+    let (rps, mut lat) = http::load(&direct, None, 64, secs, None).await?;
     println!(
         "| direct (same app) | {rps:.0} | {:.0} | {:.0} |",
         percentile(&mut lat, 50.0),
@@ -155,13 +156,25 @@ async fn main() -> anyhow::Result<()> {
     );
     let relay = &all[1];
     let endpoint = relay.endpoint.clone().unwrap_or_default();
-    let (base, token) = http::relayed_base(&endpoint, targets::KEY).await?;
-    let (rps, mut lat) = http::load(&base, Some(&token), 64, secs).await?;
+    let (base, token) = http::relayed_base(&endpoint, targets::KEY, None).await?;
+    let (rps, mut lat) = http::load(&base, Some(&token), 64, secs, None).await?;
     println!(
         "| relay (http) | {rps:.0} | {:.0} | {:.0} |",
         percentile(&mut lat, 50.0),
         percentile(&mut lat, 99.0)
     );
+    if cli.tls {
+        let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
+        let endpoint = all[2].endpoint.clone().unwrap_or_default();
+        let (base, token) =
+            http::relayed_base(&endpoint, targets::KEY, Some(Arc::clone(&tls))).await?;
+        let (rps, mut lat) = http::load(&base, Some(&token), 64, secs, Some(tls)).await?;
+        println!(
+            "| relay (https) | {rps:.0} | {:.0} | {:.0} |",
+            percentile(&mut lat, 50.0),
+            percentile(&mut lat, 99.0)
+        );
+    }
 
     println!("\n| broker memory | figure |");
     println!("|---|---|");
