@@ -79,7 +79,12 @@ pub(crate) async fn load(
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (target, uri, token, tls) = (target.clone(), uri.clone(), token.map(str::to_owned), tls.clone());
+        let (target, uri, token, tls) = (
+            target.clone(),
+            uri.clone(),
+            token.map(str::to_owned),
+            tls.clone(),
+        );
         tasks.spawn(async move {
             let io = relay_io::client::dial(&target, tls.as_ref(), None).await?;
             let (mut send, conn) =
@@ -87,7 +92,8 @@ pub(crate) async fn load(
             tokio::spawn(conn);
             let mut samples = Vec::new();
             while Instant::now() < deadline {
-                let mut req = http::Request::get(uri.clone()).header("Host", target.authority.as_str());
+                let mut req =
+                    http::Request::get(uri.clone()).header("Host", target.authority.as_str());
                 if let Some(t) = &token {
                     req = req.header("ServiceBusAuthorization", t.as_str());
                 }
