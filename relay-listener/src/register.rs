@@ -127,6 +127,48 @@ pub async fn register(
     })
 }
 
+/// Finishes an identity directory whose registration was interrupted after the key and the
+/// certificate were written but before `listener.json` (the broker has already burned the
+/// token and recorded the listener): the listener id is taken back from the certificate's
+/// SAN URI. Returns whether it did.
+pub fn recover_interrupted(dir: &Path, endpoint: &str) -> Result<bool, IdentityError> {
+    let (cert_path, details_path) = (dir.join("cert.pem"), dir.join("listener.json"));
+    if details_path.exists() || !cert_path.exists() || !dir.join("key.pem").exists() {
+        return Ok(false);
+    }
+    let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
+    let pem = std::fs::read(&cert_path).map_err(io(cert_path.clone()))?;
+    let invalid = |why: &str| IdentityError::Invalid(dir.to_path_buf(), why.to_owned());
+    let leaf = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| invalid("cert.pem holds no certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|_| invalid("cert.pem is unreadable"))?;
+    let listener_id = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => {
+                    uri.rsplit_once("/listener/").map(|(_, id)| id.to_owned())
+                }
+                _ => None,
+            })
+        })
+        .ok_or_else(|| invalid("cert.pem names no listener"))?;
+    let details = serde_json::json!({
+        "listener_id": listener_id,
+        "endpoint": endpoint,
+        "hybrid_connections": [],
+        "recovered": true,
+    });
+    relay_io::secure_fs::write_atomic(&details_path, details.to_string().as_bytes(), false)
+        .map_err(io(details_path.clone()))?;
+    Ok(true)
+}
+
 /// What to tell an operator about a refused registration.
 #[must_use]
 pub fn refusal_hint(status: u16) -> &'static str {

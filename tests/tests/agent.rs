@@ -474,4 +474,16 @@ async fn an_agent_behind_a_proxy_enrolls_itself_on_first_start_and_listens_with_
     drop(c);
     stop.cancel();
     run.await.unwrap().unwrap();
+
+    // A crash after the certificate was written but before listener.json: the burned token
+    // cannot be used again, so the next start finishes the identity from the certificate.
+    std::fs::remove_file(env.dir.join("agent-identity/listener.json")).unwrap();
+    std::fs::write(env.dir.join("enroll.token"), "already-burned").unwrap();
+    let config = AgentConfig::parse(&text, "agent.toml", &env.dir, |_| None).unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(relay_listener::agent::run_config(config, stop.clone()));
+    env.wait_listeners("hyco", 1, Duration::from_secs(20)).await;
+    assert!(!env.dir.join("enroll.token").exists());
+    stop.cancel();
+    run.await.unwrap().unwrap();
 }

@@ -247,6 +247,11 @@ pub async fn enroll(
     if identity.join("listener.json").exists() {
         return Ok(false);
     }
+    if crate::register::recover_interrupted(identity, &config.endpoint)? {
+        tracing::warn!(dir = %identity.display(), "finished an interrupted registration from the certificate on disk");
+        let _ = std::fs::remove_file(token_file);
+        return Ok(false);
+    }
     let token = std::fs::read_to_string(token_file).map_err(|source| {
         AgentError::Enrollment(format!(
             "no identity in {} and the enrollment token file {} is unreadable: {source}",
