@@ -137,7 +137,7 @@ pub fn recover_interrupted(dir: &Path, endpoint: &str) -> Result<bool, IdentityE
         return Ok(false);
     }
     let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
-    let pem = std::fs::read(&cert_path).map_err(io(cert_path.clone()))?;
+    let pem = std::fs::read(&cert_path).map_err(io(cert_path))?;
     let invalid = |why: &str| IdentityError::Invalid(dir.to_path_buf(), why.to_owned());
     let leaf = rustls_pemfile::certs(&mut pem.as_slice())
         .next()
