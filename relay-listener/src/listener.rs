@@ -203,24 +203,24 @@ impl Listener {
             }
             attempt += 1;
             let delay = backoff.next_delay();
-            match error.hint() {
-                Some(hint) => {
-                    tracing::warn!(error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
-                }
-                None => {
-                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
-                }
-            }
+            let hint = self.hint(&error);
+            tracing::warn!(hc = %self.config.hc, error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
+            // The status shows what to check too.
+            let said = if hint.is_empty() {
+                error.to_string()
+            } else {
+                format!("{error} ({hint})")
+            };
             let next_retry = SystemTime::now() + delay;
             self.status.send_replace(if error.is_revoked() {
                 Status::Revoked {
-                    last_error: error.to_string(),
+                    last_error: said,
                     next_retry,
                 }
             } else {
                 Status::Connecting {
                     attempt,
-                    last_error: Some(error.to_string()),
+                    last_error: Some(said),
                     next_retry: Some(next_retry),
                 }
             });
@@ -230,6 +230,22 @@ impl Listener {
             }
         }
         self.status.send_replace(Status::Stopped);
+    }
+
+    /// What to check, naming the credential where the broker refused it.
+    fn hint(&self, error: &ListenerError) -> String {
+        let refused = matches!(
+            error,
+            ListenerError::Ws(relay_io::WsError::Refused { status: 401, .. })
+        );
+        match (&self.config.credential, refused) {
+            (Credential::Token(source), true) => format!(
+                "{} is wrong or expired, or lacks Listen on '{}'",
+                source.describe(),
+                self.config.hc
+            ),
+            _ => error.hint().unwrap_or_default().to_owned(),
+        }
     }
 
     /// One control-channel session. `Ok` only on shutdown.

@@ -24,6 +24,11 @@ impl std::fmt::Debug for Token {
 pub trait TokenSource: Send + Sync + 'static {
     /// A token valid for `audience` now.
     fn token(&self, audience: &str) -> Token;
+
+    /// What an operator should look at when the broker refuses the token (never the secret).
+    fn describe(&self) -> String {
+        "the SAS token".into()
+    }
 }
 
 /// Mints SAS tokens from a rule name and key.
@@ -68,6 +73,10 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl TokenSource for SasKeySource {
+    fn describe(&self) -> String {
+        format!("the key of rule '{}'", self.key_name)
+    }
+
     fn token(&self, audience: &str) -> Token {
         let expires_at = unix_now() + self.lifetime.as_secs().max(1);
         Token {

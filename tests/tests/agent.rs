@@ -182,6 +182,43 @@ async fn one_config_serves_tcp_a_real_web_app_and_named_ports() {
 }
 
 #[tokio::test]
+async fn a_refused_key_is_reported_with_the_rule_to_check() {
+    let broker = TestBroker::start("").await;
+    let status_addr = free_port();
+    let text = format!(
+        "[broker]\nendpoint = \"{}\"\nsas_key_name = \"{KEY_NAME}\"\nsas_key = \"not-the-key\"\n\
+         [agent]\nstatus_bind = \"{status_addr}\"\n[[endpoints]]\nhc = \"hyco\"\ntcp = \"127.0.0.1:9\"\n",
+        broker.ws()
+    );
+    let agent = start(
+        AgentConfig::parse(&text, "agent.toml", std::path::Path::new("."), |_| None).unwrap(),
+    );
+    let mut said = String::new();
+    for _ in 0..200 {
+        if let Some(e) = fetch_status(status_addr)
+            .await
+            .ok()
+            .and_then(|s| s[0].last_error.clone())
+        {
+            said = e;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(said.contains("401"), "{said}");
+    assert!(
+        said.contains("the key of rule 'root' is wrong or expired, or lacks Listen on 'hyco'"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("not-the-key"),
+        "no secret in the status: {said}"
+    );
+    agent.stop.cancel();
+    agent.task.await.unwrap();
+}
+
+#[tokio::test]
 async fn limits_refuse_with_a_status_and_bandwidth_is_paced() {
     let broker = TestBroker::start("[[hybrid_connections]]\nname = \"slow\"").await;
     let db = echo_server("").await;
@@ -477,6 +514,7 @@ async fn an_agent_behind_a_proxy_enrolls_itself_on_first_start_and_listens_with_
 
     // A crash after the certificate was written but before listener.json: the burned token
     // cannot be used again, so the next start finishes the identity from the certificate.
+    env.wait_listeners("hyco", 0, Duration::from_secs(10)).await;
     std::fs::remove_file(env.dir.join("agent-identity/listener.json")).unwrap();
     std::fs::write(env.dir.join("enroll.token"), "already-burned").unwrap();
     let config = AgentConfig::parse(&text, "agent.toml", &env.dir, |_| None).unwrap();
