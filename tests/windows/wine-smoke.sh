@@ -23,7 +23,9 @@ exe=$root/target/x86_64-pc-windows-gnu/debug/relay-listener.exe
 bin=$root/target/debug
 
 mkdir -p "$WINEPREFIX"
-[ -f "$WINEPREFIX/system.reg" ] || wineboot --init
+# Every Wine call is bounded: a wedged prefix fails the run instead of hanging it.
+w() { timeout 120 wine "$@"; }
+[ -f "$WINEPREFIX/system.reg" ] || timeout 300 wineboot --init
 x86_64-w64-mingw32-gcc -shared -O2 -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
     tests/windows/bcryptprimitives.c tests/windows/bcryptprimitives.def
 wineserver -k 2>/dev/null || true
@@ -31,8 +33,8 @@ wineserver -p
 
 pids=()
 cleanup() {
-    wine sc stop relay-agent >/dev/null 2>&1 || true
-    wine "$exe" service uninstall >/dev/null 2>&1 || true
+    w sc stop relay-agent >/dev/null 2>&1 || true
+    w "$exe" service uninstall >/dev/null 2>&1 || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wineserver -k 2>/dev/null || true
 }
@@ -106,8 +108,8 @@ tcp = "127.0.0.1:$echo_port"
 EOF
 
 echo "== install and start the service"
-wine "$exe" service install --config "Z:$work/agent.toml"
-wine sc start relay-agent >/dev/null
+w "$exe" service install --config "Z:$work/agent.toml"
+w sc start relay-agent >/dev/null
 wait_for "the agent to connect" 90 sh -c "'$bin/relay-listener' status --status-addr 127.0.0.1:$status_port | grep -q CONNECTED"
 "$bin/relay-listener" status --status-addr "127.0.0.1:$status_port"
 
@@ -148,10 +150,10 @@ while True:
 EOF
 
 echo "== stop and uninstall"
-wine sc stop relay-agent >/dev/null
-wait_for "the service to stop" 60 sh -c "wine sc query relay-agent | grep -q STOPPED"
-wine "$exe" service uninstall
-if wine sc query relay-agent >/dev/null 2>&1; then
+w sc stop relay-agent >/dev/null
+wait_for "the service to stop" 60 sh -c "timeout 30 wine sc query relay-agent | grep -q STOPPED"
+w "$exe" service uninstall
+if w sc query relay-agent >/dev/null 2>&1; then
     echo "the service is still installed" >&2; exit 1
 fi
 grep -q "service stopped" "$work/relay-agent.log"
