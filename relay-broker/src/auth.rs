@@ -26,6 +26,8 @@ pub(crate) struct Authorized {
     pub(crate) presented: Presented,
     /// The token's expiry, when a token was checked.
     pub(crate) expires_at: Option<u64>,
+    /// The rule whose key signed the token, when a token was checked.
+    pub(crate) rule: Option<String>,
 }
 
 /// The request being authorized.
@@ -48,6 +50,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
         return Ok(Authorized {
             presented,
             expires_at: None,
+            rule: None,
         });
     }
     let ip = claim
@@ -68,11 +71,12 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
                 needs: claim.needs,
                 mount: &shared.mount,
             };
-            sas::authorize(&shared.store.rules(), token, target, unix_now()).map(|_| ())
+            sas::authorize(&shared.store.rules(), token, target, unix_now())
+                .map(|rule| rule.name.clone())
         }
     };
     match result {
-        Ok(()) => {
+        Ok(rule) => {
             let expires_at = presented
                 .token
                 .as_deref()
@@ -81,6 +85,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
             Ok(Authorized {
                 presented,
                 expires_at,
+                rule: Some(rule),
             })
         }
         Err(e) => {

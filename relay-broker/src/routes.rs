@@ -266,16 +266,10 @@ async fn listen(
         None => {
             let claim = r.claim(req.headers(), &r.hc.name, Rights::LISTEN, true);
             let Authorized {
-                expires_at,
-                presented,
+                expires_at, rule, ..
             } = authorize(shared, claim).await?;
-            let rule = presented
-                .token
-                .as_deref()
-                .and_then(|t| relay_core::sas::SasToken::parse(t).ok())
-                .map(|t| t.key_name)
-                .unwrap_or_default();
-            (expires_at.unwrap_or(0), None, format!("sas:{rule}"))
+            let principal = format!("sas:{}", rule.unwrap_or_default());
+            (expires_at.unwrap_or(0), None, principal)
         }
     };
     let instance = listener_instance(req.headers())?.map(|i| format!("{principal}|{i}"));

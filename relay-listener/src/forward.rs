@@ -35,14 +35,6 @@ impl TcpForward {
             from_target: None,
         }
     }
-
-    /// Caps each direction at `bytes_per_sec`.
-    #[must_use]
-    pub fn with_bandwidth(mut self, bytes_per_sec: u64) -> Self {
-        self.to_target = Some(RateLimit::new(bytes_per_sec));
-        self.from_target = Some(RateLimit::new(bytes_per_sec));
-        self
-    }
 }
 
 /// Logical port names on one hybrid connection: the sender connects to `/{hc}/{port}` and

@@ -222,6 +222,17 @@ impl Env {
         }
     }
 
+    /// A SAS sender (as Azure senders are) connected to `hc` at `endpoint`, trusting the
+    /// broker's server certificate.
+    pub async fn sender(&self, endpoint: &str, hc: &str) -> relay_sender::Connection {
+        let options = relay_sender::ConnectOptions {
+            token: Some(relay_sender::sas_token(endpoint, hc, KEY_NAME, KEY, 60)),
+            tls: Some(self.anonymous()),
+            ..Default::default()
+        };
+        relay_sender::connect(endpoint, hc, &options).await.unwrap()
+    }
+
     /// Posts a registration body as `relay-listener register` does.
     pub async fn post_registration(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
         self.call(

@@ -491,20 +491,7 @@ async fn an_agent_behind_a_proxy_enrolls_itself_on_first_start_and_listens_with_
     assert!(!env.dir.join("enroll.token").exists());
     assert!(env.audit().await.contains("listener.register"));
     // ... and relays over mTLS, all through the proxy.
-    let options = relay_sender::ConnectOptions {
-        token: Some(relay_sender::sas_token(
-            &env.wss(),
-            "hyco",
-            KEY_NAME,
-            KEY,
-            60,
-        )),
-        tls: Some(env.anonymous()),
-        ..Default::default()
-    };
-    let mut c = relay_sender::connect(&env.wss(), "hyco", &options)
-        .await
-        .unwrap();
+    let mut c = env.sender(&env.wss(), "hyco").await;
     assert_eq!(read_n(&mut c.stream, 9).await, b"enrolled:");
     let log = std::fs::read_to_string(env.dir.join("tinyproxy.log")).unwrap();
     assert!(log.contains("CONNECT"), "{log}");

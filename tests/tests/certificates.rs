@@ -26,20 +26,7 @@ async fn whole_flow_register_listen_relay_revoke_and_refuse() {
     env.wait_listeners("hyco", 1, Duration::from_secs(10)).await;
 
     // A sender relays bytes through it (SAS, as Azure senders do).
-    let options = relay_sender::ConnectOptions {
-        token: Some(relay_sender::sas_token(
-            &env.wss(),
-            "hyco",
-            KEY_NAME,
-            KEY,
-            60,
-        )),
-        tls: Some(env.anonymous()),
-        ..Default::default()
-    };
-    let mut conn = relay_sender::connect(&env.wss(), "hyco", &options)
-        .await
-        .unwrap();
+    let mut conn = env.sender(&env.wss(), "hyco").await;
     conn.stream.write_all(b"ping over mTLS").await.unwrap();
     let mut echoed = [0u8; 14];
     conn.stream.read_exact(&mut echoed).await.unwrap();

@@ -13,7 +13,6 @@ use relay_io::WsError;
 use relay_io::client::{ConnectOptions, Connected};
 use relay_listener::CertificateIdentity;
 use relay_tests::certs::{Env, leaf};
-use relay_tests::{KEY, KEY_NAME};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const POP_ON: &str = "proof_of_possession = true";
@@ -131,16 +130,7 @@ async fn a_listener_behind_nginx_logs_in_by_proof_of_possession_relays_renews_an
     env.wait_listeners("hyco", 1, Duration::from_secs(10)).await;
 
     // A sender relays bytes through nginx, the broker and the listener.
-    let options = relay_sender::ConnectOptions {
-        token: Some(relay_sender::sas_token(
-            &endpoint, "hyco", KEY_NAME, KEY, 60,
-        )),
-        tls: Some(env.anonymous()),
-        ..Default::default()
-    };
-    let mut conn = relay_sender::connect(&endpoint, "hyco", &options)
-        .await
-        .unwrap();
+    let mut conn = env.sender(&endpoint, "hyco").await;
     conn.stream.write_all(b"through nginx").await.unwrap();
     let mut echoed = [0u8; 13];
     conn.stream.read_exact(&mut echoed).await.unwrap();

@@ -16,7 +16,7 @@ pub use status::{EndpointState, EndpointStatus, fetch_status};
 
 use crate::forward::{PortMap, TcpForward};
 use crate::handler::{Handler, IncomingConnection, RelayBody};
-use crate::limits::{Gate, Limited};
+use crate::limits::{Gate, Limited, RateLimit};
 use crate::reverse_proxy::HttpProxy;
 use crate::{CertificateIdentity, Listener, ListenerConfig, SasKeySource};
 
@@ -322,32 +322,29 @@ fn forwarder(
     endpoint: &Endpoint,
     tls: &Arc<relay_io::rustls::ClientConfig>,
 ) -> Result<Forwarder, relay_io::WsError> {
+    // One bandwidth budget per direction for the endpoint, whichever port a connection uses.
+    let limits = endpoint
+        .bandwidth
+        .map(|rate| (RateLimit::new(rate), RateLimit::new(rate)));
     let tcp = |target: &str| {
-        let forward = TcpForward::new(target);
-        match endpoint.bandwidth {
-            Some(rate) => forward.with_bandwidth(rate),
-            None => forward,
+        let mut forward = TcpForward::new(target);
+        if let Some((to, from)) = &limits {
+            forward.to_target = Some(Arc::clone(to));
+            forward.from_target = Some(Arc::clone(from));
         }
+        forward
     };
     Ok(match &endpoint.target {
         Target::Tcp(target) => Forwarder::Tcp(tcp(target)),
         Target::Http(base) => {
             Forwarder::Http(HttpProxy::new(&endpoint.hc, base, Some(Arc::clone(tls)))?)
         }
-        Target::Ports(ports) => {
-            // One bandwidth budget for the endpoint, whichever port a connection uses.
-            let shared = tcp("unused:1");
-            let ports = ports
+        Target::Ports(ports) => Forwarder::Ports(PortMap::new(
+            ports
                 .iter()
-                .map(|(name, target)| {
-                    let mut forward = TcpForward::new(target);
-                    forward.to_target.clone_from(&shared.to_target);
-                    forward.from_target.clone_from(&shared.from_target);
-                    (name.clone(), forward)
-                })
-                .collect();
-            Forwarder::Ports(PortMap::new(ports))
-        }
+                .map(|(name, target)| (name.clone(), tcp(target)))
+                .collect(),
+        )),
     })
 }
 
