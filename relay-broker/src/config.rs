@@ -112,6 +112,11 @@ pub struct Limits {
     pub shutdown_drain: Duration,
     /// Failed authentications per client and credential within a minute before throttling.
     pub auth_failures_per_minute: u32,
+    /// Standby sockets one of our listeners may keep open in advance, so a sender is paired
+    /// without the listener dialling back; 0 turns the extension off.
+    pub standby_per_listener: usize,
+    /// Idle standby sockets are retired (and replaced by the listener) after about this long.
+    pub standby_max_age: Duration,
 }
 
 impl Default for Limits {
@@ -128,6 +133,8 @@ impl Default for Limits {
             control_queue: 256,
             shutdown_drain: Duration::from_secs(10),
             auth_failures_per_minute: 20,
+            standby_per_listener: 4,
+            standby_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -184,6 +191,8 @@ struct RawLimits {
     relay_buffer_bytes: Option<usize>,
     shutdown_drain_secs: Option<f64>,
     auth_failures_per_minute: Option<u32>,
+    standby_per_listener: Option<usize>,
+    standby_max_age_secs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +382,20 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
             .auth_failures_per_minute
             .unwrap_or(d.auth_failures_per_minute)
             .max(1),
+        standby_per_listener: match raw.standby_per_listener {
+            Some(n) if n > relay_core::standby::MAX_STANDBY => {
+                return Err(format!(
+                    "standby_per_listener = {n}: must be at most {}",
+                    relay_core::standby::MAX_STANDBY
+                ));
+            }
+            n => n.unwrap_or(d.standby_per_listener),
+        },
+        standby_max_age: secs(
+            raw.standby_max_age_secs,
+            "standby_max_age_secs",
+            d.standby_max_age,
+        )?,
     })
 }
 

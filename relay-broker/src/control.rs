@@ -26,7 +26,7 @@ use crate::identity::{CLOSE_REVOKED, CertSession};
 use crate::presence::{ListenerHandle, Outbound};
 use crate::rendezvous::{ListenerResponse, ResponseBody};
 use crate::routes::{Resolved, relay_io_halves};
-use crate::{RelayError, Shared};
+use crate::{RelayError, Shared, StandbyPool};
 
 /// Read buffer of a control channel: control messages are small, and idle channels many.
 const CONTROL_BUFFER: usize = 4 * 1024;
@@ -35,36 +35,65 @@ const MAX_UNSOLICITED: u32 = 100;
 /// How long the reader may wait for the listener's Close after the broker sent one.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Registers a listener and starts its control channel once the upgrade completes.
+/// A control channel about to open.
+pub(crate) struct Opening {
+    /// Base of its rendezvous addresses.
+    pub(crate) base_url: String,
+    /// Expiry of its token (Unix seconds), or its certificate's notAfter.
+    pub(crate) expires_at: u64,
+    pub(crate) cert: Option<CertSession>,
+    /// `<principal>|<relay-listener-instance>`, when the agent named itself.
+    pub(crate) instance: Option<String>,
+    /// Standby sockets granted to it, when it asked for some.
+    pub(crate) standby: Option<usize>,
+}
+
+/// Registers a listener and starts its control channel once the upgrade completes. Returns
+/// its standby pool, whose key and size go in the `101`.
 pub(crate) fn start(
     shared: &Arc<Shared>,
     upgrade: OnUpgrade,
     r: &Resolved,
-    base_url: String,
-    expires_at: u64,
-    cert: Option<CertSession>,
-    instance: Option<String>,
-) -> Result<(), RelayError> {
+    opening: Opening,
+) -> Result<Option<Arc<StandbyPool>>, RelayError> {
+    let Opening {
+        base_url,
+        expires_at,
+        cert,
+        instance,
+        standby,
+    } = opening;
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
+    let close = shared.shutdown.child_token();
+    let pool = standby.map(|n| shared.standby.open(&r.hc.name, n, close.child_token()));
     let handle = ListenerHandle {
         id: shared.next_listener_id(),
         hc: r.hc.name.clone().into(),
         base_url: base_url.into(),
         tx,
-        close: shared.shutdown.child_token(),
+        close,
         revoked: cert.as_ref().map(|c| c.revoked.clone()),
         instance: instance.map(Into::into),
         replaced: tokio_util::sync::CancellationToken::new(),
+        standby: pool.clone(),
     };
-    shared
+    let closing = pool.clone();
+    let close_pool = move |shared: &Shared| {
+        if let Some(pool) = &closing {
+            shared.standby.close(pool);
+        }
+    };
+    if shared
         .presence
         .register(handle.clone(), shared.limits.max_listeners_per_hc)
-        .map_err(|_| {
-            RelayError::Forbidden(format!(
-                "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
-                shared.limits.max_listeners_per_hc, r.hc.name
-            ))
-        })?;
+        .is_err()
+    {
+        close_pool(shared);
+        return Err(RelayError::Forbidden(format!(
+            "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
+            shared.limits.max_listeners_per_hc, r.hc.name
+        )));
+    }
     let identity = cert
         .as_ref()
         .map_or_else(String::new, |c| c.listener_id.to_string());
@@ -90,6 +119,7 @@ pub(crate) fn start(
             }
             shared.presence.unregister(&handle.hc, handle.id);
             shared.rendezvous.drop_listener(handle.id);
+            close_pool(&shared);
             tracing::info!("listener disconnected");
             if connected {
                 audit(&shared, "listener.disconnect", &who, &tracking).await;
@@ -97,7 +127,7 @@ pub(crate) fn start(
         }
         .instrument(span),
     );
-    Ok(())
+    Ok(pool)
 }
 
 /// Records a channel's audit event and waits for it, so one channel's connect is always

@@ -42,6 +42,7 @@ mod rendezvous;
 mod routes;
 
 mod server;
+mod standby;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub use error::RelayError;
 pub use metrics::Counters;
 pub use presence::{LocalPresence, Presence};
 pub use server::ServeOptions;
+pub use standby::Pool as StandbyPool;
 pub use store::{AuditEvent, MemoryStore, SqliteStore, Store, StoreError};
 
 /// How a request reached the broker; inserted by [`Broker::serve`]. A host app that nests
@@ -107,6 +109,8 @@ pub(crate) struct Shared {
     /// Proof-of-possession logins, when `[ca].proof_of_possession` is on.
     pub(crate) pop: Option<Arc<pop::PopLogins>>,
     pub(crate) counters: Counters,
+    /// Standby sockets of our own listeners, by control channel.
+    pub(crate) standby: standby::Pools,
 }
 
 /// A broker: shared state plus the ways to serve it. Cheap to clone.
@@ -226,6 +230,7 @@ impl Broker {
             sessions: identity::Sessions::default(),
             pop: None,
             counters: Counters::default(),
+            standby: standby::Pools::default(),
         };
         Self {
             shared: Arc::new(shared),

@@ -11,6 +11,15 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 
+/// Gauges read from the broker's state when scraped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    /// Rendezvous addresses and HTTP requests waiting for a listener.
+    pub pending_rendezvous: usize,
+    /// Standby sockets parked by listeners.
+    pub standby_parked: usize,
+}
+
 /// Counters and gauges kept by the broker.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -26,6 +35,10 @@ pub struct Counters {
     pub listener_disconnects: AtomicU64,
     /// Sender WebSockets paired with a listener.
     pub sender_connects: AtomicU64,
+    /// Senders paired over a listener's standby socket.
+    pub standby_accepts: AtomicU64,
+    /// Senders that found a standby socket dead and went through the control channel.
+    pub standby_fallbacks: AtomicU64,
     /// Relayed WebSocket connections open now.
     pub active_connections: AtomicI64,
     /// Payload bytes relayed from senders to listeners (WebSocket and HTTP bodies).
@@ -55,9 +68,10 @@ impl Counters {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text exposition; `listeners` is (hybrid connection, count).
+    /// Renders the Prometheus text exposition; `listeners` is (hybrid connection, count),
+    /// the gauges are read at scrape time.
     #[must_use]
-    pub fn render(&self, listeners: &[(String, usize)], pending_rendezvous: usize) -> String {
+    pub fn render(&self, listeners: &[(String, usize)], gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         metric(
@@ -73,7 +87,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 10] = [
+        let simple: [(&str, &str, &str, u64); 13] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -126,7 +140,25 @@ impl Counters {
                 "relay_pending_rendezvous",
                 "gauge",
                 "Rendezvous addresses and requests waiting.",
-                pending_rendezvous as u64,
+                gauges.pending_rendezvous as u64,
+            ),
+            (
+                "relay_standby_parked",
+                "gauge",
+                "Standby sockets of listeners waiting for a sender.",
+                gauges.standby_parked as u64,
+            ),
+            (
+                "relay_standby_accepts_total",
+                "counter",
+                "Senders paired over a listener's standby socket.",
+                get(&self.standby_accepts),
+            ),
+            (
+                "relay_standby_fallbacks_total",
+                "counter",
+                "Senders that found a standby socket dead and used the control channel.",
+                get(&self.standby_fallbacks),
             ),
             (
                 "relay_active_connections",
@@ -202,7 +234,12 @@ mod tests {
         let c = Counters::default();
         c.observe_http(200, Duration::from_millis(3));
         c.observe_http(504, Duration::from_secs(60));
-        let text = c.render(&[("a\"b".into(), 2)], 1);
+        let gauges = Gauges {
+            pending_rendezvous: 1,
+            standby_parked: 3,
+        };
+        let text = c.render(&[("a\"b".into(), 2)], gauges);
+        assert!(text.contains("relay_standby_parked 3"));
         assert!(text.contains("relay_listeners{hybrid_connection=\"a\\\"b\"} 2"));
         assert!(text.contains("relay_http_responses_total{class=\"2xx\"} 1"));
         assert!(text.contains("relay_http_responses_total{class=\"5xx\"} 1"));

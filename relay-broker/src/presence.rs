@@ -42,6 +42,9 @@ pub struct ListenerHandle {
     pub instance: Option<Arc<str>>,
     /// Cancelled when a newer channel of the same instance replaced this one.
     pub replaced: CancellationToken,
+    /// Sockets this listener opened in advance, when it asked for them (our extension);
+    /// `None` for standard clients and for listeners on other nodes.
+    pub standby: Option<Arc<crate::StandbyPool>>,
 }
 
 /// The hybrid connection already has its maximum number of listeners.
@@ -165,6 +168,7 @@ mod tests {
             revoked: None,
             instance: None,
             replaced: CancellationToken::new(),
+            standby: None,
         }
     }
 

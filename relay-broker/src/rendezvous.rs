@@ -13,12 +13,29 @@ use hyper::upgrade::OnUpgrade;
 use relay_core::control;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a listener did with a sender's `accept` address.
+/// The listener's side of a relayed connection.
+pub(crate) enum ListenerSocket {
+    /// A rendezvous upgrade, still completing.
+    Upgrade(OnUpgrade),
+    /// A standby socket, open and past its reply.
+    Open(Box<crate::routes::RelayHalves>),
+}
+
+impl std::fmt::Debug for ListenerSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Upgrade(_) => "Upgrade",
+            Self::Open(_) => "Open",
+        })
+    }
+}
+
+/// What a listener did with a sender's `accept`.
 #[derive(Debug)]
 pub(crate) enum Arrival {
-    /// It connected: its socket (once upgraded) and the sub-protocol it chose.
+    /// It connected: its socket and the sub-protocol it chose.
     Accepted {
-        upgrade: OnUpgrade,
+        socket: ListenerSocket,
         protocol: Option<String>,
     },
     /// It rejected the sender with a status and description.

@@ -12,6 +12,7 @@ use relay_core::address::{self, Action, HcPath, RelayQuery};
 use relay_core::control::{Accept, Headers, ListenerCommand, RemoteEndpoint};
 use relay_core::limits::MAX_HEADER_BYTES;
 use relay_core::sas::Rights;
+use relay_core::standby::{STANDBY_HEADER, STANDBY_KEY_HEADER};
 use relay_core::tracking::TrackingId;
 use relay_io::server as handshake;
 use tracing::Instrument as _;
@@ -20,8 +21,8 @@ use crate::auth::{Authorized, Claim, authorize};
 use crate::ca::PeerCertificate;
 use crate::config::HybridConnection;
 use crate::identity::{self, CertSession};
-use crate::presence::Outbound;
-use crate::rendezvous::{Arrival, Pending};
+use crate::presence::{ListenerHandle, Outbound};
+use crate::rendezvous::{Arrival, ListenerSocket, Pending};
 use crate::{RelayError, Shared, Transport, control, http_relay, pump};
 
 /// The query parameter carrying a rendezvous capability.
@@ -78,9 +79,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
-    let body = shared
-        .counters
-        .render(&shared.presence.counts(), shared.rendezvous.len());
+    let body = shared.counters.render(
+        &shared.presence.counts(),
+        crate::metrics::Gauges {
+            pending_rendezvous: shared.rendezvous.len(),
+            standby_parked: shared.standby.parked(),
+        },
+    );
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,
@@ -216,6 +221,7 @@ async fn route(
         Action::Connect => connect(shared, req, resolved).await,
         Action::Accept => accept(shared, req, &resolved.query),
         Action::Request => request_rendezvous(shared, req, &resolved.query),
+        Action::Standby => standby(shared, req, &resolved),
     }
 }
 
@@ -274,9 +280,29 @@ async fn listen(
     };
     let instance = listener_instance(req.headers())?.map(|i| format!("{principal}|{i}"));
     let base_url = base_url(shared, req.headers(), r.transport);
+    let standby = req
+        .headers()
+        .get(STANDBY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| relay_core::standby::requested(v, shared.limits.standby_per_listener));
     let upgrade = hyper::upgrade::on(&mut req);
-    control::start(shared, upgrade, &r, base_url, expires_at, session, instance)?;
-    Ok(switching(&accept_key, None))
+    let opening = control::Opening {
+        base_url,
+        expires_at,
+        cert: session,
+        instance,
+        standby,
+    };
+    let pool = control::start(shared, upgrade, &r, opening)?;
+    let mut resp = switching(&accept_key, None);
+    if let Some(pool) = pool {
+        let h = resp.headers_mut();
+        h.insert(STANDBY_HEADER, HeaderValue::from(pool.max()));
+        if let Ok(key) = HeaderValue::from_str(pool.key()) {
+            h.insert(STANDBY_KEY_HEADER, key);
+        }
+    }
+    Ok(resp)
 }
 
 /// The agent's `relay-listener-instance` name, bounded.
@@ -343,14 +369,6 @@ async fn connect(
         .presence
         .pick(&r.hc.name)
         .ok_or(RelayError::ListenerNotConnected)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let guard = shared
-        .rendezvous
-        .add_address(Pending::Accept {
-            listener_id: listener.id,
-            tx,
-        })
-        .map_err(|_| RelayError::Busy("pending rendezvous"))?;
     let mut address = format!(
         "{}/$hc/{}{}?",
         listener.base_url,
@@ -361,12 +379,8 @@ async fn connect(
         address.push_str(&r.query.app_query);
         address.push('&');
     }
-    address.push_str(&format!(
-        "sb-hc-action=accept&sb-hc-id={}&{RENDEZVOUS_PARAM}={}",
-        r.tracking,
-        guard.key()
-    ));
-    let command = ListenerCommand::Accept(Accept {
+    address.push_str(&format!("sb-hc-action=accept&sb-hc-id={}", r.tracking));
+    let mut accept = Accept {
         address,
         id: r.tracking.to_string(),
         connect_headers: forwarded_headers(
@@ -377,25 +391,12 @@ async fn connect(
             address: t.peer.ip().to_string(),
             port: t.peer.port(),
         }),
-    });
-    listener
-        .tx
-        .try_send(Outbound::Text(command.encode()))
-        .map_err(|_| RelayError::Busy("listener control queue"))?;
-    let sender_upgrade = hyper::upgrade::on(&mut req);
-    let arrival = match tokio::time::timeout(shared.limits.accept_timeout, rx).await {
-        Ok(Ok(arrival)) => arrival,
-        Ok(Err(_)) => {
-            return Err(RelayError::ListenerFailed(
-                "the listener disconnected".into(),
-            ));
-        }
-        Err(_) => {
-            Shared::count(&shared.counters.rendezvous_timeouts);
-            return Err(RelayError::GatewayTimeout);
-        }
     };
-    drop(guard);
+    let sender_upgrade = hyper::upgrade::on(&mut req);
+    let arrival = match via_standby(shared, &listener, &accept).await? {
+        Some(arrival) => arrival,
+        None => via_control_channel(shared, &listener, &mut accept).await?,
+    };
     match arrival {
         Arrival::Rejected {
             status,
@@ -404,11 +405,11 @@ async fn connect(
             status,
             description,
         }),
-        Arrival::Accepted { upgrade, protocol } => {
+        Arrival::Accepted { socket, protocol } => {
             spawn_pair(
                 shared,
                 sender_upgrade,
-                upgrade,
+                socket,
                 &r.tracking,
                 listener.revoked.clone(),
             );
@@ -417,10 +418,99 @@ async fn connect(
     }
 }
 
+/// Hands the sender to one of the listener's parked standby sockets. `None` when none is
+/// parked or the one taken failed before the listener answered.
+async fn via_standby(
+    shared: &Shared,
+    listener: &ListenerHandle,
+    accept: &Accept,
+) -> Result<Option<Arrival>, RelayError> {
+    let Some(pool) = &listener.standby else {
+        return Ok(None);
+    };
+    let json = ListenerCommand::Accept(accept.clone()).encode();
+    let Some(outcome) = pool.dispatch(&json) else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(shared.limits.accept_timeout, outcome).await {
+        Ok(Ok(crate::standby::Outcome::Answered(arrival))) => {
+            Shared::count(&shared.counters.standby_accepts);
+            Ok(Some(arrival))
+        }
+        Ok(Ok(crate::standby::Outcome::Failed) | Err(_)) => {
+            Shared::count(&shared.counters.standby_fallbacks);
+            Ok(None)
+        }
+        Err(_) => {
+            Shared::count(&shared.counters.rendezvous_timeouts);
+            Err(RelayError::GatewayTimeout)
+        }
+    }
+}
+
+/// The standard path: a single-use rendezvous address sent over the control channel.
+async fn via_control_channel(
+    shared: &Arc<Shared>,
+    listener: &ListenerHandle,
+    accept: &mut Accept,
+) -> Result<Arrival, RelayError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let guard = shared
+        .rendezvous
+        .add_address(Pending::Accept {
+            listener_id: listener.id,
+            tx,
+        })
+        .map_err(|_| RelayError::Busy("pending rendezvous"))?;
+    accept
+        .address
+        .push_str(&format!("&{RENDEZVOUS_PARAM}={}", guard.key()));
+    listener
+        .tx
+        .try_send(Outbound::Text(
+            ListenerCommand::Accept(accept.clone()).encode(),
+        ))
+        .map_err(|_| RelayError::Busy("listener control queue"))?;
+    match tokio::time::timeout(shared.limits.accept_timeout, rx).await {
+        Ok(Ok(arrival)) => Ok(arrival),
+        Ok(Err(_)) => Err(RelayError::ListenerFailed(
+            "the listener disconnected".into(),
+        )),
+        Err(_) => {
+            Shared::count(&shared.counters.rendezvous_timeouts);
+            Err(RelayError::GatewayTimeout)
+        }
+    }
+}
+
+/// `sb-hc-action=standby`: one of our listeners parks a pre-opened rendezvous socket.
+fn standby(
+    shared: &Arc<Shared>,
+    mut req: Request,
+    r: &Resolved,
+) -> Result<Response<Body>, RelayError> {
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    // The key is the credential: it names one live control channel.
+    let pool = req
+        .headers()
+        .get(STANDBY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|key| shared.standby.get(key))
+        .filter(|pool| pool.hc().eq_ignore_ascii_case(&r.hc.name))
+        .ok_or(RelayError::RendezvousExpired)?;
+    let place = pool
+        .reserve()
+        .ok_or(RelayError::Busy("standby sockets for this listener"))?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    crate::standby::spawn(shared, place, upgrade, shared.limits.standby_max_age);
+    Ok(switching(&accept_key, None))
+}
+
 fn spawn_pair(
     shared: &Arc<Shared>,
     sender: hyper::upgrade::OnUpgrade,
-    listener: hyper::upgrade::OnUpgrade,
+    listener: ListenerSocket,
     tracking: &TrackingId,
     revoked: Option<tokio_util::sync::CancellationToken>,
 ) {
@@ -433,12 +523,19 @@ fn spawn_pair(
     let tasks = shared.tasks.clone();
     tasks.spawn(
         async move {
-            let (Ok(sender), Ok(listener)) = tokio::join!(sender, listener) else {
+            let listener = async {
+                match listener {
+                    ListenerSocket::Upgrade(upgrade) => {
+                        upgrade.await.ok().map(|u| relay_io_halves(u, buffer))
+                    }
+                    ListenerSocket::Open(halves) => Some(*halves),
+                }
+            };
+            let (Ok(sender), Some(listener)) = tokio::join!(sender, listener) else {
                 tracing::debug!("an upgrade failed before relaying");
                 return;
             };
             let sender = relay_io_halves(sender, buffer);
-            let listener = relay_io_halves(listener, buffer);
             let counters = &shared.counters;
             counters.sender_connects.fetch_add(1, Ordering::Relaxed);
             counters.active_connections.fetch_add(1, Ordering::Relaxed);
@@ -471,14 +568,14 @@ fn spawn_pair(
 
 type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
-/// Frame reader and writer over an upgraded server-side socket.
-pub(crate) fn relay_io_halves(
-    upgraded: hyper::upgrade::Upgraded,
-    buffer: usize,
-) -> (
+/// Frame reader and writer of an upgraded server-side socket.
+pub(crate) type RelayHalves = (
     relay_io::WsReader<tokio::io::ReadHalf<Upgraded>>,
     relay_io::WsWriter<tokio::io::WriteHalf<Upgraded>>,
-) {
+);
+
+/// Frame reader and writer over an upgraded server-side socket.
+pub(crate) fn relay_io_halves(upgraded: hyper::upgrade::Upgraded, buffer: usize) -> RelayHalves {
     let (r, w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
     (
         relay_io::WsReader::new(r, relay_io::Role::Server, buffer),
@@ -530,7 +627,7 @@ fn accept(
         .next();
     let upgrade = hyper::upgrade::on(&mut req);
     tx.send(Arrival::Accepted {
-        upgrade,
+        socket: ListenerSocket::Upgrade(upgrade),
         protocol: protocol.clone(),
     })
     .map_err(|_| RelayError::RendezvousExpired)?;

@@ -29,6 +29,9 @@ pub enum Action {
     Accept,
     /// A listener opens the rendezvous for one HTTP request.
     Request,
+    /// One of our listeners parks a pre-opened rendezvous socket (an extension; see
+    /// [`crate::standby`]).
+    Standby,
 }
 
 impl Action {
@@ -38,6 +41,7 @@ impl Action {
             "connect" => Self::Connect,
             "accept" => Self::Accept,
             "request" => Self::Request,
+            "standby" => Self::Standby,
             _ => return None,
         })
     }
@@ -50,6 +54,7 @@ impl Action {
             Self::Connect => "connect",
             Self::Accept => "accept",
             Self::Request => "request",
+            Self::Standby => "standby",
         }
     }
 }

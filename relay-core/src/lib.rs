@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`control`] | the JSON control messages (`accept`, `request`, `response`, `renewToken`) |
 //! | [`address`] | the URL and query grammar: `/$hc/{hc}[/suffix]`, `sb-hc-*` parameters, name matching |
+//! | [`standby`] | pre-opened rendezvous sockets: our listener's extension for fast connects |
 //! | [`sas`] | Shared Access Signature tokens: create, parse, verify, rights |
 //! | [`auth`] | where a token is taken from on a request, and what is stripped |
 //! | [`connection_string`] | Azure-style connection strings |
@@ -26,6 +27,7 @@ pub mod http_rules;
 pub mod limits;
 pub mod pop;
 pub mod sas;
+pub mod standby;
 pub mod tracking;
 
 pub use address::{Action, HcPath, RelayQuery};

@@ -106,6 +106,8 @@ pub struct Connected {
     pub writer: WsWriter<WriteHalf<MaybeTls>>,
     /// The sub-protocol the server chose.
     pub protocol: Option<String>,
+    /// The `101` response's headers, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The parts of a `ws://` or `wss://` URL the handshake needs.
@@ -218,12 +220,13 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected,
         .await?;
     io.flush().await?;
     let (head, leftover) = read_head(&mut io).await?;
-    let protocol = check_response(&head, &key, &options.protocols)?;
+    let (protocol, headers) = check_response(&head, &key, &options.protocols)?;
     let (r, w) = tokio::io::split(io);
     Ok(Connected {
         reader: WsReader::with_prefix(r, Role::Client, options.read_buffer, &leftover),
         writer: WsWriter::new(w, Role::Client),
         protocol,
+        headers,
     })
 }
 
@@ -275,7 +278,10 @@ async fn read_head(io: &mut MaybeTls) -> Result<(Vec<u8>, Vec<u8>), WsError> {
     }
 }
 
-fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<String>, WsError> {
+/// The chosen sub-protocol and the response headers of a valid `101`.
+type Accepted = (Option<String>, Vec<(String, String)>);
+
+fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Accepted, WsError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     resp.parse(head)
@@ -306,7 +312,15 @@ fn check_response(head: &[u8], key: &str, offered: &[String]) -> Result<Option<S
             )));
         }
     }
-    Ok(protocol)
+    let headers = resp
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let value = std::str::from_utf8(h.value).ok()?;
+            Some((h.name.to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect();
+    Ok((protocol, headers))
 }
 
 /// A client WebSocket used as a byte stream (what listeners accept and senders open).

@@ -71,6 +71,18 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         }
     }
 
+    /// Replaces the buffer with one of `capacity` bytes (at least 256, and at least what is
+    /// buffered), keeping unread bytes: a socket parked with a small buffer grows it when it
+    /// starts carrying data.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        let held = self.end - self.start;
+        let mut buf = vec![0u8; capacity.max(256).max(held)].into_boxed_slice();
+        buf[..held].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = buf;
+        self.start = 0;
+        self.end = held;
+    }
+
     /// Whether unread bytes are buffered (so a writer may delay its flush).
     pub fn has_buffered(&self) -> bool {
         self.end > self.start
@@ -251,6 +263,26 @@ mod tests {
         assert_eq!(got, b"end");
         assert!(reader.header().await.unwrap().is_none());
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn growing_the_buffer_keeps_what_was_read_ahead() {
+        let payload: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+        let mut wire = masked_frame(true, OpCode::Text, b"first", [3, 1, 4, 1]);
+        wire.extend(masked_frame(true, OpCode::Binary, &payload, [5, 9, 2, 6]));
+        let mut reader = WsReader::new(&wire[..], Role::Server, 300);
+        reader.header().await.unwrap().unwrap();
+        let mut got = Vec::new();
+        reader.read_small_payload(&mut got).await.unwrap();
+        assert_eq!(got, b"first");
+        // The next frame's first bytes are already buffered when the buffer grows.
+        assert!(reader.has_buffered());
+        reader.set_capacity(64 * 1024);
+        let h = reader.header().await.unwrap().unwrap();
+        assert_eq!((h.opcode, h.payload_len), (OpCode::Binary, 2000));
+        got.clear();
+        reader.read_small_payload(&mut got).await.unwrap();
+        assert_eq!(got, payload);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
+use relay_core::standby::StandbyReply;
 use relay_io::client::ConnectOptions;
 use relay_io::{WsByteStream, WsError};
 
@@ -44,8 +45,19 @@ pub struct IncomingConnection {
     pub headers: http::HeaderMap,
     /// The sender's address, as the broker saw it.
     pub remote: Option<SocketAddr>,
-    pub(crate) address: String,
-    pub(crate) options: ConnectOptions,
+    pub(crate) answer: Answer,
+}
+
+/// Where the listener answers a sender.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The standard way: dial the single-use rendezvous address.
+    Rendezvous {
+        address: String,
+        options: ConnectOptions,
+    },
+    /// On the standby socket the `accept` came on (our broker's extension).
+    Standby(Box<relay_io::client::Connected>),
 }
 
 impl IncomingConnection {
@@ -66,21 +78,48 @@ impl IncomingConnection {
         self,
         protocol: Option<String>,
     ) -> Result<RelayStream, ListenerError> {
-        let mut options = self.options;
-        options.protocols = protocol.into_iter().collect();
-        let connected = relay_io::client::connect(&self.address, &options).await?;
-        Ok(WsByteStream::new(connected.reader, connected.writer))
+        match self.answer {
+            Answer::Rendezvous {
+                address,
+                mut options,
+            } => {
+                options.protocols = protocol.into_iter().collect();
+                let connected = relay_io::client::connect(&address, &options).await?;
+                Ok(WsByteStream::new(connected.reader, connected.writer))
+            }
+            Answer::Standby(connected) => {
+                let relay_io::client::Connected {
+                    mut reader,
+                    mut writer,
+                    ..
+                } = *connected;
+                let reply = StandbyReply::Accepted { protocol };
+                writer.text(&reply.encode()).await.map_err(WsError::from)?;
+                // Parked with a small buffer; relaying wants the full one.
+                reader.set_capacity(relay_io::reader::DEFAULT_BUFFER);
+                Ok(WsByteStream::new(reader, writer))
+            }
+        }
     }
 
     /// Rejects the sender, who sees `status` and `description` on its upgrade.
     pub async fn reject(self, status: u16, description: &str) -> Result<(), ListenerError> {
-        let url = relay_core::address::append_query(
-            &self.address,
-            "sb-hc-statusCode",
-            &status.to_string(),
-        );
+        let (address, options) = match self.answer {
+            Answer::Rendezvous { address, options } => (address, options),
+            Answer::Standby(connected) => {
+                let mut writer = connected.writer;
+                let reply = StandbyReply::Rejected {
+                    status_code: status,
+                    status_description: description.to_owned(),
+                };
+                writer.text(&reply.encode()).await.map_err(WsError::from)?;
+                return Ok(());
+            }
+        };
+        let url =
+            relay_core::address::append_query(&address, "sb-hc-statusCode", &status.to_string());
         let url = relay_core::address::append_query(&url, "sb-hc-statusDescription", description);
-        match relay_io::client::connect(&url, &self.options).await {
+        match relay_io::client::connect(&url, &options).await {
             // 410 Gone is how the broker confirms a reject.
             Err(WsError::Refused { status: 410, .. }) => Ok(()),
             Err(e) => Err(e.into()),

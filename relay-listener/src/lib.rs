@@ -30,6 +30,7 @@ pub mod limits;
 pub mod listener;
 pub mod register;
 pub mod reverse_proxy;
+mod standby;
 pub mod token;
 
 mod error;

@@ -16,10 +16,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::handler::{Handler, IncomingConnection};
+use crate::handler::{Answer, Handler, IncomingConnection};
 use crate::identity::CertificateIdentity;
 use crate::token::{TokenSource, unix_now};
-use crate::{ListenerError, http};
+use crate::{ListenerError, http, standby};
 
 /// How a listener proves itself on its control channel.
 #[derive(Clone)]
@@ -62,6 +62,9 @@ pub struct ListenerConfig {
     /// A name for this agent that survives restarts: the broker lets a new control channel
     /// with the same name and credential replace the old one at once.
     pub instance: Option<String>,
+    /// Standby sockets to keep open in advance when the broker offers them (our broker's
+    /// extension; others ignore it), so a sender is paired without dialling back; 0 = none.
+    pub standby: usize,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -90,6 +93,7 @@ impl ListenerConfig {
             connect_timeout: Duration::from_secs(20),
             proxy: None,
             instance: None,
+            standby: 2,
         }
     }
 
@@ -295,9 +299,15 @@ impl Listener {
                 instance.clone(),
             ));
         }
+        if config.standby > 0 {
+            options
+                .headers
+                .push(standby::request_header(config.standby));
+        }
         options.read_buffer = 16 * 1024;
         let connected = relay_io::client::connect(&url, &options).await?;
         tracing::info!(hc = %config.hc, endpoint = %config.endpoint, "listening");
+        let grant = standby::Grant::from_headers(&connected.headers, config.standby);
         backoff.reset();
         self.status.send_replace(Status::Connected);
         let (out_tx, out_rx) = mpsc::channel(64);
@@ -316,9 +326,32 @@ impl Listener {
             shutdown,
             &done,
         );
+        let standbys = async {
+            if let Some(grant) = grant {
+                self.standbys(handler).keep(grant, done.clone()).await;
+            }
+            // Losing the standbys never ends the session: the control channel still works.
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             result = reader => { done.cancel(); result }
             result = writer => result,
+            () = standbys => unreachable!("standbys never finish"),
+        }
+    }
+
+    fn standbys<H: Handler>(&self, handler: &Arc<H>) -> standby::Standbys<H> {
+        let config = &self.config;
+        let hc = config.hc.clone();
+        standby::Standbys {
+            url: format!(
+                "{}/$hc/{}?sb-hc-action=standby",
+                config.endpoint,
+                relay_core::address::encode_name(&config.hc)
+            ),
+            options: config.connect_options(),
+            handler: Arc::clone(handler),
+            incoming: Arc::new(move |accept, answer| incoming(accept, &hc, answer)),
         }
     }
 
@@ -414,7 +447,11 @@ impl Listener {
             };
             match ListenerCommand::decode(text.as_bytes(), MAX_INLINE_BODY_MESSAGE_BYTES) {
                 Ok(ListenerCommand::Accept(accept)) => {
-                    let conn = self.incoming(accept);
+                    let answer = Answer::Rendezvous {
+                        address: accept.address.clone(),
+                        options: self.config.connect_options(),
+                    };
+                    let conn = incoming(accept, &self.config.hc, answer);
                     let handler = Arc::clone(handler);
                     tokio::spawn(async move { handler.on_connection(conn).await });
                 }
@@ -443,32 +480,32 @@ impl Listener {
             }
         }
     }
+}
 
-    fn incoming(&self, accept: control::Accept) -> IncomingConnection {
-        let (path, query) = split_address(&accept.address, &self.config.hc);
-        let headers = accept
-            .connect_headers
-            .0
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    ::http::HeaderName::try_from(k.as_str()).ok()?,
-                    ::http::HeaderValue::try_from(v.as_str()).ok()?,
-                ))
-            })
-            .collect();
-        let remote = accept
-            .remote_endpoint
-            .and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)));
-        IncomingConnection {
-            id: accept.id,
-            path,
-            query,
-            headers,
-            remote,
-            address: accept.address,
-            options: self.config.connect_options(),
-        }
+/// The connection a handler gets for an `accept`, answered by `answer`.
+fn incoming(accept: control::Accept, hc: &str, answer: Answer) -> IncomingConnection {
+    let (path, query) = split_address(&accept.address, hc);
+    let headers = accept
+        .connect_headers
+        .0
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                ::http::HeaderName::try_from(k.as_str()).ok()?,
+                ::http::HeaderValue::try_from(v.as_str()).ok()?,
+            ))
+        })
+        .collect();
+    let remote = accept
+        .remote_endpoint
+        .and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)));
+    IncomingConnection {
+        id: accept.id,
+        path,
+        query,
+        headers,
+        remote,
+        answer,
     }
 }
 

@@ -1,0 +1,220 @@
+//! Standby sockets (our listener's pre-opened rendezvous): senders are paired over them,
+//! a silent one falls back to the control channel, and keys and bounds are enforced.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use relay_core::control::ListenerCommand;
+use relay_core::standby::{STANDBY_HEADER, STANDBY_KEY_HEADER};
+use relay_io::{Message, WsError};
+use relay_tests::{RawListener, TestBroker, http_request, ws_connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `relay_standby_parked` gauge.
+async fn parked(broker: &TestBroker) -> u64 {
+    let (_, _, body) =
+        http_request("GET", &format!("{}/metrics", broker.http()), &[], vec![]).await;
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("relay_standby_parked "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("gauge present")
+}
+
+async fn wait_parked(broker: &TestBroker, n: u64) {
+    for _ in 0..200 {
+        if parked(broker).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{n} standby sockets never parked");
+}
+
+fn sender_options(broker: &TestBroker, path: &str) -> relay_sender::ConnectOptions {
+    relay_sender::ConnectOptions {
+        token: Some(relay_sender::sas_token(
+            &broker.ws(),
+            "hyco",
+            relay_tests::KEY_NAME,
+            relay_tests::KEY,
+            60,
+        )),
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+fn header<'a>(conn: &'a relay_io::client::Connected, name: &str) -> Option<&'a str> {
+    conn.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn a_library_listener_pairs_senders_over_its_standbys() {
+    let broker = TestBroker::start("").await;
+    let token = Arc::new(relay_listener::SasKeySource::new(
+        relay_tests::KEY_NAME,
+        relay_tests::KEY,
+    ));
+    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
+        broker.ws(),
+        "hyco",
+        token,
+    ));
+    // Speaks first (a banner), so bytes the listener sends right after accepting must
+    // survive the broker's switch from the reply to relaying; then echoes.
+    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+        if conn.path == "/closed" {
+            let _ = conn.reject(404, "no such door").await;
+            return;
+        }
+        let stream = conn.accept().await.unwrap();
+        let (mut r, mut w) = tokio::io::split(stream);
+        w.write_all(b"hello\n").await.unwrap();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move { listener.run(handler, stop).await })
+    };
+    broker.wait_listeners("hyco", 1).await;
+    wait_parked(&broker, 2).await;
+
+    for round in 0..5u8 {
+        let mut conn = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker, ""))
+            .await
+            .unwrap();
+        let payload = vec![round; 200_000];
+        conn.stream.write_all(&payload).await.unwrap();
+        conn.stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..6], b"hello\n");
+        assert_eq!(&got[6..], &payload[..]);
+        // The listener replaces the standby it used.
+        wait_parked(&broker, 2).await;
+    }
+    let err = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker, "/closed"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("404") && text.contains("no such door"),
+        "{text}"
+    );
+
+    let counters = broker.broker.counters();
+    assert_eq!(counters.standby_accepts.load(Ordering::Relaxed), 6);
+    assert_eq!(counters.standby_fallbacks.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.sender_connects.load(Ordering::Relaxed), 5);
+    stop.cancel();
+    run.await.unwrap();
+    wait_parked(&broker, 0).await;
+}
+
+#[tokio::test]
+async fn a_silent_standby_falls_back_to_the_control_channel() {
+    let broker = TestBroker::start("").await;
+    let mut listener = RawListener::open_with(&broker, "hyco", &[(STANDBY_HEADER, "1")]).await;
+    broker.wait_listeners("hyco", 1).await;
+    assert_eq!(header(&listener.conn, STANDBY_HEADER), Some("1"));
+    let key = header(&listener.conn, STANDBY_KEY_HEADER)
+        .unwrap()
+        .to_owned();
+    let standby_url = format!("{}/$hc/hyco?sb-hc-action=standby", broker.ws());
+    let mut standby = ws_connect(&standby_url, None, &[], &[(STANDBY_KEY_HEADER, &key)])
+        .await
+        .unwrap();
+    wait_parked(&broker, 1).await;
+
+    let url = format!("{}/$hc/hyco/x?q=1&sb-hc-action=connect", broker.ws());
+    let token = broker.token("hyco");
+    let sender = tokio::spawn(async move { ws_connect(&url, Some(&token), &[], &[]).await });
+    // The job arrives on the standby, in the usual `accept` form without a capability...
+    let Some(Message::Text(job)) = standby.reader.message(1 << 20).await.unwrap() else {
+        panic!("expected the accept on the standby");
+    };
+    let ListenerCommand::Accept(on_standby) =
+        ListenerCommand::decode(job.as_bytes(), 1 << 20).unwrap()
+    else {
+        panic!("expected accept");
+    };
+    assert!(on_standby.address.contains("/hyco/x?q=1&"));
+    assert!(!on_standby.address.contains("sb-hc-rendezvous"));
+    // ...and this listener never confirms it: the broker takes the standby for dead and
+    // hands the same sender over the control channel.
+    let ListenerCommand::Accept(accept) = listener.command().await else {
+        panic!("expected accept on the control channel");
+    };
+    assert_eq!(accept.id, on_standby.id);
+    assert!(accept.address.contains("sb-hc-rendezvous"));
+    let _side = ws_connect(&accept.address, None, &[], &[]).await.unwrap();
+    sender.await.unwrap().unwrap();
+    let counters = broker.broker.counters();
+    assert_eq!(counters.standby_fallbacks.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.standby_accepts.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn standby_keys_and_bounds_are_enforced() {
+    let broker = TestBroker::start("[limits]\nstandby_per_listener = 1").await;
+    let standby_url = format!("{}/$hc/hyco?sb-hc-action=standby", broker.ws());
+    // Asked for 5, granted the broker's bound.
+    let mut listener = RawListener::open_with(&broker, "hyco", &[(STANDBY_HEADER, "5")]).await;
+    assert_eq!(header(&listener.conn, STANDBY_HEADER), Some("1"));
+    let key = header(&listener.conn, STANDBY_KEY_HEADER)
+        .unwrap()
+        .to_owned();
+
+    let refused = |e: WsError| match e {
+        WsError::Refused { status, .. } => status,
+        other => panic!("expected a refusal, got {other}"),
+    };
+    let no_key = ws_connect(&standby_url, None, &[], &[]).await.unwrap_err();
+    assert_eq!(refused(no_key), 403);
+    let wrong = ws_connect(&standby_url, None, &[], &[(STANDBY_KEY_HEADER, "guess")]).await;
+    assert_eq!(refused(wrong.unwrap_err()), 403);
+    let other_hc = format!("{}/$hc/open?sb-hc-action=standby", broker.ws());
+    let elsewhere = ws_connect(&other_hc, None, &[], &[(STANDBY_KEY_HEADER, &key)]).await;
+    assert_eq!(refused(elsewhere.unwrap_err()), 403);
+
+    let mut first = ws_connect(&standby_url, None, &[], &[(STANDBY_KEY_HEADER, &key)])
+        .await
+        .unwrap();
+    let second = ws_connect(&standby_url, None, &[], &[(STANDBY_KEY_HEADER, &key)]).await;
+    assert_eq!(refused(second.unwrap_err()), 503);
+    wait_parked(&broker, 1).await;
+
+    // The control channel ends: its standby is closed and its key dies.
+    listener.conn.writer.close(1000, "bye").await.unwrap();
+    let _ = listener.message().await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), first.reader.message(1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(closed, Some(Message::Close(Some((1001, _))))),
+        "{closed:?}"
+    );
+    wait_parked(&broker, 0).await;
+    let after = ws_connect(&standby_url, None, &[], &[(STANDBY_KEY_HEADER, &key)]).await;
+    assert_eq!(refused(after.unwrap_err()), 403);
+
+    // A listener that asks for none, and a broker that offers none, get no grant.
+    let plain = RawListener::open(&broker, "open").await;
+    assert_eq!(header(&plain.conn, STANDBY_KEY_HEADER), None);
+    let off = TestBroker::start("[limits]\nstandby_per_listener = 0").await;
+    let asked = RawListener::open_with(&off, "hyco", &[(STANDBY_HEADER, "2")]).await;
+    assert_eq!(header(&asked.conn, STANDBY_KEY_HEADER), None);
+}
