@@ -267,7 +267,9 @@ impl Broker {
     }
 
     /// Serves on an already bound listener until `shutdown` resolves, then drains within
-    /// `limits.shutdown_drain`.
+    /// `limits.shutdown_drain`. Run it in a spawned task rather than in `block_on`: each
+    /// accepted connection is spawned from here, and from a runtime worker that costs no
+    /// cross-thread wake-up.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,

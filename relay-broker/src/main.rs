@@ -70,9 +70,15 @@ async fn main() -> anyhow::Result<()> {
         print_demo(scheme, addr, &key);
     }
     println!("listening on {addr}");
-    broker
-        .serve(listener, ServeOptions { tls }, shutdown_signal())
-        .await?;
+    // On a worker, not on the main thread's `block_on`: a connection task spawned from a
+    // worker starts on that worker at once, while one spawned from outside the pool costs a
+    // cross-thread wake-up (a context switch) for every accepted connection.
+    tokio::spawn(async move {
+        broker
+            .serve(listener, ServeOptions { tls }, shutdown_signal())
+            .await
+    })
+    .await??;
     Ok(())
 }
 

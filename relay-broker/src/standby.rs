@@ -214,6 +214,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_
                 let _ = writer.close(close_code::NORMAL, "standby retired").await;
                 return;
             };
+            // No longer parked: the listener may open its replacement at once.
+            drop(place);
             if writer.text(&accept).await.is_err() {
                 let _ = outcome.send(Outcome::Failed);
                 return;
@@ -255,8 +257,6 @@ pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_
                     reader.set_capacity(shared.limits.relay_buffer_bytes);
                     let socket = ListenerSocket::Open(Box::new((reader, writer)));
                     let arrival = Arrival::Accepted { socket, protocol };
-                    // The place is held until the socket is handed over, so the listener
-                    // cannot park more than its share meanwhile.
                     let _ = outcome.send(Outcome::Answered(arrival));
                 }
                 Ok(StandbyReply::Rejected {

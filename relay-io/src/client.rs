@@ -207,7 +207,7 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connected, W
 async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
     let mut target = Target::parse(url)?;
     let proxy = options.proxy.as_deref();
-    let mut io = match dial(&target, options.tls.as_ref(), proxy).await {
+    let io = match dial(&target, options.tls.as_ref(), proxy).await {
         Err(WsError::Tls(e)) if target.plain_fallback => {
             tracing::debug!(error = %e, "no TLS on the loopback broker; using plain ws");
             target.tls = false;
@@ -215,8 +215,45 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected,
         }
         other => other?,
     };
+    upgrade(io, &target, options).await
+}
+
+/// Opens a client WebSocket to `url` over `io`, a connection already dialled to its host
+/// (see [`dial`]): only the upgrade is left to do.
+pub async fn connect_over(
+    io: MaybeTls,
+    url: &str,
+    options: &ConnectOptions,
+) -> Result<Connected, WsError> {
+    let target = Target::parse(url)?;
+    tokio::time::timeout(options.timeout, upgrade(io, &target, options))
+        .await
+        .map_err(|_| {
+            WsError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "WebSocket upgrade timed out",
+            ))
+        })?
+}
+
+/// Whether an idle connection is still open: no end of stream, error or stray byte is
+/// waiting on it. Never blocks.
+pub fn is_idle_and_open(io: &mut MaybeTls) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(io)
+        .poll_read(&mut cx, &mut buf)
+        .is_pending()
+}
+
+async fn upgrade(
+    mut io: MaybeTls,
+    target: &Target,
+    options: &ConnectOptions,
+) -> Result<Connected, WsError> {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    io.write_all(upgrade_request(&target, &key, options).as_bytes())
+    io.write_all(upgrade_request(target, &key, options).as_bytes())
         .await?;
     io.flush().await?;
     let (head, leftover) = read_head(&mut io).await?;

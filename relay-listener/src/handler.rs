@@ -56,8 +56,12 @@ pub(crate) enum Answer {
         address: String,
         options: ConnectOptions,
     },
-    /// On the standby socket the `accept` came on (our broker's extension).
-    Standby(Box<relay_io::client::Connected>),
+    /// On the standby socket the `accept` came on (our broker's extension). The token is
+    /// dropped once answered, which lets the next standby open off the critical path.
+    Standby(
+        Box<relay_io::client::Connected>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
 }
 
 impl IncomingConnection {
@@ -87,7 +91,7 @@ impl IncomingConnection {
                 let connected = relay_io::client::connect(&address, &options).await?;
                 Ok(WsByteStream::new(connected.reader, connected.writer))
             }
-            Answer::Standby(connected) => {
+            Answer::Standby(connected, _answered) => {
                 let relay_io::client::Connected {
                     mut reader,
                     mut writer,
@@ -106,7 +110,7 @@ impl IncomingConnection {
     pub async fn reject(self, status: u16, description: &str) -> Result<(), ListenerError> {
         let (address, options) = match self.answer {
             Answer::Rendezvous { address, options } => (address, options),
-            Answer::Standby(connected) => {
+            Answer::Standby(connected, _answered) => {
                 let mut writer = connected.writer;
                 let reply = StandbyReply::Rejected {
                     status_code: status,

@@ -18,6 +18,11 @@ use crate::handler::{Answer, Handler, IncomingConnection};
 
 /// Read buffer of a parked socket; it grows when the socket starts carrying data.
 const PARKED_BUFFER: usize = 1024;
+/// Longest wait for a handler's answer before the replacement standby opens.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// Pause after an answer before the replacement opens, so that it does not compete with
+/// the new connection's first round trips either.
+const REPLACE_PAUSE: Duration = Duration::from_millis(2);
 /// A standby that ends sooner than this without a sender counts as a failed attempt.
 const SHORT_LIVED: Duration = Duration::from_secs(1);
 
@@ -135,9 +140,15 @@ impl<H: Handler> Standbys<H> {
         if parked.writer.text(&receipt).await.is_err() {
             return false;
         }
-        let conn = (self.incoming)(accept, Answer::Standby(Box::new(parked)));
+        let (answered, wait) = tokio::sync::oneshot::channel();
+        let conn = (self.incoming)(accept, Answer::Standby(Box::new(parked), answered));
         let handler = Arc::clone(&self.handler);
         tokio::spawn(async move { handler.on_connection(conn).await });
+        // Opening the replacement now would compete with this sender's answer; bursts are
+        // what the other standbys are for. Bounded: a handler that never answers is cut
+        // off by the broker, and the replacement opens anyway.
+        let _ = tokio::time::timeout(ANSWER_WAIT, wait).await;
+        tokio::time::sleep(REPLACE_PAUSE).await;
         true
     }
 }

@@ -18,6 +18,9 @@ use relay_core::connection_string::{http_base, ws_base};
 pub use relay_io::client::ClientStream as RelayStream;
 use relay_io::{WsByteStream, WsError};
 
+mod warm;
+pub use warm::WarmDialer;
+
 /// Sender failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -111,6 +114,15 @@ pub async fn connect(
     hc: &str,
     options: &ConnectOptions,
 ) -> Result<Connection, SenderError> {
+    let ws = ws_options(options);
+    let connected = relay_io::client::connect(&connect_url(endpoint, hc, options), &ws).await?;
+    Ok(Connection {
+        stream: WsByteStream::new(connected.reader, connected.writer),
+        protocol: connected.protocol,
+    })
+}
+
+fn ws_options(options: &ConnectOptions) -> relay_io::client::ConnectOptions {
     let mut ws = relay_io::client::ConnectOptions {
         headers: options.headers.clone(),
         protocols: options.protocols.clone(),
@@ -123,11 +135,7 @@ pub async fn connect(
         ws.headers
             .push(("ServiceBusAuthorization".into(), token.clone()));
     }
-    let connected = relay_io::client::connect(&connect_url(endpoint, hc, options), &ws).await?;
-    Ok(Connection {
-        stream: WsByteStream::new(connected.reader, connected.writer),
-        protocol: connected.protocol,
-    })
+    ws
 }
 
 /// A SAS token for `hc` on `endpoint`, valid for `ttl_secs`, with the audience the Node

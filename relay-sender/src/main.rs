@@ -205,12 +205,16 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             listener.local_addr()?,
             target.endpoint
         );
+        let dialer = relay_sender::WarmDialer::start(
+            &target.endpoint,
+            Some(Arc::clone(&tls)),
+            proxy.clone(),
+        )?;
         let route = Arc::new(Route {
             target: Arc::clone(&target),
             hc,
             path,
-            tls: Arc::clone(&tls),
-            proxy: proxy.clone(),
+            dialer,
         });
         tasks.spawn(async move {
             loop {
@@ -239,8 +243,8 @@ struct Route {
     target: Arc<Target>,
     hc: String,
     path: String,
-    tls: Arc<relay_io::rustls::ClientConfig>,
-    proxy: Option<Arc<relay_io::proxy::ProxyRules>>,
+    /// Keeps a connection to the broker dialled for the next local connection.
+    dialer: Arc<relay_sender::WarmDialer>,
 }
 
 async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
@@ -248,11 +252,9 @@ async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
     let options = ConnectOptions {
         token: token_for(&route.target, &route.hc),
         path: route.path.clone(),
-        tls: Some(Arc::clone(&route.tls)),
-        proxy: route.proxy.clone(),
         ..ConnectOptions::default()
     };
-    let conn = match relay_sender::connect(&route.target.endpoint, &route.hc, &options).await {
+    let conn = match route.dialer.connect(&route.hc, &options).await {
         Ok(c) => c,
         Err(e) => {
             let hint = e.hint().unwrap_or("");
