@@ -112,6 +112,9 @@ struct RunArgs {
     /// Bytes per second in each direction.
     #[arg(long)]
     bandwidth: Option<u64>,
+    /// Rendezvous sockets kept open in advance to our broker (faster connects); 0 = none.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=8))]
+    standby: u8,
     /// Local status endpoint (for `relay-listener status`).
     #[arg(long)]
     status_bind: Option<std::net::SocketAddr>,
@@ -206,6 +209,7 @@ fn one_off(args: &RunArgs) -> anyhow::Result<AgentConfig> {
                 .max_connections
                 .unwrap_or(relay_listener::agent::config::DEFAULT_MAX_CONNECTIONS),
             bandwidth: args.bandwidth,
+            standby: usize::from(args.standby),
         }],
     })
 }

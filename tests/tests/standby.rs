@@ -218,3 +218,64 @@ async fn standby_keys_and_bounds_are_enforced() {
     let asked = RawListener::open_with(&off, "hyco", &[(STANDBY_HEADER, "2")]).await;
     assert_eq!(header(&asked.conn, STANDBY_KEY_HEADER), None);
 }
+
+#[tokio::test]
+async fn the_sender_dialler_replaces_a_connection_the_broker_dropped() {
+    let broker = TestBroker::start("").await;
+    let addr = broker.addr;
+    let token = Arc::new(relay_listener::SasKeySource::new(
+        relay_tests::KEY_NAME,
+        relay_tests::KEY,
+    ));
+    let mut config = relay_listener::ListenerConfig::new(broker.ws(), "hyco", token);
+    config.backoff = relay_listener::backoff::Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(200),
+    );
+    let listener = relay_listener::Listener::new(config);
+    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+        let stream = conn.accept().await.unwrap();
+        let (mut r, mut w) = tokio::io::split(stream);
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move { listener.run(handler, stop).await })
+    };
+    broker.wait_listeners("hyco", 1).await;
+    let dialer = relay_sender::WarmDialer::start(&broker.ws(), None, None).unwrap();
+    let echo = |dialer: Arc<relay_sender::WarmDialer>, ws: String| async move {
+        let options = relay_sender::ConnectOptions {
+            token: Some(relay_sender::sas_token(
+                &ws,
+                "hyco",
+                relay_tests::KEY_NAME,
+                relay_tests::KEY,
+                60,
+            )),
+            ..Default::default()
+        };
+        let mut conn = dialer.connect("hyco", &options).await.unwrap();
+        conn.stream.write_all(b"ping").await.unwrap();
+        conn.stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"ping");
+    };
+    echo(Arc::clone(&dialer), broker.ws()).await;
+    // Let the dialler open its next connection, then restart the broker under it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.shutdown().await;
+    let broker = TestBroker::start_on(addr, "").await;
+    broker.wait_listeners("hyco", 1).await;
+    // The connection waiting in the dialler is dead; the connect dials afresh instead.
+    echo(Arc::clone(&dialer), broker.ws()).await;
+    echo(dialer, broker.ws()).await;
+    stop.cancel();
+    run.await.unwrap();
+}

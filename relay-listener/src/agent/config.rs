@@ -23,6 +23,7 @@
 //! tcp = "127.0.0.1:5432"
 //! # max_connections = 256                # more are refused with 503
 //! # bandwidth_bytes_per_sec = 10000000   # each direction, shared by the endpoint
+//! # standby = 2                          # sockets pre-opened to our broker; 0 = none
 //!
 //! [[endpoints]]
 //! hc = "webui"
@@ -44,6 +45,9 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// Largest allowed `max_connections`.
 pub const MAX_MAX_CONNECTIONS: u32 = 65_536;
+/// Default standby sockets per endpoint: one for the next sender, one for a second
+/// arriving before the first is replaced.
+pub const DEFAULT_STANDBY: usize = 2;
 
 /// A configuration problem, naming the file and key.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,8 @@ pub struct Endpoint {
     pub max_connections: u32,
     /// Bytes per second in each direction, shared by the endpoint's connections.
     pub bandwidth: Option<u64>,
+    /// Rendezvous sockets kept open in advance, when the broker offers them.
+    pub standby: usize,
 }
 
 /// The whole agent configuration.
@@ -175,6 +181,7 @@ struct RawEndpoint {
     ports: Option<BTreeMap<String, String>>,
     max_connections: Option<u32>,
     bandwidth_bytes_per_sec: Option<u64>,
+    standby: Option<usize>,
 }
 
 impl AgentConfig {
@@ -400,11 +407,19 @@ fn endpoints(
                     "{at}: bandwidth_bytes_per_sec applies to tcp and ports endpoints"
                 )));
             }
+            let standby = e.standby.unwrap_or(DEFAULT_STANDBY);
+            if standby > relay_core::standby::MAX_STANDBY {
+                return Err(invalid(format!(
+                    "{at}: standby = {standby}: 0 to {}",
+                    relay_core::standby::MAX_STANDBY
+                )));
+            }
             Ok(Endpoint {
                 hc,
                 target,
                 max_connections,
                 bandwidth: e.bandwidth_bytes_per_sec,
+                standby,
             })
         })
         .collect()
@@ -473,6 +488,10 @@ mod tests {
             (
                 format!("{BROKER}[[endpoints]]\nhc = \"db\"\ntcp = \"x:1\"\nmax_connections = 0\n"),
                 "max_connections",
+            ),
+            (
+                format!("{BROKER}[[endpoints]]\nhc = \"db\"\ntcp = \"x:1\"\nstandby = 9\n"),
+                "standby",
             ),
             (
                 format!("{BROKER}[[endpoints]]\nhc = \"db\"\ntcp = \"x:1\"\ncolour = 1\n"),

@@ -138,6 +138,7 @@ impl Agent {
             };
             listener.proxy = proxy.clone();
             listener.instance = Some(instance_name(&config, endpoint));
+            listener.standby = endpoint.standby;
             let gate = Gate::new(endpoint.max_connections);
             let forwarder = forwarder(endpoint, &plain_tls)?;
             running.push(Running {

@@ -178,6 +178,28 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n| broker memory | figure |");
     println!("|---|---|");
+    // Agent listeners first, held open while the control channels are measured, so that
+    // neither figure is read off memory the other freed. Three sockets per agent listener:
+    // fewer listeners keep the file descriptors within bounds.
+    let agents = (cli.idle / 5).max(1);
+    let mut agent_targets = vec![("ws", relay, None)];
+    if cli.tls {
+        let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
+        agent_targets.push(("wss", &all[2], Some(tls)));
+    }
+    let mut held = Vec::new();
+    let mut agent_rows = Vec::new();
+    for (name, target, tls) in agent_targets {
+        let endpoint = target.endpoint.clone().unwrap_or_default();
+        let pid = target.procs[0].pid();
+        let (per, sockets) =
+            memory::per_idle_agent_listener(pid, &endpoint, targets::KEY, agents, 2, tls).await?;
+        held.push(sockets);
+        agent_rows.push(format!(
+            "| per idle agent listener (control channel and 2 standby sockets), {agents} listeners, {name} | {:.1} KiB |",
+            per / 1024.0
+        ));
+    }
     let broker_pid = relay.procs[0].pid();
     let per =
         memory::per_idle_listener(broker_pid, &endpoint, targets::KEY, cli.idle, None).await?;
@@ -204,6 +226,10 @@ async fn main() -> anyhow::Result<()> {
             per / 1024.0
         );
     }
+    for row in agent_rows {
+        println!("{row}");
+    }
+    drop(held);
     let (sent, growth) = memory::stalled_push(
         broker_pid,
         &endpoint,

@@ -54,6 +54,58 @@ pub(crate) async fn per_idle_listener(
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
+/// Opens `n` idle listeners the way our agent does: a control channel and `standby`
+/// pre-opened rendezvous sockets each. Returns the broker's RSS growth per listener, and the
+/// sockets: hold them while measuring anything else on that broker, or it reuses their
+/// freed memory and reads low.
+pub(crate) async fn per_idle_agent_listener(
+    broker_pid: u32,
+    endpoint: &str,
+    key: &str,
+    n: usize,
+    standby: usize,
+    tls: Option<std::sync::Arc<relay_io::rustls::ClientConfig>>,
+) -> anyhow::Result<(f64, Vec<Connected>)> {
+    use relay_core::standby::{STANDBY_HEADER, STANDBY_KEY_HEADER};
+    let mut opts = options(endpoint, "idle", key, tls.clone());
+    opts.headers
+        .push((STANDBY_HEADER.into(), standby.to_string()));
+    let url = format!("{endpoint}/$hc/idle?sb-hc-action=listen");
+    let standby_url = format!("{endpoint}/$hc/idle?sb-hc-action=standby");
+    let open = |n| {
+        let (url, standby_url, opts, tls) = (&url, &standby_url, &opts, tls.clone());
+        async move {
+            let controls = futures_batch(url, opts, n).await?;
+            let mut sockets = Vec::with_capacity(n * standby);
+            for control in &controls {
+                let key = control
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == STANDBY_KEY_HEADER)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| anyhow::anyhow!("the broker granted no standby"))?;
+                let parked = ConnectOptions {
+                    headers: vec![(STANDBY_KEY_HEADER.into(), key)],
+                    tls: tls.clone(),
+                    read_buffer: 512,
+                    ..ConnectOptions::default()
+                };
+                sockets.extend(futures_batch(standby_url, &parked, standby).await?);
+            }
+            sockets.extend(controls);
+            anyhow::Ok(sockets)
+        }
+    };
+    let warm = open(50).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(broker_pid);
+    let listeners = open(n).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_bytes(broker_pid);
+    drop(warm);
+    Ok((after.saturating_sub(before) as f64 / n as f64, listeners))
+}
+
 async fn futures_batch(
     url: &str,
     opts: &ConnectOptions,
