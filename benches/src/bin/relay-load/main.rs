@@ -10,6 +10,7 @@ mod measure;
 mod memory;
 mod procs;
 mod targets;
+mod wan;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,13 @@ struct Cli {
     /// Directory holding `bore` and `rathole` binaries; peers are skipped when absent.
     #[arg(long)]
     tools_dir: Option<PathBuf>,
+    /// One-way delay (ms) of the emulated link between the listener's site and the broker,
+    /// for the connect figures across a wide-area link; 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    wan_ms: u64,
+    /// Fresh connections per target across the emulated link.
+    #[arg(long, default_value_t = 200)]
+    wan_connects: usize,
     /// Directory holding the release relay binaries (default: next to this tool).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -144,6 +152,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if cli.wan_ms > 0 {
+        wide_area(&cli, &backends, &bins, &dir).await?;
+    }
+
     println!("\n| HTTP, 64 concurrent | requests/s | p50 µs | p99 µs |");
     println!("|---|---|---|---|");
     let secs = Duration::from_secs(cli.http_secs);
@@ -178,58 +190,38 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n| broker memory | figure |");
     println!("|---|---|");
-    // Agent listeners first, held open while the control channels are measured, so that
-    // neither figure is read off memory the other freed. Three sockets per agent listener:
-    // fewer listeners keep the file descriptors within bounds.
+    // Per broker: agent listeners first, held open while the control channels are measured,
+    // so that neither figure is read off memory the other freed; then both are closed.
+    // Three sockets per agent listener, so fewer of them keep file descriptors in bounds.
     let agents = (cli.idle / 5).max(1);
-    let mut agent_targets = vec![("ws", relay, None)];
+    let mut memory_targets = vec![("ws", relay, None)];
     if cli.tls {
         let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
-        agent_targets.push(("wss", &all[2], Some(tls)));
+        memory_targets.push(("wss", &all[2], Some(tls)));
     }
-    let mut held = Vec::new();
     let mut agent_rows = Vec::new();
-    for (name, target, tls) in agent_targets {
+    for (name, target, tls) in memory_targets {
         let endpoint = target.endpoint.clone().unwrap_or_default();
         let pid = target.procs[0].pid();
-        let (per, sockets) =
-            memory::per_idle_agent_listener(pid, &endpoint, targets::KEY, agents, 2, tls).await?;
-        held.push(sockets);
-        agent_rows.push(format!(
-            "| per idle agent listener (control channel and 2 standby sockets), {agents} listeners, {name} | {:.1} KiB |",
-            per / 1024.0
-        ));
-    }
-    let broker_pid = relay.procs[0].pid();
-    let per =
-        memory::per_idle_listener(broker_pid, &endpoint, targets::KEY, cli.idle, None).await?;
-    println!(
-        "| per idle control channel, {} channels, ws | {:.1} KiB |",
-        cli.idle,
-        per / 1024.0
-    );
-    if cli.tls {
-        let wss = &all[2];
-        let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
-        let endpoint = wss.endpoint.clone().unwrap_or_default();
-        let per = memory::per_idle_listener(
-            wss.procs[0].pid(),
-            &endpoint,
-            targets::KEY,
-            cli.idle,
-            Some(tls),
-        )
-        .await?;
+        let (per_agent, held) =
+            memory::per_idle_agent_listener(pid, &endpoint, targets::KEY, agents, 2, tls.clone())
+                .await?;
+        let per = memory::per_idle_listener(pid, &endpoint, targets::KEY, cli.idle, tls).await?;
+        drop(held);
         println!(
-            "| per idle control channel, {} channels, wss | {:.1} KiB |",
+            "| per idle control channel, {} channels, {name} | {:.1} KiB |",
             cli.idle,
             per / 1024.0
         );
+        agent_rows.push(format!(
+            "| per idle agent listener (control channel and 2 standby sockets), {agents} listeners, {name} | {:.1} KiB |",
+            per_agent / 1024.0
+        ));
     }
     for row in agent_rows {
         println!("{row}");
     }
-    drop(held);
+    let broker_pid = relay.procs[0].pid();
     let (sent, growth) = memory::stalled_push(
         broker_pid,
         &endpoint,
@@ -245,5 +237,59 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(all);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Connect latency with the listener (or tunnel client) `--wan-ms` away from the broker,
+/// standbys on and off: what pre-opened sockets save where they matter.
+async fn wide_area(
+    cli: &Cli,
+    backends: &backend::Backends,
+    bins: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let delay = Duration::from_millis(cli.wan_ms);
+    let wan_dir = dir.join("wan");
+    std::fs::create_dir_all(&wan_dir)?;
+    let site = |standby| targets::Site {
+        wan: Some(delay),
+        standby,
+    };
+    let mut far = vec![
+        targets::relay_at(backends, bins, &wan_dir, false, site(2)).await?,
+        targets::relay_at(backends, bins, &wan_dir, false, site(0)).await?,
+    ];
+    if cli.tls {
+        far.push(targets::relay_at(backends, bins, &wan_dir, true, site(2)).await?);
+        far.push(targets::relay_at(backends, bins, &wan_dir, true, site(0)).await?);
+    }
+    if let Some(tools) = cli
+        .tools_dir
+        .as_deref()
+        .filter(|t| t.join("rathole").exists())
+    {
+        far.push(targets::rathole_at(backends, tools, &wan_dir, Some(delay)).await?);
+        if cli.tls {
+            far.push(targets::rathole_tls_at(backends, tools, &wan_dir, Some(delay)).await?);
+        }
+    }
+    println!(
+        "\nListener site {} ms (one way) from the broker, {} fresh connections each:\n",
+        cli.wan_ms, cli.wan_connects
+    );
+    println!("| target | connect p50 / p99 ms | 64 B RTT p50 ms |");
+    println!("|---|---|---|");
+    for t in &far {
+        measure::wait_ready(t.echo).await?;
+        let mut connect = measure::connect_latency(t.echo, cli.wan_connects).await?;
+        let mut rtt = measure::round_trips(t.echo, 50).await?;
+        println!(
+            "| {} | {:.1} / {:.1} | {:.1} |",
+            t.name,
+            percentile(&mut connect, 50.0) / 1000.0,
+            percentile(&mut connect, 99.0) / 1000.0,
+            percentile(&mut rtt, 50.0) / 1000.0
+        );
+    }
     Ok(())
 }

@@ -38,12 +38,39 @@ pub(crate) fn direct(b: &Backends) -> Target {
 
 pub(crate) const KEY: &str = "load-test-key";
 
+/// Where the listener (or tunnel client) sits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Site {
+    /// One-way delay between the site and the broker; `None` for plain loopback.
+    pub(crate) wan: Option<Duration>,
+    /// Standby sockets our listener keeps (`relay-listener run --standby`).
+    pub(crate) standby: u8,
+}
+
+impl Site {
+    pub(crate) const LOCAL: Self = Self {
+        wan: None,
+        standby: 2,
+    };
+}
+
 /// Our relay, with the release binaries in `bins`.
 pub(crate) async fn relay(
     b: &Backends,
     bins: &Path,
     dir: &Path,
     tls: bool,
+) -> anyhow::Result<Target> {
+    relay_at(b, bins, dir, tls, Site::LOCAL).await
+}
+
+/// Our relay with its listener agents at `site`; the senders stay next to the broker.
+pub(crate) async fn relay_at(
+    b: &Backends,
+    bins: &Path,
+    dir: &Path,
+    tls: bool,
+    site: Site,
 ) -> anyhow::Result<Target> {
     let mut config = String::from("[server]\nbind = \"127.0.0.1:0\"\n");
     let mut extra: Vec<String> = Vec::new();
@@ -83,7 +110,15 @@ pub(crate) async fn relay(
         .next()
         .context("broker address")?
         .to_owned();
-    let endpoint = format!("{}://{addr}", if tls { "wss" } else { "ws" });
+    let scheme = if tls { "wss" } else { "ws" };
+    let endpoint = format!("{scheme}://{addr}");
+    let site_endpoint = match site.wan {
+        Some(delay) => format!(
+            "{scheme}://{}",
+            crate::wan::start(addr.parse()?, delay).await?
+        ),
+        None => endpoint.clone(),
+    };
     let env = [("RELAY_SAS_KEY", KEY), ("RUST_LOG", "info")];
     let mut procs = vec![broker];
     let mut locals = Vec::new();
@@ -91,13 +126,15 @@ pub(crate) async fn relay(
         let mut args: Vec<String> = [
             "run",
             "--endpoint",
-            &endpoint,
+            &site_endpoint,
             "--hc",
             hc,
             "--sas-key-name",
             "root",
             "--forward",
             &backend.to_string(),
+            "--standby",
+            &site.standby.to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -130,9 +167,12 @@ pub(crate) async fn relay(
             .parse()?;
         locals.push(local);
     }
-    let name = if tls { "relay (wss)" } else { "relay (ws)" };
+    let name = match site.wan {
+        None => format!("relay ({scheme})"),
+        Some(_) => format!("relay ({scheme}), {} standby", site.standby),
+    };
     Ok(Target {
-        name: name.into(),
+        name,
         sink: locals[0],
         echo: locals[1],
         procs,
@@ -185,11 +225,22 @@ pub(crate) async fn bore(b: &Backends, tools: &Path) -> anyhow::Result<Target> {
 
 /// rathole: one server and one client, two services, plain TCP transport.
 pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::Result<Target> {
+    rathole_at(b, tools, dir, None).await
+}
+
+/// rathole with its client at the far end of a `wan` delay line.
+pub(crate) async fn rathole_at(
+    b: &Backends,
+    tools: &Path,
+    dir: &Path,
+    wan: Option<Duration>,
+) -> anyhow::Result<Target> {
     let setup = RatholeSetup {
         name: "rathole",
-        base_port: 23330,
+        base_port: if wan.is_some() { 23350 } else { 23330 },
         server_transport: String::new(),
         client_transport: String::new(),
+        wan,
     };
     setup.start(b, tools, dir).await
 }
@@ -197,6 +248,16 @@ pub(crate) async fn rathole(b: &Backends, tools: &Path, dir: &Path) -> anyhow::R
 /// rathole with its TLS transport (native-tls), using the certificate the wss relay target
 /// wrote into `dir`, converted to PKCS#12 with the openssl CLI as rathole requires.
 pub(crate) async fn rathole_tls(b: &Backends, tools: &Path, dir: &Path) -> anyhow::Result<Target> {
+    rathole_tls_at(b, tools, dir, None).await
+}
+
+/// rathole's TLS transport with its client at the far end of a `wan` delay line.
+pub(crate) async fn rathole_tls_at(
+    b: &Backends,
+    tools: &Path,
+    dir: &Path,
+    wan: Option<Duration>,
+) -> anyhow::Result<Target> {
     let pfx = dir.join("identity.pfx");
     let status = std::process::Command::new("openssl")
         .args(["pkcs12", "-export", "-passout", "pass:bench", "-out"])
@@ -210,7 +271,7 @@ pub(crate) async fn rathole_tls(b: &Backends, tools: &Path, dir: &Path) -> anyho
     anyhow::ensure!(status.success(), "openssl pkcs12 failed");
     let setup = RatholeSetup {
         name: "rathole (tls)",
-        base_port: 23340,
+        base_port: if wan.is_some() { 23360 } else { 23340 },
         server_transport: format!(
             "[server.transport]\ntype = \"tls\"\n[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"bench\"\n",
             pfx.display()
@@ -219,6 +280,7 @@ pub(crate) async fn rathole_tls(b: &Backends, tools: &Path, dir: &Path) -> anyho
             "[client.transport]\ntype = \"tls\"\n[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n",
             dir.join("cert.pem").display()
         ),
+        wan,
     };
     setup.start(b, tools, dir).await
 }
@@ -229,6 +291,7 @@ struct RatholeSetup {
     base_port: u16,
     server_transport: String,
     client_transport: String,
+    wan: Option<Duration>,
 }
 
 impl RatholeSetup {
@@ -238,8 +301,18 @@ impl RatholeSetup {
             "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{}[server.services.sink]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:{sink}\"\n[server.services.echo]\ntoken = \"t\"\nbind_addr = \"127.0.0.1:{echo}\"\n",
             self.server_transport
         );
+        let remote = match self.wan {
+            Some(delay) => {
+                let server = SocketAddr::from(([127, 0, 0, 1], control));
+                format!(
+                    "127.0.0.1:{}",
+                    crate::wan::start(server, delay).await?.port()
+                )
+            }
+            None => format!("localhost:{control}"),
+        };
         let client = format!(
-            "[client]\nremote_addr = \"localhost:{control}\"\n{}[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
+            "[client]\nremote_addr = \"{remote}\"\n{}[client.services.sink]\ntoken = \"t\"\nlocal_addr = \"{}\"\n[client.services.echo]\ntoken = \"t\"\nlocal_addr = \"{}\"\n",
             self.client_transport, b.sink, b.echo
         );
         let (sp, cp) = (
