@@ -49,12 +49,8 @@ async fn line(
     let read = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = from.read(&mut buf).await {
-            if n == 0
-                || tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
-                    .await
-                    .is_err()
-            {
+            let at = (Instant::now() + delay).max(earliest.unwrap_or_else(Instant::now));
+            if n == 0 || tx.send((at, buf[..n].to_vec())).await.is_err() {
                 break;
             }
         }
