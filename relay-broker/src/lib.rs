@@ -33,6 +33,7 @@ pub mod store;
 
 mod auth;
 mod control;
+mod early;
 mod http_relay;
 mod identity;
 mod limiter;

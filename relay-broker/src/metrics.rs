@@ -37,6 +37,8 @@ pub struct Counters {
     pub sender_connects: AtomicU64,
     /// Senders paired over a listener's standby socket.
     pub standby_accepts: AtomicU64,
+    /// Senders given an early `101` while their listener decided on a standby socket.
+    pub standby_early: AtomicU64,
     /// Senders that found a standby socket dead and went through the control channel.
     pub standby_fallbacks: AtomicU64,
     /// Relayed WebSocket connections open now.
@@ -87,7 +89,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 13] = [
+        let simple: [(&str, &str, &str, u64); 14] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -153,6 +155,12 @@ impl Counters {
                 "counter",
                 "Senders paired over a listener's standby socket.",
                 get(&self.standby_accepts),
+            ),
+            (
+                "relay_standby_early_total",
+                "counter",
+                "Senders given an early 101 while their listener decided on a standby socket.",
+                get(&self.standby_early),
             ),
             (
                 "relay_standby_fallbacks_total",

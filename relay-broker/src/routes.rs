@@ -12,7 +12,7 @@ use relay_core::address::{self, Action, HcPath, RelayQuery};
 use relay_core::control::{Accept, Headers, ListenerCommand, RemoteEndpoint};
 use relay_core::limits::MAX_HEADER_BYTES;
 use relay_core::sas::Rights;
-use relay_core::standby::{STANDBY_HEADER, STANDBY_KEY_HEADER};
+use relay_core::standby::{EARLY_HEADER, STANDBY_HEADER, STANDBY_KEY_HEADER};
 use relay_core::tracking::TrackingId;
 use relay_io::server as handshake;
 use tracing::Instrument as _;
@@ -392,9 +392,18 @@ async fn connect(
             port: t.peer.port(),
         }),
     };
+    // Our own senders may take an early 101 (no sub-protocol to wait for the listener's
+    // choice of); see `relay_core::standby`.
+    let early = req.headers().contains_key(EARLY_HEADER)
+        && handshake::offered_protocols(req.headers()).is_empty();
     let sender_upgrade = hyper::upgrade::on(&mut req);
-    let arrival = match via_standby(shared, &listener, &accept).await? {
-        Some(arrival) => arrival,
+    let arrival = match via_standby(shared, &listener, &accept, early).await? {
+        Some(Paired::Answered(arrival)) => arrival,
+        Some(Paired::Early(standby)) => {
+            Shared::count(&shared.counters.standby_early);
+            crate::early::spawn(shared, sender_upgrade, standby, listener, accept);
+            return Ok(switching(&accept_key, None));
+        }
         None => via_control_channel(shared, &listener, &mut accept).await?,
     };
     match arrival {
@@ -418,25 +427,35 @@ async fn connect(
     }
 }
 
+/// A sender handed to a standby socket.
+enum Paired {
+    /// The listener answered.
+    Answered(Arrival),
+    /// Early pairing: the `accept` is on the socket, the answer still to come.
+    Early(Box<RelayHalves>),
+}
+
 /// Hands the sender to one of the listener's parked standby sockets. `None` when none is
 /// parked or the one taken failed before the listener answered.
 async fn via_standby(
     shared: &Shared,
     listener: &ListenerHandle,
     accept: &Accept,
-) -> Result<Option<Arrival>, RelayError> {
+    early: bool,
+) -> Result<Option<Paired>, RelayError> {
     let Some(pool) = &listener.standby else {
         return Ok(None);
     };
     let json = ListenerCommand::Accept(accept.clone()).encode();
-    let Some(outcome) = pool.dispatch(&json) else {
+    let Some(outcome) = pool.dispatch(&json, early) else {
         return Ok(None);
     };
     match tokio::time::timeout(shared.limits.accept_timeout, outcome).await {
         Ok(Ok(crate::standby::Outcome::Answered(arrival))) => {
             Shared::count(&shared.counters.standby_accepts);
-            Ok(Some(arrival))
+            Ok(Some(Paired::Answered(arrival)))
         }
+        Ok(Ok(crate::standby::Outcome::Dispatched(standby))) => Ok(Some(Paired::Early(standby))),
         Ok(Ok(crate::standby::Outcome::Failed) | Err(_)) => {
             Shared::count(&shared.counters.standby_fallbacks);
             Ok(None)
@@ -449,8 +468,8 @@ async fn via_standby(
 }
 
 /// The standard path: a single-use rendezvous address sent over the control channel.
-async fn via_control_channel(
-    shared: &Arc<Shared>,
+pub(crate) async fn via_control_channel(
+    shared: &Shared,
     listener: &ListenerHandle,
     accept: &mut Accept,
 ) -> Result<Arrival, RelayError> {
@@ -516,9 +535,6 @@ fn spawn_pair(
 ) {
     let buffer = shared.limits.relay_buffer_bytes;
     let shared = Arc::clone(shared);
-    // In-flight connections may finish during the drain; only the hard stop cuts them, or
-    // the revocation of a certificate listener.
-    let shutdown = shared.hard_stop.child_token();
     let span = tracing::info_span!("relay", tracking = %tracking);
     let tasks = shared.tasks.clone();
     tasks.spawn(
@@ -536,33 +552,46 @@ fn spawn_pair(
                 return;
             };
             let sender = relay_io_halves(sender, buffer);
-            let counters = &shared.counters;
-            counters.sender_connects.fetch_add(1, Ordering::Relaxed);
-            counters.active_connections.fetch_add(1, Ordering::Relaxed);
-            let relay = pump::relay(sender, listener, shutdown.clone(), counters);
-            tokio::pin!(relay);
-            let revocation = async {
-                match revoked {
-                    Some(revoked) => revoked.cancelled_owned().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let relayed = tokio::select! {
-                relayed = &mut relay => relayed,
-                () = revocation => {
-                    // Close both sides at the next frame boundary, as on a hard stop.
-                    shutdown.cancel();
-                    relay.await
-                }
-            };
-            counters.active_connections.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(
-                to_listener = relayed.to_listener,
-                to_sender = relayed.to_sender,
-                "relay finished"
-            );
+            relay_pair(&shared, sender, listener, revoked).await;
         }
         .instrument(span),
+    );
+}
+
+/// Relays a paired sender and listener until both close, the hard stop, or the
+/// revocation of a certificate listener.
+pub(crate) async fn relay_pair(
+    shared: &Shared,
+    sender: RelayHalves,
+    listener: RelayHalves,
+    revoked: Option<tokio_util::sync::CancellationToken>,
+) {
+    // In-flight connections may finish during the drain; only the hard stop cuts them.
+    let shutdown = shared.hard_stop.child_token();
+    let counters = &shared.counters;
+    counters.sender_connects.fetch_add(1, Ordering::Relaxed);
+    counters.active_connections.fetch_add(1, Ordering::Relaxed);
+    let relay = pump::relay(sender, listener, shutdown.clone(), counters);
+    tokio::pin!(relay);
+    let revocation = async {
+        match revoked {
+            Some(revoked) => revoked.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
+    };
+    let relayed = tokio::select! {
+        relayed = &mut relay => relayed,
+        () = revocation => {
+            // Close both sides at the next frame boundary, as on a hard stop.
+            shutdown.cancel();
+            relay.await
+        }
+    };
+    counters.active_connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(
+        to_listener = relayed.to_listener,
+        to_sender = relayed.to_sender,
+        "relay finished"
     );
 }
 

@@ -76,6 +76,9 @@ impl Pools {
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) accept: String,
+    /// Hand the socket over once the `accept` is written (early pairing), instead of
+    /// waiting for the listener's answer here.
+    pub(crate) early: bool,
     pub(crate) outcome: oneshot::Sender<Outcome>,
 }
 
@@ -84,6 +87,8 @@ pub(crate) struct Job {
 pub(crate) enum Outcome {
     /// The listener answered on the socket.
     Answered(Arrival),
+    /// Early pairing: the `accept` is written; the receipt and answer are still to come.
+    Dispatched(Box<crate::routes::RelayHalves>),
     /// The socket failed before the listener answered: use the control channel.
     Failed,
 }
@@ -142,12 +147,13 @@ impl Pool {
     }
 
     /// Hands `accept` to the newest parked socket; `None` when none is parked.
-    pub(crate) fn dispatch(&self, accept: &str) -> Option<oneshot::Receiver<Outcome>> {
+    pub(crate) fn dispatch(&self, accept: &str, early: bool) -> Option<oneshot::Receiver<Outcome>> {
         loop {
             let (_, parked) = self.lock().pop()?;
             let (outcome, rx) = oneshot::channel();
             let job = Job {
                 accept: accept.to_owned(),
+                early,
                 outcome,
             };
             // A socket whose task has just ended refuses the job: try the next.
@@ -165,7 +171,7 @@ impl Pool {
     }
 
     /// Drops every parked socket: their tasks close them and the listener opens new ones.
-    fn retire_parked(&self) {
+    pub(crate) fn retire_parked(&self) {
         self.lock().clear();
     }
 
@@ -209,7 +215,12 @@ pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_
                     return;
                 }
             };
-            let Ok(Job { accept, mut outcome }) = job else {
+            let Ok(Job {
+                accept,
+                early,
+                mut outcome,
+            }) = job
+            else {
                 // Retired with the rest of the pool after a dead one was found.
                 let _ = writer.close(close_code::NORMAL, "standby retired").await;
                 return;
@@ -218,6 +229,10 @@ pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_
             drop(place);
             if writer.text(&accept).await.is_err() {
                 let _ = outcome.send(Outcome::Failed);
+                return;
+            }
+            if early {
+                let _ = outcome.send(Outcome::Dispatched(Box::new((reader, writer))));
                 return;
             }
             let receipt = tokio::time::timeout(RECEIPT_DEADLINE, reader.message(MAX_REPLY_BYTES));

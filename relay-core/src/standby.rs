@@ -20,6 +20,16 @@
 //!    standby of that listener and falls back to the control channel, as it does when none
 //!    is parked. Idle standbys are also retired after a bounded age, with a normal Close;
 //!    the listener replaces what it loses.
+//!
+//! **Early pairing.** A sender of ours that sends [`EARLY_HEADER`] (and offers no
+//! sub-protocol) may get its `101` as soon as the `accept` is on a standby, and the broker
+//! writes the sender's first frames right behind the `accept`: the listener has them when it
+//! decides, and its first bytes follow its answer. That takes one round trip across the
+//! listener's link off every connect. A refusal then reaches the sender as a Close with
+//! [`CLOSE_REJECTED`] and the status in the reason. Until the listener confirms receipt the
+//! broker keeps a copy of what it forwarded (at most [`EARLY_RETAINED_BYTES`]; beyond that,
+//! and at any control frame, it stops reading the sender), so a dead standby still falls
+//! back to the control channel with nothing lost.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +40,28 @@ pub const STANDBY_HEADER: &str = "relay-standby";
 pub const STANDBY_KEY_HEADER: &str = "relay-standby-key";
 /// Most standbys a listener may ask for.
 pub const MAX_STANDBY: usize = 8;
+/// On a sender's `connect`: it accepts an early `101` (see the module notes).
+pub const EARLY_HEADER: &str = "relay-early-pairing";
+/// Close code for an early-paired sender whose listener refused it; the reason is
+/// `"<status> <description>"`.
+pub const CLOSE_REJECTED: u16 = 4000;
+/// Sender bytes the broker forwards ahead of the listener's receipt, keeping a copy.
+pub const EARLY_RETAINED_BYTES: usize = 64 * 1024;
+
+/// The Close reason for a refusal, within the 123 bytes a Close frame allows.
+#[must_use]
+pub fn rejection_reason(status: u16, description: &str) -> String {
+    let mut reason = format!("{status} {description}");
+    if reason.len() > 123 {
+        let mut cut = 123;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
 /// Largest [`StandbyReply`] message.
 pub const MAX_REPLY_BYTES: usize = 4096;
 /// How long the broker waits for [`StandbyReply::Received`] before it takes the socket for
@@ -117,6 +149,13 @@ mod tests {
         assert!(StandbyReply::decode(b"{}").is_err());
         assert!(StandbyReply::decode(br#"{"accept":{}}"#).is_err());
         assert!(StandbyReply::decode(&vec![b' '; MAX_REPLY_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn rejection_reasons_fit_a_close_frame() {
+        assert_eq!(rejection_reason(404, "no such door"), "404 no such door");
+        let long = rejection_reason(502, &"é".repeat(100));
+        assert!(long.len() <= 123 && long.starts_with("502 é"));
     }
 
     #[test]

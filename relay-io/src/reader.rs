@@ -31,6 +31,8 @@ pub struct WsReader<R> {
     /// Payload bytes of the current frame already unmasked (the masking offset).
     offset: u64,
     mask: Option<[u8; 4]>,
+    /// Bytes of the last header read, still in the buffer before `start`.
+    header_len: usize,
     role: Role,
     /// A fragmented data message being assembled by [`WsReader::message`].
     pub(crate) partial: Option<(OpCode, Vec<u8>)>,
@@ -66,6 +68,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             remaining: 0,
             offset: 0,
             mask: None,
+            header_len: 0,
             role,
             partial: None,
         }
@@ -81,6 +84,21 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         self.buf = buf;
         self.start = 0;
         self.end = held;
+    }
+
+    /// Puts the header just read back, as if it had not been read, so a caller that looked
+    /// at a frame and chose not to take it leaves it intact for the next reader. Only valid
+    /// right after [`WsReader::header`], before any of the payload; false otherwise.
+    pub fn unread_header(&mut self) -> bool {
+        let untouched = self.ready == 0 && self.offset == 0 && self.header_len > 0;
+        if !untouched || self.start < self.header_len {
+            return false;
+        }
+        self.start -= self.header_len;
+        self.header_len = 0;
+        self.remaining = 0;
+        self.mask = None;
+        true
     }
 
     /// Whether unread bytes are buffered (so a writer may delay its flush).
@@ -114,6 +132,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         loop {
             if let Some((header, used)) = FrameHeader::parse(&self.buf[self.start..self.end])? {
                 self.start += used;
+                self.header_len = used;
                 self.check_mask(&header)?;
                 self.remaining = header.payload_len;
                 self.offset = 0;
@@ -283,6 +302,23 @@ mod tests {
         got.clear();
         reader.read_small_payload(&mut got).await.unwrap();
         assert_eq!(got, payload);
+    }
+
+    #[tokio::test]
+    async fn an_unread_header_is_read_again_with_its_payload() {
+        let mut wire = masked_frame(true, OpCode::Binary, b"payload", [7, 7, 1, 2]);
+        wire.extend(masked_frame(true, OpCode::Close, &[3, 232], [1, 2, 3, 4]));
+        let mut reader = WsReader::new(&wire[..], Role::Server, 256);
+        let first = reader.header().await.unwrap().unwrap();
+        assert!(reader.unread_header());
+        assert!(!reader.unread_header(), "only once");
+        assert_eq!(reader.header().await.unwrap().unwrap(), first);
+        let mut got = Vec::new();
+        reader.read_small_payload(&mut got).await.unwrap();
+        assert_eq!(got, b"payload");
+        assert!(!reader.unread_header(), "not after the payload");
+        let close = reader.header().await.unwrap().unwrap();
+        assert_eq!(close.opcode, OpCode::Close);
     }
 
     #[tokio::test]

@@ -16,12 +16,14 @@ use crate::{Role, WsError, WsReader, WsWriter};
 const CHUNK: usize = 64 * 1024;
 
 /// Bytes moved each way.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Spliced {
     /// From TCP into the WebSocket.
     pub to_ws: u64,
     /// From the WebSocket into TCP.
     pub to_tcp: u64,
+    /// The peer's Close code and reason, when it sent one.
+    pub close: Option<(u16, String)>,
 }
 
 /// Runs until both directions have ended. `ws` is a client-role reader and writer.
@@ -39,11 +41,15 @@ where
     let (mut tcp_read, mut tcp_write) = tcp;
     let (pongs_tx, pongs_rx) = mpsc::channel(4);
     // An error in either direction ends both, as with `copy_bidirectional`.
-    let (to_ws, to_tcp) = tokio::try_join!(
+    let (to_ws, (to_tcp, close)) = tokio::try_join!(
         tcp_to_ws(&mut tcp_read, &mut ws_write, pongs_rx),
         ws_to_tcp(&mut ws_read, &mut tcp_write, pongs_tx)
     )?;
-    Ok(Spliced { to_ws, to_tcp })
+    Ok(Spliced {
+        to_ws,
+        to_tcp,
+        close,
+    })
 }
 
 async fn tcp_to_ws<TR, W>(
@@ -102,7 +108,7 @@ async fn ws_to_tcp<R, TW>(
     ws: &mut WsReader<R>,
     tcp: &mut TW,
     pongs: mpsc::Sender<Vec<u8>>,
-) -> Result<u64, WsError>
+) -> Result<(u64, Option<(u16, String)>), WsError>
 where
     R: AsyncRead + Unpin,
     TW: AsyncWrite + Unpin,
@@ -111,7 +117,7 @@ where
     loop {
         let Some(header) = ws.header().await? else {
             tcp.shutdown().await?;
-            return Ok(total);
+            return Ok((total, None));
         };
         match header.opcode {
             OpCode::Ping | OpCode::Pong | OpCode::Close => {
@@ -122,9 +128,9 @@ where
                         let _ = pongs.try_send(payload);
                     }
                     OpCode::Close => {
-                        frame::parse_close(&payload)?;
+                        let close = frame::parse_close(&payload)?.map(|(c, r)| (c, r.to_owned()));
                         shutdown_quietly(tcp).await;
-                        return Ok(total);
+                        return Ok((total, close));
                     }
                     _ => {}
                 }
@@ -210,7 +216,8 @@ mod tests {
             spliced,
             Spliced {
                 to_ws: 200_000,
-                to_tcp: 10
+                to_tcp: 10,
+                close: Some((1000, String::new())),
             }
         );
     }

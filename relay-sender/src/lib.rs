@@ -77,6 +77,11 @@ pub struct ConnectOptions {
     pub timeout: Option<Duration>,
     /// Proxies to reach the broker through; `None` connects directly.
     pub proxy: Option<Arc<relay_io::proxy::ProxyRules>>,
+    /// Take an early `101` from our broker when the listener keeps standby sockets: the
+    /// first bytes travel with the listener's `accept`, one round trip sooner. A refusal
+    /// then arrives as a Close with `relay_core::standby::CLOSE_REJECTED` (the status in
+    /// its reason) instead of as the upgrade's status. Ignored with sub-protocols.
+    pub early_pairing: bool,
 }
 
 /// An open relayed connection.
@@ -134,6 +139,10 @@ fn ws_options(options: &ConnectOptions) -> relay_io::client::ConnectOptions {
     if let Some(token) = &options.token {
         ws.headers
             .push(("ServiceBusAuthorization".into(), token.clone()));
+    }
+    if options.early_pairing {
+        ws.headers
+            .push((relay_core::standby::EARLY_HEADER.into(), "1".into()));
     }
     ws
 }

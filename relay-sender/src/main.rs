@@ -252,6 +252,8 @@ async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
     let options = ConnectOptions {
         token: token_for(&route.target, &route.hc),
         path: route.path.clone(),
+        // A byte stream has no use for the upgrade's status; a refusal is logged below.
+        early_pairing: true,
         ..ConnectOptions::default()
     };
     let conn = match route.dialer.connect(&route.hc, &options).await {
@@ -263,12 +265,17 @@ async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
         }
     };
     match relay_io::splice::splice(conn.stream.into_parts(), tcp.into_split()).await {
-        Ok(s) => tracing::debug!(
-            %peer,
-            from_listener = s.to_tcp,
-            to_listener = s.to_ws,
-            "connection finished"
-        ),
+        Ok(s) => match s.close {
+            Some((relay_core::standby::CLOSE_REJECTED, reason)) => {
+                tracing::warn!(%peer, hc = %route.hc, %reason, "the listener refused the connection");
+            }
+            _ => tracing::debug!(
+                %peer,
+                from_listener = s.to_tcp,
+                to_listener = s.to_ws,
+                "connection finished"
+            ),
+        },
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
     }
 }

@@ -279,3 +279,153 @@ async fn the_sender_dialler_replaces_a_connection_the_broker_dropped() {
     stop.cancel();
     run.await.unwrap();
 }
+
+/// A library listener on `hyco` that rejects `/closed` with 404 and echoes the rest.
+fn echo_listener(
+    broker: &TestBroker,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let token = Arc::new(relay_listener::SasKeySource::new(
+        relay_tests::KEY_NAME,
+        relay_tests::KEY,
+    ));
+    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
+        broker.ws(),
+        "hyco",
+        token,
+    ));
+    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+        if conn.path == "/closed" {
+            let _ = conn.reject(404, "no such door").await;
+            return;
+        }
+        let stream = conn.accept().await.unwrap();
+        let (mut r, mut w) = tokio::io::split(stream);
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = {
+        let stop = stop.clone();
+        tokio::spawn(async move { listener.run(handler, stop).await })
+    };
+    (stop, run)
+}
+
+#[tokio::test]
+async fn early_pairing_sends_the_first_bytes_with_the_accept() {
+    let broker = TestBroker::start("").await;
+    let (stop, run) = echo_listener(&broker);
+    broker.wait_listeners("hyco", 1).await;
+    wait_parked(&broker, 2).await;
+    for round in 0..3u8 {
+        let mut options = sender_options(&broker, "");
+        options.early_pairing = true;
+        let mut conn = relay_sender::connect(&broker.ws(), "hyco", &options)
+            .await
+            .unwrap();
+        let payload = vec![round; 300_000];
+        conn.stream.write_all(&payload).await.unwrap();
+        conn.stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, payload);
+        wait_parked(&broker, 2).await;
+    }
+    // A refusal comes as a Close carrying the status.
+    let url = format!("{}/$hc/hyco/closed?sb-hc-action=connect", broker.ws());
+    let early = [(relay_core::standby::EARLY_HEADER, "1")];
+    let mut refused = ws_connect(&url, Some(&broker.token("hyco")), &[], &early)
+        .await
+        .unwrap();
+    let closed = refused.reader.message(1024).await.unwrap();
+    assert_eq!(
+        closed,
+        Some(Message::Close(Some((
+            relay_core::standby::CLOSE_REJECTED,
+            "404 no such door".into()
+        ))))
+    );
+    // A sender that closes before the listener answered (a health check) gets its Close
+    // answered, and the listener sees the end of stream.
+    wait_parked(&broker, 2).await;
+    let url = format!("{}/$hc/hyco?sb-hc-action=connect", broker.ws());
+    let mut quick = ws_connect(&url, Some(&broker.token("hyco")), &[], &early)
+        .await
+        .unwrap();
+    quick.writer.close(1000, "").await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), quick.reader.message(1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(answer, Some(Message::Close(_))), "{answer:?}");
+
+    let counters = broker.broker.counters();
+    assert_eq!(counters.standby_early.load(Ordering::Relaxed), 5);
+    assert_eq!(counters.standby_fallbacks.load(Ordering::Relaxed), 0);
+    stop.cancel();
+    run.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_early_paired_sender_loses_nothing_when_its_standby_is_dead() {
+    let broker = TestBroker::start("").await;
+    let mut listener = RawListener::open_with(&broker, "hyco", &[(STANDBY_HEADER, "1")]).await;
+    broker.wait_listeners("hyco", 1).await;
+    let key = header(&listener.conn, STANDBY_KEY_HEADER)
+        .unwrap()
+        .to_owned();
+    let standby_url = format!("{}/$hc/hyco?sb-hc-action=standby", broker.ws());
+    let mut standby = ws_connect(&standby_url, None, &[], &[(STANDBY_KEY_HEADER, &key)])
+        .await
+        .unwrap();
+    wait_parked(&broker, 1).await;
+
+    // The sender has its 101 before the listener did anything.
+    let url = format!("{}/$hc/hyco?sb-hc-action=connect", broker.ws());
+    let early = [(relay_core::standby::EARLY_HEADER, "1")];
+    let mut sender = ws_connect(&url, Some(&broker.token("hyco")), &[], &early)
+        .await
+        .unwrap();
+    sender
+        .writer
+        .send(true, relay_core::frame::OpCode::Binary, b"hello")
+        .await
+        .unwrap();
+    sender.writer.flush().await.unwrap();
+    // The standby gets the accept and the sender's first bytes behind it, and stays silent.
+    let Some(Message::Text(job)) = standby.reader.message(1 << 20).await.unwrap() else {
+        panic!("expected the accept");
+    };
+    assert!(job.starts_with(r#"{"accept""#));
+    assert_eq!(
+        standby.reader.message(1 << 20).await.unwrap(),
+        Some(Message::Binary(b"hello".to_vec()))
+    );
+    // The broker gives up on it and uses the control channel; the bytes are replayed there.
+    let ListenerCommand::Accept(accept) = listener.command().await else {
+        panic!("expected accept on the control channel");
+    };
+    let mut side = ws_connect(&accept.address, None, &[], &[]).await.unwrap();
+    assert_eq!(
+        side.reader.message(1 << 20).await.unwrap(),
+        Some(Message::Binary(b"hello".to_vec()))
+    );
+    side.writer
+        .send(true, relay_core::frame::OpCode::Binary, b"world")
+        .await
+        .unwrap();
+    side.writer.flush().await.unwrap();
+    assert_eq!(
+        sender.reader.message(1 << 20).await.unwrap(),
+        Some(Message::Binary(b"world".to_vec()))
+    );
+    let counters = broker.broker.counters();
+    assert_eq!(counters.standby_early.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.standby_fallbacks.load(Ordering::Relaxed), 1);
+}
