@@ -136,7 +136,12 @@ fn person_registers_listens_with_mtls_relays_and_is_revoked_from_the_command_lin
             ])
             .arg(dir.join(out)))
     };
-    assert!(with_token("identity-2").status.success());
+    let enrolled = with_token("identity-2");
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enrolled.stderr)
+    );
     let reused = with_token("identity-3");
     assert!(!reused.status.success());
     assert!(
