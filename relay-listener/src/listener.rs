@@ -93,7 +93,7 @@ impl ListenerConfig {
             connect_timeout: Duration::from_secs(20),
             proxy: None,
             instance: None,
-            standby: 2,
+            standby: crate::agent::config::DEFAULT_STANDBY,
         }
     }
 

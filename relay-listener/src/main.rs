@@ -113,7 +113,7 @@ struct RunArgs {
     #[arg(long)]
     bandwidth: Option<u64>,
     /// Rendezvous sockets kept open in advance to our broker (faster connects); 0 = none.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=8))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=8))]
     standby: u8,
     /// Local status endpoint (for `relay-listener status`).
     #[arg(long)]

@@ -86,7 +86,7 @@ async fn a_library_listener_pairs_senders_over_its_standbys() {
         tokio::spawn(async move { listener.run(handler, stop).await })
     };
     broker.wait_listeners("hyco", 1).await;
-    wait_parked(&broker, 2).await;
+    wait_parked(&broker, 3).await;
 
     for round in 0..5u8 {
         let mut conn = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker, ""))
@@ -103,7 +103,7 @@ async fn a_library_listener_pairs_senders_over_its_standbys() {
         assert_eq!(&got[..6], b"hello\n");
         assert_eq!(&got[6..], &payload[..]);
         // The listener replaces the standby it used.
-        wait_parked(&broker, 2).await;
+        wait_parked(&broker, 3).await;
     }
     let err = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker, "/closed"))
         .await
@@ -319,7 +319,7 @@ async fn early_pairing_sends_the_first_bytes_with_the_accept() {
     let broker = TestBroker::start("").await;
     let (stop, run) = echo_listener(&broker);
     broker.wait_listeners("hyco", 1).await;
-    wait_parked(&broker, 2).await;
+    wait_parked(&broker, 3).await;
     for round in 0..3u8 {
         let mut options = sender_options(&broker, "");
         options.early_pairing = true;
@@ -335,7 +335,7 @@ async fn early_pairing_sends_the_first_bytes_with_the_accept() {
             .unwrap()
             .unwrap();
         assert_eq!(got, payload);
-        wait_parked(&broker, 2).await;
+        wait_parked(&broker, 3).await;
     }
     // A refusal comes as a Close carrying the status.
     let url = format!("{}/$hc/hyco/closed?sb-hc-action=connect", broker.ws());
@@ -353,7 +353,7 @@ async fn early_pairing_sends_the_first_bytes_with_the_accept() {
     );
     // A sender that closes before the listener answered (a health check) gets its Close
     // answered, and the listener sees the end of stream.
-    wait_parked(&broker, 2).await;
+    wait_parked(&broker, 3).await;
     let url = format!("{}/$hc/hyco?sb-hc-action=connect", broker.ws());
     let mut quick = ws_connect(&url, Some(&broker.token("hyco")), &[], &early)
         .await

@@ -23,7 +23,7 @@
 //! tcp = "127.0.0.1:5432"
 //! # max_connections = 256                # more are refused with 503
 //! # bandwidth_bytes_per_sec = 10000000   # each direction, shared by the endpoint
-//! # standby = 2                          # sockets pre-opened to our broker; 0 = none
+//! # standby = 3                          # sockets pre-opened to our broker; 0 = none
 //!
 //! [[endpoints]]
 //! hc = "webui"
@@ -45,9 +45,10 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// Largest allowed `max_connections`.
 pub const MAX_MAX_CONNECTIONS: u32 = 65_536;
-/// Default standby sockets per endpoint: one for the next sender, one for a second
-/// arriving before the first is replaced.
-pub const DEFAULT_STANDBY: usize = 2;
+/// Default standby sockets per endpoint. Replacing a used one takes a connection setup
+/// across the listener's link; three keep a 5 ms link's connects off the slow path at
+/// about 70 new connections a second (BENCHMARKS.md).
+pub const DEFAULT_STANDBY: usize = 3;
 
 /// A configuration problem, naming the file and key.
 #[derive(Debug, thiserror::Error)]

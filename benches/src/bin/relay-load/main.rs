@@ -192,8 +192,9 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|");
     // Per broker: agent listeners first, held open while the control channels are measured,
     // so that neither figure is read off memory the other freed; then both are closed.
-    // Three sockets per agent listener, so fewer of them keep file descriptors in bounds.
-    let agents = (cli.idle / 5).max(1);
+    // Four sockets per agent listener, so fewer of them keep file descriptors in bounds.
+    let agents = (cli.idle / 6).max(1);
+    let standby = usize::from(targets::Site::LOCAL.standby);
     let mut memory_targets = vec![("ws", relay, None)];
     if cli.tls {
         let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
@@ -203,9 +204,15 @@ async fn main() -> anyhow::Result<()> {
     for (name, target, tls) in memory_targets {
         let endpoint = target.endpoint.clone().unwrap_or_default();
         let pid = target.procs[0].pid();
-        let (per_agent, held) =
-            memory::per_idle_agent_listener(pid, &endpoint, targets::KEY, agents, 2, tls.clone())
-                .await?;
+        let (per_agent, held) = memory::per_idle_agent_listener(
+            pid,
+            &endpoint,
+            targets::KEY,
+            agents,
+            standby,
+            tls.clone(),
+        )
+        .await?;
         let per = memory::per_idle_listener(pid, &endpoint, targets::KEY, cli.idle, tls).await?;
         drop(held);
         println!(
@@ -214,27 +221,35 @@ async fn main() -> anyhow::Result<()> {
             per / 1024.0
         );
         agent_rows.push(format!(
-            "| per idle agent listener (control channel and 2 standby sockets), {agents} listeners, {name} | {:.1} KiB |",
+            "| per idle agent listener (control channel and {standby} standby sockets), {agents} listeners, {name} | {:.1} KiB |",
             per_agent / 1024.0
         ));
     }
     for row in agent_rows {
         println!("{row}");
     }
-    let broker_pid = relay.procs[0].pid();
-    let (sent, growth) = memory::stalled_push(
-        broker_pid,
-        &endpoint,
-        targets::KEY,
-        1 << 30,
-        Duration::from_secs(10),
-    )
-    .await?;
-    println!(
-        "| RSS growth while a sender pushes into a stalled listener | {:.1} MiB (sender got {:.1} MiB out before blocking) |",
-        growth as f64 / 1048576.0,
-        sent as f64 / 1048576.0
-    );
+    let mut stalled_targets = vec![("ws", relay, None)];
+    if cli.tls {
+        let tls = relay_io::tls::client_config(Some(&dir.join("cert.pem")))?;
+        stalled_targets.push(("wss", &all[2], Some(tls)));
+    }
+    for (name, target, tls) in stalled_targets {
+        let endpoint = target.endpoint.clone().unwrap_or_default();
+        let (sent, growth) = memory::stalled_push(
+            target.procs[0].pid(),
+            &endpoint,
+            targets::KEY,
+            1 << 30,
+            Duration::from_secs(10),
+            tls,
+        )
+        .await?;
+        println!(
+            "| RSS growth while a sender pushes 1 GB into a stalled listener, {name} | {:.1} MiB (the sender got {:.1} MiB out before TCP backpressure stopped it) |",
+            growth as f64 / 1048576.0,
+            sent as f64 / 1048576.0
+        );
+    }
     drop(all);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -255,12 +270,13 @@ async fn wide_area(
         wan: Some(delay),
         standby,
     };
+    let standby = targets::Site::LOCAL.standby;
     let mut far = vec![
-        targets::relay_at(backends, bins, &wan_dir, false, site(2)).await?,
+        targets::relay_at(backends, bins, &wan_dir, false, site(standby)).await?,
         targets::relay_at(backends, bins, &wan_dir, false, site(0)).await?,
     ];
     if cli.tls {
-        far.push(targets::relay_at(backends, bins, &wan_dir, true, site(2)).await?);
+        far.push(targets::relay_at(backends, bins, &wan_dir, true, site(standby)).await?);
         far.push(targets::relay_at(backends, bins, &wan_dir, true, site(0)).await?);
     }
     if let Some(tools) = cli

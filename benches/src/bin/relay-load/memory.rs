@@ -136,12 +136,13 @@ pub(crate) async fn stalled_push(
     key: &str,
     bytes: u64,
     window: Duration,
+    tls: Option<std::sync::Arc<relay_io::rustls::ClientConfig>>,
 ) -> anyhow::Result<(u64, u64)> {
     let listen = format!("{endpoint}/$hc/stall?sb-hc-action=listen");
     let mut control =
-        relay_io::client::connect(&listen, &options(endpoint, "stall", key, None)).await?;
+        relay_io::client::connect(&listen, &options(endpoint, "stall", key, tls.clone())).await?;
     let connect = format!("{endpoint}/$hc/stall?sb-hc-action=connect");
-    let sender_opts = options(endpoint, "stall", key, None);
+    let sender_opts = options(endpoint, "stall", key, tls.clone());
     let sender =
         tokio::spawn(async move { relay_io::client::connect(&connect, &sender_opts).await });
     let address = loop {
@@ -157,7 +158,11 @@ pub(crate) async fn stalled_push(
         }
     };
     // Accept, then never read from this socket again.
-    let _stalled = relay_io::client::connect(&address, &ConnectOptions::default()).await?;
+    let stalled_opts = ConnectOptions {
+        tls,
+        ..ConnectOptions::default()
+    };
+    let _stalled = relay_io::client::connect(&address, &stalled_opts).await?;
     let mut sender = sender.await??;
     let before = rss_bytes(broker_pid);
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -48,9 +48,10 @@ pub(crate) struct Site {
 }
 
 impl Site {
+    /// Next to the broker, with the agent's default standby sockets.
     pub(crate) const LOCAL: Self = Self {
         wan: None,
-        standby: 2,
+        standby: 3,
     };
 }
 
