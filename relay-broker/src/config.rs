@@ -106,6 +106,9 @@ pub struct Limits {
     pub max_control_message_bytes: usize,
     /// Read buffer per relayed socket direction; bounds relay memory per connection.
     pub relay_buffer_bytes: usize,
+    /// What that buffer grows to once a transfer keeps filling it (bulk data costs fewer
+    /// system calls); interactive and idle connections keep `relay_buffer_bytes`.
+    pub relay_buffer_max_bytes: usize,
     /// Queue of control messages to one listener; a full queue means the listener is overloaded.
     pub control_queue: usize,
     /// Time allowed for graceful shutdown before connections are cut.
@@ -130,6 +133,7 @@ impl Default for Limits {
             max_pending_rendezvous: 10_000,
             max_control_message_bytes: relay_core::limits::MAX_CONTROL_MESSAGE_BYTES,
             relay_buffer_bytes: 64 * 1024,
+            relay_buffer_max_bytes: 256 * 1024,
             control_queue: 256,
             shutdown_drain: Duration::from_secs(10),
             auth_failures_per_minute: 20,
@@ -189,6 +193,7 @@ struct RawLimits {
     max_pending_rendezvous: Option<usize>,
     max_control_message_bytes: Option<usize>,
     relay_buffer_bytes: Option<usize>,
+    relay_buffer_max_bytes: Option<usize>,
     shutdown_drain_secs: Option<f64>,
     auth_failures_per_minute: Option<u32>,
     standby_per_listener: Option<usize>,
@@ -327,6 +332,12 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
         Some(n) if n >= min => Ok(n),
         Some(n) => Err(format!("{name} = {n}: must be at least {min}")),
     };
+    let relay_buffer_bytes = count(
+        raw.relay_buffer_bytes,
+        "relay_buffer_bytes",
+        d.relay_buffer_bytes,
+        1024,
+    )?;
     Ok(Limits {
         accept_timeout: secs(
             raw.accept_timeout_secs,
@@ -366,11 +377,12 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
             d.max_control_message_bytes,
             1024,
         )?,
-        relay_buffer_bytes: count(
-            raw.relay_buffer_bytes,
-            "relay_buffer_bytes",
-            d.relay_buffer_bytes,
-            1024,
+        relay_buffer_bytes,
+        relay_buffer_max_bytes: count(
+            raw.relay_buffer_max_bytes,
+            "relay_buffer_max_bytes",
+            d.relay_buffer_max_bytes.max(relay_buffer_bytes),
+            relay_buffer_bytes,
         )?,
         control_queue: d.control_queue,
         shutdown_drain: secs(

@@ -568,6 +568,13 @@ pub(crate) async fn relay_pair(
 ) {
     // In-flight connections may finish during the drain; only the hard stop cuts them.
     let shutdown = shared.hard_stop.child_token();
+    let (mut sender, mut listener) = (sender, listener);
+    sender
+        .0
+        .grow_when_busy(shared.limits.relay_buffer_max_bytes);
+    listener
+        .0
+        .grow_when_busy(shared.limits.relay_buffer_max_bytes);
     let counters = &shared.counters;
     counters.sender_connects.fetch_add(1, Ordering::Relaxed);
     counters.active_connections.fetch_add(1, Ordering::Relaxed);

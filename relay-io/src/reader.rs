@@ -14,8 +14,13 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::{Role, WsError};
 
-/// Default read buffer: large enough for throughput, small enough per connection.
+/// Default read buffer: large enough for interactive traffic, small enough per connection.
 pub const DEFAULT_BUFFER: usize = 64 * 1024;
+/// What a busy data stream's buffer grows to (see [`WsReader::grow_when_busy`]): a quarter
+/// of the system calls per byte of a 64 KiB one.
+pub const BULK_BUFFER: usize = 256 * 1024;
+/// Reads that fill the whole buffer before it grows.
+const FULL_READS_TO_GROW: u8 = 2;
 
 /// Reads frames from `R`.
 pub struct WsReader<R> {
@@ -33,6 +38,9 @@ pub struct WsReader<R> {
     mask: Option<[u8; 4]>,
     /// Bytes of the last header read, still in the buffer before `start`.
     header_len: usize,
+    /// Capacity to grow to once reads keep filling the buffer; 0 = fixed.
+    grow_to: usize,
+    full_reads: u8,
     role: Role,
     /// A fragmented data message being assembled by [`WsReader::message`].
     pub(crate) partial: Option<(OpCode, Vec<u8>)>,
@@ -69,6 +77,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             offset: 0,
             mask: None,
             header_len: 0,
+            grow_to: 0,
+            full_reads: 0,
             role,
             partial: None,
         }
@@ -84,6 +94,12 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         self.buf = buf;
         self.start = 0;
         self.end = held;
+    }
+
+    /// Lets the buffer grow to `max` bytes once reads keep filling it: a bulk transfer then
+    /// costs fewer system calls, while interactive and idle streams keep the small buffer.
+    pub fn grow_when_busy(&mut self, max: usize) {
+        self.grow_to = max;
     }
 
     /// Puts the header just read back, as if it had not been read, so a caller that looked
@@ -219,10 +235,17 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
+        let room = self.buf.len() - self.end;
         let mut read_buf = ReadBuf::new(&mut self.buf[self.end..]);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut read_buf))?;
         let n = read_buf.filled().len();
         self.end += n;
+        if n == room && self.buf.len() < self.grow_to {
+            self.full_reads += 1;
+            if self.full_reads >= FULL_READS_TO_GROW {
+                self.set_capacity(self.grow_to);
+            }
+        }
         Poll::Ready(Ok(n))
     }
 }
@@ -319,6 +342,25 @@ mod tests {
         assert!(!reader.unread_header(), "not after the payload");
         let close = reader.header().await.unwrap().unwrap();
         assert_eq!(close.opcode, OpCode::Close);
+    }
+
+    #[tokio::test]
+    async fn a_busy_stream_grows_its_buffer_and_an_idle_one_does_not() {
+        let payload = vec![5u8; 20_000];
+        let wire = masked_frame(true, OpCode::Binary, &payload, [1, 2, 3, 4]);
+        let mut busy = WsReader::new(&wire[..], Role::Server, 1024);
+        busy.grow_when_busy(8192);
+        busy.header().await.unwrap().unwrap();
+        let mut got = Vec::new();
+        busy.read_small_payload(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        assert_eq!(busy.buf.len(), 8192);
+
+        let small = masked_frame(true, OpCode::Text, b"hi", [1, 2, 3, 4]);
+        let mut idle = WsReader::new(&small[..], Role::Server, 1024);
+        idle.grow_when_busy(8192);
+        idle.header().await.unwrap().unwrap();
+        assert_eq!(idle.buf.len(), 1024);
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ use crate::{Role, WsError, WsReader, WsWriter};
 
 /// Payload bytes per frame sent from TCP.
 const CHUNK: usize = 64 * 1024;
+/// What a busy stream's chunk grows to, as [`crate::reader::BULK_BUFFER`] for reading.
+const BULK_CHUNK: usize = crate::reader::BULK_BUFFER;
 
 /// Bytes moved each way.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -63,6 +65,7 @@ where
 {
     let masked = ws.role == Role::Client;
     let mut buf = vec![0u8; MAX_HEADER_LEN + CHUNK];
+    let mut full_reads = 0u8;
     let mut total = 0u64;
     let mut pongs_open = true;
     loop {
@@ -84,6 +87,10 @@ where
             ws.close(close_code::NORMAL, "").await?;
             return Ok(total);
         }
+        // A bulk transfer keeps filling the chunk: fewer, larger frames then cost fewer
+        // system calls on every hop. Interactive streams keep the small chunk.
+        let grow = n == buf.len() - MAX_HEADER_LEN && buf.len() < MAX_HEADER_LEN + BULK_CHUNK;
+        full_reads += u8::from(grow);
         let key = masked.then(rand::random::<[u8; 4]>);
         if let Some(key) = key {
             apply_mask(&mut buf[MAX_HEADER_LEN..MAX_HEADER_LEN + n], key, 0);
@@ -101,6 +108,9 @@ where
         ws.write_raw(&buf[start..MAX_HEADER_LEN + n]).await?;
         ws.flush().await?;
         total += n as u64;
+        if full_reads >= 2 && buf.len() < MAX_HEADER_LEN + BULK_CHUNK {
+            buf.resize(MAX_HEADER_LEN + BULK_CHUNK, 0);
+        }
     }
 }
 

@@ -37,7 +37,9 @@ pub struct WsByteStream<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
     /// Wraps an established WebSocket.
-    pub fn new(reader: WsReader<R>, writer: WsWriter<W>) -> Self {
+    pub fn new(mut reader: WsReader<R>, writer: WsWriter<W>) -> Self {
+        // A byte stream carries data: let a bulk transfer grow its read buffer.
+        reader.grow_when_busy(crate::reader::BULK_BUFFER);
         Self {
             reader,
             writer,
