@@ -194,14 +194,26 @@ pub async fn dial(
 
 /// Opens a client WebSocket to `url`.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
-    tokio::time::timeout(options.timeout, connect_inner(url, options))
-        .await
-        .map_err(|_| {
-            WsError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "WebSocket connect timed out",
-            ))
-        })?
+    bounded(
+        options.timeout,
+        "WebSocket connect",
+        connect_inner(url, options),
+    )
+    .await
+}
+
+/// `work`, or a timed-out error naming `what` after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, WsError>>,
+) -> Result<T, WsError> {
+    tokio::time::timeout(limit, work).await.map_err(|_| {
+        WsError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} timed out"),
+        ))
+    })?
 }
 
 async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<Connected, WsError> {
@@ -226,14 +238,12 @@ pub async fn connect_over(
     options: &ConnectOptions,
 ) -> Result<Connected, WsError> {
     let target = Target::parse(url)?;
-    tokio::time::timeout(options.timeout, upgrade(io, &target, options))
-        .await
-        .map_err(|_| {
-            WsError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "WebSocket upgrade timed out",
-            ))
-        })?
+    bounded(
+        options.timeout,
+        "WebSocket upgrade",
+        upgrade(io, &target, options),
+    )
+    .await
 }
 
 /// Whether an idle connection is still open: no end of stream, error or stray byte is

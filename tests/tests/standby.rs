@@ -55,28 +55,33 @@ fn header<'a>(conn: &'a relay_io::client::Connected, name: &str) -> Option<&'a s
         .map(|(_, v)| v.as_str())
 }
 
-#[tokio::test]
-async fn a_library_listener_pairs_senders_over_its_standbys() {
-    let broker = TestBroker::start("").await;
+/// A library listener on `hyco` (reconnecting quickly) that rejects `/closed` with 404,
+/// and otherwise sends `banner` and echoes.
+fn echo_listener(
+    broker: &TestBroker,
+    banner: &'static [u8],
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let token = Arc::new(relay_listener::SasKeySource::new(
         relay_tests::KEY_NAME,
         relay_tests::KEY,
     ));
-    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
-        broker.ws(),
-        "hyco",
-        token,
-    ));
-    // Speaks first (a banner), so bytes the listener sends right after accepting must
-    // survive the broker's switch from the reply to relaying; then echoes.
-    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
+    let mut config = relay_listener::ListenerConfig::new(broker.ws(), "hyco", token);
+    config.backoff = relay_listener::backoff::Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(200),
+    );
+    let listener = relay_listener::Listener::new(config);
+    let handler = Arc::new(move |conn: relay_listener::IncomingConnection| async move {
         if conn.path == "/closed" {
             let _ = conn.reject(404, "no such door").await;
             return;
         }
         let stream = conn.accept().await.unwrap();
         let (mut r, mut w) = tokio::io::split(stream);
-        w.write_all(b"hello\n").await.unwrap();
+        w.write_all(banner).await.unwrap();
         tokio::io::copy(&mut r, &mut w).await.unwrap();
         w.shutdown().await.unwrap();
     });
@@ -85,6 +90,15 @@ async fn a_library_listener_pairs_senders_over_its_standbys() {
         let stop = stop.clone();
         tokio::spawn(async move { listener.run(handler, stop).await })
     };
+    (stop, run)
+}
+
+#[tokio::test]
+async fn a_library_listener_pairs_senders_over_its_standbys() {
+    let broker = TestBroker::start("").await;
+    // Speaks first (a banner), so bytes the listener sends right after accepting must
+    // survive the broker's switch from the reply to relaying; then echoes.
+    let (stop, run) = echo_listener(&broker, b"hello\n");
     broker.wait_listeners("hyco", 1).await;
     wait_parked(&broker, 3).await;
 
@@ -223,27 +237,7 @@ async fn standby_keys_and_bounds_are_enforced() {
 async fn the_sender_dialler_replaces_a_connection_the_broker_dropped() {
     let broker = TestBroker::start("").await;
     let addr = broker.addr;
-    let token = Arc::new(relay_listener::SasKeySource::new(
-        relay_tests::KEY_NAME,
-        relay_tests::KEY,
-    ));
-    let mut config = relay_listener::ListenerConfig::new(broker.ws(), "hyco", token);
-    config.backoff = relay_listener::backoff::Backoff::new(
-        Duration::from_millis(50),
-        Duration::from_millis(200),
-    );
-    let listener = relay_listener::Listener::new(config);
-    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
-        let stream = conn.accept().await.unwrap();
-        let (mut r, mut w) = tokio::io::split(stream);
-        tokio::io::copy(&mut r, &mut w).await.unwrap();
-        w.shutdown().await.unwrap();
-    });
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = {
-        let stop = stop.clone();
-        tokio::spawn(async move { listener.run(handler, stop).await })
-    };
+    let (stop, run) = echo_listener(&broker, b"");
     broker.wait_listeners("hyco", 1).await;
     let dialer = relay_sender::WarmDialer::start(&broker.ws(), None, None).unwrap();
     let echo = |dialer: Arc<relay_sender::WarmDialer>, ws: String| async move {
@@ -280,44 +274,10 @@ async fn the_sender_dialler_replaces_a_connection_the_broker_dropped() {
     run.await.unwrap();
 }
 
-/// A library listener on `hyco` that rejects `/closed` with 404 and echoes the rest.
-fn echo_listener(
-    broker: &TestBroker,
-) -> (
-    tokio_util::sync::CancellationToken,
-    tokio::task::JoinHandle<()>,
-) {
-    let token = Arc::new(relay_listener::SasKeySource::new(
-        relay_tests::KEY_NAME,
-        relay_tests::KEY,
-    ));
-    let listener = relay_listener::Listener::new(relay_listener::ListenerConfig::new(
-        broker.ws(),
-        "hyco",
-        token,
-    ));
-    let handler = Arc::new(|conn: relay_listener::IncomingConnection| async move {
-        if conn.path == "/closed" {
-            let _ = conn.reject(404, "no such door").await;
-            return;
-        }
-        let stream = conn.accept().await.unwrap();
-        let (mut r, mut w) = tokio::io::split(stream);
-        tokio::io::copy(&mut r, &mut w).await.unwrap();
-        w.shutdown().await.unwrap();
-    });
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = {
-        let stop = stop.clone();
-        tokio::spawn(async move { listener.run(handler, stop).await })
-    };
-    (stop, run)
-}
-
 #[tokio::test]
 async fn early_pairing_sends_the_first_bytes_with_the_accept() {
     let broker = TestBroker::start("").await;
-    let (stop, run) = echo_listener(&broker);
+    let (stop, run) = echo_listener(&broker, b"");
     broker.wait_listeners("hyco", 1).await;
     wait_parked(&broker, 3).await;
     for round in 0..3u8 {
