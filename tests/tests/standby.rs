@@ -55,6 +55,18 @@ fn header<'a>(conn: &'a relay_io::client::Connected, name: &str) -> Option<&'a s
         .map(|(_, v)| v.as_str())
 }
 
+/// Writes `payload`, half-closes, and reads everything back.
+async fn send_and_read_back(conn: &mut relay_sender::Connection, payload: &[u8]) -> Vec<u8> {
+    conn.stream.write_all(payload).await.unwrap();
+    conn.stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
 /// A library listener on `hyco` (reconnecting quickly) that rejects `/closed` with 404,
 /// and otherwise sends `banner` and echoes.
 fn echo_listener(
@@ -107,13 +119,7 @@ async fn a_library_listener_pairs_senders_over_its_standbys() {
             .await
             .unwrap();
         let payload = vec![round; 200_000];
-        conn.stream.write_all(&payload).await.unwrap();
-        conn.stream.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = send_and_read_back(&mut conn, &payload).await;
         assert_eq!(&got[..6], b"hello\n");
         assert_eq!(&got[6..], &payload[..]);
         // The listener replaces the standby it used.
@@ -252,13 +258,7 @@ async fn the_sender_dialler_replaces_a_connection_the_broker_dropped() {
             ..Default::default()
         };
         let mut conn = dialer.connect("hyco", &options).await.unwrap();
-        conn.stream.write_all(b"ping").await.unwrap();
-        conn.stream.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = send_and_read_back(&mut conn, b"ping").await;
         assert_eq!(got, b"ping");
     };
     echo(Arc::clone(&dialer), broker.ws()).await;
@@ -287,13 +287,7 @@ async fn early_pairing_sends_the_first_bytes_with_the_accept() {
             .await
             .unwrap();
         let payload = vec![round; 300_000];
-        conn.stream.write_all(&payload).await.unwrap();
-        conn.stream.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = send_and_read_back(&mut conn, &payload).await;
         assert_eq!(got, payload);
         wait_parked(&broker, 3).await;
     }
