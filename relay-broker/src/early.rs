@@ -177,6 +177,10 @@ where
                     }
                 }
             }
+            () = shared.hard_stop.cancelled() => {
+                let _ = l_writer.close(close_code::GOING_AWAY, "the broker is shutting down").await;
+                return Err((close_code::GOING_AWAY, "The broker is shutting down".into()));
+            }
             () = tokio::time::sleep_until(deadline) => {
                 if confirmed {
                     Shared::count(&shared.counters.rendezvous_timeouts);
