@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use crate::Shared;
 use crate::presence::ListenerHandle;
-use crate::rendezvous::{Arrival, ListenerSocket};
+use crate::rendezvous::Arrival;
 use crate::routes::{RelayHalves, relay_io_halves, relay_pair, via_control_channel};
 
 /// A sender frame forwarded before the listener confirmed receipt.
@@ -212,17 +212,11 @@ where
         }
         Arrival::Accepted { socket, .. } => socket,
     };
-    let (reader, mut writer) = match socket {
-        ListenerSocket::Upgrade(upgrade) => match upgrade.await {
-            Ok(u) => relay_io_halves(u, shared.limits.relay_buffer_bytes),
-            Err(_) => {
-                return Err((
-                    close_code::INTERNAL_ERROR,
-                    "The listener's upgrade failed".into(),
-                ));
-            }
-        },
-        ListenerSocket::Open(halves) => *halves,
+    let Some((reader, mut writer)) = socket.open(shared.limits.relay_buffer_bytes).await else {
+        return Err((
+            close_code::INTERNAL_ERROR,
+            "The listener's upgrade failed".into(),
+        ));
     };
     let replay = async {
         for frame in &retained {

@@ -21,6 +21,27 @@ pub(crate) enum ListenerSocket {
     Open(Box<crate::routes::RelayHalves>),
 }
 
+impl ListenerSocket {
+    /// The socket's frame reader and writer, once its upgrade (if any) completed.
+    pub(crate) async fn open(self, buffer: usize) -> Option<crate::routes::RelayHalves> {
+        match self {
+            Self::Upgrade(upgrade) => upgrade
+                .await
+                .ok()
+                .map(|u| crate::routes::relay_io_halves(u, buffer)),
+            Self::Open(halves) => Some(*halves),
+        }
+    }
+}
+
+/// The status a listener's refusal carries to the sender: its own when it is a 4xx or 5xx,
+/// else 400.
+pub(crate) fn refusal_status(code: Option<u16>) -> http::StatusCode {
+    code.and_then(|c| http::StatusCode::from_u16(c).ok())
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(http::StatusCode::BAD_REQUEST)
+}
+
 impl std::fmt::Debug for ListenerSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -447,7 +447,7 @@ async fn via_standby(
         return Ok(None);
     };
     let json = ListenerCommand::Accept(accept.clone()).encode();
-    let Some(outcome) = pool.dispatch(&json, early) else {
+    let Some(outcome) = pool.dispatch(json, early) else {
         return Ok(None);
     };
     match tokio::time::timeout(shared.limits.accept_timeout, outcome).await {
@@ -522,7 +522,7 @@ fn standby(
         .reserve()
         .ok_or(RelayError::Busy("standby sockets for this listener"))?;
     let upgrade = hyper::upgrade::on(&mut req);
-    crate::standby::spawn(shared, place, upgrade, shared.limits.standby_max_age);
+    crate::standby::spawn(shared, place, upgrade);
     Ok(switching(&accept_key, None))
 }
 
@@ -539,15 +539,7 @@ fn spawn_pair(
     let tasks = shared.tasks.clone();
     tasks.spawn(
         async move {
-            let listener = async {
-                match listener {
-                    ListenerSocket::Upgrade(upgrade) => {
-                        upgrade.await.ok().map(|u| relay_io_halves(u, buffer))
-                    }
-                    ListenerSocket::Open(halves) => Some(*halves),
-                }
-            };
-            let (Ok(sender), Some(listener)) = tokio::join!(sender, listener) else {
+            let (Ok(sender), Some(listener)) = tokio::join!(sender, listener.open(buffer)) else {
                 tracing::debug!("an upgrade failed before relaying");
                 return;
             };
@@ -562,13 +554,12 @@ fn spawn_pair(
 /// revocation of a certificate listener.
 pub(crate) async fn relay_pair(
     shared: &Shared,
-    sender: RelayHalves,
-    listener: RelayHalves,
+    mut sender: RelayHalves,
+    mut listener: RelayHalves,
     revoked: Option<tokio_util::sync::CancellationToken>,
 ) {
     // In-flight connections may finish during the drain; only the hard stop cuts them.
     let shutdown = shared.hard_stop.child_token();
-    let (mut sender, mut listener) = (sender, listener);
     sender
         .0
         .grow_when_busy(shared.limits.relay_buffer_max_bytes);
@@ -627,15 +618,8 @@ fn accept(
 ) -> Result<Response<Body>, RelayError> {
     let cap = capability(req.uri().query())?;
     let reject = query.status_code.as_deref().map(|code| {
-        let status = code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok());
-        let status = status
-            .filter(|s| s.is_client_error() || s.is_server_error())
-            .unwrap_or(StatusCode::BAD_REQUEST);
         (
-            status,
+            crate::rendezvous::refusal_status(code.parse().ok()),
             query
                 .status_description
                 .clone()

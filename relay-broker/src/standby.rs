@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use dashmap::DashMap;
 use hyper::upgrade::OnUpgrade;
@@ -147,18 +146,23 @@ impl Pool {
     }
 
     /// Hands `accept` to the newest parked socket; `None` when none is parked.
-    pub(crate) fn dispatch(&self, accept: &str, early: bool) -> Option<oneshot::Receiver<Outcome>> {
+    pub(crate) fn dispatch(
+        &self,
+        accept: String,
+        early: bool,
+    ) -> Option<oneshot::Receiver<Outcome>> {
+        let (outcome, rx) = oneshot::channel();
+        let mut job = Job {
+            accept,
+            early,
+            outcome,
+        };
         loop {
             let (_, parked) = self.lock().pop()?;
-            let (outcome, rx) = oneshot::channel();
-            let job = Job {
-                accept: accept.to_owned(),
-                early,
-                outcome,
-            };
-            // A socket whose task has just ended refuses the job: try the next.
-            if parked.send(job).is_ok() {
-                return Some(rx);
+            // A socket whose task has just ended hands the job back: try the next.
+            match parked.send(job) {
+                Ok(()) => return Some(rx),
+                Err(refused) => job = refused,
             }
         }
     }
@@ -187,8 +191,8 @@ impl Pool {
 }
 
 /// Parks an upgraded standby socket until a sender needs it, then relays the listener's
-/// answer. `max_age` bounds how long an idle socket is trusted.
-pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_age: Duration) {
+/// answer. `standby_max_age` bounds how long an idle socket is trusted.
+pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade) {
     let shared = Arc::clone(shared);
     let span = tracing::debug_span!("standby", hc = %place.0.hc);
     shared.tasks.clone().spawn(
@@ -198,7 +202,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_
             let pool = Arc::clone(&place.0);
             let (id, job) = pool.park();
             // Jitter spreads the replacements of sockets parked together.
-            let age = max_age.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.0));
+            let age = shared.limits.standby_max_age.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.0));
             let job = tokio::select! {
                 job = job => job,
                 // The listener sends nothing on a parked socket: any frame, Close included,
@@ -278,12 +282,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, place: Place, upgrade: OnUpgrade, max_
                     status_code,
                     status_description,
                 }) => {
-                    let status = http::StatusCode::from_u16(status_code)
-                        .ok()
-                        .filter(|s| s.is_client_error() || s.is_server_error())
-                        .unwrap_or(http::StatusCode::BAD_REQUEST);
                     let _ = outcome.send(Outcome::Answered(Arrival::Rejected {
-                        status,
+                        status: crate::rendezvous::refusal_status(Some(status_code)),
                         description: status_description,
                     }));
                     let _ = writer.close(close_code::NORMAL, "rejected").await;

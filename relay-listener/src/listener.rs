@@ -342,7 +342,6 @@ impl Listener {
 
     fn standbys<H: Handler>(&self, handler: &Arc<H>) -> standby::Standbys<H> {
         let config = &self.config;
-        let hc = config.hc.clone();
         standby::Standbys {
             url: format!(
                 "{}/$hc/{}?sb-hc-action=standby",
@@ -351,7 +350,7 @@ impl Listener {
             ),
             options: config.connect_options(),
             handler: Arc::clone(handler),
-            incoming: Arc::new(move |accept, answer| incoming(accept, &hc, answer)),
+            hc: config.hc.clone(),
         }
     }
 
@@ -483,7 +482,7 @@ impl Listener {
 }
 
 /// The connection a handler gets for an `accept`, answered by `answer`.
-fn incoming(accept: control::Accept, hc: &str, answer: Answer) -> IncomingConnection {
+pub(crate) fn incoming(accept: control::Accept, hc: &str, answer: Answer) -> IncomingConnection {
     let (path, query) = split_address(&accept.address, hc);
     let headers = accept
         .connect_headers

@@ -14,7 +14,7 @@ use relay_io::{Message, WsError};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::handler::{Answer, Handler, IncomingConnection};
+use crate::handler::{Answer, Handler};
 
 /// Read buffer of a parked socket; it grows when the socket starts carrying data.
 const PARKED_BUFFER: usize = 1024;
@@ -61,9 +61,8 @@ pub(crate) struct Standbys<H> {
     pub(crate) url: String,
     pub(crate) options: ConnectOptions,
     pub(crate) handler: Arc<H>,
-    /// Builds the connection a handler gets from an `accept`.
-    pub(crate) incoming:
-        Arc<dyn Fn(relay_core::control::Accept, Answer) -> IncomingConnection + Send + Sync>,
+    /// The hybrid connection, to read an `accept`'s path against.
+    pub(crate) hc: String,
 }
 
 impl<H: Handler> Standbys<H> {
@@ -141,7 +140,8 @@ impl<H: Handler> Standbys<H> {
             return false;
         }
         let (answered, wait) = tokio::sync::oneshot::channel();
-        let conn = (self.incoming)(accept, Answer::Standby(Box::new(parked), answered));
+        let answer = Answer::Standby(Box::new(parked), answered);
+        let conn = crate::listener::incoming(accept, &self.hc, answer);
         let handler = Arc::clone(&self.handler);
         tokio::spawn(async move { handler.on_connection(conn).await });
         // Opening the replacement now would compete with this sender's answer; bursts are

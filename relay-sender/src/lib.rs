@@ -121,10 +121,16 @@ pub async fn connect(
 ) -> Result<Connection, SenderError> {
     let ws = ws_options(options);
     let connected = relay_io::client::connect(&connect_url(endpoint, hc, options), &ws).await?;
-    Ok(Connection {
-        stream: WsByteStream::new(connected.reader, connected.writer),
-        protocol: connected.protocol,
-    })
+    Ok(Connection::from(connected))
+}
+
+impl From<relay_io::client::Connected> for Connection {
+    fn from(c: relay_io::client::Connected) -> Self {
+        Self {
+            stream: WsByteStream::new(c.reader, c.writer),
+            protocol: c.protocol,
+        }
+    }
 }
 
 fn ws_options(options: &ConnectOptions) -> relay_io::client::ConnectOptions {

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use relay_io::WsError;
 use relay_io::client::{MaybeTls, Target};
-use relay_io::{WsByteStream, WsError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -76,23 +76,14 @@ impl WarmDialer {
             // Dial the next one only now: dialling during this upgrade would compete with it.
             self.taken.notify_one();
             match upgraded {
-                Ok(c) => {
-                    return Ok(Connection {
-                        stream: WsByteStream::new(c.reader, c.writer),
-                        protocol: c.protocol,
-                    });
-                }
+                Ok(c) => return Ok(c.into()),
                 // The broker answered: that answer stands.
                 Err(e @ WsError::Refused { .. }) => return Err(e.into()),
                 // The connection died while it waited: dial afresh.
                 Err(e) => tracing::debug!(error = %e, "waiting connection failed; dialling"),
             }
         }
-        let c = relay_io::client::connect(&url, &ws).await?;
-        Ok(Connection {
-            stream: WsByteStream::new(c.reader, c.writer),
-            protocol: c.protocol,
-        })
+        Ok(relay_io::client::connect(&url, &ws).await?.into())
     }
 
     fn take(&self) -> Option<MaybeTls> {
