@@ -46,6 +46,8 @@ pub(crate) struct Opening {
     pub(crate) instance: Option<String>,
     /// Standby sockets granted to it, when it asked for some.
     pub(crate) standby: Option<usize>,
+    /// Whether it reads repeated headers as arrays.
+    pub(crate) header_arrays: bool,
 }
 
 /// Registers a listener and starts its control channel once the upgrade completes. Returns
@@ -62,6 +64,7 @@ pub(crate) fn start(
         cert,
         instance,
         standby,
+        header_arrays,
     } = opening;
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
     let close = shared.shutdown.child_token();
@@ -76,6 +79,7 @@ pub(crate) fn start(
         instance: instance.map(Into::into),
         replaced: tokio_util::sync::CancellationToken::new(),
         standby: pool.clone(),
+        header_arrays,
     };
     let closing = pool.clone();
     let close_pool = move |shared: &Shared| {

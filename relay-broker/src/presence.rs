@@ -45,6 +45,9 @@ pub struct ListenerHandle {
     /// Sockets this listener opened in advance, when it asked for them (our extension);
     /// `None` for standard clients and for listeners on other nodes.
     pub standby: Option<Arc<crate::StandbyPool>>,
+    /// Whether it reads a repeated header as an array (our listener says so on `listen`);
+    /// standard clients get repeated request headers folded into one value.
+    pub header_arrays: bool,
 }
 
 /// The hybrid connection already has its maximum number of listeners.
@@ -169,6 +172,7 @@ mod tests {
             instance: None,
             replaced: CancellationToken::new(),
             standby: None,
+            header_arrays: false,
         }
     }
 

@@ -285,6 +285,9 @@ async fn listen(
         .get(STANDBY_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| relay_core::standby::requested(v, shared.limits.standby_per_listener));
+    let header_arrays = req
+        .headers()
+        .contains_key(relay_core::control::HEADER_ARRAYS_HEADER);
     let upgrade = hyper::upgrade::on(&mut req);
     let opening = control::Opening {
         base_url,
@@ -292,6 +295,7 @@ async fn listen(
         cert: session,
         instance,
         standby,
+        header_arrays,
     };
     let pool = control::start(shared, upgrade, &r, opening)?;
     let mut resp = switching(&accept_key, None);

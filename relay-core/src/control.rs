@@ -13,6 +13,11 @@ pub const INSTANCE_HEADER: &str = "relay-listener-instance";
 pub const MAX_INSTANCE_LEN: usize = 128;
 /// Close code for a control channel replaced by a newer one of the same listener instance.
 pub const CLOSE_REPLACED: u16 = 4409;
+/// Request header with which our listener says, on `listen`, that it reads a repeated
+/// request header as a JSON array (an extension). Standard listeners get repeated request
+/// headers folded into one value instead ([`Headers::folded`]): hyco-https would hand an
+/// array to the app as the header's value.
+pub const HEADER_ARRAYS_HEADER: &str = "relay-header-arrays";
 
 use serde::de::{self, Deserializer};
 use serde::ser::{SerializeMap, Serializer};
@@ -153,8 +158,9 @@ impl ListenerCommand {
     }
 }
 
-/// An ordered header list that travels as a JSON object. Order is kept and repeated names
-/// survive when a client sends an array value (`Set-Cookie`).
+/// An ordered header list that travels as a JSON object. Order is kept, and a repeated name
+/// travels as an array of its values (and is read back from one), so that every field line
+/// survives (`Set-Cookie`). Standard clients differ on arrays: see ARCHITECTURE.md.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers(pub Vec<(String, String)>);
 
@@ -169,9 +175,39 @@ impl Headers {
     }
 }
 
+impl Headers {
+    /// One value per name, for a listener that cannot read arrays: repeated values joined as
+    /// RFC 9110 §5.3 allows (`Cookie` with `"; "`, RFC 6265 §5.4). `Set-Cookie` is never
+    /// folded; it does not occur in requests.
+    #[must_use]
+    pub fn folded(&self) -> Self {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(self.0.len());
+        for (name, value) in &self.0 {
+            let existing = out
+                .iter_mut()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .filter(|_| !name.eq_ignore_ascii_case("set-cookie"));
+            match existing {
+                Some((_, joined)) => {
+                    joined.push_str(if name.eq_ignore_ascii_case("cookie") {
+                        "; "
+                    } else {
+                        ", "
+                    });
+                    joined.push_str(value);
+                }
+                None => out.push((name.clone(), value.clone())),
+            }
+        }
+        Self(out)
+    }
+}
+
 impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // JSON objects cannot repeat a key, so repeated headers are joined the way HTTP allows.
+        // JSON objects cannot repeat a key: a repeated header travels as an array, one
+        // element per field line, because some headers (`Set-Cookie` above all) must never be
+        // folded into one line (RFC 6265 §3, RFC 9110 §5.3). A single value stays a string.
         let mut map = serializer.serialize_map(None)?;
         let mut seen: Vec<&str> = Vec::new();
         for (name, _) in &self.0 {
@@ -185,7 +221,10 @@ impl Serialize for Headers {
                 .filter(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
                 .collect();
-            map.serialize_entry(name, &values.join(", "))?;
+            match values.as_slice() {
+                [one] => map.serialize_entry(name, one)?,
+                many => map.serialize_entry(name, many)?,
+            }
         }
         map.end()
     }
@@ -320,6 +359,45 @@ mod tests {
         };
         assert_eq!(r.response_headers.0.len(), 3);
         assert_eq!(r.response_headers.get("x-n"), Some("5"));
+    }
+
+    #[test]
+    fn repeated_headers_travel_as_arrays_and_come_back_as_lines() {
+        let headers = Headers(vec![
+            ("Set-Cookie".into(), "a=1; Path=/".into()),
+            ("Content-Type".into(), "text/html".into()),
+            ("set-cookie".into(), "b=2; Path=/x; HttpOnly".into()),
+        ]);
+        let json = serde_json::to_string(&headers).unwrap();
+        assert_eq!(
+            json,
+            r#"{"Set-Cookie":["a=1; Path=/","b=2; Path=/x; HttpOnly"],"Content-Type":"text/html"}"#
+        );
+        let back: Headers = serde_json::from_str(&json).unwrap();
+        let cookies: Vec<&str> = back
+            .0
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/x; HttpOnly"]);
+    }
+
+    #[test]
+    fn folding_joins_repeats_for_standard_listeners() {
+        let headers = Headers(vec![
+            ("Accept".into(), "text/html".into()),
+            ("Cookie".into(), "a=1".into()),
+            ("accept".into(), "image/png".into()),
+            ("cookie".into(), "b=2".into()),
+        ]);
+        assert_eq!(
+            headers.folded().0,
+            [
+                ("Accept".to_owned(), "text/html, image/png".to_owned()),
+                ("Cookie".to_owned(), "a=1; b=2".to_owned()),
+            ]
+        );
     }
 
     #[test]

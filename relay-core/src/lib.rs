@@ -17,6 +17,7 @@
 //! | [`limits`] | protocol limits shared by every role |
 //! | [`pop`] | the proof-of-possession login format for listeners behind an L7 proxy |
 //! | [`tracking`] | tracking ids carried in status texts and close reasons |
+//! | [`web`] | browser access: the session cookie, `Cookie` rules, host names per hybrid connection |
 
 pub mod address;
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod pop;
 pub mod sas;
 pub mod standby;
 pub mod tracking;
+pub mod web;
 
 pub use address::{Action, HcPath, RelayQuery};
 pub use control::ListenerCommand;

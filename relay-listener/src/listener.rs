@@ -299,6 +299,10 @@ impl Listener {
                 instance.clone(),
             ));
         }
+        // Repeated request headers reach the handler as separate lines.
+        options
+            .headers
+            .push((relay_core::control::HEADER_ARRAYS_HEADER.into(), "1".into()));
         if config.standby > 0 {
             options
                 .headers
