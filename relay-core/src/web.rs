@@ -288,7 +288,7 @@ mod tests {
     fn a_session_verifies_for_its_hc_only_and_until_it_ends() {
         let root = rule("root", "k", Rights::MANAGE, None);
         let value = issue(&root, "site/ui", 2000, 3000);
-        let rules = [root.clone()];
+        let rules = [root];
         let s = verify(&value, &rules, "Site/UI", 1000).unwrap();
         assert_eq!((s.rule.as_str(), s.expires_at, s.cap), ("root", 2000, 3000));
         assert_eq!(
