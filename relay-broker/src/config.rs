@@ -53,6 +53,30 @@ pub struct BrokerConfig {
     pub store: Option<PathBuf>,
     /// The certificate authority for listener identities; `None` disables it.
     pub ca: Option<CaConfig>,
+    /// Host names per hybrid connection (host mode); `None` serves paths only.
+    pub hosts: Option<HostMode>,
+}
+
+/// Host mode: `[server].host_base` and `[[server.hosts]]`. A request whose `Host` is a label
+/// under the base goes to that label's hybrid connection with its path untouched.
+#[derive(Clone, Debug)]
+pub struct HostMode {
+    /// The wildcard base, `*.relay.example.com`.
+    pub base: relay_core::web::HostBase,
+    /// Labels mapped by table, which win over the rule (`/` written `--`).
+    pub table: Vec<(String, String)>,
+}
+
+impl HostMode {
+    /// The hybrid connection name a label stands for: the table's, else by the rule.
+    #[must_use]
+    pub fn hc_for(&self, label: &str) -> String {
+        let label = label.to_ascii_lowercase();
+        self.table.iter().find(|(l, _)| *l == label).map_or_else(
+            || relay_core::web::hc_for_label(&label),
+            |(_, hc)| hc.clone(),
+        )
+    }
 }
 
 /// `[ca]`: where the CA lives and what it issues.
@@ -120,6 +144,9 @@ pub struct Limits {
     pub standby_per_listener: usize,
     /// Idle standby sockets are retired (and replaced by the listener) after about this long.
     pub standby_max_age: Duration,
+    /// Life of a browser session cookie after its last use; it never outlives the token that
+    /// opened it.
+    pub browser_session: Duration,
 }
 
 impl Default for Limits {
@@ -139,6 +166,7 @@ impl Default for Limits {
             auth_failures_per_minute: 20,
             standby_per_listener: 4,
             standby_max_age: Duration::from_secs(300),
+            browser_session: Duration::from_secs(900),
         }
     }
 }
@@ -180,6 +208,16 @@ struct RawServer {
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    host_base: Option<String>,
+    #[serde(default)]
+    hosts: Vec<RawHost>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    hybrid_connection: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,6 +236,7 @@ struct RawLimits {
     auth_failures_per_minute: Option<u32>,
     standby_per_listener: Option<usize>,
     standby_max_age_secs: Option<f64>,
+    browser_session_secs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +315,7 @@ impl BrokerConfig {
             .collect::<Result<_, _>>()
             .map_err(invalid)?;
         let ca = raw.ca.map(|ca| ca_config(ca, &invalid)).transpose()?;
+        let hosts = host_mode(raw.server.host_base, raw.server.hosts).map_err(invalid)?;
         Ok(Self {
             bind,
             public_url,
@@ -285,8 +325,43 @@ impl BrokerConfig {
             rules,
             store: raw.store.map(|s| s.path),
             ca,
+            hosts,
         })
     }
+}
+
+fn host_mode(base: Option<String>, table: Vec<RawHost>) -> Result<Option<HostMode>, String> {
+    let Some(base) = base else {
+        if table.is_empty() {
+            return Ok(None);
+        }
+        return Err(
+            "[[server.hosts]] needs [server].host_base (for example \"*.relay.example.com\")"
+                .into(),
+        );
+    };
+    let base =
+        relay_core::web::HostBase::parse(&base).map_err(|e| format!("[server].host_base {e}"))?;
+    let mut mapped: Vec<(String, String)> = Vec::with_capacity(table.len());
+    for host in table {
+        let label = host.name.to_ascii_lowercase();
+        if !relay_core::web::is_host_label(&label) {
+            return Err(format!(
+                "[[server.hosts]] name '{}': one DNS label of letters, digits and '-' (at most 63)",
+                host.name
+            ));
+        }
+        if mapped.iter().any(|(l, _)| *l == label) {
+            return Err(format!("[[server.hosts]] name '{label}' is mapped twice"));
+        }
+        let hc = checked_hc_name(&host.hybrid_connection)
+            .map_err(|e| format!("[[server.hosts]] '{label}': hybrid_connection {e}"))?;
+        mapped.push((label, hc));
+    }
+    Ok(Some(HostMode {
+        base,
+        table: mapped,
+    }))
 }
 
 fn ca_config(
@@ -407,6 +482,11 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
             raw.standby_max_age_secs,
             "standby_max_age_secs",
             d.standby_max_age,
+        )?,
+        browser_session: secs(
+            raw.browser_session_secs,
+            "browser_session_secs",
+            d.browser_session,
         )?,
     })
 }
@@ -576,6 +656,29 @@ hybrid_connection = "a/b"
     fn reserved_names_are_refused() {
         let err = BrokerConfig::parse("[[hybrid_connections]]\nname = 'metrics'", "t").unwrap_err();
         assert!(err.to_string().contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn host_mode_is_validated() {
+        let c = BrokerConfig::parse(
+            "[server]\nhost_base = '*.relay.example.com'\n[[server.hosts]]\nname = 'Site-7-UI'\nhybrid_connection = 'site-7/ui'",
+            "t",
+        )
+        .unwrap();
+        let hosts = c.hosts.unwrap();
+        assert_eq!(hosts.hc_for("site-7-ui"), "site-7/ui");
+        assert_eq!(hosts.hc_for("a--b"), "a/b");
+        let err = |text: &str| BrokerConfig::parse(text, "f.toml").unwrap_err().to_string();
+        assert!(err("[server]\nhost_base = 'relay.example.com'").contains("host_base"));
+        assert!(err("[[server.hosts]]\nname = 'a'\nhybrid_connection = 'a'").contains("host_base"));
+        let table = |name: &str| {
+            format!(
+                "[server]\nhost_base = '*.r.example'\n[[server.hosts]]\nname = '{name}'\nhybrid_connection = 'x'"
+            )
+        };
+        assert!(err(&table("a.b")).contains("DNS label"));
+        assert!(err(&table("-a")).contains("DNS label"));
+        assert!(err("[limits]\nbrowser_session_secs = 0").contains("browser_session_secs"));
     }
 
     #[test]

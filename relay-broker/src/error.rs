@@ -19,6 +19,12 @@ pub enum RelayError {
     /// Token missing or invalid.
     #[error("{0}")]
     Unauthorized(SasError),
+    /// A browser session cookie was refused (expired, or signed by a key since rotated).
+    #[error("{0}; open the address with a token again")]
+    Session(relay_core::web::SessionError),
+    /// A browser session cookie came with a fetch from another origin (CSRF guard).
+    #[error("A browser session is only accepted from pages of its own origin")]
+    CrossOrigin,
     /// A person's password or an enrollment token was refused.
     #[error("{0}")]
     BadCredentials(&'static str),
@@ -92,10 +98,13 @@ impl RelayError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(e) if e.status() == 403 => StatusCode::FORBIDDEN,
-            Self::Unauthorized(_) | Self::BadCredentials(_) | Self::ProofRejected(_) => {
-                StatusCode::UNAUTHORIZED
+            Self::Unauthorized(_)
+            | Self::Session(_)
+            | Self::BadCredentials(_)
+            | Self::ProofRejected(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::RendezvousExpired | Self::CrossOrigin => {
+                StatusCode::FORBIDDEN
             }
-            Self::Forbidden(_) | Self::RendezvousExpired => StatusCode::FORBIDDEN,
             Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
             Self::NoListener | Self::ListenerFailed(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -110,7 +119,8 @@ impl RelayError {
         match self {
             Self::BadRequest(_) => "BadRequest",
             Self::EndpointNotFound => "EndpointNotFound",
-            Self::Unauthorized(_) => "TokenMissingOrInvalid",
+            Self::Unauthorized(_) | Self::Session(_) => "TokenMissingOrInvalid",
+            Self::CrossOrigin => "CrossOrigin",
             Self::BadCredentials(_) | Self::ProofRejected(_) => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::RendezvousExpired => "RendezvousExpired",

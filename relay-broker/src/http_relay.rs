@@ -27,7 +27,8 @@ use tracing::Instrument as _;
 use crate::auth::authorize;
 use crate::presence::Outbound;
 use crate::rendezvous::{ListenerResponse, OutgoingRequest, Pending, RequestSlot, ResponseBody};
-use crate::routes::{RENDEZVOUS_PARAM, Resolved, relay_io_halves, relayable};
+use crate::routes::{RENDEZVOUS_PARAM, Resolved, relay_io_halves};
+use crate::web::Access;
 use crate::{RelayError, Shared};
 
 /// Response body chunks buffered between a rendezvous socket and the sender.
@@ -39,48 +40,39 @@ pub(crate) async fn handle(
     req: Request,
     r: Resolved,
 ) -> Result<Response<Body>, RelayError> {
-    if !relayable(req.method()) {
-        return Err(RelayError::MethodNotAllowed);
-    }
-    if relay_io::server::is_upgrade(req.headers()) {
-        return Err(RelayError::BadRequest(
-            "WebSocket senders connect to /$hc/{hc}?sb-hc-action=connect".into(),
-        ));
-    }
-    let audience = r.audience_path();
     let runtime_info = is_runtime_info(&req, &r);
-    // Any valid rule may read runtime information; relaying needs Send.
-    let needs = if runtime_info {
-        Rights::NONE
-    } else {
-        Rights::SEND
-    };
-    let claim = r.claim(
-        req.headers(),
-        &audience,
-        needs,
-        r.hc.requires_client_authorization || runtime_info,
-    );
-    let authorized = authorize(shared, claim).await?;
-    if runtime_info {
+    let view = crate::web::View::of(req.headers(), &r);
+    let access = if runtime_info {
+        // Any valid rule may read runtime information; relaying needs Send.
+        let audience = r.audience_path();
+        let claim = r.claim(req.headers(), &audience, Rights::NONE, true);
+        authorize(shared, claim).await?;
         return Ok(runtime_information(shared, &r));
-    }
+    } else {
+        crate::web::authorize_browser(shared, req.headers(), req.method(), &r, &view).await?
+    };
+    let refresh = match access {
+        Access::Login(page) => return Ok(page),
+        Access::Session { ref refresh } => refresh.clone(),
+        Access::Token(_) => None,
+    };
     let listener = shared
         .presence
         .pick(&r.hc.name)
         .ok_or(RelayError::NoListener)?;
     let (parts, body) = req.into_parts();
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("relay")
-        .to_owned();
-    let headers = request_headers(
-        &parts.headers,
-        authorized.presented.consumed_authorization(),
-        &host,
+    let head = RequestHead {
+        method: parts.method.clone(),
+        host: view.host.clone(),
+        refresh,
+    };
+    let mut headers = crate::web::for_listener(
+        request_headers(&parts.headers, access.consumed_authorization(), &view.host),
+        &view,
     );
+    if !listener.header_arrays {
+        headers = headers.folded();
+    }
     let header_bytes: usize = headers.0.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     let content_length = parts
         .headers
@@ -88,9 +80,15 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let chunked = parts.headers.contains_key(http::header::TRANSFER_ENCODING);
     let has_body = chunked || content_length.is_some_and(|n| n > 0);
+    // Checked arithmetic: a huge Content-Length must not overflow into "small".
     let inline = !has_body
-        || content_length
-            .is_some_and(|n| !chunked && n as usize + header_bytes <= INLINE_BODY_LIMIT);
+        || content_length.is_some_and(|n| {
+            !chunked
+                && usize::try_from(n)
+                    .ok()
+                    .and_then(|n| n.checked_add(header_bytes))
+                    .is_some_and(|total| total <= INLINE_BODY_LIMIT)
+        });
 
     let request_id = uuid::Uuid::new_v4().to_string();
     let address_guard = shared
@@ -195,9 +193,18 @@ pub(crate) async fn handle(
     }
     Ok(build_response(
         answer,
-        &host,
+        &head,
         shared.limits.http_request_timeout,
     ))
+}
+
+/// What shaping the response needs to know of its request.
+struct RequestHead {
+    method: http::Method,
+    /// The `Host` the sender used, for `Via`.
+    host: String,
+    /// A renewed session cookie to set.
+    refresh: Option<String>,
 }
 
 /// The .NET SDK's `GetRuntimeInformationAsync`: `GET /{hc}?api-version=...` with
@@ -270,7 +277,7 @@ fn request_headers(headers: &HeaderMap, drop_authorization: bool, host: &str) ->
     Headers(out)
 }
 
-fn build_response(answer: ListenerResponse, host: &str, idle: Duration) -> Response<Body> {
+fn build_response(answer: ListenerResponse, req: &RequestHead, idle: Duration) -> Response<Body> {
     let ListenerResponse { head, body } = answer;
     let body = match body {
         ResponseBody::Empty => Body::empty(),
@@ -306,8 +313,22 @@ fn build_response(answer: ListenerResponse, host: &str, idle: Duration) -> Respo
         }
         headers.append(name, value);
     }
-    if let Ok(v) = HeaderValue::try_from(via(previous_via.as_deref(), "1.1", host)) {
+    if let Ok(v) = HeaderValue::try_from(via(previous_via.as_deref(), "1.1", &req.host)) {
         headers.insert(http::header::VIA, v);
+    }
+    if req.method == http::Method::HEAD {
+        // RFC 9110 §9.3.2: HEAD answers with the GET's fields, the length of the body it
+        // does not send included.
+        if let Some(length) = head_length(&head.response_headers) {
+            headers.insert(http::header::CONTENT_LENGTH, length);
+        }
+    }
+    if let Some(cookie) = req
+        .refresh
+        .as_deref()
+        .and_then(|c| HeaderValue::try_from(c).ok())
+    {
+        headers.append(http::header::SET_COOKIE, cookie);
     }
     if let Some(phrase) = head
         .status_description
@@ -316,6 +337,13 @@ fn build_response(answer: ListenerResponse, host: &str, idle: Duration) -> Respo
         resp.extensions_mut().insert(phrase);
     }
     resp
+}
+
+/// The listener's `Content-Length` for a HEAD answer, when it is one number.
+fn head_length(headers: &Headers) -> Option<HeaderValue> {
+    let value = headers.get("content-length")?.trim();
+    value.parse::<u64>().ok()?;
+    HeaderValue::try_from(value).ok()
 }
 
 /// A response body fed by a rendezvous socket; a gap longer than `idle` ends it with an error.

@@ -21,6 +21,7 @@
 //! | [`error`] | every status the broker answers with, and its tracking id |
 //! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
 //! | `server` | the accept loop: TLS, HTTP/1.1 limits, graceful shutdown |
+//! | `web` | browser access: `X-Forwarded-*`, the session cookie and its CSRF rules, host mode |
 
 pub mod admin;
 pub mod ca;
@@ -44,6 +45,7 @@ mod routes;
 
 mod server;
 mod standby;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +114,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Standby sockets of our own listeners, by control channel.
     pub(crate) standby: standby::Pools,
+    /// Host names per hybrid connection, when `[server].host_base` is set.
+    pub(crate) hosts: Option<config::HostMode>,
 }
 
 /// A broker: shared state plus the ways to serve it. Cheap to clone.
@@ -139,6 +143,17 @@ impl Broker {
             store,
             Arc::new(LocalPresence::default()),
         )
+        .with_hosts(config.hosts.clone())
+    }
+
+    /// Serves hybrid connections by host name too (`[server].host_base`); call it before
+    /// the broker is cloned.
+    #[must_use]
+    pub(crate) fn with_hosts(mut self, hosts: Option<config::HostMode>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.hosts = hosts;
+        }
+        self
     }
 
     /// A broker from configuration, opening what it names: the SQLite store of `[store]`
@@ -158,7 +173,8 @@ impl Broker {
             config.public_url.clone(),
             store,
             Arc::new(LocalPresence::default()),
-        );
+        )
+        .with_hosts(config.hosts.clone());
         if let Some(ca) = &config.ca {
             let authority = ca::CertificateAuthority::load_or_create(
                 &ca.dir,
@@ -232,6 +248,7 @@ impl Broker {
             pop: None,
             counters: Counters::default(),
             standby: standby::Pools::default(),
+            hosts: None,
         };
         Self {
             shared: Arc::new(shared),

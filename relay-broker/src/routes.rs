@@ -66,6 +66,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
             Arc::clone(&shared),
             crate::pop::attach_session,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            host_mode,
+        ))
         .with_state(shared)
 }
 
@@ -102,6 +106,11 @@ pub(crate) struct Resolved {
     pub(crate) query: RelayQuery,
     pub(crate) tracking: TrackingId,
     pub(crate) transport: Option<Transport>,
+    /// The path under which a browser sees the hybrid connection (`/site/ui`, empty in host
+    /// mode); `None` for the protocol's `/$hc/` addresses.
+    pub(crate) prefix: Option<String>,
+    /// Whether it was reached by its own host name.
+    pub(crate) host_mode: bool,
 }
 
 impl Resolved {
@@ -131,14 +140,33 @@ impl Resolved {
     }
 }
 
+/// Host mode: every path of a host named after a hybrid connection belongs to its web UI,
+/// the broker's own (`/healthz`, `/$admin`) included.
+async fn host_mode(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    match crate::web::host_target(&shared, req.headers()) {
+        Some(hc) => serve(shared, req, Some(hc)).await,
+        None => next.run(req).await,
+    }
+}
+
 async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response<Body> {
+    serve(shared, req, None).await
+}
+
+/// Serves one request, for the hybrid connection named by its host in host mode.
+async fn serve(shared: Arc<Shared>, req: Request, host_hc: Option<String>) -> Response<Body> {
     let query = RelayQuery::parse(req.uri().query().unwrap_or_default());
     let tracking = TrackingId::from_client(query.id.as_deref());
     let span = tracing::info_span!("request", tracking = %tracking, method = %req.method(), action = tracing::field::Empty);
-    let relayed_http = !req.uri().path().starts_with(relay_core::address::WS_PREFIX);
+    let relayed_http =
+        host_hc.is_some() || !req.uri().path().starts_with(relay_core::address::WS_PREFIX);
     let started = std::time::Instant::now();
     async move {
-        let resp = match route(&shared, req, query, tracking.clone()).await {
+        let resp = match route(&shared, req, query, tracking.clone(), host_hc).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::info!(status = err.status().as_u16(), error = %err, "refused");
@@ -161,6 +189,7 @@ async fn route(
     req: Request,
     query: RelayQuery,
     tracking: TrackingId,
+    host_hc: Option<String>,
 ) -> Result<Response<Body>, RelayError> {
     if shared.shutdown.is_cancelled() {
         return Err(RelayError::ShuttingDown);
@@ -185,22 +214,25 @@ async fn route(
                 tls: false,
             })
     });
+    let browser = host_hc.is_some() || HcPath::strip_ws_prefix(&path).is_none();
+    if browser && !relayable(req.method()) {
+        return Err(RelayError::MethodNotAllowed);
+    }
+    if let Some(hc) = host_hc {
+        let resolved = resolve_host(shared, &hc, &path, query, tracking, transport)?;
+        return browser_path(shared, req, resolved).await;
+    }
     let Some(rest) = HcPath::strip_ws_prefix(&path) else {
-        if !relayable(req.method()) {
-            return Err(RelayError::MethodNotAllowed);
-        }
-        return http_relay::handle(
+        let mut resolved = resolve(
             shared,
-            req,
-            resolve(
-                shared,
-                path.trim_start_matches('/'),
-                query,
-                tracking,
-                transport,
-            )?,
-        )
-        .await;
+            path.trim_start_matches('/'),
+            query,
+            tracking,
+            transport,
+        )?;
+        let prefix = &resolved.raw_path[..resolved.raw_path.len() - resolved.suffix.len()];
+        resolved.prefix = Some(prefix.to_owned());
+        return browser_path(shared, req, resolved).await;
     };
     if !handshake::is_upgrade(req.headers()) {
         return Err(RelayError::BadRequest(
@@ -225,6 +257,45 @@ async fn route(
     }
 }
 
+/// A request on a hybrid connection's own path (`/{hc}/…`, or any path in host mode): a
+/// WebSocket upgrade is relayed like a `connect` to that path, anything else as HTTP.
+async fn browser_path(
+    shared: &Arc<Shared>,
+    req: Request,
+    r: Resolved,
+) -> Result<Response<Body>, RelayError> {
+    if handshake::is_upgrade(req.headers()) {
+        tracing::Span::current().record("action", "connect");
+        return connect(shared, req, r).await;
+    }
+    http_relay::handle(shared, req, r).await
+}
+
+/// Host mode: the whole path is the hybrid connection's.
+fn resolve_host(
+    shared: &Shared,
+    hc: &str,
+    path: &str,
+    query: RelayQuery,
+    tracking: TrackingId,
+    transport: Option<Transport>,
+) -> Result<Resolved, RelayError> {
+    let hc = shared
+        .store
+        .hybrid_connection(hc)
+        .ok_or(RelayError::EndpointNotFound)?;
+    Ok(Resolved {
+        raw_path: format!("/{}{path}", address::encode_name(&hc.name)),
+        hc,
+        suffix: path.to_owned(),
+        query,
+        tracking,
+        transport,
+        prefix: Some(String::new()),
+        host_mode: true,
+    })
+}
+
 fn resolve(
     shared: &Shared,
     rest: &str,
@@ -247,6 +318,8 @@ fn resolve(
         query,
         tracking,
         transport,
+        prefix: None,
+        host_mode: false,
     })
 }
 
@@ -361,18 +434,35 @@ async fn connect(
 ) -> Result<Response<Body>, RelayError> {
     let accept_key =
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
-    let audience = r.audience_path();
-    let claim = r.claim(
-        req.headers(),
-        &audience,
-        Rights::SEND,
-        r.hc.requires_client_authorization,
-    );
-    let authorized = authorize(shared, claim).await?;
+    let view = crate::web::View::of(req.headers(), &r);
+    let consumed_authorization = if r.prefix.is_some() {
+        crate::web::authorize_browser(shared, req.headers(), req.method(), &r, &view)
+            .await?
+            .consumed_authorization()
+    } else {
+        let audience = r.audience_path();
+        let claim = r.claim(
+            req.headers(),
+            &audience,
+            Rights::SEND,
+            r.hc.requires_client_authorization,
+        );
+        authorize(shared, claim)
+            .await?
+            .presented
+            .consumed_authorization()
+    };
     let listener = shared
         .presence
         .pick(&r.hc.name)
         .ok_or(RelayError::ListenerNotConnected)?;
+    let mut connect_headers = crate::web::for_listener(
+        forwarded_headers(req.headers(), consumed_authorization),
+        &view,
+    );
+    if !listener.header_arrays {
+        connect_headers = connect_headers.folded();
+    }
     let mut address = format!(
         "{}/$hc/{}{}?",
         listener.base_url,
@@ -387,10 +477,7 @@ async fn connect(
     let mut accept = Accept {
         address,
         id: r.tracking.to_string(),
-        connect_headers: forwarded_headers(
-            req.headers(),
-            authorized.presented.consumed_authorization(),
-        ),
+        connect_headers,
         remote_endpoint: r.transport.map(|t| RemoteEndpoint {
             address: t.peer.ip().to_string(),
             port: t.peer.port(),

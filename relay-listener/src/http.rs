@@ -3,6 +3,7 @@
 //! rendezvous address (large or streaming), as the protocol prescribes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
@@ -24,6 +25,11 @@ pub(crate) struct Ctx {
     pub(crate) options: ConnectOptions,
     pub(crate) hc: String,
 }
+
+/// How long a response may take to finish before it goes over a rendezvous instead of
+/// inline: a body that starts and then pauses (server-sent events, long polls) must reach the
+/// sender as it is produced, not once 64 KiB have gathered or the body ended.
+const INLINE_WINDOW: Duration = Duration::from_millis(20);
 
 type Writer = WsWriter<WriteHalf<MaybeTls>>;
 type Reader = WsReader<ReadHalf<MaybeTls>>;
@@ -54,29 +60,34 @@ async fn serve_inline<H: Handler>(
 ) -> Result<(), WsError> {
     let address = request.address.clone();
     let id = request.id.clone();
+    let head_only = is_head(&request);
     let req = build_request(request, full_body(body.unwrap_or_default()), &ctx.hc);
     let resp = handler.on_request(req).await;
     let (parts, mut body) = resp.into_parts();
-    // Buffer up to the inline limit; a complete small body goes back on the control channel.
+    // A small body that is complete within the window goes back on the control channel.
+    // `frame()` is cancel-safe, so the deadline loses nothing.
+    let deadline = tokio::time::Instant::now() + INLINE_WINDOW;
     let mut buffered = BytesMut::new();
     let mut finished = false;
     while buffered.len() <= INLINE_BODY_LIMIT {
-        match body.frame().await {
-            None => {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break,
+            Ok(None) => {
                 finished = true;
                 break;
             }
-            Some(Ok(frame)) => {
+            Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     buffered.extend_from_slice(&data);
                 }
             }
-            Some(Err(e)) => return Err(WsError::Io(std::io::Error::other(e))),
+            Ok(Some(Err(e))) => return Err(WsError::Io(std::io::Error::other(e))),
         }
     }
     if finished && buffered.len() <= INLINE_BODY_LIMIT {
         let has_body = !buffered.is_empty();
-        let json = ListenerCommand::Response(response_head(&id, &parts, has_body)).encode();
+        let json =
+            ListenerCommand::Response(response_head(&id, &parts, has_body, head_only)).encode();
         let msg = if has_body {
             Out::TextWithBody(json, buffered.freeze())
         } else {
@@ -89,14 +100,8 @@ async fn serve_inline<H: Handler>(
             .map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
     }
     let mut connected = relay_io::client::connect(&address, &ctx.options).await?;
-    send_response(
-        &mut connected.writer,
-        &id,
-        &parts,
-        Some(buffered.freeze()),
-        body,
-    )
-    .await?;
+    let head = response_head(&id, &parts, true, head_only);
+    send_response(&mut connected.writer, &head, Some(buffered.freeze()), body).await?;
     let _ = connected.writer.close(close_code::NORMAL, "").await;
     Ok(())
 }
@@ -129,6 +134,7 @@ async fn serve_rendezvous<H: Handler>(
         }
     };
     let id = request.id.clone();
+    let head_only = is_head(&request);
     let body = if request.body == Some(true) {
         streaming_body(reader)
     } else {
@@ -136,7 +142,8 @@ async fn serve_rendezvous<H: Handler>(
     };
     let req = build_request(request, body, &ctx.hc);
     let (parts, body) = handler.on_request(req).await.into_parts();
-    send_response(&mut writer, &id, &parts, None, body).await?;
+    let head = response_head(&id, &parts, true, head_only);
+    send_response(&mut writer, &head, None, body).await?;
     let _ = writer.close(close_code::NORMAL, "").await;
     Ok(())
 }
@@ -177,22 +184,23 @@ fn streaming_body(mut reader: Reader) -> RelayBody {
     http_body_util::StreamBody::new(stream).boxed_unsync()
 }
 
-/// Writes the response JSON and then the body as one fragmented binary message.
+/// Writes the response JSON and then the body as one fragmented binary message, each part
+/// sent as soon as the handler produced it.
 async fn send_response(
     writer: &mut Writer,
-    id: &str,
-    parts: &http::response::Parts,
+    head: &control::Response,
     first: Option<Bytes>,
     mut body: RelayBody,
 ) -> Result<(), WsError> {
     writer
-        .text(&ListenerCommand::Response(response_head(id, parts, true)).encode())
+        .text(&ListenerCommand::Response(head.clone()).encode())
         .await?;
     let mut opcode = OpCode::Binary;
     if let Some(first) = first.filter(|b| !b.is_empty()) {
         writer.send(false, opcode, &first).await?;
         opcode = OpCode::Continuation;
     }
+    writer.flush().await?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| WsError::Io(std::io::Error::other(e)))?;
         if let Ok(data) = frame.into_data() {
@@ -208,12 +216,28 @@ async fn send_response(
     Ok(())
 }
 
-fn response_head(id: &str, parts: &http::response::Parts, body: bool) -> control::Response {
+fn is_head(request: &control::Request) -> bool {
+    request
+        .method
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("HEAD"))
+}
+
+/// The response's JSON head. A HEAD answer keeps its `Content-Length`: it is the length of
+/// the body a GET would have had (RFC 9110 §9.3.2), not a framing header here.
+fn response_head(
+    id: &str,
+    parts: &http::response::Parts,
+    body: bool,
+    head_only: bool,
+) -> control::Response {
     let tokens = relay_core::http_rules::connection_tokens(&parts.headers);
     let headers = parts
         .headers
         .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str(), &tokens))
+        .filter(|(k, _)| {
+            (head_only && *k == http::header::CONTENT_LENGTH) || !is_hop_by_hop(k.as_str(), &tokens)
+        })
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     control::Response {

@@ -5,10 +5,13 @@
 //! What a real web app needs to work under `https://broker/{hc}/`:
 //! - the path: `/{hc}/rest` becomes `{base path}/rest`, the query unchanged;
 //! - headers: hop-by-hop ones dropped, `Host` set to the backend's (virtual hosts),
-//!   `X-Forwarded-Host`, `X-Forwarded-Prefix: /{hc}` and `X-Forwarded-For` added;
+//!   `X-Forwarded-Host`, `X-Forwarded-Prefix` and `X-Forwarded-For` added;
+//! - the prefix: the path under which the browser sees the app, as our broker says in
+//!   `X-Forwarded-Prefix` (`/{hc}` in path mode, `/` when the hybrid connection has its own
+//!   host name), else `/{hc}`;
 //! - redirects and cookies: a `Location` pointing into the backend (absolute URL or path) is
-//!   rewritten to `/{hc}/...`, and a cookie `Path=/...` to `Path=/{hc}/...`, so the browser
-//!   stays on the relay;
+//!   rewritten to `{prefix}/...`, and a cookie `Path=/...` to `Path={prefix}/...`, so the
+//!   browser stays on the relay;
 //! - WebSocket: a sender's WebSocket becomes a WebSocket upgrade to the backend (same path,
 //!   headers and sub-protocols); a backend refusal is passed on as the sender's status.
 //!
@@ -98,6 +101,17 @@ impl HttpProxy {
         .map_err(|_| relay_io::WsError::Io(std::io::ErrorKind::TimedOut.into()))?
     }
 
+    /// The path prefix the browser sees, without a trailing `/` (empty at the root).
+    fn prefix(&self, headers: &HeaderMap) -> String {
+        match headers
+            .get("x-forwarded-prefix")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(p) if p.starts_with('/') => p.trim_end_matches('/').to_owned(),
+            _ => format!("/{}", self.hc),
+        }
+    }
+
     async fn forward(&self, req: Request<RelayBody>) -> Result<Response<RelayBody>, BoxError> {
         let (mut parts, body) = req.into_parts();
         let relayed = parts
@@ -106,7 +120,8 @@ impl HttpProxy {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let remote = parts.extensions.get::<std::net::SocketAddr>().copied();
-        forwarded_headers(&mut parts.headers, &self.hc, &self.base.authority, remote);
+        let prefix = self.prefix(&parts.headers);
+        forwarded_headers(&mut parts.headers, &prefix, &self.base.authority, remote);
         parts.uri = Uri::try_from(self.backend_target(&relayed))?;
         let io = self.dial().await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
@@ -118,7 +133,7 @@ impl HttpProxy {
         let resp = send.send_request(Request::from_parts(parts, body)).await?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        self.rewrite_response_headers(&mut parts.headers);
+        self.rewrite_response_headers(&mut parts.headers, &prefix);
         Ok(Response::from_parts(
             parts,
             body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
@@ -126,10 +141,10 @@ impl HttpProxy {
     }
 
     /// Keeps the browser on the relay: redirects and cookie paths into the backend are
-    /// moved under `/{hc}`.
-    fn rewrite_response_headers(&self, headers: &mut HeaderMap) {
+    /// moved under the prefix.
+    fn rewrite_response_headers(&self, headers: &mut HeaderMap, prefix: &str) {
         if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
-            if let Some(rewritten) = self.rewrite_location(location) {
+            if let Some(rewritten) = self.rewrite_location(location, prefix) {
                 if let Ok(v) = HeaderValue::try_from(rewritten) {
                     headers.insert(header::LOCATION, v);
                 }
@@ -141,7 +156,7 @@ impl HttpProxy {
             .map(|v| {
                 v.to_str()
                     .ok()
-                    .map(|c| self.rewrite_cookie(c))
+                    .map(|c| self.rewrite_cookie(c, prefix))
                     .and_then(|c| HeaderValue::try_from(c).ok())
                     .unwrap_or_else(|| v.clone())
             })
@@ -154,7 +169,7 @@ impl HttpProxy {
         }
     }
 
-    fn rewrite_location(&self, location: &str) -> Option<String> {
+    fn rewrite_location(&self, location: &str, prefix: &str) -> Option<String> {
         let scheme = if self.base.tls { "https://" } else { "http://" };
         let origin = format!("{scheme}{}", self.base.authority);
         let path = match location.strip_prefix(origin.as_str()) {
@@ -169,7 +184,7 @@ impl HttpProxy {
         } else {
             rest.to_owned()
         };
-        Some(format!("/{}{rest}", self.hc))
+        Some(format!("{prefix}{rest}"))
     }
 
     /// `path` without the base path, when it lies under it.
@@ -180,7 +195,7 @@ impl HttpProxy {
         }
     }
 
-    fn rewrite_cookie(&self, cookie: &str) -> String {
+    fn rewrite_cookie(&self, cookie: &str, prefix: &str) -> String {
         cookie
             .split(';')
             .map(|attr| {
@@ -190,11 +205,17 @@ impl HttpProxy {
                         let path = &trimmed[5..];
                         let rest = self.strip_base(path);
                         let lead = &attr[..attr.len() - trimmed.len()];
-                        format!(
-                            "{lead}Path=/{}{}",
-                            self.hc,
-                            if rest == "/" { "" } else { rest }
-                        )
+                        let rest = if rest == "/" && !prefix.is_empty() {
+                            ""
+                        } else {
+                            rest
+                        };
+                        let rest = if rest.is_empty() && prefix.is_empty() {
+                            "/"
+                        } else {
+                            rest
+                        };
+                        format!("{lead}Path={prefix}{rest}")
                     }
                     _ => attr.to_owned(),
                 }
@@ -217,7 +238,8 @@ impl HttpProxy {
             self.backend_target(&relayed)
         );
         let mut headers = conn.headers.clone();
-        forwarded_headers(&mut headers, &self.hc, &self.base.authority, conn.remote);
+        let prefix = self.prefix(&headers);
+        forwarded_headers(&mut headers, &prefix, &self.base.authority, conn.remote);
         for name in [
             "sec-websocket-key",
             "sec-websocket-version",
@@ -314,9 +336,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// `prefix` is where the browser sees the app (empty at the root: no `X-Forwarded-Prefix`).
 fn forwarded_headers(
     headers: &mut HeaderMap,
-    hc: &str,
+    prefix: &str,
     backend: &str,
     remote: Option<std::net::SocketAddr>,
 ) {
@@ -328,8 +351,11 @@ fn forwarded_headers(
     if let Ok(v) = HeaderValue::try_from(backend) {
         headers.insert(header::HOST, v);
     }
-    if let Ok(v) = HeaderValue::try_from(format!("/{hc}")) {
-        headers.insert("x-forwarded-prefix", v);
+    headers.remove("x-forwarded-prefix");
+    if !prefix.is_empty() {
+        if let Ok(v) = HeaderValue::try_from(prefix) {
+            headers.insert("x-forwarded-prefix", v);
+        }
     }
     if let Some(ip) = remote.map(|r| r.ip().to_string()) {
         let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -383,16 +409,38 @@ mod tests {
             ("//evil.example/x", None),
             ("relative/path", None),
         ] {
-            assert_eq!(p.rewrite_location(from).as_deref(), to, "{from}");
+            assert_eq!(
+                p.rewrite_location(from, "/site/ui").as_deref(),
+                to,
+                "{from}"
+            );
         }
         assert_eq!(
-            p.rewrite_cookie("sid=1; Path=/app; HttpOnly"),
+            p.rewrite_cookie("sid=1; Path=/app; HttpOnly", "/site/ui"),
             "sid=1; Path=/site/ui; HttpOnly"
         );
         assert_eq!(
-            proxy("http://h:1").rewrite_cookie("a=b; path=/"),
+            proxy("http://h:1").rewrite_cookie("a=b; path=/", "/site/ui"),
             "a=b; Path=/site/ui"
         );
+    }
+
+    #[test]
+    fn in_host_mode_paths_stay_at_the_root() {
+        let p = proxy("http://127.0.0.1:8080/app");
+        assert_eq!(
+            p.rewrite_location("/app/home", "").as_deref(),
+            Some("/home")
+        );
+        assert_eq!(p.rewrite_location("/app", "").as_deref(), Some("/"));
+        assert_eq!(p.rewrite_cookie("a=b; Path=/app", ""), "a=b; Path=/");
+        assert_eq!(p.rewrite_cookie("a=b; Path=/app/x", ""), "a=b; Path=/x");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/"));
+        assert_eq!(p.prefix(&h), "");
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/site/ui/"));
+        assert_eq!(p.prefix(&h), "/site/ui");
+        assert_eq!(p.prefix(&HeaderMap::new()), "/site/ui");
     }
 
     #[test]
@@ -406,7 +454,7 @@ mod tests {
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let remote = "192.0.2.7:5000".parse().ok();
-        forwarded_headers(&mut h, "site/ui", "127.0.0.1:8080", remote);
+        forwarded_headers(&mut h, "/site/ui", "127.0.0.1:8080", remote);
         assert_eq!(h[header::HOST], "127.0.0.1:8080");
         assert_eq!(h["x-forwarded-host"], "relay.example.com");
         assert_eq!(h["x-forwarded-prefix"], "/site/ui");

@@ -19,10 +19,16 @@ pub const KEY: &str = "test-key";
 
 /// The base configuration every suite starts from; `extra` is appended.
 pub fn config(extra: &str) -> String {
+    config_with_server("", extra)
+}
+
+/// [`config`] with more `[server]` keys.
+pub fn config_with_server(server: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
 bind = "127.0.0.1:0"
+{server}
 [[hybrid_connections]]
 name = "hyco"
 [[hybrid_connections]]
@@ -77,6 +83,11 @@ impl TestBroker {
         let broker = Broker::open(&config).expect("open broker");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
         Self::serve_on(broker, listener, ServeOptions::default())
+    }
+
+    /// Serves a broker built by the test on `127.0.0.1:0`.
+    pub async fn serve_broker(broker: Broker, options: ServeOptions) -> Self {
+        Self::serve(broker, options).await
     }
 
     async fn serve(broker: Broker, options: ServeOptions) -> Self {

@@ -1,0 +1,391 @@
+//! Browser access to a web UI behind a listener: what the browser sees (origin and path
+//! prefix, passed on as `X-Forwarded-*`), the session cookie that one login with a token
+//! opens, the cross-origin rules that guard it, and host names per hybrid connection.
+//!
+//! The rules, in the order they are applied to a request for a hybrid connection that
+//! requires authorization (ARCHITECTURE.md, "Browser access", says why):
+//! 1. A token in `ServiceBusAuthorization` or `sb-hc-token` wins. When it came in the query of
+//!    a top-level navigation (`Sec-Fetch-Mode: navigate`, GET), the answer is a login page:
+//!    the session cookie, then a same-origin step to the address without the token.
+//! 2. Else a session cookie for this hybrid connection, accepted only from the same origin:
+//!    `Sec-Fetch-Site` absent, `same-origin` or `none`, and `Origin` absent or this origin.
+//! 3. Else the `Authorization` header as a relay token, as before.
+//!
+//! The cookie never reaches the listener, and neither does the token.
+
+use axum::body::Body;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use relay_core::auth::{TokenOrigin, presented_token};
+use relay_core::control::Headers;
+use relay_core::sas::{Rights, SasError};
+use relay_core::web::{self, HOST_SESSION_COOKIE, SESSION_COOKIE};
+
+use crate::auth::{Authorized, authorize, unix_now};
+use crate::routes::Resolved;
+use crate::{RelayError, Shared};
+
+/// Headers a sender may not set itself: the broker says what the browser saw.
+const FORWARDED: [&str; 3] = [
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+];
+
+/// How a request was let in.
+#[derive(Debug)]
+pub(crate) enum Access {
+    /// By a token, or no authorization was needed.
+    Token(Authorized),
+    /// A navigation with a token in its query: it gets the login page, not the listener.
+    Login(Response<Body>),
+    /// By a session cookie; `refresh` is a renewed cookie once half its life is gone.
+    Session {
+        /// A `Set-Cookie` value to add to the listener's response.
+        refresh: Option<String>,
+    },
+}
+
+impl Access {
+    /// Whether the `Authorization` header was the relay token (and must not be relayed).
+    pub(crate) fn consumed_authorization(&self) -> bool {
+        matches!(self, Self::Token(a) if a.presented.consumed_authorization())
+    }
+}
+
+/// What the browser sees of this request.
+#[derive(Clone, Debug)]
+pub(crate) struct View {
+    /// `http` or `https`.
+    pub(crate) scheme: &'static str,
+    /// The `Host` it sent.
+    pub(crate) host: String,
+    /// The path under which the hybrid connection appears: `/site/ui` in path mode, empty
+    /// in host mode, `None` for the protocol's own `/$hc/` addresses.
+    pub(crate) prefix: Option<String>,
+    /// Whether the hybrid connection was reached by its own host name.
+    pub(crate) host_mode: bool,
+}
+
+impl View {
+    pub(crate) fn of(headers: &HeaderMap, r: &Resolved) -> Self {
+        let forwarded_tls = headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let tls = r.transport.is_some_and(|t| t.tls) || forwarded_tls;
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .or_else(|| r.transport.map(|t| t.peer.to_string()))
+            .unwrap_or_else(|| "relay".into());
+        Self {
+            scheme: if tls { "https" } else { "http" },
+            host,
+            prefix: r.prefix.clone(),
+            host_mode: r.host_mode,
+        }
+    }
+
+    /// `X-Forwarded-Host`, `-Proto` and, for browser paths, `-Prefix` (`/` in host mode).
+    pub(crate) fn forwarded(&self) -> Vec<(String, String)> {
+        let mut out = vec![
+            ("X-Forwarded-Host".to_owned(), self.host.clone()),
+            ("X-Forwarded-Proto".to_owned(), self.scheme.to_owned()),
+        ];
+        if let Some(prefix) = &self.prefix {
+            let prefix = if prefix.is_empty() { "/" } else { prefix };
+            out.push(("X-Forwarded-Prefix".to_owned(), prefix.to_owned()));
+        }
+        out
+    }
+
+    fn secure(&self) -> bool {
+        self.scheme == "https"
+    }
+
+    fn cookie_name(&self) -> &'static str {
+        if self.host_mode && self.secure() {
+            HOST_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
+    /// Whether a fetch comes from a page of this very origin (or from the person, typing or
+    /// following a bookmark). A sibling host under the same base is same-site but not
+    /// same-origin, and is refused.
+    fn same_origin_fetch(&self, headers: &HeaderMap) -> bool {
+        let site_ok = headers
+            .get("sec-fetch-site")
+            .is_none_or(|v| v == "same-origin" || v == "none");
+        let origin_ok = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|o| web::same_origin(o, self.scheme, &self.host));
+        site_ok && origin_ok
+    }
+}
+
+/// Authorizes a relayed request or WebSocket upgrade on a browser path by the rules above.
+pub(crate) async fn authorize_browser(
+    shared: &Shared,
+    headers: &HeaderMap,
+    method: &Method,
+    r: &Resolved,
+    view: &View,
+) -> Result<Access, RelayError> {
+    let audience = r.audience_path();
+    let required = r.hc.requires_client_authorization;
+    let explicit = presented_token(headers, r.query.token.as_deref(), false);
+    let mut cookie_error = None;
+    if required && explicit.token.is_none() {
+        match session(shared, headers, r, view) {
+            Some(Ok(access)) => return Ok(access),
+            Some(Err(e)) => cookie_error = Some(e),
+            None => {}
+        }
+    }
+    let authorized = authorize(shared, r.claim(headers, &audience, Rights::SEND, required))
+        .await
+        .map_err(|e| match (e, cookie_error) {
+            (RelayError::Unauthorized(SasError::Missing), Some(cookie)) => cookie,
+            (e, _) => e,
+        })?;
+    let navigation = *method == Method::GET
+        && headers
+            .get("sec-fetch-mode")
+            .is_some_and(|v| v == "navigate");
+    if required && navigation && authorized.presented.origin == Some(TokenOrigin::Query) {
+        return login(shared, r, view, &authorized).map(Access::Login);
+    }
+    Ok(Access::Token(authorized))
+}
+
+/// The session cookie's verdict; `None` when the request carries none.
+fn session(
+    shared: &Shared,
+    headers: &HeaderMap,
+    r: &Resolved,
+    view: &View,
+) -> Option<Result<Access, RelayError>> {
+    let cookies = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let name = view.cookie_name();
+    let rules = shared.store.rules();
+    let now = unix_now();
+    let mut last = None;
+    for value in web::cookie_values(cookies, name) {
+        match web::verify(value, &rules, &r.hc.name, now) {
+            Ok(session) if view.same_origin_fetch(headers) => {
+                let refresh = refreshed(shared, r, view, &session, now);
+                return Some(Ok(Access::Session { refresh }));
+            }
+            Ok(_) => return Some(Err(RelayError::CrossOrigin)),
+            Err(e) => last = Some(e),
+        }
+    }
+    last.map(|e| {
+        Shared::count(&shared.counters.auth_failures);
+        Err(RelayError::Session(e))
+    })
+}
+
+/// A renewed cookie once less than half of the session's life is left, up to its cap.
+fn refreshed(
+    shared: &Shared,
+    r: &Resolved,
+    view: &View,
+    session: &web::Session,
+    now: u64,
+) -> Option<String> {
+    let life = shared.limits.browser_session.as_secs();
+    let left = session.expires_at.saturating_sub(now);
+    if left >= life / 2 || session.expires_at >= session.cap {
+        return None;
+    }
+    let rules = shared.store.rules();
+    let rule = rules.iter().find(|k| k.name == session.rule)?;
+    let expires_at = (now + life).min(session.cap);
+    let value = web::issue(rule, &r.hc.name, expires_at, session.cap);
+    Some(set_cookie(view, &value, expires_at - now, shared))
+}
+
+fn set_cookie(view: &View, value: &str, max_age: u64, shared: &Shared) -> String {
+    let path = match &view.prefix {
+        Some(prefix) if !view.host_mode && !prefix.is_empty() => {
+            format!("{}{prefix}", shared.mount)
+        }
+        _ => "/".to_owned(),
+    };
+    web::set_cookie(view.cookie_name(), value, &path, max_age, view.secure())
+}
+
+/// The login page: the session cookie, and a same-origin step to the address without the
+/// token. A redirect would not do: after a chain that began on another site the browser
+/// withholds a `SameSite=Strict` cookie, while a step taken by this page is same-origin.
+fn login(
+    shared: &Shared,
+    r: &Resolved,
+    view: &View,
+    authorized: &Authorized,
+) -> Result<Response<Body>, RelayError> {
+    let rules = shared.store.rules();
+    let rule = authorized
+        .rule
+        .as_deref()
+        .and_then(|name| rules.iter().find(|k| k.name == name))
+        .ok_or_else(|| RelayError::Internal("the token's rule is gone".into()))?;
+    let now = unix_now();
+    let cap = authorized.expires_at.unwrap_or(now);
+    let expires_at = (now + shared.limits.browser_session.as_secs()).min(cap);
+    if expires_at <= now {
+        return Err(RelayError::Unauthorized(SasError::Expired));
+    }
+    let mut clean = match view.host_mode {
+        true => r.suffix.clone(),
+        false => format!("{}{}", shared.mount, r.raw_path),
+    };
+    if clean.is_empty() {
+        clean.push('/');
+    }
+    if !r.query.app_query.is_empty() {
+        clean.push('?');
+        clean.push_str(&r.query.app_query);
+    }
+    let cookie = set_cookie(
+        view,
+        &web::issue(rule, &r.hc.name, expires_at, cap),
+        expires_at - now,
+        shared,
+    );
+    let href = html_escape(&clean);
+    let body = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={href}\"><title>Signed in</title>\
+         <p>Signed in to {}. <a href=\"{href}\">Continue</a></p>",
+        html_escape(&r.hc.name)
+    );
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    let cookie = HeaderValue::try_from(cookie).map_err(|e| RelayError::Internal(e.to_string()))?;
+    h.insert(header::SET_COOKIE, cookie);
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Headers for the listener: the sender's, with the broker's own `X-Forwarded-*` in place of
+/// any the sender set, and without the session cookie.
+pub(crate) fn for_listener(headers: Headers, view: &View) -> Headers {
+    let mut out: Vec<(String, String)> = headers
+        .0
+        .into_iter()
+        .filter(|(k, _)| !FORWARDED.iter().any(|f| f.eq_ignore_ascii_case(k)))
+        .filter_map(|(k, v)| {
+            if !k.eq_ignore_ascii_case("cookie") {
+                return Some((k, v));
+            }
+            let v = web::without_cookie(&v, SESSION_COOKIE)?;
+            web::without_cookie(&v, HOST_SESSION_COOKIE).map(|v| (k, v))
+        })
+        .collect();
+    out.extend(view.forwarded());
+    Headers(out)
+}
+
+/// The hybrid connection a `Host` names in host mode; `None` for any other host.
+pub(crate) fn host_target(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    let hosts = shared.hosts.as_ref()?;
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let label = hosts.base.label(host)?;
+    Some(hosts.hc_for(label))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(host_mode: bool, scheme: &'static str) -> View {
+        View {
+            scheme,
+            host: "relay.example.com".into(),
+            prefix: Some(if host_mode {
+                String::new()
+            } else {
+                "/site/ui".into()
+            }),
+            host_mode,
+        }
+    }
+
+    #[test]
+    fn the_session_cookie_and_forwarded_headers_never_reach_the_listener() {
+        let sent = Headers(vec![
+            ("Cookie".into(), "app=1; relay-session=v1.x".into()),
+            ("Cookie".into(), "__Host-relay-session=v1.y".into()),
+            ("X-Forwarded-Host".into(), "spoofed".into()),
+            ("Accept".into(), "*/*".into()),
+        ]);
+        let out = for_listener(sent, &view(false, "https"));
+        assert_eq!(
+            out.0,
+            [
+                ("Cookie".to_owned(), "app=1".to_owned()),
+                ("Accept".to_owned(), "*/*".to_owned()),
+                (
+                    "X-Forwarded-Host".to_owned(),
+                    "relay.example.com".to_owned()
+                ),
+                ("X-Forwarded-Proto".to_owned(), "https".to_owned()),
+                ("X-Forwarded-Prefix".to_owned(), "/site/ui".to_owned()),
+            ]
+        );
+        let host = view(true, "http").forwarded();
+        assert_eq!(host[2].1, "/");
+    }
+
+    #[test]
+    fn only_same_origin_fetches_may_use_the_session() {
+        let v = view(true, "https");
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, val) in pairs {
+                h.insert(*k, HeaderValue::from_static(val));
+            }
+            v.same_origin_fetch(&h)
+        };
+        assert!(with(&[]));
+        assert!(with(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://relay.example.com")
+        ]));
+        assert!(with(&[("sec-fetch-site", "none")]));
+        assert!(!with(&[("sec-fetch-site", "same-site")]));
+        assert!(!with(&[("sec-fetch-site", "cross-site")]));
+        assert!(!with(&[("origin", "https://other.relay.example.com")]));
+        assert_eq!(v.cookie_name(), HOST_SESSION_COOKIE);
+        assert_eq!(view(true, "http").cookie_name(), SESSION_COOKIE);
+    }
+}
