@@ -14,9 +14,10 @@ const KEY = 'interop-secret/with=odd+chars';
 const BIN = (name) => process.env[`RELAY_${name.toUpperCase().replace('-', '_')}_BIN`]
   || path.join(__dirname, '..', '..', 'target', 'debug', name);
 
-function brokerConfig(extra = '') {
+// `extra` goes into [limits], `server` into [server], `tail` after the rules.
+function brokerConfig(extra = '', server = '', tail = '') {
   const tls = TLS ? `tls_cert = "${process.env.RELAY_TLS_CERT}"\ntls_key = "${process.env.RELAY_TLS_KEY}"\n` : '';
-  return `[server]\nbind = "127.0.0.1:0"\n${tls}
+  return `[server]\nbind = "127.0.0.1:0"\n${tls}${server}\n
 [limits]
 accept_timeout_secs = 1.5
 http_request_timeout_secs = 2
@@ -30,14 +31,15 @@ name = "other"
 name = "${KEY_NAME}"
 key = "${KEY}"
 rights = ["Manage", "Listen", "Send"]
+${tail}
 `;
 }
 
 /** Starts a broker; resolves once it prints `listening on`. */
-function startBroker({ extra = '', bind } = {}) {
+function startBroker({ extra = '', bind, server = '', tail = '' } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relay-interop-'));
   const config = path.join(dir, 'broker.toml');
-  fs.writeFileSync(config, brokerConfig(extra));
+  fs.writeFileSync(config, brokerConfig(extra, server, tail));
   const args = ['--config', config];
   if (bind) args.push('--bind', bind);
   const child = spawn(BIN('relay-broker'), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });

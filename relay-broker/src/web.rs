@@ -5,8 +5,9 @@
 //! The rules, in the order they are applied to a request for a hybrid connection that
 //! requires authorization (ARCHITECTURE.md, "Browser access", says why):
 //! 1. A token in `ServiceBusAuthorization` or `sb-hc-token` wins. When it came in the query of
-//!    a top-level navigation (`Sec-Fetch-Mode: navigate`, GET), the answer is a login page:
-//!    the session cookie, then a same-origin step to the address without the token.
+//!    a browser's top-level navigation (a GET with `Sec-Fetch-Mode: navigate`, or without
+//!    `Sec-Fetch-*` and with `Upgrade-Insecure-Requests: 1`), the answer is a login page: the
+//!    session cookie, then a same-origin step to the address without the token.
 //! 2. Else a session cookie for this hybrid connection, accepted only from the same origin:
 //!    `Sec-Fetch-Site` absent, `same-origin` or `none`, and `Origin` absent or this origin.
 //! 3. Else the `Authorization` header as a relay token, as before.
@@ -152,14 +153,26 @@ pub(crate) async fn authorize_browser(
             (RelayError::Unauthorized(SasError::Missing), Some(cookie)) => cookie,
             (e, _) => e,
         })?;
-    let navigation = *method == Method::GET
-        && headers
-            .get("sec-fetch-mode")
-            .is_some_and(|v| v == "navigate");
-    if required && navigation && authorized.presented.origin == Some(TokenOrigin::Query) {
+    if required
+        && *method == Method::GET
+        && is_navigation(headers)
+        && authorized.presented.origin == Some(TokenOrigin::Query)
+    {
         return login(shared, r, view, &authorized).map(Access::Login);
     }
     Ok(Access::Token(authorized))
+}
+
+/// Whether a request is a browser's top-level navigation: `Sec-Fetch-Mode: navigate`, or,
+/// where browsers send no `Sec-Fetch-*` (plain http to a name that is not loopback), the
+/// `Upgrade-Insecure-Requests: 1` that every browser sends on navigations only.
+fn is_navigation(headers: &HeaderMap) -> bool {
+    match headers.get("sec-fetch-mode") {
+        Some(mode) => mode == "navigate",
+        None => headers
+            .get("upgrade-insecure-requests")
+            .is_some_and(|v| v == "1"),
+    }
 }
 
 /// The session cookie's verdict; `None` when the request carries none.
@@ -210,17 +223,22 @@ fn refreshed(
     let rule = rules.iter().find(|k| k.name == session.rule)?;
     let expires_at = (now + life).min(session.cap);
     let value = web::issue(rule, &r.hc.name, expires_at, session.cap);
-    Some(set_cookie(view, &value, expires_at - now, shared))
+    set_cookie(view, &value, expires_at - now, shared)
 }
 
-fn set_cookie(view: &View, value: &str, max_age: u64, shared: &Shared) -> String {
+/// The `Set-Cookie` value; `None` when the path cannot scope a cookie (a `;`, `,` or a
+/// control character in the hybrid connection's name as sent).
+fn set_cookie(view: &View, value: &str, max_age: u64, shared: &Shared) -> Option<String> {
     let path = match &view.prefix {
         Some(prefix) if !view.host_mode && !prefix.is_empty() => {
             format!("{}{prefix}", shared.mount)
         }
         _ => "/".to_owned(),
     };
-    web::set_cookie(view.cookie_name(), value, &path, max_age, view.secure())
+    let safe = path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
+    safe.then(|| web::set_cookie(view.cookie_name(), value, &path, max_age, view.secure()))
 }
 
 /// The login page: the session cookie, and a same-origin step to the address without the
@@ -244,13 +262,12 @@ fn login(
     if expires_at <= now {
         return Err(RelayError::Unauthorized(SasError::Expired));
     }
-    let mut clean = match view.host_mode {
+    let path = match view.host_mode {
         true => r.suffix.clone(),
         false => format!("{}{}", shared.mount, r.raw_path),
     };
-    if clean.is_empty() {
-        clean.push('/');
-    }
+    // One leading slash: `//evil.example` (or `/\evil.example`) would leave the origin.
+    let mut clean = format!("/{}", path.trim_start_matches(['/', '\\']));
     if !r.query.app_query.is_empty() {
         clean.push('?');
         clean.push_str(&r.query.app_query);
@@ -260,7 +277,12 @@ fn login(
         &web::issue(rule, &r.hc.name, expires_at, cap),
         expires_at - now,
         shared,
-    );
+    )
+    .ok_or_else(|| {
+        RelayError::BadRequest(
+            "this hybrid connection's path cannot scope a browser cookie; use its host name".into(),
+        )
+    })?;
     let href = html_escape(&clean);
     let body = format!(
         "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\

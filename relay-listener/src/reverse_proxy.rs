@@ -123,6 +123,7 @@ impl HttpProxy {
         let prefix = self.prefix(&parts.headers);
         forwarded_headers(&mut parts.headers, &prefix, &self.base.authority, remote);
         parts.uri = Uri::try_from(self.backend_target(&relayed))?;
+        let head_only = parts.method == http::Method::HEAD;
         let io = self.dial().await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
@@ -132,7 +133,14 @@ impl HttpProxy {
         });
         let resp = send.send_request(Request::from_parts(parts, body)).await?;
         let (mut parts, body) = resp.into_parts();
+        // A HEAD answer's length is the GET's body length, which the browser needs.
+        let length = head_only
+            .then(|| parts.headers.get(header::CONTENT_LENGTH).cloned())
+            .flatten();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(length) = length {
+            parts.headers.insert(header::CONTENT_LENGTH, length);
+        }
         self.rewrite_response_headers(&mut parts.headers, &prefix);
         Ok(Response::from_parts(
             parts,

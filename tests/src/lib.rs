@@ -265,14 +265,20 @@ pub async fn http_request(
     (status, headers, body)
 }
 
-/// A self-signed server certificate for 127.0.0.1 and localhost in `dir`, reused when
-/// present so a restarted broker keeps the name clients trust.
+/// A self-signed server certificate for 127.0.0.1, localhost and the wildcard
+/// `*.relay.test` (host mode's names in the browser tests) in `dir`, reused when present so a
+/// restarted broker keeps the name clients trust.
 pub fn server_tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
     if !cert.exists() {
         std::fs::create_dir_all(dir).expect("tls dir");
-        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-            .expect("server cert");
+        let made = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".into(),
+            "localhost".into(),
+            "relay.test".into(),
+            "*.relay.test".into(),
+        ])
+        .expect("server cert");
         std::fs::write(&cert, made.cert.pem()).expect("write cert");
         std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
     }

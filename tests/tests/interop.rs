@@ -1,6 +1,8 @@
 //! Runs the interop suite (`interop/`): Microsoft's unmodified hyco-ws and hyco-https npm
-//! clients against the real binaries, once over plain ws/http and once over TLS with a
-//! certificate minted here. Needs Node.js and npm; `npm ci` installs the pinned packages.
+//! clients against the real binaries, and the browser suite (Debian's Chromium driven by
+//! playwright-core, and curl, through the relay to a real web app behind our agent), once over
+//! plain ws/http and once over TLS with a certificate minted here (with the wildcard host
+//! mode needs). Needs Node.js, npm, curl and Chromium; `npm ci` installs the pinned packages.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,8 +21,9 @@ fn hyco_clients_against_the_broker_plain_and_tls() {
     let root = relay_tests::workspace();
     let interop = root.join("interop");
     relay_tests::build_binaries();
-    if !interop.join("node_modules/hyco-ws").exists()
-        || !interop.join("node_modules/hyco-https").exists()
+    if ["hyco-ws", "hyco-https", "playwright-core"]
+        .iter()
+        .any(|m| !interop.join("node_modules").join(m).exists())
     {
         run(
             Command::new("npm")

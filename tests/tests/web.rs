@@ -435,6 +435,18 @@ async fn host_names_reach_their_hybrid_connection_with_the_path_untouched() {
     let (status, headers, body) = http_request("GET", &url, &nav, vec![]).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("url=/x\""));
+    // The step after the login never leaves the origin.
+    let url = relay_core::address::append_query(
+        &format!("{base}//evil.example/x"),
+        "sb-hc-token",
+        &token,
+    );
+    let (_, _, page) = http_request("GET", &url, &nav, vec![]).await;
+    assert!(
+        String::from_utf8_lossy(&page).contains("url=/evil.example/x\""),
+        "{}",
+        String::from_utf8_lossy(&page)
+    );
     let cookie = headers["set-cookie"].to_str().unwrap();
     assert!(
         cookie.starts_with("relay-session=") && cookie.contains("Path=/;"),
