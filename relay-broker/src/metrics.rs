@@ -41,6 +41,12 @@ pub struct Counters {
     pub standby_early: AtomicU64,
     /// Senders that found a standby socket dead and went through the control channel.
     pub standby_fallbacks: AtomicU64,
+    /// Browser sessions opened by a navigation with a token.
+    pub browser_logins: AtomicU64,
+    /// Requests and WebSocket upgrades let in by a browser session cookie.
+    pub browser_session_requests: AtomicU64,
+    /// Session cookies refused because the fetch came from another origin.
+    pub browser_cross_origin: AtomicU64,
     /// Relayed WebSocket connections open now.
     pub active_connections: AtomicI64,
     /// Payload bytes relayed from senders to listeners (WebSocket and HTTP bodies).
@@ -89,7 +95,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 14] = [
+        let simple: [(&str, &str, &str, u64); 17] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -167,6 +173,24 @@ impl Counters {
                 "counter",
                 "Senders that found a standby socket dead and used the control channel.",
                 get(&self.standby_fallbacks),
+            ),
+            (
+                "relay_browser_logins_total",
+                "counter",
+                "Browser sessions opened by a navigation with a token.",
+                get(&self.browser_logins),
+            ),
+            (
+                "relay_browser_session_requests_total",
+                "counter",
+                "Requests and WebSocket upgrades let in by a browser session cookie.",
+                get(&self.browser_session_requests),
+            ),
+            (
+                "relay_browser_cross_origin_total",
+                "counter",
+                "Browser session cookies refused on a fetch from another origin.",
+                get(&self.browser_cross_origin),
             ),
             (
                 "relay_active_connections",

@@ -158,6 +158,7 @@ pub(crate) async fn authorize_browser(
         && is_navigation(headers)
         && authorized.presented.origin == Some(TokenOrigin::Query)
     {
+        Shared::count(&shared.counters.browser_logins);
         return login(shared, r, view, &authorized).map(Access::Login);
     }
     Ok(Access::Token(authorized))
@@ -193,10 +194,14 @@ fn session(
     for value in web::cookie_values(cookies, name) {
         match web::verify(value, &rules, &r.hc.name, now) {
             Ok(session) if view.same_origin_fetch(headers) => {
+                Shared::count(&shared.counters.browser_session_requests);
                 let refresh = refreshed(shared, r, view, &session, now);
                 return Some(Ok(Access::Session { refresh }));
             }
-            Ok(_) => return Some(Err(RelayError::CrossOrigin)),
+            Ok(_) => {
+                Shared::count(&shared.counters.browser_cross_origin);
+                return Some(Err(RelayError::CrossOrigin));
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -214,14 +219,9 @@ fn refreshed(
     session: &web::Session,
     now: u64,
 ) -> Option<String> {
-    let life = shared.limits.browser_session.as_secs();
-    let left = session.expires_at.saturating_sub(now);
-    if left >= life / 2 || session.expires_at >= session.cap {
-        return None;
-    }
+    let expires_at = web::renewal(session, now, shared.limits.browser_session.as_secs())?;
     let rules = shared.store.rules();
     let rule = rules.iter().find(|k| k.name == session.rule)?;
-    let expires_at = (now + life).min(session.cap);
     let value = web::issue(rule, &r.hc.name, expires_at, session.cap);
     set_cookie(view, &value, expires_at - now, shared)
 }

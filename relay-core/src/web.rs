@@ -138,6 +138,15 @@ pub fn verify(
     })
 }
 
+/// The new end of a session in use at `now`, once less than half of `life` is left; never
+/// past its cap. `None` while it has time enough or cannot be extended.
+#[must_use]
+pub fn renewal(session: &Session, now: u64, life: u64) -> Option<u64> {
+    let left = session.expires_at.saturating_sub(now);
+    let renewed = now.saturating_add(life).min(session.cap);
+    (left < life / 2 && renewed > session.expires_at).then_some(renewed)
+}
+
 fn mac(key: &str, rule: &str, hc: &str, expires_at: u64, cap: u64) -> Hmac<Sha256> {
     // Any key length is valid for HMAC.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
@@ -307,6 +316,25 @@ mod tests {
         let mut secondary = rotated[0].clone();
         secondary.secondary_key = Some("k".into());
         assert!(verify(&value, &[secondary], "site/ui", 1000).is_ok());
+    }
+
+    #[test]
+    fn a_session_in_use_is_renewed_up_to_its_cap() {
+        let s = Session {
+            rule: "r".into(),
+            expires_at: 1900,
+            cap: 5000,
+        };
+        assert_eq!(renewal(&s, 1000, 1000), None, "half its life is left");
+        assert_eq!(renewal(&s, 1500, 1000), Some(2500));
+        assert_eq!(renewal(&s, 1899, 1000), Some(2899));
+        let capped = Session {
+            cap: 2000,
+            ..s.clone()
+        };
+        assert_eq!(renewal(&capped, 1500, 1000), Some(2000));
+        let at_cap = Session { cap: 1900, ..s };
+        assert_eq!(renewal(&at_cap, 1800, 1000), None, "never past the token");
     }
 
     #[test]

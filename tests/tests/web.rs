@@ -354,6 +354,16 @@ async fn one_login_opens_a_browser_session_that_never_reaches_the_app() {
     ];
     let err = ws_connect(&ws, None, &[], &foreign).await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
+    let (_, _, metrics) =
+        http_request("GET", &format!("{}/metrics", broker.http()), &[], vec![]).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "relay_browser_logins_total 1",
+        "relay_browser_session_requests_total 3",
+        "relay_browser_cross_origin_total 4",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]
