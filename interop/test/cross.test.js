@@ -80,3 +80,78 @@ test('a hyco-ws listener serves our relay-sender tool over TCP with half-close',
   srv.close();
   await h.stopChild(tool);
 });
+
+// Aborts across the two implementations: an abort on one side reaches the other side as an
+// abort (a TCP reset, or a Close other than 1000), never as a clean end of stream.
+
+/** A TCP server that records how each connection ended. */
+async function recordingServer(onConnection) {
+  const ends = [];
+  const server = net.createServer((sock) => {
+    const end = { bytes: 0 };
+    ends.push(end);
+    sock.on('data', (d) => { end.bytes += d.length; });
+    sock.on('end', () => { end.fin = true; });
+    sock.on('error', (e) => { end.error = e.code; });
+    sock.on('close', (hadError) => { end.closed = true; end.hadError = hadError; });
+    if (onConnection) onConnection(sock);
+  });
+  server.listen(0, '127.0.0.1');
+  await h.once(server, 'listening');
+  return { server, ends };
+}
+
+test('a hyco-ws sender that drops its socket resets our agent\'s target; a target reset reaches it as Close 1011', { timeout: 30000 }, async () => {
+  const { server, ends } = await recordingServer((sock) => {
+    // The second connection's target resets once it has some data.
+    if (ends.length === 2) sock.once('data', () => sock.resetAndDestroy());
+  });
+  const agent = run('relay-listener', ['run', '--endpoint', endpoint(), '--hc', 'other', '--sas-key-name', h.KEY_NAME,
+    '--forward', `127.0.0.1:${server.address().port}`, ...tlsArgs()]);
+  const luri = `${endpoint()}/$hc/other?sb-hc-action=listen`;
+  await h.until(async () => await h.listenerCount(broker.host, 'other', WS.createRelayToken(luri, h.KEY_NAME, h.KEY)) === 1, 10000, `agent listening: ${agent.output()}`);
+  const suri = `${endpoint()}/$hc/other?sb-hc-action=connect`;
+
+  const dropped = WS.relayedConnect(suri, WS.createRelayToken(suri, h.KEY_NAME, h.KEY), () => {});
+  await h.once(dropped, 'open');
+  dropped.send(Buffer.alloc(100000, 1));
+  await h.until(() => ends[0] && ends[0].bytes === 100000, 10000, 'upload reached the target');
+  dropped.terminate(); // the socket is destroyed: no Close frame
+  await h.until(() => ends[0].closed, 10000, 'the target connection ended');
+  assert.strictEqual(ends[0].fin, undefined, `a cut upload must not end with a FIN: ${JSON.stringify(ends[0])}`);
+  assert.strictEqual(ends[0].error, 'ECONNRESET');
+
+  const cut = WS.relayedConnect(suri, WS.createRelayToken(suri, h.KEY_NAME, h.KEY), () => {});
+  await h.once(cut, 'open');
+  const closed = h.once(cut, 'close', 10000);
+  cut.send(Buffer.from('trigger'));
+  const [code] = await closed;
+  assert.strictEqual(code, 1011, 'the target\'s reset arrives as Close 1011');
+  await h.stopChild(agent);
+  server.close();
+});
+
+test('a hyco-ws listener closing with 1011 resets our sender tool\'s client', { timeout: 30000 }, async () => {
+  const uri = `${endpoint()}/$hc/hyco?sb-hc-action=listen`;
+  const srv = WS.createRelayedServer({ server: uri, token: () => WS.createRelayToken(uri, h.KEY_NAME, h.KEY) },
+    (sock) => sock.on('message', () => { sock.send(Buffer.alloc(50000, 2)); setTimeout(() => sock.close(1011, 'device failed'), 50); }));
+  srv.on('error', () => {});
+  await h.once(srv, 'listening', 3000);
+  const tool = run('relay-sender', ['forward', '--endpoint', endpoint(), '--hc', 'hyco', '--sas-key-name', h.KEY_NAME,
+    '--local', '127.0.0.1:0', ...tlsArgs()]);
+  await h.until(() => /forwarding 127\.0\.0\.1:(\d+)/.test(tool.output()), 10000, 'sender tool ready');
+  const port = Number(/forwarding 127\.0\.0\.1:(\d+)/.exec(tool.output())[1]);
+  const sock = net.connect(port, '127.0.0.1');
+  await h.once(sock, 'connect');
+  const end = { bytes: 0 };
+  sock.on('data', (d) => { end.bytes += d.length; });
+  sock.on('end', () => { end.fin = true; });
+  sock.on('error', (e) => { end.error = e.code; });
+  const closed = h.once(sock, 'close', 10000);
+  sock.write('go');
+  await closed;
+  assert.strictEqual(end.fin, undefined, `an aborted download must not end with a FIN: ${JSON.stringify(end)}`);
+  assert.strictEqual(end.error, 'ECONNRESET');
+  srv.close();
+  await h.stopChild(tool);
+});

@@ -271,6 +271,15 @@ pub fn accept_key(client_key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
+/// Whether a peer's Close ends a stream in order: code 1000, or no code at all (an empty
+/// Close, which browsers report as 1005). Any other code is an abort, and so is a connection
+/// lost without a Close: a byte stream relayed over WebSocket must never turn those into a
+/// clean end of stream.
+#[must_use]
+pub fn is_orderly_close(code: Option<u16>) -> bool {
+    matches!(code, None | Some(close_code::NORMAL))
+}
+
 /// Close codes the relay itself uses.
 pub mod close_code {
     /// Normal closure.
@@ -283,7 +292,8 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message exceeded a limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// Internal error.
+    /// Internal error; also what our tools send when their local TCP side was reset, so
+    /// the far end aborts too.
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 

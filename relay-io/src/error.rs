@@ -13,6 +13,17 @@ pub enum WsError {
     /// The connection ended in the middle of a frame.
     #[error("connection closed mid-frame")]
     UnexpectedEof,
+    /// The connection ended without a Close: the stream was cut, not finished.
+    #[error("the connection was lost without a Close")]
+    ConnectionLost,
+    /// The peer ended the stream with a Close other than 1000: an abort, not an end.
+    #[error("the peer aborted the stream: close {code} {reason}")]
+    Aborted {
+        /// The Close code.
+        code: u16,
+        /// The Close reason.
+        reason: String,
+    },
     /// A message exceeded the caller's limit.
     #[error("message of more than {0} bytes")]
     MessageTooBig(usize),
@@ -44,7 +55,11 @@ impl WsError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Io(_) | Self::UnexpectedEof | Self::Handshake(_) | Self::Proxy(_) => true,
+            Self::Io(_)
+            | Self::UnexpectedEof
+            | Self::ConnectionLost
+            | Self::Handshake(_)
+            | Self::Proxy(_) => true,
             Self::Refused { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }

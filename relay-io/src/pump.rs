@@ -8,8 +8,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{WsError, WsReader, WsWriter};
 
-/// Moves frames until the reader's Close (which is forwarded) or end of stream; returns the
-/// payload bytes moved.
+/// Moves frames until the reader's Close (which is forwarded, whatever its code); returns the
+/// payload bytes moved. A connection lost without a Close is passed on as a Close 1011 and
+/// reported as [`WsError::ConnectionLost`].
 pub async fn frames<R, W>(from: &mut WsReader<R>, to: &mut WsWriter<W>) -> Result<u64, WsError>
 where
     R: AsyncRead + Unpin,
@@ -18,8 +19,14 @@ where
     let mut total = 0u64;
     loop {
         let Some(header) = from.header().await? else {
-            let _ = to.shutdown().await;
-            return Ok(total);
+            // Lost without a Close: an abort, and the other side must see one too.
+            let _ = to
+                .close(
+                    relay_core::frame::close_code::INTERNAL_ERROR,
+                    "aborted: the peer's connection was lost",
+                )
+                .await;
+            return Err(WsError::ConnectionLost);
         };
         if header.opcode.is_control() {
             let mut payload = Vec::new();

@@ -3,8 +3,16 @@
 //! written as one contiguous frame; WebSocket payload is written to TCP straight from the
 //! frame reader's buffer. End of stream on TCP becomes a Close (a half-close: the other
 //! direction keeps flowing); the peer's Close becomes a TCP write shutdown. Pings are answered.
+//!
+//! Aborts stay aborts. Only a Close 1000 (or an empty Close) is an end of stream; any other
+//! code, a connection lost without a Close, or a framing error ends the splice with
+//! [`SpliceError::Relay`], and a reset or error on the TCP side with [`SpliceError::Tcp`],
+//! after a Close 1011 went out so the far end aborts too. Either way the caller then resets
+//! its TCP connection ([`reset`]): a FIN would tell a client without its own framing that a
+//! cut stream was complete.
 
 use std::io;
+use std::time::Duration;
 
 use relay_core::frame::{self, FrameHeader, MAX_HEADER_LEN, OpCode, apply_mask, close_code};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,11 +36,29 @@ pub struct Spliced {
     pub close: Option<(u16, String)>,
 }
 
-/// Runs until both directions have ended. `ws` is a client-role reader and writer.
+/// How a splice ended that did not end in order. Either way, reset the TCP side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpliceError {
+    /// The WebSocket side aborted: a Close other than 1000, a connection lost without a
+    /// Close, a framing error, or a failed write.
+    #[error("the relayed stream was aborted: {0}")]
+    Relay(WsError),
+    /// The TCP side was reset or failed; a Close 1011 was sent on the WebSocket.
+    #[error("the local connection failed: {0}")]
+    Tcp(io::Error),
+}
+
+/// How long the Close 1011 after a TCP failure may take to go out.
+const ABORT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs until both directions have ended. `ws` is a client-role reader and writer; `tcp` may
+/// be borrowed halves (`(&mut r, &mut w)`), so that the caller can [`reset`] the connection
+/// after an error.
 pub async fn splice<R, W, TR, TW>(
     ws: (WsReader<R>, WsWriter<W>),
     tcp: (TR, TW),
-) -> Result<Spliced, WsError>
+) -> Result<Spliced, SpliceError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -43,22 +69,42 @@ where
     let (mut tcp_read, mut tcp_write) = tcp;
     let (pongs_tx, pongs_rx) = mpsc::channel(4);
     // An error in either direction ends both, as with `copy_bidirectional`.
-    let (to_ws, (to_tcp, close)) = tokio::try_join!(
+    let joined = tokio::try_join!(
         tcp_to_ws(&mut tcp_read, &mut ws_write, pongs_rx),
         ws_to_tcp(&mut ws_read, &mut tcp_write, pongs_tx)
-    )?;
-    Ok(Spliced {
-        to_ws,
-        to_tcp,
-        close,
-    })
+    );
+    match joined {
+        Ok((to_ws, (to_tcp, close))) => Ok(Spliced {
+            to_ws,
+            to_tcp,
+            close,
+        }),
+        Err(SpliceError::Tcp(e)) => {
+            let reason = match e.kind() {
+                io::ErrorKind::ConnectionReset => "aborted: the local connection was reset",
+                _ => "aborted: the local connection failed",
+            };
+            let close = ws_write.close(close_code::INTERNAL_ERROR, reason);
+            let _ = tokio::time::timeout(ABORT_CLOSE_TIMEOUT, close).await;
+            Err(SpliceError::Tcp(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Resets a TCP connection: an RST instead of a FIN, so the far end sees an abort.
+pub fn reset(stream: tokio::net::TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!(error = %e, "SO_LINGER 0 failed; the close will be a FIN");
+    }
+    drop(stream);
 }
 
 async fn tcp_to_ws<TR, W>(
     tcp: &mut TR,
     ws: &mut WsWriter<W>,
     mut pongs: mpsc::Receiver<Vec<u8>>,
-) -> Result<u64, WsError>
+) -> Result<u64, SpliceError>
 where
     TR: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -74,17 +120,17 @@ where
             pong = pongs.recv(), if pongs_open => {
                 match pong {
                     Some(payload) => {
-                        ws.send(true, OpCode::Pong, &payload).await?;
-                        ws.flush().await?;
+                        ws.send(true, OpCode::Pong, &payload).await.map_err(relay)?;
+                        ws.flush().await.map_err(relay)?;
                     }
                     None => pongs_open = false,
                 }
                 continue;
             }
-            n = tcp.read(&mut buf[MAX_HEADER_LEN..]) => n?,
+            n = tcp.read(&mut buf[MAX_HEADER_LEN..]) => n.map_err(SpliceError::Tcp)?,
         };
         if n == 0 {
-            ws.close(close_code::NORMAL, "").await?;
+            ws.close(close_code::NORMAL, "").await.map_err(relay)?;
             return Ok(total);
         }
         // A bulk transfer keeps filling the chunk: fewer, larger frames then cost fewer
@@ -105,8 +151,10 @@ where
         let len = header.encode(&mut h);
         let start = MAX_HEADER_LEN - len;
         buf[start..MAX_HEADER_LEN].copy_from_slice(&h[..len]);
-        ws.write_raw(&buf[start..MAX_HEADER_LEN + n]).await?;
-        ws.flush().await?;
+        ws.write_raw(&buf[start..MAX_HEADER_LEN + n])
+            .await
+            .map_err(relay)?;
+        ws.flush().await.map_err(relay)?;
         total += n as u64;
         if full_reads >= 2 && buf.len() < MAX_HEADER_LEN + BULK_CHUNK {
             buf.resize(MAX_HEADER_LEN + BULK_CHUNK, 0);
@@ -118,27 +166,35 @@ async fn ws_to_tcp<R, TW>(
     ws: &mut WsReader<R>,
     tcp: &mut TW,
     pongs: mpsc::Sender<Vec<u8>>,
-) -> Result<(u64, Option<(u16, String)>), WsError>
+) -> Result<(u64, Option<(u16, String)>), SpliceError>
 where
     R: AsyncRead + Unpin,
     TW: AsyncWrite + Unpin,
 {
+    let ws_err = |e: WsError| SpliceError::Relay(e);
     let mut total = 0u64;
     loop {
-        let Some(header) = ws.header().await? else {
-            tcp.shutdown().await?;
-            return Ok((total, None));
+        let Some(header) = ws.header().await.map_err(ws_err)? else {
+            return Err(SpliceError::Relay(WsError::ConnectionLost));
         };
         match header.opcode {
             OpCode::Ping | OpCode::Pong | OpCode::Close => {
                 let mut payload = Vec::new();
-                ws.read_small_payload(&mut payload).await?;
+                ws.read_small_payload(&mut payload).await.map_err(ws_err)?;
                 match header.opcode {
                     OpCode::Ping => {
                         let _ = pongs.try_send(payload);
                     }
                     OpCode::Close => {
-                        let close = frame::parse_close(&payload)?.map(|(c, r)| (c, r.to_owned()));
+                        let close = frame::parse_close(&payload)
+                            .map_err(|e| SpliceError::Relay(e.into()))?
+                            .map(|(c, r)| (c, r.to_owned()));
+                        if let Some((code, reason)) = close
+                            .clone()
+                            .filter(|(c, _)| !frame::is_orderly_close(Some(*c)))
+                        {
+                            return Err(SpliceError::Relay(WsError::Aborted { code, reason }));
+                        }
                         shutdown_quietly(tcp).await;
                         return Ok((total, close));
                     }
@@ -146,19 +202,23 @@ where
                 }
             }
             _ => {
-                while ws.fill_payload().await? > 0 {
+                while ws.fill_payload().await.map_err(ws_err)? > 0 {
                     let chunk = ws.payload();
                     let n = chunk.len();
-                    tcp.write_all(chunk).await?;
+                    tcp.write_all(chunk).await.map_err(SpliceError::Tcp)?;
                     ws.consume(n);
                     total += n as u64;
                 }
                 if !ws.has_buffered() {
-                    tcp.flush().await?;
+                    tcp.flush().await.map_err(SpliceError::Tcp)?;
                 }
             }
         }
     }
+}
+
+fn relay(e: io::Error) -> SpliceError {
+    SpliceError::Relay(WsError::Io(e))
 }
 
 async fn shutdown_quietly<TW: AsyncWrite + Unpin>(tcp: &mut TW) {
@@ -230,5 +290,105 @@ mod tests {
                 close: Some((1000, String::new())),
             }
         );
+    }
+
+    type Duplex = tokio::io::DuplexStream;
+    type Peer = (
+        tokio::task::JoinHandle<Result<Spliced, SpliceError>>,
+        WsReader<tokio::io::ReadHalf<Duplex>>,
+        WsWriter<tokio::io::WriteHalf<Duplex>>,
+    );
+
+    /// A splice whose WebSocket peer is the returned server reader and writer, and whose TCP
+    /// side is `tcp`.
+    fn spliced_with<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(tcp: T) -> Peer {
+        let (ws_client, ws_server) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(ws_client);
+        let task = tokio::spawn(splice(
+            (
+                WsReader::new(cr, Role::Client, 4096),
+                WsWriter::new(cw, Role::Client),
+            ),
+            tokio::io::split(tcp),
+        ));
+        let (sr, sw) = tokio::io::split(ws_server);
+        (
+            task,
+            WsReader::new(sr, Role::Server, 4096),
+            WsWriter::new(sw, Role::Server),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_close_other_than_1000_or_a_lost_connection_is_an_abort() {
+        for code in [1001u16, 1011, 4000] {
+            let (tcp_side, _tcp_app) = tokio::io::duplex(1 << 16);
+            let (task, _r, mut w) = spliced_with(tcp_side);
+            w.send(true, OpCode::Binary, b"partial").await.unwrap();
+            w.close(code, "cut").await.unwrap();
+            match task.await.unwrap() {
+                Err(SpliceError::Relay(WsError::Aborted { code: c, reason })) => {
+                    assert_eq!((c, reason.as_str()), (code, "cut"));
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        let (tcp_side, _tcp_app) = tokio::io::duplex(1 << 16);
+        let (task, r, mut w) = spliced_with(tcp_side);
+        w.send(true, OpCode::Binary, b"partial").await.unwrap();
+        w.shutdown().await.unwrap();
+        drop((r, w));
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(SpliceError::Relay(WsError::ConnectionLost))
+        ));
+    }
+
+    /// A TCP side whose reads fail with a reset.
+    struct Reset;
+
+    impl AsyncRead for Reset {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+    }
+
+    impl AsyncWrite for Reset {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tcp_reset_goes_out_as_a_close_1011() {
+        let (task, mut r, _w) = spliced_with(Reset);
+        assert!(matches!(task.await.unwrap(), Err(SpliceError::Tcp(_))));
+        match r.message(1024).await.unwrap() {
+            Some(Message::Close(Some((code, reason)))) => {
+                assert_eq!(code, 1011);
+                assert!(reason.contains("reset"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! Binary WebSocket messages as a byte stream.
 //!
 //! Reading yields the payload of every data message in order (text too, as bytes); the
-//! peer's Close is end of stream. Writing sends each write as one binary message;
-//! `shutdown` sends a Close and leaves the read side open, so half-close works end to end.
-//! Pings are answered with the next write or read.
+//! peer's Close 1000 (or an empty Close) is end of stream. Any other Close code is an error of
+//! kind `ConnectionAborted`, and a connection lost without a Close one of kind
+//! `ConnectionReset`: an aborted stream never reads as a complete one. Writing sends each
+//! write as one binary message; `shutdown` sends a Close 1000 and leaves the read side open,
+//! so half-close works end to end; [`WsByteStream::close_with`] sends another code, which is
+//! how an abort is passed on. Pings are answered with the next write or read.
 
 use std::io;
 use std::pin::Pin;
@@ -27,7 +30,8 @@ pub struct WsByteStream<R, W> {
     in_data: bool,
     /// Payload of the control frame being read.
     control: Option<(OpCode, Vec<u8>)>,
-    /// The peer's Close arrived (code and reason).
+    /// The stream ended: `Some(None)` when the connection was lost without a Close,
+    /// `Some(Some(..))` with the peer's Close code (1000 for an empty Close) and reason.
     peer_closed: Option<Option<(u16, String)>>,
     /// Bytes of `writer.scratch` already written.
     staged_pos: usize,
@@ -136,8 +140,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
             let _ = self.poll_drain(cx)?;
         }
         loop {
-            if self.peer_closed.is_some() {
-                return Poll::Ready(Ok(()));
+            match &self.peer_closed {
+                Some(None) => return Poll::Ready(Err(WsError::ConnectionLost)),
+                Some(Some((code, reason))) if !frame::is_orderly_close(Some(*code)) => {
+                    return Poll::Ready(Err(WsError::Aborted {
+                        code: *code,
+                        reason: reason.clone(),
+                    }));
+                }
+                Some(Some(_)) => return Poll::Ready(Ok(())),
+                None => {}
             }
             if self.in_data {
                 let n = ready!(self.reader.poll_payload(cx))?;
@@ -158,8 +170,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> WsByteStream<R, W> {
                         let _ = self.poll_drain(cx)?;
                     }
                     OpCode::Close => {
-                        let status = frame::parse_close(&payload)?.map(|(c, r)| (c, r.to_owned()));
-                        self.peer_closed = Some(status);
+                        // An empty Close is an orderly end, like 1000.
+                        let status = frame::parse_close(&payload)?
+                            .map_or((frame::close_code::NORMAL, String::new()), |(c, r)| {
+                                (c, r.to_owned())
+                            });
+                        self.peer_closed = Some(Some(status));
                     }
                     _ => {}
                 }
@@ -233,7 +249,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncWrite for WsByteStream<R,
 fn into_io(err: WsError) -> io::Error {
     match err {
         WsError::Io(e) => e,
-        WsError::UnexpectedEof => io::ErrorKind::UnexpectedEof.into(),
+        e @ (WsError::UnexpectedEof | WsError::ConnectionLost) => {
+            io::Error::new(io::ErrorKind::ConnectionReset, e)
+        }
+        e @ WsError::Aborted { .. } => io::Error::new(io::ErrorKind::ConnectionAborted, e),
         other => io::Error::new(io::ErrorKind::InvalidData, other),
     }
 }
@@ -275,10 +294,56 @@ mod tests {
             .send(true, OpCode::Continuation, b"onse")
             .await
             .unwrap();
-        swriter.close(4000, "bye").await.unwrap();
+        swriter.close(1000, "bye").await.unwrap();
         let mut got = Vec::new();
         stream.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"response");
-        assert_eq!(stream.close_status(), Some((4000, "bye")));
+        assert_eq!(stream.close_status(), Some((1000, "bye")));
+    }
+
+    async fn ended_by(
+        end: impl AsyncFnOnce(WsWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>),
+    ) -> io::Result<Vec<u8>> {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(client);
+        let mut stream = WsByteStream::new(
+            WsReader::new(cr, Role::Client, 1024),
+            WsWriter::new(cw, Role::Client),
+        );
+        let (_sr, sw) = tokio::io::split(server);
+        let mut swriter = WsWriter::new(sw, Role::Server);
+        swriter.send(true, OpCode::Binary, b"part").await.unwrap();
+        swriter.flush().await.unwrap();
+        end(swriter).await;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.map(|_| got)
+    }
+
+    #[tokio::test]
+    async fn aborts_read_as_errors_never_as_end_of_stream() {
+        let aborted = ended_by(async |mut w| w.close(1011, "reset").await.unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            aborted.kind(),
+            io::ErrorKind::ConnectionAborted,
+            "{aborted}"
+        );
+        let going = ended_by(async |mut w| w.close(1001, "").await.unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(going.kind(), io::ErrorKind::ConnectionAborted);
+        // A connection lost without a Close: the transport ends (FIN) after the data.
+        let lost = ended_by(async |mut w| w.shutdown().await.unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(lost.kind(), io::ErrorKind::ConnectionReset, "{lost}");
+        let empty = ended_by(async |mut w| {
+            w.send(true, OpCode::Close, &[]).await.unwrap();
+            w.flush().await.unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(empty, b"part", "an empty Close is an orderly end");
     }
 }

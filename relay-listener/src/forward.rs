@@ -120,10 +120,10 @@ impl Handler for TcpForward {
                 return;
             }
         };
-        let (from_tcp, to_tcp) = tcp.into_split();
+        let (mut from_tcp, mut to_tcp) = tcp.into_split();
         let tcp = (
-            Throttled::new(from_tcp, self.from_target.clone()),
-            Throttled::new(to_tcp, self.to_target.clone()),
+            Throttled::new(&mut from_tcp, self.from_target.clone()),
+            Throttled::new(&mut to_tcp, self.to_target.clone()),
         );
         match relay_io::splice::splice(stream.into_parts(), tcp).await {
             Ok(s) => tracing::debug!(
@@ -133,7 +133,11 @@ impl Handler for TcpForward {
                 "connection finished"
             ),
             Err(e) => {
-                tracing::debug!(connection = %id, error = %e, "connection ended with an error");
+                tracing::info!(connection = %id, error = %e, "connection aborted; resetting the target connection");
+                // A truncated upload must not reach the target as a finished one.
+                if let Ok(tcp) = from_tcp.reunite(to_tcp) {
+                    relay_io::splice::reset(tcp);
+                }
             }
         }
     }

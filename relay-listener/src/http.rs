@@ -81,7 +81,17 @@ async fn serve_inline<H: Handler>(
                     buffered.extend_from_slice(&data);
                 }
             }
-            Ok(Some(Err(e))) => return Err(WsError::Io(std::io::Error::other(e))),
+            Ok(Some(Err(e))) => {
+                // Nothing went out yet: the sender gets a 502 now, not a 504 at the deadline.
+                tracing::warn!(request = %id, error = %e, "the handler's response failed before it was sent");
+                let json = ListenerCommand::Response(failed_head(&id)).encode();
+                let body = Bytes::from(format!("the response failed: {e}"));
+                return ctx
+                    .out
+                    .send(Out::TextWithBody(json, body))
+                    .await
+                    .map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
         }
     }
     if finished && buffered.len() <= INLINE_BODY_LIMIT {
@@ -202,7 +212,16 @@ async fn send_response(
     }
     writer.flush().await?;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| WsError::Io(std::io::Error::other(e)))?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                // The head is out: only an abort tells the sender the body is cut.
+                let _ = writer
+                    .close(close_code::INTERNAL_ERROR, "aborted: the response failed")
+                    .await;
+                return Err(WsError::Io(std::io::Error::other(e)));
+            }
+        };
         if let Ok(data) = frame.into_data() {
             if !data.is_empty() {
                 writer.send(false, opcode, &data).await?;
@@ -214,6 +233,20 @@ async fn send_response(
     writer.send(true, opcode, &[]).await?;
     writer.flush().await?;
     Ok(())
+}
+
+/// The head of a 502 for a response that failed before anything was sent.
+fn failed_head(id: &str) -> control::Response {
+    control::Response {
+        request_id: id.to_owned(),
+        status_code: 502,
+        status_description: Some("Bad Gateway".into()),
+        response_headers: Headers(vec![(
+            "content-type".into(),
+            "text/plain; charset=utf-8".into(),
+        )]),
+        body: true,
+    }
 }
 
 fn is_head(request: &control::Request) -> bool {

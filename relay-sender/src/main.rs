@@ -13,6 +13,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use relay_cli::{ConnectionArgs, LogFormat, init_logging};
 use relay_core::connection_string::{Credential, Target};
+use relay_io::WsError;
+use relay_io::splice::SpliceError;
 use relay_sender::ConnectOptions;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -264,19 +266,35 @@ async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
             return;
         }
     };
-    match relay_io::splice::splice(conn.stream.into_parts(), tcp.into_split()).await {
-        Ok(s) => match s.close {
-            Some((relay_core::standby::CLOSE_REJECTED, reason)) => {
-                tracing::warn!(%peer, hc = %route.hc, %reason, "the listener refused the connection");
-            }
-            _ => tracing::debug!(
+    let (mut from_client, mut to_client) = tcp.into_split();
+    let spliced =
+        relay_io::splice::splice(conn.stream.into_parts(), (&mut from_client, &mut to_client))
+            .await;
+    let error = match spliced {
+        Ok(s) => {
+            tracing::debug!(
                 %peer,
                 from_listener = s.to_tcp,
                 to_listener = s.to_ws,
                 "connection finished"
-            ),
-        },
-        Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+            );
+            return;
+        }
+        Err(e) => e,
+    };
+    match &error {
+        SpliceError::Relay(WsError::Aborted { code, reason })
+            if *code == relay_core::standby::CLOSE_REJECTED =>
+        {
+            tracing::warn!(%peer, hc = %route.hc, %reason, "the listener refused the connection");
+        }
+        _ => {
+            tracing::info!(%peer, hc = %route.hc, error = %error, "connection aborted; resetting the local connection");
+        }
+    }
+    // An abort reaches the local client as a reset, never as a clean end of stream.
+    if let Ok(tcp) = from_client.reunite(to_client) {
+        relay_io::splice::reset(tcp);
     }
 }
 

@@ -328,3 +328,9 @@ pub fn build_binaries() {
         .expect("cargo runs");
     assert!(status.success(), "building the binaries failed: {status}");
 }
+
+/// [`build_binaries`], once per test process (suites whose tests run in parallel).
+pub fn build_binaries_once() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(build_binaries);
+}

@@ -37,6 +37,29 @@ async fn app(req: Request) -> axum::response::Response {
             .header("content-type", "application/octet-stream")
             .body(vec![7u8; BIG].into())
             .unwrap(),
+        "abort-now" => {
+            let failing = futures_util::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::other("the app crashed"))
+            });
+            builder
+                .body(axum::body::Body::from_stream(failing))
+                .unwrap()
+        }
+        "abort-later" => {
+            let failing = futures_util::stream::unfold(0u8, |n| async move {
+                match n {
+                    0 => Some((Ok(Bytes::from(vec![9u8; 100_000])), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((Err(std::io::Error::other("the app crashed")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            builder
+                .body(axum::body::Body::from_stream(failing))
+                .unwrap()
+        }
         "sse" => {
             let events = futures_util::stream::unfold(0u8, |n| async move {
                 match n {
@@ -468,6 +491,41 @@ async fn host_names_reach_their_hybrid_connection_with_the_path_untouched() {
     let (status, _, body) = http_request("GET", &format!("{base}/echo"), &with, vec![]).await;
     assert_eq!(status, 200);
     assert!(values(&json(&body), "cookie").is_empty());
+}
+
+#[tokio::test]
+async fn an_aborted_response_never_reads_as_complete() {
+    let broker = TestBroker::start("").await;
+    let _site = serve_site(&broker, "hyco").await;
+    let token = broker.token("hyco");
+    let auth = [("ServiceBusAuthorization", token.as_str())];
+    let started = Instant::now();
+    let (status, _, body) = http_request(
+        "GET",
+        &format!("{}/hyco/abort-now", broker.http()),
+        &auth,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not the 60 s deadline"
+    );
+
+    // Once the head and part of the body are out, the cut reaches the sender as an error.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let req = http::Request::get(format!("{}/hyco/abort-later", broker.http()))
+        .header("ServiceBusAuthorization", token)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
+        .await
+        .expect("the body ends in time");
+    assert!(collected.is_err(), "an aborted body must not end cleanly");
 }
 
 #[tokio::test]
