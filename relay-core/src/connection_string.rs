@@ -68,7 +68,8 @@ impl ConnectionString {
         Ok(out)
     }
 
-    /// The endpoint as a WebSocket base URL: `sb://` becomes `wss://`, no trailing slash.
+    /// The endpoint as a WebSocket base URL, no trailing slash (see [`ws_base`]: `sb://` is
+    /// kept).
     #[must_use]
     pub fn ws_endpoint(&self) -> String {
         ws_base(&self.endpoint)
