@@ -133,7 +133,8 @@ pub struct Limits {
     /// What that buffer grows to once a transfer keeps filling it (bulk data costs fewer
     /// system calls); interactive and idle connections keep `relay_buffer_bytes`.
     pub relay_buffer_max_bytes: usize,
-    /// Queue of control messages to one listener; a full queue means the listener is overloaded.
+    /// Queue of control messages to one listener. A sender that finds it full waits, within
+    /// its deadline, for room; past that it gets 503 with `Retry-After`.
     pub control_queue: usize,
     /// Time allowed for graceful shutdown before connections are cut.
     pub shutdown_drain: Duration,
@@ -237,6 +238,7 @@ struct RawLimits {
     standby_per_listener: Option<usize>,
     standby_max_age_secs: Option<f64>,
     browser_session_secs: Option<f64>,
+    control_queue: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -459,7 +461,7 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
             d.relay_buffer_max_bytes.max(relay_buffer_bytes),
             relay_buffer_bytes,
         )?,
-        control_queue: d.control_queue,
+        control_queue: count(raw.control_queue, "control_queue", d.control_queue, 1)?,
         shutdown_drain: secs(
             raw.shutdown_drain_secs,
             "shutdown_drain_secs",

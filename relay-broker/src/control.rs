@@ -35,6 +35,22 @@ const MAX_UNSOLICITED: u32 = 100;
 /// How long the reader may wait for the listener's Close after the broker sent one.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// Queues a notice for a listener, waiting until `deadline` for room when its queue is full
+/// (a burst); then 503, never "no listener".
+pub(crate) async fn enqueue(
+    listener: &ListenerHandle,
+    notice: Outbound,
+    deadline: tokio::time::Instant,
+) -> Result<(), RelayError> {
+    match tokio::time::timeout_at(deadline, listener.tx.send(notice)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(RelayError::ListenerFailed(
+            "the listener disconnected".into(),
+        )),
+        Err(_) => Err(RelayError::Busy("listener control queue")),
+    }
+}
+
 /// A control channel about to open.
 pub(crate) struct Opening {
     /// Base of its rendezvous addresses.

@@ -164,8 +164,14 @@ impl RelayError {
         if let Ok(id) = http::HeaderValue::from_str(tracking.as_str()) {
             headers.insert("x-ms-tracking-id", id);
         }
-        if matches!(self, Self::Throttled) {
-            headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        match self {
+            Self::Throttled => {
+                headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+            }
+            Self::Busy(_) | Self::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         let reason = format!(
             "{} {text}",

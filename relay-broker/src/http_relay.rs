@@ -171,11 +171,11 @@ pub(crate) async fn handle(
             },
         )
         .map_err(|_| RelayError::Busy("pending requests"))?;
-    listener
-        .tx
-        .try_send(notice)
-        .map_err(|_| RelayError::Busy("listener control queue"))?;
-    let answer = match tokio::time::timeout(shared.limits.http_request_timeout, response).await {
+    // One deadline for the whole request: waiting for room in a busy listener's queue (a
+    // burst), then for its answer.
+    let deadline = tokio::time::Instant::now() + shared.limits.http_request_timeout;
+    crate::control::enqueue(&listener, notice, deadline).await?;
+    let answer = match tokio::time::timeout_at(deadline, response).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => {
             return Err(RelayError::ListenerFailed(

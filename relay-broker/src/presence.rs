@@ -62,7 +62,8 @@ pub trait Presence: Send + Sync + 'static {
     fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded>;
     /// Removes a listener.
     fn unregister(&self, hc: &str, id: u64);
-    /// Picks the listener for the next sender, spreading load; `None` when none is connected.
+    /// Picks the listener for the next sender, spreading load and preferring one whose
+    /// control queue has room; `None` only when none is connected.
     fn pick(&self, hc: &str) -> Option<ListenerHandle>;
     /// How many listeners a hybrid connection has.
     fn count(&self, hc: &str) -> usize;
@@ -121,16 +122,22 @@ impl Presence for LocalPresence {
     fn pick(&self, hc: &str) -> Option<ListenerHandle> {
         let mut slot = self.slots.get_mut(&hc.to_ascii_lowercase())?;
         let n = slot.listeners.len();
-        // Skip listeners whose queue is full or closed; each is tried once.
+        // Prefer a listener with room in its queue; when every open one is full, still hand
+        // one out: the caller waits, bounded, for room (a burst is not "no listener").
+        let mut full = None;
         for _ in 0..n {
             let i = slot.next % n;
             slot.next = slot.next.wrapping_add(1);
             let l = &slot.listeners[i];
-            if l.tx.capacity() > 0 && !l.close.is_cancelled() {
+            if l.close.is_cancelled() || l.tx.is_closed() {
+                continue;
+            }
+            if l.tx.capacity() > 0 {
                 return Some(l.clone());
             }
+            full.get_or_insert_with(|| l.clone());
         }
-        None
+        full
     }
 
     fn count(&self, hc: &str) -> usize {
@@ -162,11 +169,14 @@ mod tests {
     use super::*;
 
     fn handle(id: u64) -> ListenerHandle {
+        let (tx, rx) = mpsc::channel(1);
+        // An open control channel: its receiver lives as long as the test.
+        std::mem::forget(rx);
         ListenerHandle {
             id,
             hc: "Orders".into(),
             base_url: "ws://x".into(),
-            tx: mpsc::channel(1).0,
+            tx,
             close: CancellationToken::new(),
             revoked: None,
             instance: None,
@@ -190,6 +200,22 @@ mod tests {
         }
         assert_eq!(p.count("orders"), 0);
         assert!(p.pick("orders").is_none());
+    }
+
+    #[test]
+    fn a_full_queue_is_still_a_listener() {
+        let p = LocalPresence::default();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        std::mem::forget(rx);
+        let full = ListenerHandle { tx, ..handle(1) };
+        full.tx.try_send(Outbound::Text("queued".into())).unwrap();
+        p.register(full, 2).unwrap();
+        assert_eq!(p.pick("orders").map(|l| l.id), Some(1), "busy, not absent");
+        let roomy = handle(2);
+        p.register(roomy, 2).unwrap();
+        for _ in 0..4 {
+            assert_eq!(p.pick("orders").map(|l| l.id), Some(2), "room wins");
+        }
     }
 
     #[test]

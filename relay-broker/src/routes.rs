@@ -575,13 +575,10 @@ pub(crate) async fn via_control_channel(
     accept
         .address
         .push_str(&format!("&{RENDEZVOUS_PARAM}={}", guard.key()));
-    listener
-        .tx
-        .try_send(Outbound::Text(
-            ListenerCommand::Accept(accept.clone()).encode(),
-        ))
-        .map_err(|_| RelayError::Busy("listener control queue"))?;
-    match tokio::time::timeout(shared.limits.accept_timeout, rx).await {
+    let deadline = tokio::time::Instant::now() + shared.limits.accept_timeout;
+    let notice = Outbound::Text(ListenerCommand::Accept(accept.clone()).encode());
+    control::enqueue(listener, notice, deadline).await?;
+    match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(arrival)) => Ok(arrival),
         Ok(Err(_)) => Err(RelayError::ListenerFailed(
             "the listener disconnected".into(),

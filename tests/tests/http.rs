@@ -380,3 +380,61 @@ async fn health_readiness_and_metrics() {
         503
     );
 }
+
+#[tokio::test]
+async fn a_burst_larger_than_the_control_queue_waits_for_room_instead_of_failing() {
+    // A queue of 8 and 300 requests at once through our listener library: every request
+    // waits, within its deadline, for room, and none is told there is no listener.
+    let broker = TestBroker::start("[limits]\ncontrol_queue = 8").await;
+    let _stop = serve_app(&broker).await;
+    let token = broker.token("hyco");
+    let url = format!("{}/hyco/burst", broker.http());
+    let requests: Vec<_> = (0..300)
+        .map(|_| {
+            let (url, token) = (url.clone(), token.clone());
+            tokio::spawn(async move {
+                http_request("GET", &url, &[("ServiceBusAuthorization", &token)], vec![])
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for r in requests {
+        *statuses.entry(r.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(200, 300)].into_iter().collect(), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_listener_whose_queue_stays_full_gets_503_with_retry_after() {
+    // A raw listener that never reads its control channel, a queue of 1 and a short
+    // deadline: once the socket buffers are full too, requests get 503 with Retry-After,
+    // never 502 "no listener".
+    let broker = TestBroker::start(
+        "[limits]\ncontrol_queue = 1\nhttp_request_timeout_secs = 2\nping_interval_secs = 300",
+    )
+    .await;
+    let _listener = RawListener::open(&broker, "open").await;
+    let url = format!("{}/open/x", broker.http());
+    let big = "x".repeat(30_000);
+    let requests: Vec<_> = (0..400)
+        .map(|_| {
+            let (url, big) = (url.clone(), big.clone());
+            tokio::spawn(async move { http_request("GET", &url, &[("X-Big", &big)], vec![]).await })
+        })
+        .collect();
+    let mut busy = 0;
+    for r in requests {
+        let (status, headers, _) = r.await.unwrap();
+        assert!(
+            matches!(status, 503 | 504),
+            "{status}: a connected listener is busy, not absent"
+        );
+        if status == 503 {
+            assert_eq!(headers["retry-after"], "1");
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "the queue and the socket buffers filled up");
+}
