@@ -58,17 +58,85 @@ fn client_builder(
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    let mut pinned = Vec::new();
     if let Some(path) = extra_ca {
         for cert in load_certs(path)? {
             roots
-                .add(cert)
+                .add(cert.clone())
                 .map_err(|e| WsError::Tls(format!("{}: {e}", path.display())))?;
+            pinned.push(cert);
         }
     }
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| WsError::Tls(e.to_string()))?;
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| WsError::Tls(e.to_string()))?
-        .with_root_certificates(roots))
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { inner, pinned })))
+}
+
+/// The web PKI check, plus pinning: a server that presents exactly a certificate given in
+/// `--ca-cert` is trusted even where the web PKI refuses it. The usual
+/// `openssl req -x509 -newkey ... -nodes` one-liner makes a self-signed certificate with
+/// `CA:TRUE`, which webpki will not take as a server's own (`CaUsedAsEndEntity`); the person
+/// who passed that very file meant to trust that very server. The handshake signature is
+/// still checked, so the server holds the key.
+#[derive(Debug)]
+struct Pinned {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(e)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                tracing::debug!(error = %e, "the server presented the pinned --ca-cert certificate");
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The crypto provider every configuration uses, for signing keys outside a handshake.
