@@ -94,10 +94,25 @@ where
 
 /// Resets a TCP connection: an RST instead of a FIN, so the far end sees an abort.
 pub fn reset(stream: tokio::net::TcpStream) {
-    if let Err(e) = stream.set_zero_linger() {
-        tracing::debug!(error = %e, "SO_LINGER 0 failed; the close will be a FIN");
-    }
+    reset_on_close(&stream);
     drop(stream);
+}
+
+/// Makes every close of `stream` a reset (SO_LINGER 0) until [`finished`] says it ended in
+/// order. Set it as soon as a relayed connection exists: then a process that dies, is killed
+/// or drops the socket on any early return resets the far end instead of sending the FIN
+/// the kernel would send for it, which reads as a complete stream.
+pub fn reset_on_close(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!(error = %e, "SO_LINGER 0 failed; a close will be a FIN");
+    }
+}
+
+/// Marks `stream` as ended in order (both FINs exchanged): its close is an ordinary one again.
+pub fn finished(stream: &tokio::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(stream).set_linger(None) {
+        tracing::debug!(error = %e, "restoring SO_LINGER failed");
+    }
 }
 
 async fn tcp_to_ws<TR, W>(

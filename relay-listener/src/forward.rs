@@ -113,6 +113,9 @@ impl Handler for TcpForward {
             }
         };
         let _ = tcp.set_nodelay(true);
+        // Until the stream ends in order, any close (a failed accept, an abort, this agent
+        // killed) resets the target instead of handing it a FIN that reads as complete.
+        relay_io::splice::reset_on_close(&tcp);
         let stream = match conn.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -125,19 +128,24 @@ impl Handler for TcpForward {
             Throttled::new(&mut from_tcp, self.from_target.clone()),
             Throttled::new(&mut to_tcp, self.to_target.clone()),
         );
-        match relay_io::splice::splice(stream.into_parts(), tcp).await {
-            Ok(s) => tracing::debug!(
-                connection = %id,
-                to_target = s.to_tcp,
-                from_target = s.to_ws,
-                "connection finished"
-            ),
+        let spliced = relay_io::splice::splice(stream.into_parts(), tcp).await;
+        let tcp = from_tcp.reunite(to_tcp);
+        match spliced {
+            Ok(s) => {
+                tracing::debug!(
+                    connection = %id,
+                    to_target = s.to_tcp,
+                    from_target = s.to_ws,
+                    "connection finished"
+                );
+                if let Ok(tcp) = &tcp {
+                    relay_io::splice::finished(tcp);
+                }
+            }
+            // Dropped with SO_LINGER 0: a truncated upload must not reach the target as a
+            // finished one.
             Err(e) => {
                 tracing::info!(connection = %id, error = %e, "connection aborted; resetting the target connection");
-                // A truncated upload must not reach the target as a finished one.
-                if let Ok(tcp) = from_tcp.reunite(to_tcp) {
-                    relay_io::splice::reset(tcp);
-                }
             }
         }
     }

@@ -251,6 +251,9 @@ struct Route {
 
 async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
     let _ = tcp.set_nodelay(true);
+    // Until the relayed stream ends in order, any close (a failed connect, an abort, this
+    // process killed) resets the local client rather than telling it the stream is complete.
+    relay_io::splice::reset_on_close(&tcp);
     let options = ConnectOptions {
         token: token_for(&route.target, &route.hc),
         path: route.path.clone(),
@@ -270,7 +273,8 @@ async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
     let spliced =
         relay_io::splice::splice(conn.stream.into_parts(), (&mut from_client, &mut to_client))
             .await;
-    let error = match spliced {
+    let tcp = from_client.reunite(to_client);
+    match spliced {
         Ok(s) => {
             tracing::debug!(
                 %peer,
@@ -278,23 +282,18 @@ async fn relay_one(tcp: TcpStream, peer: std::net::SocketAddr, route: &Route) {
                 to_listener = s.to_ws,
                 "connection finished"
             );
-            return;
+            if let Ok(tcp) = &tcp {
+                relay_io::splice::finished(tcp);
+            }
         }
-        Err(e) => e,
-    };
-    match &error {
-        SpliceError::Relay(WsError::Aborted { code, reason })
-            if *code == relay_core::standby::CLOSE_REJECTED =>
+        Err(SpliceError::Relay(WsError::Aborted { code, reason }))
+            if code == relay_core::standby::CLOSE_REJECTED =>
         {
             tracing::warn!(%peer, hc = %route.hc, %reason, "the listener refused the connection");
         }
-        _ => {
-            tracing::info!(%peer, hc = %route.hc, error = %error, "connection aborted; resetting the local connection");
+        Err(e) => {
+            tracing::info!(%peer, hc = %route.hc, error = %e, "connection aborted; resetting the local connection");
         }
-    }
-    // An abort reaches the local client as a reset, never as a clean end of stream.
-    if let Ok(tcp) = from_client.reunite(to_client) {
-        relay_io::splice::reset(tcp);
     }
 }
 

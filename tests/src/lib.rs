@@ -2,6 +2,7 @@
 #![allow(missing_docs, unreachable_pub)]
 
 pub mod certs;
+pub mod chain;
 pub mod external;
 
 use std::net::SocketAddr;

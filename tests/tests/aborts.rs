@@ -4,191 +4,19 @@
 //! Close 1011, a connection dropped without a Close), asserting how the far end saw it: a
 //! reset, never a clean end of stream. Clean ends, half-close included, stay clean.
 //!
-//! A process killed with SIGKILL has its own sockets closed by the kernel, with a FIN: the
-//! relay cannot change what the killed agent's backend or the killed sender's client see.
-//! What it guarantees is the other side of the chain, which these tests check.
+//! A process killed with SIGKILL has its own sockets closed by the kernel; the tools set
+//! SO_LINGER 0 on their local connections until a stream has ended in order, so even then the
+//! kernel's close is a reset, not a FIN.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use relay_core::frame::OpCode;
-use relay_tests::external::{Process, relay_broker};
-use relay_tests::{KEY, KEY_NAME, RawListener, TestBroker, http_request, temp_dir, token_for};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use relay_tests::chain::{CHUNK, Chain, End, backend, read_n, read_to_end, reset, sender, spawn};
+use relay_tests::external::Process;
+use relay_tests::{KEY_NAME, RawListener, TestBroker};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-/// How a TCP peer saw its connection end.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// A FIN after this many bytes: what a complete stream looks like.
-    Clean(usize),
-    /// A reset (or another error) after this many bytes.
-    Reset(usize),
-}
-
-/// Reads until the stream ends; bounded.
-async fn read_to_end(stream: &mut TcpStream) -> End {
-    let mut total = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
-            Err(_) => panic!("the stream neither ended nor was reset within 20 s"),
-            Ok(Ok(0)) => return End::Clean(total),
-            Ok(Ok(n)) => total += n,
-            Ok(Err(_)) => return End::Reset(total),
-        }
-    }
-}
-
-/// Reads exactly `n` bytes (the stream is flowing).
-async fn read_n(stream: &mut TcpStream, n: usize) {
-    let mut buf = vec![0u8; n];
-    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut buf))
-        .await
-        .expect("data in time")
-        .expect("data");
-}
-
-fn reset(stream: TcpStream) {
-    stream.set_zero_linger().unwrap();
-    drop(stream);
-}
-
-const CHUNK: usize = 256 * 1024;
-
-/// Backend connections, handed to the test as they are accepted.
-async fn backend() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            if tx.send(tcp).await.is_err() {
-                break;
-            }
-        }
-    });
-    (addr, rx)
-}
-
-fn spawn(bin: &str, args: &[&str]) -> Process {
-    let child = Command::new(relay_tests::bin(bin))
-        .args(args)
-        .env("RELAY_SAS_KEY", KEY)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binaries are built");
-    Process(child)
-}
-
-async fn wait_listener(http: &str) {
-    let token = token_for(&format!("{http}/hyco"), KEY_NAME, KEY, 600);
-    let url = format!("{http}/hyco?api-version=2016-07");
-    let headers = [
-        ("X-PROCESS-AT", "ServiceBus"),
-        ("Authorization", token.as_str()),
-    ];
-    for _ in 0..500 {
-        let (_, _, body) = http_request("GET", &url, &headers, vec![]).await;
-        if String::from_utf8_lossy(&body).contains("<ListenerCount>1<") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the agent never listened");
-}
-
-/// `relay-sender forward` to `endpoint`; returns it and its local address.
-async fn sender(endpoint: &str) -> (Process, SocketAddr) {
-    let mut process = spawn(
-        "relay-sender",
-        &[
-            "forward",
-            "--endpoint",
-            endpoint,
-            "--hc",
-            "hyco",
-            "--sas-key-name",
-            KEY_NAME,
-            "--local",
-            "127.0.0.1:0",
-        ],
-    );
-    let stdout = process.0.stdout.take().unwrap();
-    let local = tokio::task::spawn_blocking(move || {
-        let line = BufReader::new(stdout).lines().next().unwrap().unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    })
-    .await
-    .unwrap();
-    (process, local)
-}
-
-/// The whole chain on the real binaries.
-struct Chain {
-    broker: Process,
-    agent: Process,
-    _sender: Process,
-    local: SocketAddr,
-    backend: mpsc::Receiver<TcpStream>,
-}
-
-impl Chain {
-    async fn start(name: &str) -> Self {
-        relay_tests::build_binaries_once();
-        let dir = temp_dir(&format!("aborts-{name}"));
-        let config = dir.join("broker.toml");
-        std::fs::write(&config, relay_tests::config("")).unwrap();
-        let (broker, addr) = tokio::task::spawn_blocking(move || relay_broker(&config))
-            .await
-            .unwrap();
-        let (target, backend) = backend().await;
-        let endpoint = format!("ws://{addr}");
-        let agent = spawn(
-            "relay-listener",
-            &[
-                "run",
-                "--endpoint",
-                &endpoint,
-                "--hc",
-                "hyco",
-                "--sas-key-name",
-                KEY_NAME,
-                "--forward",
-                &target.to_string(),
-            ],
-        );
-        wait_listener(&format!("http://{addr}")).await;
-        let (sender, local) = sender(&endpoint).await;
-        Self {
-            broker,
-            agent,
-            _sender: sender,
-            local,
-            backend,
-        }
-    }
-
-    /// A client connection and the backend connection it reached.
-    async fn connect(&mut self) -> (TcpStream, TcpStream) {
-        let mut client = TcpStream::connect(self.local).await.unwrap();
-        client.write_all(b"hi").await.unwrap();
-        let mut server = tokio::time::timeout(Duration::from_secs(20), self.backend.recv())
-            .await
-            .expect("the backend is reached in time")
-            .unwrap();
-        read_n(&mut server, 2).await;
-        (client, server)
-    }
-}
 
 /// Backend → client, `CHUNK` bytes seen by the client before the cut.
 async fn mid_download(chain: &mut Chain) -> (TcpStream, TcpStream) {
@@ -222,11 +50,26 @@ async fn clean_ends_stay_clean_both_ways_with_half_close() {
 #[tokio::test]
 async fn a_killed_agent_resets_the_client() {
     let mut chain = Chain::start("agent-killed").await;
-    let (mut download, _s1) = mid_download(&mut chain).await;
-    let (mut upload, _s2) = mid_upload(&mut chain).await;
+    let (mut download, mut s1) = mid_download(&mut chain).await;
+    let (mut upload, mut s2) = mid_upload(&mut chain).await;
     chain.agent.0.kill().unwrap();
     assert!(matches!(read_to_end(&mut download).await, End::Reset(_)));
     assert!(matches!(read_to_end(&mut upload).await, End::Reset(_)));
+    // The killed agent's own sockets to the target: SO_LINGER 0 from the start makes the
+    // kernel's close a reset too, not the FIN that would read as a complete upload.
+    assert!(matches!(read_to_end(&mut s1).await, End::Reset(_)));
+    assert!(matches!(read_to_end(&mut s2).await, End::Reset(_)));
+}
+
+#[tokio::test]
+async fn a_killed_sender_resets_its_client_and_the_backend() {
+    let mut chain = Chain::start("sender-killed").await;
+    let (mut d_client, mut d_server) = mid_download(&mut chain).await;
+    let (mut u_client, mut u_server) = mid_upload(&mut chain).await;
+    chain.sender.0.kill().unwrap();
+    for end in [&mut d_client, &mut d_server, &mut u_client, &mut u_server] {
+        assert!(matches!(read_to_end(end).await, End::Reset(_)));
+    }
 }
 
 #[tokio::test]
