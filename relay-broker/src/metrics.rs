@@ -18,6 +18,8 @@ pub struct Gauges {
     pub pending_rendezvous: usize,
     /// Standby sockets parked by listeners.
     pub standby_parked: usize,
+    /// Tasks the broker tracks (control channels, relays, rendezvous), for leak checks.
+    pub tasks: usize,
 }
 
 /// Counters and gauges kept by the broker.
@@ -95,7 +97,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 17] = [
+        let simple: [(&str, &str, &str, u64); 18] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -155,6 +157,12 @@ impl Counters {
                 "gauge",
                 "Standby sockets of listeners waiting for a sender.",
                 gauges.standby_parked as u64,
+            ),
+            (
+                "relay_tasks",
+                "gauge",
+                "Tasks the broker tracks: control channels, relays, rendezvous.",
+                gauges.tasks as u64,
             ),
             (
                 "relay_standby_accepts_total",

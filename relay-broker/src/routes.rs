@@ -88,6 +88,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::Into
         crate::metrics::Gauges {
             pending_rendezvous: shared.rendezvous.len(),
             standby_parked: shared.standby.parked(),
+            tasks: shared.tasks.len(),
         },
     );
     (

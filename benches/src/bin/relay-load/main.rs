@@ -9,6 +9,7 @@ mod http;
 mod measure;
 mod memory;
 mod procs;
+mod soak;
 mod targets;
 mod wan;
 
@@ -61,6 +62,16 @@ struct Cli {
     /// Directory holding the release relay binaries (default: next to this tool).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Soak instead of measuring: this many seconds of mixed traffic with the broker's RSS,
+    /// file descriptors, tasks and pending rendezvous sampled; exits 1 when any keeps growing.
+    #[arg(long, default_value_t = 0)]
+    soak_secs: u64,
+    /// Seconds between soak samples.
+    #[arg(long, default_value_t = 5.0)]
+    soak_interval_secs: f64,
+    /// Where the soak's samples go, as CSV (`benches/soak_plot.py` draws them).
+    #[arg(long, default_value = "soak.csv")]
+    soak_csv: PathBuf,
 }
 
 /// Per-target samples, one per round.
@@ -87,6 +98,20 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("relay-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let backends = backend::start().await?;
+    if cli.soak_secs > 0 {
+        let relay = targets::relay(&backends, &bins, &dir, false).await?;
+        measure::wait_ready(relay.echo).await?;
+        println!(
+            "Soak: {} s of mixed traffic against the relay (ws), sampled every {} s.\n",
+            cli.soak_secs, cli.soak_interval_secs
+        );
+        let interval = Duration::from_secs_f64(cli.soak_interval_secs.max(0.1));
+        let flat = soak::run(&relay, cli.soak_secs, interval, &cli.soak_csv).await?;
+        drop(relay);
+        let _ = std::fs::remove_dir_all(&dir);
+        anyhow::ensure!(flat, "the broker kept growing during the soak (see above)");
+        return Ok(());
+    }
 
     let mut all: Vec<Target> = vec![
         targets::direct(&backends),
