@@ -17,16 +17,27 @@ fuzz_target!(|data: &[u8]| {
     for pair in q.app_query.split('&') {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         let decoded = percent_decode(key).to_ascii_lowercase();
-        assert!(!decoded.starts_with("sb-hc-"), "{key} kept in {}", q.app_query);
+        assert!(
+            !decoded.starts_with("sb-hc-"),
+            "{key} kept in {}",
+            q.app_query
+        );
     }
     let stripped = strip_reserved(query);
     assert!(stripped.len() <= query.len());
     let rest = HcPath::strip_ws_prefix(path).unwrap_or(path.trim_start_matches('/'));
     if let Some(hit) = HcPath::resolve(rest, |n| {
-        NAMES.iter().find(|k| k.eq_ignore_ascii_case(n)).map(|k| (*k).to_owned())
+        NAMES
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(n))
+            .map(|k| (*k).to_owned())
     }) {
         assert!(NAMES.contains(&hit.name.as_str()));
-        assert!(hit.suffix.is_empty() || hit.suffix.starts_with('/'), "{}", hit.suffix);
+        assert!(
+            hit.suffix.is_empty() || hit.suffix.starts_with('/'),
+            "{}",
+            hit.suffix
+        );
     }
     let _ = relay_core::standby::requested(text, 8).map(|n| assert!(n <= 8));
 });

@@ -20,13 +20,31 @@ fuzz_target!(|data: &[u8]| {
     let rules = [rule.clone()];
     // Only a cookie that carries this key's MAC verifies.
     if web::verify(text, &rules, "hyco", 0).is_ok() {
-        assert_eq!(text, web::issue(&rule, "hyco", text.split('.').nth(2).and_then(|e| e.parse().ok()).unwrap_or(0), text.split('.').nth(3).and_then(|c| c.parse().ok()).unwrap_or(0)));
+        assert_eq!(
+            text,
+            web::issue(
+                &rule,
+                "hyco",
+                text.split('.')
+                    .nth(2)
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(0),
+                text.split('.')
+                    .nth(3)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0)
+            )
+        );
     }
     let issued = web::issue(&rule, text, 100, 200);
     assert!(web::verify(&issued, &rules, text, 50).is_ok(), "{issued}");
     let stripped = web::without_cookie(text, SESSION_COOKIE);
     if let Some(kept) = &stripped {
-        assert!(web::cookie_values([kept.as_str()], SESSION_COOKIE).next().is_none());
+        assert!(
+            web::cookie_values([kept.as_str()], SESSION_COOKIE)
+                .next()
+                .is_none()
+        );
     }
     let _: Vec<&str> = web::cookie_values([text], SESSION_COOKIE).collect();
     if let Ok(base) = HostBase::parse(text) {

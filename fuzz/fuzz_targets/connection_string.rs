@@ -11,14 +11,24 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cs) = ConnectionString::parse(text) {
         let ws = cs.ws_endpoint();
         assert!(!ws.ends_with('/'), "{ws}");
-        assert!(!ws.starts_with("http://") && !ws.starts_with("https://"), "{ws}");
+        assert!(
+            !ws.starts_with("http://") && !ws.starts_with("https://"),
+            "{ws}"
+        );
         // The key never shows in Debug output (unless the same text is in another field).
         if let Some(key) = cs.key.as_deref().filter(|k| k.len() >= 4) {
-            let elsewhere = [Some(cs.endpoint.as_str()), cs.key_name.as_deref(), cs.entity_path.as_deref()]
-                .into_iter()
-                .flatten()
-                .any(|f| f.contains(key));
-            assert!(elsewhere || !format!("{cs:?}").contains(key), "the key leaks into Debug");
+            let elsewhere = [
+                Some(cs.endpoint.as_str()),
+                cs.key_name.as_deref(),
+                cs.entity_path.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|f| f.contains(key));
+            assert!(
+                elsewhere || !format!("{cs:?}").contains(key),
+                "the key leaks into Debug"
+            );
         }
     }
     let _ = ws_base(text);

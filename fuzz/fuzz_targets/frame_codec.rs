@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         let cut = (usize::from(split) % MAX_HEADER_LEN).min(bytes.len() - at);
         let prefix = FrameHeader::parse(&bytes[at..at + cut]);
         if !matches!(prefix, Ok(None)) {
-            assert_eq!(format!("{prefix:?}"), format!("{whole:?}"), "a prefix disagrees");
+            assert_eq!(
+                format!("{prefix:?}"),
+                format!("{whole:?}"),
+                "a prefix disagrees"
+            );
         }
         let Ok(Some((header, used))) = whole else {
             break;

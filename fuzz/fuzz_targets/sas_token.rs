@@ -45,5 +45,9 @@ fuzz_target!(|data: &[u8]| {
         .is_some_and(|v| v.to_str().is_ok());
     assert_eq!(p.token.is_some(), readable);
     let p = relay_core::auth::presented_token(&headers, Some(text), true);
-    assert_eq!(p.token.as_deref(), Some(text), "the query wins over Authorization");
+    assert_eq!(
+        p.token.as_deref(),
+        Some(text),
+        "the query wins over Authorization"
+    );
 });
