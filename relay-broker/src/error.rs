@@ -58,6 +58,9 @@ pub enum RelayError {
     /// The durable store failed.
     #[error("Internal error: {0}")]
     Internal(String),
+    /// The durable store cannot take a write now (locked, disk full); nothing was changed.
+    #[error("The broker's store is unavailable, nothing was changed; retry later ({0})")]
+    StoreUnavailable(String),
     /// CONNECT cannot be relayed.
     #[error("The method cannot be relayed")]
     MethodNotAllowed,
@@ -109,7 +112,9 @@ impl RelayError {
             Self::NoListener | Self::ListenerFailed(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Rejected { status, .. } => *status,
-            Self::Busy(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -135,6 +140,7 @@ impl RelayError {
             Self::GatewayTimeout => "GatewayTimeout",
             Self::Rejected { .. } => "RejectedByListener",
             Self::Busy(_) => "ServerBusy",
+            Self::StoreUnavailable(_) => "StoreUnavailable",
             Self::ShuttingDown => "ServiceUnavailable",
         }
     }
@@ -168,7 +174,7 @@ impl RelayError {
             Self::Throttled => {
                 headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
             }
-            Self::Busy(_) | Self::ShuttingDown => {
+            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
             }
             _ => {}
@@ -194,6 +200,7 @@ impl From<crate::store::StoreError> for RelayError {
             StoreError::FromConfig(name) => Self::Conflict(format!(
                 "'{name}' is defined in the broker's configuration file"
             )),
+            StoreError::Unavailable(why) => Self::StoreUnavailable(why),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("store: {0}")]
     Database(String),
+    /// The database cannot take the write now (locked by another process, disk full, an
+    /// I/O error); the call changed nothing and may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The entity already exists.
     #[error("'{0}' already exists")]
     Conflict(String),

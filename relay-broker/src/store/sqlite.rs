@@ -89,7 +89,19 @@ const MIGRATIONS: &[&str] = &[
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Database(e.to_string())
+        use rusqlite::ErrorCode as C;
+        // A transaction that fails like these is rolled back whole: nothing half-written.
+        match e.sqlite_error_code() {
+            Some(
+                C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::DiskFull
+                | C::SystemIoFailure
+                | C::CannotOpen
+                | C::ReadOnly,
+            ) => Self::Unavailable(e.to_string()),
+            _ => Self::Database(e.to_string()),
+        }
     }
 }
 
