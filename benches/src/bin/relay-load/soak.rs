@@ -106,6 +106,9 @@ pub(crate) async fn run(
     Ok(report(&samples))
 }
 
+/// A sampled figure: its name, how to read it off a sample, its slack and its display unit.
+type Gauge = (&'static str, fn(&Sample) -> u64, u64, u64);
+
 /// Prints the figures and the verdict.
 fn report(samples: &[Sample]) -> bool {
     // The first fifth warms allocator arenas, pools and maps.
@@ -115,7 +118,7 @@ fn report(samples: &[Sample]) -> bool {
     println!("| broker, sampled | first third max | last third median | max | verdict |");
     println!("|---|---|---|---|---|");
     let mut flat = true;
-    let rows: [(&str, fn(&Sample) -> u64, u64, u64); 4] = [
+    let rows: [Gauge; 4] = [
         ("RSS (KiB)", |s| s.rss, SLACK.rss, 1024),
         ("file descriptors", |s| s.fds, SLACK.fds, 1),
         ("tracked tasks", |s| s.tasks, SLACK.tasks, 1),
