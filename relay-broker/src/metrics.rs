@@ -277,9 +277,11 @@ mod tests {
         let gauges = Gauges {
             pending_rendezvous: 1,
             standby_parked: 3,
+            tasks: 5,
         };
         let text = c.render(&[("a\"b".into(), 2)], gauges);
         assert!(text.contains("relay_standby_parked 3"));
+        assert!(text.contains("relay_tasks 5"));
         assert!(text.contains("relay_listeners{hybrid_connection=\"a\\\"b\"} 2"));
         assert!(text.contains("relay_http_responses_total{class=\"2xx\"} 1"));
         assert!(text.contains("relay_http_responses_total{class=\"5xx\"} 1"));
