@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::auth::check_renewal;
 use crate::identity::{CLOSE_REVOKED, CertSession};
-use crate::presence::{ListenerHandle, Outbound};
+use crate::presence::{ListenerHandle, Outbound, Refused};
 use crate::rendezvous::{ListenerResponse, ResponseBody};
 use crate::routes::{Resolved, relay_io_halves};
 use crate::{RelayError, Shared, StandbyPool};
@@ -103,16 +103,25 @@ pub(crate) fn start(
             shared.standby.close(pool);
         }
     };
-    if shared
+    if let Err(refused) = shared
         .presence
         .register(handle.clone(), shared.limits.max_listeners_per_hc)
-        .is_err()
     {
         close_pool(shared);
-        return Err(RelayError::Forbidden(format!(
-            "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
-            shared.limits.max_listeners_per_hc, r.hc.name
-        )));
+        return Err(match refused {
+            Refused::InstanceFlapping => {
+                let instance = handle.instance.as_deref().unwrap_or_default();
+                tracing::warn!(hc = %r.hc.name, instance, "two live agents share one instance id and keep replacing each other; refusing the newcomer");
+                RelayError::Conflict(format!(
+                    "another live agent on '{}' has this instance id ({instance}); give each agent its own state directory (a cloned machine or a copied instance-id file shares it)",
+                    r.hc.name
+                ))
+            }
+            _ => RelayError::Forbidden(format!(
+                "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
+                shared.limits.max_listeners_per_hc, r.hc.name
+            )),
+        });
     }
     let identity = cert
         .as_ref()

@@ -57,7 +57,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{BrokerConfig, HybridConnection, Limits};
 pub use error::RelayError;
 pub use metrics::Counters;
-pub use presence::{LocalPresence, Presence};
+pub use presence::{LocalPresence, Presence, Refused};
 pub use server::ServeOptions;
 pub use standby::Pool as StandbyPool;
 pub use store::{AuditEvent, MemoryStore, SqliteStore, Store, StoreError};

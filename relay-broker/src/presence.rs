@@ -50,16 +50,30 @@ pub struct ListenerHandle {
     pub header_arrays: bool,
 }
 
-/// The hybrid connection already has its maximum number of listeners.
+/// Why a listener was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaExceeded;
+#[non_exhaustive]
+pub enum Refused {
+    /// The hybrid connection already has its maximum number of listeners.
+    QuotaExceeded,
+    /// Its instance replaced a channel of the same instance [`FLAP_REPLACEMENTS`] times within
+    /// [`FLAP_WINDOW`]: two live agents share one instance id (a cloned machine, a copied
+    /// state directory) and would replace each other for ever. The channel already there
+    /// stays.
+    InstanceFlapping,
+}
+
+/// Replacements of one instance within [`FLAP_WINDOW`] that mark it as shared by two agents.
+pub const FLAP_REPLACEMENTS: usize = 4;
+/// The window in which [`FLAP_REPLACEMENTS`] replacements mean flapping, not restarts.
+pub const FLAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Listener presence and routing.
 pub trait Presence: Send + Sync + 'static {
     /// Adds a listener unless its hybrid connection already has `max` listeners. A listener
     /// with the same `instance` as one already there replaces it (whose `replaced` token is
     /// cancelled): a restarted agent takes over from its own stale channel at once.
-    fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded>;
+    fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), Refused>;
     /// Removes a listener.
     fn unregister(&self, hc: &str, id: u64);
     /// Picks the listener for the next sender, spreading load and preferring one whose
@@ -77,6 +91,34 @@ pub trait Presence: Send + Sync + 'static {
 struct Slot {
     listeners: Vec<ListenerHandle>,
     next: usize,
+    /// Recent replacements per instance, newest last, at most [`FLAP_REPLACEMENTS`] each.
+    replacements: Vec<(Arc<str>, std::collections::VecDeque<std::time::Instant>)>,
+}
+
+impl Slot {
+    /// Records a replacement of `instance`; whether it is one too many for [`FLAP_WINDOW`].
+    fn flapping(&mut self, instance: &Arc<str>) -> bool {
+        let now = std::time::Instant::now();
+        self.replacements.retain(|(_, times)| {
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < FLAP_WINDOW)
+        });
+        let times = match self.replacements.iter_mut().find(|(i, _)| i == instance) {
+            Some((_, times)) => times,
+            None => {
+                self.replacements
+                    .push((Arc::clone(instance), Default::default()));
+                &mut self.replacements.last_mut().expect("just pushed").1
+            }
+        };
+        times.retain(|t| now.duration_since(*t) < FLAP_WINDOW);
+        if times.len() + 1 >= FLAP_REPLACEMENTS {
+            return true;
+        }
+        times.push_back(now);
+        false
+    }
 }
 
 /// In-memory presence for a single broker, with round-robin spreading.
@@ -86,12 +128,19 @@ pub struct LocalPresence {
 }
 
 impl Presence for LocalPresence {
-    fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), QuotaExceeded> {
+    fn register(&self, handle: ListenerHandle, max: usize) -> Result<(), Refused> {
         let mut slot = self
             .slots
             .entry(handle.hc.to_ascii_lowercase())
             .or_default();
         if let Some(instance) = &handle.instance {
+            let replaces = slot
+                .listeners
+                .iter()
+                .any(|l| l.instance.as_ref() == Some(instance));
+            if replaces && slot.flapping(instance) {
+                return Err(Refused::InstanceFlapping);
+            }
             slot.listeners.retain(|l| {
                 let stale = l.instance.as_ref() == Some(instance);
                 if stale {
@@ -101,7 +150,7 @@ impl Presence for LocalPresence {
             });
         }
         if slot.listeners.len() >= max {
-            return Err(QuotaExceeded);
+            return Err(Refused::QuotaExceeded);
         }
         slot.listeners.push(handle);
         Ok(())
@@ -192,7 +241,7 @@ mod tests {
         for id in 0..3 {
             p.register(handle(id), 3).unwrap();
         }
-        assert_eq!(p.register(handle(9), 3), Err(QuotaExceeded));
+        assert_eq!(p.register(handle(9), 3), Err(Refused::QuotaExceeded));
         let picks: Vec<u64> = (0..6).map(|_| p.pick("orders").unwrap().id).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         for id in 0..3 {
@@ -236,7 +285,29 @@ mod tests {
         assert_eq!(ids, [2, 3], "another credential's channel is left alone");
         assert_eq!(
             p.register(with(4, "sas:root|agent-b"), 2),
-            Err(QuotaExceeded)
+            Err(Refused::QuotaExceeded)
+        );
+    }
+
+    #[test]
+    fn two_live_agents_sharing_an_instance_stop_replacing_each_other() {
+        let p = LocalPresence::default();
+        let with = |id| ListenerHandle {
+            instance: Some("sas:root|cloned~1234abcd/orders".into()),
+            ..handle(id)
+        };
+        p.register(with(1), 5).unwrap();
+        // A restart or two replaces the stale channel at once ...
+        for id in 2..=FLAP_REPLACEMENTS as u64 {
+            p.register(with(id), 5).unwrap();
+        }
+        // ... but the next replacement within the window is the loop of two live agents.
+        assert_eq!(p.register(with(99), 5), Err(Refused::InstanceFlapping));
+        assert_eq!(p.count("orders"), 1);
+        assert_eq!(
+            p.pick("orders").unwrap().id,
+            FLAP_REPLACEMENTS as u64,
+            "the one there stays"
         );
     }
 }

@@ -118,6 +118,10 @@ struct RunArgs {
     /// Local status endpoint (for `relay-listener status`).
     #[arg(long)]
     status_bind: Option<std::net::SocketAddr>,
+    /// Where the agent keeps its instance id, so that a restart replaces its own stale
+    /// control channel at once (default: the identity directory, or $STATE_DIRECTORY).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +206,7 @@ fn one_off(args: &RunArgs) -> anyhow::Result<AgentConfig> {
         status_bind: args.status_bind,
         shutdown_drain: std::time::Duration::from_secs(10),
         instance: None,
+        state_dir: args.state_dir.clone(),
         endpoints: vec![Endpoint {
             hc: target.hc,
             target: endpoint_target,

@@ -16,7 +16,8 @@
 //! [agent]
 //! # status_bind = "127.0.0.1:9401"       # local status endpoint for `relay-listener status`
 //! # shutdown_drain_secs = 10
-//! # instance = "site-7-gw1"             # survives restarts; default: the host name
+//! # instance = "site-7-gw1"             # survives restarts; default: a stable id in state_dir
+//! # state_dir = "/var/lib/relay-agent"   # default: the identity directory, or $STATE_DIRECTORY
 //!
 //! [[endpoints]]
 //! hc = "orders"
@@ -133,8 +134,11 @@ pub struct AgentConfig {
     pub status_bind: Option<SocketAddr>,
     /// How long in-flight connections may finish on shutdown.
     pub shutdown_drain: Duration,
-    /// This agent's name across restarts (default: the host name).
+    /// This agent's name across restarts (default: a stable id kept in `state_dir`).
     pub instance: Option<String>,
+    /// Where the agent keeps its state (its instance id); default: the identity directory,
+    /// else systemd's `$STATE_DIRECTORY`.
+    pub state_dir: Option<PathBuf>,
     /// The endpoints, at least one.
     pub endpoints: Vec<Endpoint>,
 }
@@ -171,6 +175,7 @@ struct RawAgent {
     status_bind: Option<String>,
     shutdown_drain_secs: Option<u64>,
     instance: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +334,7 @@ impl AgentConfig {
             status_bind,
             shutdown_drain: Duration::from_secs(drain),
             instance,
+            state_dir: raw.agent.state_dir.map(|d| base.join(d)),
             endpoints,
         })
     }

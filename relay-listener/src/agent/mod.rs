@@ -116,6 +116,7 @@ impl Agent {
             }
         };
         let plain_tls = relay_io::tls::client_config(ca)?;
+        let label = instance_label(&config);
         let mut running = Vec::new();
         for endpoint in &config.endpoints {
             let mut listener = match &credential {
@@ -137,7 +138,7 @@ impl Agent {
                 }
             };
             listener.proxy = proxy.clone();
-            listener.instance = Some(instance_name(&config, endpoint));
+            listener.instance = Some(instance_name(&label, endpoint));
             listener.standby = endpoint.standby;
             let gate = Gate::new(endpoint.max_connections);
             let forwarder = forwarder(endpoint, &plain_tls)?;
@@ -210,14 +211,61 @@ impl Agent {
     }
 }
 
-/// What the agent calls itself on a hybrid connection: `[agent].instance` or the host name,
-/// plus the endpoint, so restarts replace exactly their own channels.
-fn instance_name(config: &AgentConfig, endpoint: &Endpoint) -> String {
-    let host = config.instance.clone().unwrap_or_else(hostname);
-    let mut name = format!("{host}/{}", endpoint.hc);
+/// What the agent calls itself on a hybrid connection: its label plus the endpoint, so
+/// restarts replace exactly their own channels.
+fn instance_name(label: &str, endpoint: &Endpoint) -> String {
+    let mut name = format!("{label}/{}", endpoint.hc);
     name.truncate(relay_core::control::MAX_INSTANCE_LEN);
     name.retain(|c| c.is_ascii_graphic());
     name
+}
+
+/// `[agent].instance`, else `<host name>~<id>` with the stable id kept in the state
+/// directory: two agents on one host, or cloned machines, differ although their host names
+/// do not. Without a state directory, the host name alone (as before).
+fn instance_label(config: &AgentConfig) -> String {
+    if let Some(instance) = &config.instance {
+        return instance.clone();
+    }
+    let dir = config
+        .state_dir
+        .clone()
+        .or_else(|| match &config.credentials {
+            Credentials::Certificate { identity, .. } => Some(identity.clone()),
+            _ => std::env::var_os("STATE_DIRECTORY").and_then(|d| std::env::split_paths(&d).next()),
+        });
+    let Some(dir) = dir else {
+        tracing::warn!(
+            "no state directory ([agent].state_dir or --state-dir): naming this agent by its host name only; two agents with the same host name would replace each other"
+        );
+        return hostname();
+    };
+    match stable_id(&dir) {
+        Ok(id) => format!("{}~{id}", hostname()),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the instance id; naming this agent by its host name only");
+            hostname()
+        }
+    }
+}
+
+/// The id in `dir/instance-id`, made on first use.
+fn stable_id(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("instance-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if (8..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_owned());
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let id: String = (0..8)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let tmp = dir.join("instance-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
 }
 
 fn hostname() -> String {
