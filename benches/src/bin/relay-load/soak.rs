@@ -63,13 +63,27 @@ pub(crate) async fn run(
     let stop = CancellationToken::new();
     let done = Arc::new(Done::default());
     let mut traffic = tokio::task::JoinSet::new();
-    for _ in 0..2 {
-        traffic.spawn(connects(relay.echo, stop.clone(), Arc::clone(&done)));
+    // `RELAY_SOAK_ONLY=connects` (or streams, http, churn, renewals) runs one kind alone,
+    // to find which one a growth comes from.
+    let only = std::env::var("RELAY_SOAK_ONLY").ok();
+    let on = |kind: &str| only.as_deref().is_none_or(|o| o == kind);
+    if on("connects") {
+        for _ in 0..2 {
+            traffic.spawn(connects(relay.echo, stop.clone(), Arc::clone(&done)));
+        }
     }
-    traffic.spawn(streams(relay.sink, stop.clone(), Arc::clone(&done)));
-    traffic.spawn(http(endpoint.clone(), stop.clone(), Arc::clone(&done)));
-    traffic.spawn(churn(endpoint.clone(), stop.clone(), Arc::clone(&done)));
-    traffic.spawn(renewals(endpoint.clone(), stop.clone(), Arc::clone(&done)));
+    if on("streams") {
+        traffic.spawn(streams(relay.sink, stop.clone(), Arc::clone(&done)));
+    }
+    if on("http") {
+        traffic.spawn(http(endpoint.clone(), stop.clone(), Arc::clone(&done)));
+    }
+    if on("churn") {
+        traffic.spawn(churn(endpoint.clone(), stop.clone(), Arc::clone(&done)));
+    }
+    if on("renewals") {
+        traffic.spawn(renewals(endpoint.clone(), stop.clone(), Arc::clone(&done)));
+    }
 
     let http_base = endpoint.replacen("ws://", "http://", 1);
     let started = Instant::now();
