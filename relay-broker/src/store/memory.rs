@@ -12,7 +12,7 @@ use super::{
 use crate::config::HybridConnection;
 
 /// Audit events kept in memory; the oldest are dropped beyond this.
-const AUDIT_CAPACITY: usize = 500;
+const AUDIT_CAPACITY: usize = 10_000;
 
 /// A store that forgets everything on restart.
 #[derive(Debug)]
