@@ -101,6 +101,25 @@ pub async fn wait_listener(http: &str) {
     panic!("the agent never listened");
 }
 
+/// `relay-listener run --forward target` on `hyco` of the broker at `endpoint`, with `extra`
+/// arguments.
+pub fn agent(endpoint: &str, target: SocketAddr, extra: &[&str]) -> Process {
+    let target = target.to_string();
+    let mut args = vec![
+        "run",
+        "--endpoint",
+        endpoint,
+        "--hc",
+        "hyco",
+        "--sas-key-name",
+        KEY_NAME,
+        "--forward",
+        &target,
+    ];
+    args.extend_from_slice(extra);
+    spawn("relay-listener", &args)
+}
+
 /// `relay-sender forward` to `endpoint`; returns it and its local address.
 pub async fn sender(endpoint: &str) -> (Process, SocketAddr) {
     let mut process = spawn(
@@ -154,20 +173,7 @@ impl Chain {
         let (broker, addr) = Self::broker(&config).await;
         let (target, backend) = backend().await;
         let endpoint = format!("ws://{addr}");
-        let agent = spawn(
-            "relay-listener",
-            &[
-                "run",
-                "--endpoint",
-                &endpoint,
-                "--hc",
-                "hyco",
-                "--sas-key-name",
-                KEY_NAME,
-                "--forward",
-                &target.to_string(),
-            ],
-        );
+        let agent = agent(&endpoint, target, &[]);
         wait_listener(&format!("http://{addr}")).await;
         let (sender, local) = sender(&endpoint).await;
         Self {

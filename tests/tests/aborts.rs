@@ -11,9 +11,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use relay_core::frame::OpCode;
-use relay_tests::chain::{CHUNK, Chain, End, backend, read_n, read_to_end, reset, sender, spawn};
+use relay_tests::chain::{CHUNK, Chain, End, agent, backend, read_n, read_to_end, reset, sender};
 use relay_tests::external::Process;
-use relay_tests::{KEY_NAME, RawListener, TestBroker};
+use relay_tests::{RawListener, TestBroker};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -109,20 +109,7 @@ async fn a_backend_reset_resets_the_client() {
 async fn agent_behind(broker: &TestBroker) -> (Process, mpsc::Receiver<TcpStream>) {
     relay_tests::build_binaries_once();
     let (target, backend) = backend().await;
-    let agent = spawn(
-        "relay-listener",
-        &[
-            "run",
-            "--endpoint",
-            &broker.ws(),
-            "--hc",
-            "hyco",
-            "--sas-key-name",
-            KEY_NAME,
-            "--forward",
-            &target.to_string(),
-        ],
-    );
+    let agent = agent(&broker.ws(), target, &[]);
     broker.wait_listeners("hyco", 1).await;
     (agent, backend)
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng as _, SeedableRng as _};
-use relay_tests::chain::{Chain, spawn, wait_listener};
+use relay_tests::chain::{Chain, wait_listener};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -224,19 +224,5 @@ async fn streams_survive_killed_brokers_and_agents_whole_or_visibly_failed() {
 }
 
 fn restart_agent(chain: &Chain) -> relay_tests::external::Process {
-    let target = chain.target.to_string();
-    spawn(
-        "relay-listener",
-        &[
-            "run",
-            "--endpoint",
-            &format!("ws://{}", chain.addr),
-            "--hc",
-            "hyco",
-            "--sas-key-name",
-            relay_tests::KEY_NAME,
-            "--forward",
-            &target,
-        ],
-    )
+    relay_tests::chain::agent(&format!("ws://{}", chain.addr), chain.target, &[])
 }

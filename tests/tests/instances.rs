@@ -8,26 +8,14 @@
 
 use std::time::Duration;
 
-use relay_tests::chain::spawn;
 use relay_tests::external::Process;
-use relay_tests::{KEY_NAME, TestBroker, http_request, temp_dir};
+use relay_tests::{TestBroker, http_request, temp_dir};
 
-fn agent(broker: &TestBroker, state: &std::path::Path, target: &str) -> Process {
-    spawn(
-        "relay-listener",
-        &[
-            "run",
-            "--endpoint",
-            &broker.ws(),
-            "--hc",
-            "hyco",
-            "--sas-key-name",
-            KEY_NAME,
-            "--forward",
-            target,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
+fn agent(broker: &TestBroker, state: &std::path::Path, target: std::net::SocketAddr) -> Process {
+    relay_tests::chain::agent(
+        &broker.ws(),
+        target,
+        &["--state-dir", state.to_str().unwrap()],
     )
 }
 
@@ -45,11 +33,11 @@ async fn connects(broker: &TestBroker) -> u64 {
 async fn same_host_agents_each_keep_their_own_instance_and_clones_stop_flapping() {
     relay_tests::build_binaries_once();
     let dir = temp_dir("instances");
-    let target = relay_tests::external::echo_server("hi").await.to_string();
+    let target = relay_tests::external::echo_server("hi").await;
 
     let broker = TestBroker::start("").await;
-    let _a = agent(&broker, &dir.join("a"), &target);
-    let _b = agent(&broker, &dir.join("b"), &target);
+    let _a = agent(&broker, &dir.join("a"), target);
+    let _b = agent(&broker, &dir.join("b"), target);
     broker.wait_listeners("hyco", 2).await;
     let settled = connects(&broker).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -65,9 +53,9 @@ async fn same_host_agents_each_keep_their_own_instance_and_clones_stop_flapping(
     let broker = TestBroker::start("").await;
     std::fs::create_dir_all(dir.join("clone")).unwrap();
     std::fs::copy(dir.join("a/instance-id"), dir.join("clone/instance-id")).unwrap();
-    let _a = agent(&broker, &dir.join("a"), &target);
+    let _a = agent(&broker, &dir.join("a"), target);
     broker.wait_listeners("hyco", 1).await;
-    let _clone = agent(&broker, &dir.join("clone"), &target);
+    let _clone = agent(&broker, &dir.join("clone"), target);
     // They replace each other a few times, then the broker refuses the newcomer.
     let mut last = connects(&broker).await;
     let mut quiet = 0;
