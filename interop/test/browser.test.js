@@ -9,7 +9,7 @@ const assert = require('node:assert');
 const fs = require('node:fs');
 const path = require('node:path');
 const crypto = require('node:crypto');
-const { spawn, execFile } = require('node:child_process');
+const { execFile } = require('node:child_process');
 const { promisify } = require('node:util');
 const { chromium } = require('playwright-core');
 const https = require('hyco-https');
@@ -28,15 +28,7 @@ const SSE_BOUND_MS = 1000;
 let broker; let app; let agent; let browser;
 const children = [];
 
-function run(bin, args) {
-  const child = spawn(h.BIN(bin), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RELAY_SAS_KEY: h.KEY, RUST_LOG: 'info' } });
-  children.push(child);
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { out += d; });
-  child.output = () => out;
-  return child;
-}
+const run = (bin, args) => h.runBinary(bin, args, children);
 
 const port = () => broker.host.split(':')[1];
 const pathOrigin = () => `${h.httpScheme}://127.0.0.1:${port()}`;

@@ -4,7 +4,6 @@
 const test = require('node:test');
 const assert = require('node:assert');
 const net = require('node:net');
-const { spawn } = require('node:child_process');
 const WS = require('hyco-ws');
 const h = require('./harness');
 
@@ -16,15 +15,7 @@ test.after(async () => { await Promise.all(children.map(h.stopChild)); await bro
 const endpoint = () => `${h.wsScheme}://${broker.host}`;
 const tlsArgs = () => (h.TLS ? ['--ca-cert', process.env.RELAY_TLS_CERT] : []);
 
-function run(bin, args) {
-  const child = spawn(h.BIN(bin), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RELAY_SAS_KEY: h.KEY, RUST_LOG: 'info' } });
-  children.push(child);
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { out += d; });
-  child.output = () => out;
-  return child;
-}
+const run = (bin, args) => h.runBinary(bin, args, children);
 
 /** A TCP server that sends back everything it reads, then half-closes. */
 async function echoServer() {

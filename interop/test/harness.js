@@ -72,6 +72,18 @@ function stopChild(child) {
   });
 }
 
+/** Starts one of our binaries with the interop key; its output is `child.output()`, and it
+ * joins `children` so that the suite stops it. */
+function runBinary(bin, args, children) {
+  const child = spawn(BIN(bin), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RELAY_SAS_KEY: KEY, RUST_LOG: 'info' } });
+  children.push(child);
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  child.output = () => out;
+  return child;
+}
+
 const wsScheme = TLS ? 'wss' : 'ws';
 const httpScheme = TLS ? 'https' : 'http';
 const httpModule = TLS ? https : http;
@@ -118,4 +130,4 @@ async function listenerCount(host, hc, token) {
   return m ? Number(m[1]) : -1;
 }
 
-module.exports = { TLS, KEY, KEY_NAME, BIN, startBroker, stopChild, request, once, delay, until, listenerCount, wsScheme, httpScheme };
+module.exports = { TLS, KEY, KEY_NAME, BIN, runBinary, startBroker, stopChild, request, once, delay, until, listenerCount, wsScheme, httpScheme };
