@@ -55,12 +55,7 @@ test('a hyco-ws listener serves our relay-sender tool over TCP with half-close',
     (sock) => sock.on('message', (m) => sock.send(m)));
   srv.on('error', () => {});
   await h.once(srv, 'listening', 3000);
-  const tool = run('relay-sender', ['forward', '--endpoint', endpoint(), '--hc', 'hyco', '--sas-key-name', h.KEY_NAME,
-    '--local', '127.0.0.1:0', ...tlsArgs()]);
-  await h.until(() => /forwarding 127\.0\.0\.1:(\d+)/.test(tool.output()), 10000, 'sender tool ready');
-  const port = Number(/forwarding 127\.0\.0\.1:(\d+)/.exec(tool.output())[1]);
-  const sock = net.connect(port, '127.0.0.1');
-  await h.once(sock, 'connect');
+  const { tool, sock } = await senderToolClient();
   const chunks = [];
   sock.on('data', (d) => chunks.push(d));
   const ended = h.once(sock, 'end', 10000);
@@ -75,16 +70,32 @@ test('a hyco-ws listener serves our relay-sender tool over TCP with half-close',
 // Aborts across the two implementations: an abort on one side reaches the other side as an
 // abort (a TCP reset, or a Close other than 1000), never as a clean end of stream.
 
+/** Records how a TCP socket ended: bytes read, a FIN, an error code, the close. */
+function recordEnd(sock) {
+  const end = { bytes: 0 };
+  sock.on('data', (d) => { end.bytes += d.length; });
+  sock.on('end', () => { end.fin = true; });
+  sock.on('error', (e) => { end.error = e.code; });
+  sock.on('close', (hadError) => { end.closed = true; end.hadError = hadError; });
+  return end;
+}
+
+/** Our sender tool forwarding a local port to `hyco`, and a client connected to it. */
+async function senderToolClient() {
+  const tool = run('relay-sender', ['forward', '--endpoint', endpoint(), '--hc', 'hyco', '--sas-key-name', h.KEY_NAME,
+    '--local', '127.0.0.1:0', ...tlsArgs()]);
+  await h.until(() => /forwarding 127\.0\.0\.1:(\d+)/.test(tool.output()), 10000, 'sender tool ready');
+  const port = Number(/forwarding 127\.0\.0\.1:(\d+)/.exec(tool.output())[1]);
+  const sock = net.connect(port, '127.0.0.1');
+  await h.once(sock, 'connect');
+  return { tool, sock };
+}
+
 /** A TCP server that records how each connection ended. */
 async function recordingServer(onConnection) {
   const ends = [];
   const server = net.createServer((sock) => {
-    const end = { bytes: 0 };
-    ends.push(end);
-    sock.on('data', (d) => { end.bytes += d.length; });
-    sock.on('end', () => { end.fin = true; });
-    sock.on('error', (e) => { end.error = e.code; });
-    sock.on('close', (hadError) => { end.closed = true; end.hadError = hadError; });
+    ends.push(recordEnd(sock));
     if (onConnection) onConnection(sock);
   });
   server.listen(0, '127.0.0.1');
@@ -128,16 +139,8 @@ test('a hyco-ws listener closing with 1011 resets our sender tool\'s client', { 
     (sock) => sock.on('message', () => { sock.send(Buffer.alloc(50000, 2)); setTimeout(() => sock.close(1011, 'device failed'), 50); }));
   srv.on('error', () => {});
   await h.once(srv, 'listening', 3000);
-  const tool = run('relay-sender', ['forward', '--endpoint', endpoint(), '--hc', 'hyco', '--sas-key-name', h.KEY_NAME,
-    '--local', '127.0.0.1:0', ...tlsArgs()]);
-  await h.until(() => /forwarding 127\.0\.0\.1:(\d+)/.test(tool.output()), 10000, 'sender tool ready');
-  const port = Number(/forwarding 127\.0\.0\.1:(\d+)/.exec(tool.output())[1]);
-  const sock = net.connect(port, '127.0.0.1');
-  await h.once(sock, 'connect');
-  const end = { bytes: 0 };
-  sock.on('data', (d) => { end.bytes += d.length; });
-  sock.on('end', () => { end.fin = true; });
-  sock.on('error', (e) => { end.error = e.code; });
+  const { tool, sock } = await senderToolClient();
+  const end = recordEnd(sock);
   const closed = h.once(sock, 'close', 10000);
   sock.write('go');
   await closed;

@@ -847,10 +847,7 @@ fn base_url(shared: &Shared, headers: &HeaderMap, transport: Option<Transport>) 
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);
     }
-    let forwarded_tls = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let scheme = if transport.is_some_and(|t| t.tls) || forwarded_tls {
+    let scheme = if crate::web::behind_tls(headers, transport) {
         "wss"
     } else {
         "ws"

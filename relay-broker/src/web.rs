@@ -69,10 +69,7 @@ pub(crate) struct View {
 
 impl View {
     pub(crate) fn of(headers: &HeaderMap, r: &Resolved) -> Self {
-        let forwarded_tls = headers
-            .get("x-forwarded-proto")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-        let tls = r.transport.is_some_and(|t| t.tls) || forwarded_tls;
+        let tls = behind_tls(headers, r.transport);
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -126,6 +123,15 @@ impl View {
             .is_none_or(|o| web::same_origin(o, self.scheme, &self.host));
         site_ok && origin_ok
     }
+}
+
+/// Whether the client reached us over TLS: our own, or a front proxy's that says so in
+/// `X-Forwarded-Proto`.
+pub(crate) fn behind_tls(headers: &HeaderMap, transport: Option<crate::Transport>) -> bool {
+    transport.is_some_and(|t| t.tls)
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// Authorizes a relayed request or WebSocket upgrade on a browser path by the rules above.
