@@ -93,8 +93,14 @@ pub fn parse_http_date(text: &str) -> Option<u64> {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let mut hms = clock.split(':').map(|p| p.parse::<i64>().ok());
+    // The grammar fixes every width (2DIGIT day, 4DIGIT year, 2DIGIT h/m/s); holding to it
+    // also bounds the arithmetic below, which a 19-digit year would overflow.
+    let digits = |text: &str, width: usize| -> Option<i64> {
+        (text.len() == width && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())?
+    };
+    let (day, year) = (digits(day, 2)?, digits(year, 4)?);
+    let mut hms = clock.split(':').map(|p| digits(p, 2));
     let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
     if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 || hms.next().is_some() {
         return None;
@@ -132,6 +138,12 @@ mod tests {
             "Tue, 01 Dec 2026 24:00:00 GMT",
             "Tue, 01 Dec 2026 06:55 GMT",
             "Tuesday, 01-Dec-26 06:55:17 GMT",
+            "Tue, 1 Dec 2026 06:55:17 GMT",
+            "Tue, 01 Dec +2026 06:55:17 GMT",
+            "Tue, 01 Dec 2026 6:55:17 GMT",
+            // Found by the http_rules fuzz target: a 19-digit year overflowed the day count.
+            ",Teu0 1 Dec \x0c 07777777777777777771  6:55:17 GMT",
+            "Tue, 01 Dec 7777777777777777771 06:55:17 GMT",
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }
