@@ -17,7 +17,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::handler::{BoxError, Handler, RelayBody, full_body};
-use crate::listener::Out;
+use crate::channel::Out;
 
 /// What request handling needs from its session.
 pub(crate) struct Ctx {

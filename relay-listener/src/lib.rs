@@ -11,6 +11,8 @@
 //! | [`listener`] | the control channel loop and [`ListenerConfig`] |
 //! | [`handler`] | the [`Handler`] trait, accepted streams, tower service adapter |
 //! | `http` | relayed HTTP: inline or rendezvous responses |
+//! | `channel` | the control channel writer's queue and the connection an `accept` becomes |
+//! | `standby` | standby sockets: pre-opened rendezvous connections the broker hands senders to |
 //! | [`identity`] | a registered listener's key and certificate, registration and renewal |
 //! | [`keystore`] | the private key at rest: 0600 file, DPAPI on Windows |
 //! | [`forward`] | handlers forwarding to a TCP target, or to named ports |
@@ -19,6 +21,9 @@
 //! | [`agent`] | the agent: many endpoints from a TOML file, status endpoint, graceful stop |
 //! | [`token`] | token sources (SAS key, ready token) |
 //! | [`backoff`] | reconnect delays |
+//! | [`register`] | registration with an enrollment token, and recovery of an interrupted one |
+//! | `pop` | proof-of-possession login, for brokers behind a proxy that ends TLS |
+//! | `error` | [`ListenerError`] |
 
 pub mod agent;
 pub mod backoff;
@@ -33,6 +38,7 @@ pub mod reverse_proxy;
 mod standby;
 pub mod token;
 
+mod channel;
 mod error;
 mod http;
 mod pop;

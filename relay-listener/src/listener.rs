@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::handler::{Answer, Handler, IncomingConnection};
+use crate::handler::{Answer, Handler};
 use crate::identity::CertificateIdentity;
 use crate::token::{TokenSource, unix_now};
+use crate::channel::{Out, incoming};
 use crate::{ListenerError, http, standby};
 
 /// How a listener proves itself on its control channel.
@@ -93,7 +94,7 @@ impl ListenerConfig {
             connect_timeout: Duration::from_secs(20),
             proxy: None,
             instance: None,
-            standby: crate::agent::config::DEFAULT_STANDBY,
+            standby: crate::standby::DEFAULT_STANDBY,
         }
     }
 
@@ -162,13 +163,6 @@ pub enum Status {
 pub struct Listener {
     config: ListenerConfig,
     status: watch::Sender<Status>,
-}
-
-/// Messages for the control channel writer.
-pub(crate) enum Out {
-    Text(String),
-    TextWithBody(String, Bytes),
-    Pong(Vec<u8>),
 }
 
 type Reader = WsReader<ReadHalf<MaybeTls>>;
@@ -485,48 +479,6 @@ impl Listener {
     }
 }
 
-/// The connection a handler gets for an `accept`, answered by `answer`.
-pub(crate) fn incoming(accept: control::Accept, hc: &str, answer: Answer) -> IncomingConnection {
-    let (path, query) = split_address(&accept.address, hc);
-    let headers = accept
-        .connect_headers
-        .0
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                ::http::HeaderName::try_from(k.as_str()).ok()?,
-                ::http::HeaderValue::try_from(v.as_str()).ok()?,
-            ))
-        })
-        .collect();
-    let remote = accept
-        .remote_endpoint
-        .and_then(|r| Some(std::net::SocketAddr::new(r.address.parse().ok()?, r.port)));
-    IncomingConnection {
-        id: accept.id,
-        path,
-        query,
-        headers,
-        remote,
-        answer,
-    }
-}
-
-/// The path after the hybrid connection name, and the query without `sb-hc-*`.
-fn split_address(address: &str, hc: &str) -> (String, String) {
-    let (before, query) = address.split_once('?').unwrap_or((address, ""));
-    let path = before.split_once("/$hc/").map_or("", |(_, p)| p);
-    let encoded = relay_core::address::encode_name(hc);
-    let suffix = path
-        .strip_prefix(encoded.as_str())
-        .or_else(|| path.strip_prefix(hc))
-        .unwrap_or("");
-    (
-        suffix.to_owned(),
-        relay_core::address::strip_reserved(query),
-    )
-}
-
 /// When to renew: at 80% of the token's remaining life, at most hourly checks for tokens
 /// without an expiry (which are never renewed).
 fn renewal_deadline(expires_at: Option<u64>) -> Instant {
@@ -541,20 +493,4 @@ fn renewal_deadline(expires_at: Option<u64>) -> Instant {
 
 fn uuid_like() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn address_parts() {
-        let (p, q) = split_address(
-            "ws://h/$hc/a/b/sub/x?x=1&sb-hc-action=accept&sb-hc-id=t",
-            "a/b",
-        );
-        assert_eq!((p.as_str(), q.as_str()), ("/sub/x", "x=1"));
-        let (p, q) = split_address("ws://h/$hc/hc?sb-hc-action=accept", "hc");
-        assert_eq!((p.as_str(), q.as_str()), ("", ""));
-    }
 }

@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::handler::{Answer, Handler};
 
+/// Default standby sockets per endpoint. Replacing a used one takes a connection setup
+/// across the listener's link; three keep a 5 ms link's connects off the slow path at
+/// about 70 new connections a second (BENCHMARKS.md).
+pub const DEFAULT_STANDBY: usize = 3;
+
 /// Read buffer of a parked socket; it grows when the socket starts carrying data.
 const PARKED_BUFFER: usize = 1024;
 /// Longest wait for a handler's answer before the replacement standby opens.
@@ -141,7 +146,7 @@ impl<H: Handler> Standbys<H> {
         }
         let (answered, wait) = tokio::sync::oneshot::channel();
         let answer = Answer::Standby(Box::new(parked), answered);
-        let conn = crate::listener::incoming(accept, &self.hc, answer);
+        let conn = crate::channel::incoming(accept, &self.hc, answer);
         let handler = Arc::clone(&self.handler);
         tokio::spawn(async move { handler.on_connection(conn).await });
         // Opening the replacement now would compete with this sender's answer; bursts are

@@ -46,10 +46,7 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// Largest allowed `max_connections`.
 pub const MAX_MAX_CONNECTIONS: u32 = 65_536;
-/// Default standby sockets per endpoint. Replacing a used one takes a connection setup
-/// across the listener's link; three keep a 5 ms link's connects off the slow path at
-/// about 70 new connections a second (BENCHMARKS.md).
-pub const DEFAULT_STANDBY: usize = 3;
+pub use crate::standby::DEFAULT_STANDBY;
 
 /// A configuration problem, naming the file and key.
 #[derive(Debug, thiserror::Error)]
