@@ -28,7 +28,7 @@ rights = ["Manage"]
         ),
         "embedded example",
     )?;
-    let broker = Broker::new(&config);
+    let broker = Broker::builder(&config).build()?;
     let host = axum::Router::new()
         .route(
             "/",

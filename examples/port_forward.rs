@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("ws://{}", tcp.local_addr()?);
-    let broker = Broker::new(&config);
+    let broker = Broker::builder(&config).build()?;
     let served = broker.clone();
     tokio::spawn(async move {
         served

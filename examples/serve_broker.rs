@@ -19,7 +19,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    Broker::new(&config)
+    Broker::builder(&config)
+        .build()?
         .serve(listener, ServeOptions::default(), shutdown)
         .await?;
     Ok(())

@@ -136,6 +136,12 @@ pub struct Limits {
     /// Queue of control messages to one listener. A sender that finds it full waits, within
     /// its deadline, for room; past that it gets 503 with `Retry-After`.
     pub control_queue: usize,
+    /// Client connections (TCP, before any request) the broker holds at once; past it new
+    /// ones are closed at once and counted (`relay_connections_refused_total`).
+    pub max_connections: usize,
+    /// Relayed WebSocket connections at once, over all hybrid connections; past it a sender
+    /// gets 503 with `Retry-After` (`relay_relays_refused_total`).
+    pub max_relays: usize,
     /// Time allowed for graceful shutdown before connections are cut.
     pub shutdown_drain: Duration,
     /// Failed authentications per client and credential within a minute before throttling.
@@ -163,6 +169,8 @@ impl Default for Limits {
             relay_buffer_bytes: 64 * 1024,
             relay_buffer_max_bytes: 256 * 1024,
             control_queue: 256,
+            max_connections: 20_000,
+            max_relays: 10_000,
             shutdown_drain: Duration::from_secs(10),
             auth_failures_per_minute: 20,
             standby_per_listener: 4,
@@ -239,6 +247,8 @@ struct RawLimits {
     standby_max_age_secs: Option<f64>,
     browser_session_secs: Option<f64>,
     control_queue: Option<usize>,
+    max_connections: Option<usize>,
+    max_relays: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +472,8 @@ fn limits(raw: &RawLimits) -> Result<Limits, String> {
             relay_buffer_bytes,
         )?,
         control_queue: count(raw.control_queue, "control_queue", d.control_queue, 1)?,
+        max_connections: count(raw.max_connections, "max_connections", d.max_connections, 1)?,
+        max_relays: count(raw.max_relays, "max_relays", d.max_relays, 1)?,
         shutdown_drain: secs(
             raw.shutdown_drain_secs,
             "shutdown_drain_secs",
@@ -575,6 +587,21 @@ fn rule(raw: RawRule, hcs: &[HybridConnection]) -> Result<SharedAccessKey, Strin
             .hybrid_connection
             .map(|h| h.trim_matches('/').to_owned()),
     })
+}
+
+/// The path part of a public URL, where the broker is mounted: `wss://h:1/relay` →
+/// `/relay`; empty without a URL or a path.
+#[must_use]
+pub fn mount_path(url: Option<&str>) -> String {
+    let Some(url) = url else {
+        return String::new();
+    };
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    without_scheme
+        .split_once('/')
+        .map_or(String::new(), |(_, path)| {
+            format!("/{}", path.trim_matches('/'))
+        })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Every status the broker answers with is decided here, with the tracking id that goes into
-//! the status text (hyco and .NET clients show it) and the JSON error body.
+//! Every status the data plane answers with is decided here, with the tracking id that goes
+//! into the status text (hyco and .NET clients show it) and the JSON error body. The identity
+//! plane decides its own in `identity/error.rs` and renders them with [`json_error`].
 
 use axum::body::Body;
 use http::{Response, StatusCode, header};
@@ -157,36 +158,62 @@ impl RelayError {
     /// The HTTP response: status with the tracking id in the reason phrase, and a JSON body.
     #[must_use]
     pub fn into_response(self, tracking: &TrackingId) -> Response<Body> {
-        let text = self.text(tracking);
-        let body =
-            serde_json::json!({ "error": { "code": self.code(), "message": text } }).to_string();
-        let mut resp = Response::new(Body::from(body));
-        *resp.status_mut() = self.status();
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        if let Ok(id) = http::HeaderValue::from_str(tracking.as_str()) {
-            headers.insert("x-ms-tracking-id", id);
+        let retry_after = match self {
+            Self::Throttled => Some("5"),
+            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) => Some("1"),
+            _ => None,
+        };
+        json_error(
+            self.status(),
+            self.code(),
+            &self.text(tracking),
+            tracking,
+            retry_after,
+        )
+    }
+}
+
+/// The broker's one shape of an error answer, for both planes: the status with the tracking
+/// id in its reason phrase (hyco and .NET clients show it), `x-ms-tracking-id`, an optional
+/// `Retry-After`, and `{"error": {"code", "message"}}`.
+pub(crate) fn json_error(
+    status: StatusCode,
+    code: &str,
+    text: &str,
+    tracking: &TrackingId,
+    retry_after: Option<&'static str>,
+) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "code": code, "message": text } }).to_string();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(id) = http::HeaderValue::from_str(tracking.as_str()) {
+        headers.insert("x-ms-tracking-id", id);
+    }
+    if let Some(secs) = retry_after {
+        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static(secs));
+    }
+    let reason = format!("{} {text}", status.canonical_reason().unwrap_or("Error"));
+    if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+        resp.extensions_mut().insert(phrase);
+    }
+    resp
+}
+
+/// Identity's refusal of a certificate listener, in the data plane's statuses.
+impl From<crate::seams::authority::Refusal> for RelayError {
+    fn from(r: crate::seams::authority::Refusal) -> Self {
+        use crate::seams::authority::Refusal;
+        match r {
+            Refusal::Unknown(why) => Self::BadCredentials(why),
+            Refusal::Forbidden(why) => Self::Forbidden(why),
+            Refusal::Unavailable(why) => Self::StoreUnavailable(why),
+            Refusal::Internal(why) => Self::Internal(why),
         }
-        match self {
-            Self::Throttled => {
-                headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
-            }
-            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) => {
-                headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
-        let reason = format!(
-            "{} {text}",
-            self.status().canonical_reason().unwrap_or("Error")
-        );
-        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
-            resp.extensions_mut().insert(phrase);
-        }
-        resp
     }
 }
 

@@ -1,79 +1,68 @@
 //! A self-hosted broker that speaks the Azure Relay Hybrid Connections protocol, so that
 //! Microsoft's own clients (hyco-ws, hyco-https, .NET, azbridge) work against it unmodified.
 //!
-//! Embed it as an axum [`Router`](axum::Router) via [`Broker::router`], or run it on a bound
-//! listener with [`Broker::serve`]. The `relay-broker` binary does the latter.
+//! Build one with [`Broker::builder`], then embed it as an axum [`Router`](axum::Router) via
+//! [`Broker::router`], or run it on a bound listener with [`Broker::serve`]. The
+//! `relay-broker` binary does the latter.
+//!
+//! Two planes, joined only here and through [`seams`]:
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | [`config`] | the TOML contract, validated into typed limits, entities and rules |
-//! | `routes` | dispatch of every request: WebSocket actions by `sb-hc-action`, else HTTP relay |
-//! | `auth` | token extraction, SAS checks and throttling of failures |
-//! | `control` | one task per listener control channel: queue, pings, renewal, responses |
-//! | [`pump`] | the frame relay between a sender and a listener (public for benchmarks and embedders) |
-//! | `http_relay` | relayed HTTP: inline or rendezvous, deadlines, header rules |
-//! | [`presence`] | which listeners serve which hybrid connection (a seam for clustering) |
+//! | `relay` | the data plane: dispatch, listen, connect, rendezvous, standby, HTTP relay |
+//! | [`identity`] | the control plane (feature `identity`): persons, CA, registration, PoP, admin API |
+//! | [`seams`] | what crosses between the planes and, later, between nodes: authority, revocation, audit |
 //! | [`store`] | entities, rules and the audit trail: in memory or SQLite |
-//! | [`ca`] | the certificate authority for listener identities |
-//! | [`admin`] | the versioned administration API (`/$admin/v1`) |
-//! | `pop` | proof-of-possession login for listeners behind an L7 proxy that ends TLS |
-//! | `rendezvous` | bounded maps of pending capability addresses and requests |
-//! | [`error`] | every status the broker answers with, and its tracking id |
+//! | [`config`] | the TOML contract, validated into typed limits, entities and rules |
+//! | `router` | the composition of the planes' routes, each with its own state |
+//! | `health` | `/healthz`, `/readyz`, `/metrics` |
+//! | `server` | the accept loop: TLS, the connection bound, HTTP/1.1 limits, graceful shutdown |
+//! | [`pump`] | the frame relay between a sender and a listener (public for benchmarks and embedders) |
+//! | [`error`] | every status the data plane answers with, and its tracking id |
 //! | [`metrics`] | counters and the Prometheus rendering of `/metrics` |
-//! | `server` | the accept loop: TLS, HTTP/1.1 limits, graceful shutdown |
-//! | `web` | browser access: `X-Forwarded-*`, the session cookie and its CSRF rules, host mode |
+//! | `limiter` | throttling of failed authentications, shared by both planes |
+//!
+//! The arrows point one way: this file → `router`, `server` → `relay`, `identity`, `health`;
+//! `relay` and `identity` → `seams`, `store`; neither plane imports the other
+//! (`.ci/module-cycles.py` checks it, and `cargo check --no-default-features` builds the
+//! broker without `identity`).
 
-pub mod admin;
-pub mod ca;
 pub mod config;
 pub mod error;
+#[cfg(feature = "identity")]
+pub mod identity;
 pub mod metrics;
-pub mod presence;
 pub mod pump;
+pub mod seams;
 pub mod store;
 
-mod auth;
-mod control;
-mod early;
-mod http_relay;
-mod identity;
+mod health;
 mod limiter;
-mod pop;
-mod registration;
-mod rendezvous;
-mod routes;
-
+mod relay;
+mod router;
 mod server;
-mod standby;
-mod web;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{BrokerConfig, HybridConnection, Limits};
 pub use error::RelayError;
+#[cfg(feature = "identity")]
+pub use identity::{admin, ca};
 pub use metrics::Counters;
-pub use presence::{LocalPresence, Presence, Refused};
+pub use relay::pool::Pool as StandbyPool;
+pub use relay::presence::{self, LocalPresence, Presence, Refused};
+pub use seams::Transport;
 pub use server::ServeOptions;
-pub use standby::Pool as StandbyPool;
 pub use store::{AuditEvent, MemoryStore, SqliteStore, Store, StoreError};
 
-/// How a request reached the broker; inserted by [`Broker::serve`]. A host app that nests
-/// the router may insert it too, otherwise addresses default to `ws://` and no remote
-/// endpoint is reported.
-#[derive(Clone, Copy, Debug)]
-pub struct Transport {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Whether the connection used TLS.
-    pub tls: bool,
-}
+use relay::Relay;
+use seams::audit::{AUDIT_QUEUE, AuditSink};
+use seams::revocation::{LocalRevocations, RevocationBus};
 
-/// Failures opening a broker's durable state.
+/// Failures building a broker.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -81,123 +70,170 @@ pub enum OpenError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The certificate authority could not be loaded or created.
+    #[cfg(feature = "identity")]
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     /// The TLS files could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The configuration asks for something this build or this builder would ignore.
+    #[error("{0}")]
+    Ignored(String),
 }
 
-pub(crate) struct Shared {
-    pub(crate) limits: Limits,
-    pub(crate) public_url: Option<String>,
-    /// Path of `public_url` (e.g. `/relay` when nested there); token audiences may include it.
-    pub(crate) mount: String,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) presence: Arc<dyn Presence>,
-    pub(crate) rendezvous: Arc<rendezvous::Rendezvous>,
-    pub(crate) limiter: limiter::AuthLimiter,
-    /// Cancelled when shutdown starts: no new work, control channels close with 1001.
-    pub(crate) shutdown: CancellationToken,
-    /// Cancelled when the drain bound is reached: relayed connections are cut.
-    pub(crate) hard_stop: CancellationToken,
-    pub(crate) tasks: TaskTracker,
-    pub(crate) next_listener: AtomicU64,
-    /// The certificate authority, when `[ca]` is configured.
-    pub(crate) ca: Option<Arc<ca::CertificateAuthority>>,
-    /// Lifetime of listener certificates (`[ca].cert_lifetime_hours`).
-    pub(crate) ca_lifetime: std::time::Duration,
-    /// What revocation closes, per certificate-authenticated listener.
-    pub(crate) sessions: identity::Sessions,
-    /// Proof-of-possession logins, when `[ca].proof_of_possession` is on.
-    pub(crate) pop: Option<Arc<pop::PopLogins>>,
-    pub(crate) counters: Counters,
-    /// Standby sockets of our own listeners, by control channel.
-    pub(crate) standby: standby::Pools,
-    /// Host names per hybrid connection, when `[server].host_base` is set.
-    pub(crate) hosts: Option<config::HostMode>,
-}
-
-/// A broker: shared state plus the ways to serve it. Cheap to clone.
+/// A broker: the data plane, the identity plane when built in, and the ways to serve them.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    shared: Arc<Shared>,
+    relay: Arc<Relay>,
+    #[cfg(feature = "identity")]
+    identity: Arc<identity::Identity>,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("limits", &self.shared.limits)
+            .field("limits", &self.relay.limits)
             .finish_non_exhaustive()
     }
 }
 
-impl Broker {
-    /// A broker whose entities and rules come from the configuration.
-    #[must_use]
-    pub fn new(config: &BrokerConfig) -> Self {
-        let store = Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules));
-        Self::with_backends(
-            config.limits.clone(),
-            config.public_url.clone(),
-            store,
-            Arc::new(LocalPresence::default()),
-        )
-        .with_hosts(config.hosts.clone())
-    }
+/// Builds a [`Broker`] from its configuration, opening what it names: the SQLite store of
+/// `[store]` (else state stays in memory) and the certificate authority of `[ca]`, created
+/// on first start. Backends given here replace the embedded defaults; a configuration
+/// section that would then be ignored is refused, never dropped without a word.
+#[must_use = "call build()"]
+pub struct BrokerBuilder<'a> {
+    config: &'a BrokerConfig,
+    store: Option<Arc<dyn Store>>,
+    presence: Option<Arc<dyn Presence>>,
+    revocations: Option<Arc<dyn RevocationBus>>,
+}
 
-    /// Serves hybrid connections by host name too (`[server].host_base`); call it before
-    /// the broker is cloned.
-    #[must_use]
-    pub(crate) fn with_hosts(mut self, hosts: Option<config::HostMode>) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.hosts = hosts;
-        }
+impl std::fmt::Debug for BrokerBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder").finish_non_exhaustive()
+    }
+}
+
+impl<'a> BrokerBuilder<'a> {
+    /// Uses `store` instead of the one `[store]` names (refused when `[store]` is set).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
         self
     }
 
-    /// A broker from configuration, opening what it names: the SQLite store of `[store]`
-    /// (else state stays in memory) and the certificate authority of `[ca]`, created on first
-    /// start. Use this rather than [`Broker::new`] whenever those sections may be present.
-    pub fn open(config: &BrokerConfig) -> Result<Self, OpenError> {
-        let store: Arc<dyn Store> = match &config.store {
-            Some(path) => Arc::new(SqliteStore::open(
+    /// Uses another listener presence (the default keeps it in this process).
+    pub fn presence(mut self, presence: Arc<dyn Presence>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// Shares a revocation bus with other brokers (the default reaches this one only).
+    pub fn revocations(mut self, bus: Arc<dyn RevocationBus>) -> Self {
+        self.revocations = Some(bus);
+        self
+    }
+
+    /// The broker, its store open and its CA loaded or created.
+    pub fn build(self) -> Result<Broker, OpenError> {
+        let config = self.config;
+        let store: Arc<dyn Store> = match (self.store, &config.store) {
+            (Some(_), Some(path)) => {
+                return Err(OpenError::Ignored(format!(
+                    "[store] path = {} is set, and a store was given to the builder too: \
+                     remove one",
+                    path.display()
+                )));
+            }
+            (Some(store), None) => store,
+            (None, Some(path)) => Arc::new(SqliteStore::open(
                 path,
                 &config.hybrid_connections,
                 &config.rules,
             )?),
-            None => Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules)),
+            (None, None) => Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules)),
         };
-        let mut broker = Self::with_backends(
-            config.limits.clone(),
-            config.public_url.clone(),
-            store,
-            Arc::new(LocalPresence::default()),
-        )
-        .with_hosts(config.hosts.clone());
-        if let Some(ca) = &config.ca {
-            let authority = ca::CertificateAuthority::load_or_create(
-                &ca.dir,
-                &ca.trust_domain,
-                time::OffsetDateTime::now_utc(),
-            )?;
-            let logins = ca
-                .proof_of_possession
-                .then(|| pop::PopLogins::new(&authority).map(Arc::new))
-                .transpose()?;
-            if let Some(shared) = Arc::get_mut(&mut broker.shared) {
-                shared.ca = Some(Arc::new(authority));
-                shared.ca_lifetime = ca.cert_lifetime;
-                shared.pop = logins;
+        let revocations = self
+            .revocations
+            .unwrap_or_else(|| Arc::new(LocalRevocations::default()));
+        let counters = Arc::new(Counters::default());
+        let limiter = Arc::new(limiter::AuthLimiter::new(
+            config.limits.auth_failures_per_minute,
+        ));
+        let audit = AuditSink::new(Arc::clone(&store), AUDIT_QUEUE);
+        let parts = relay::Parts {
+            limits: config.limits.clone(),
+            public_url: config.public_url.clone(),
+            store: Arc::clone(&store),
+            presence: self
+                .presence
+                .unwrap_or_else(|| Arc::new(LocalPresence::default())),
+            limiter: Arc::clone(&limiter),
+            authority: None,
+            counters: Arc::clone(&counters),
+            audit: audit.clone(),
+            hosts: config.hosts.clone(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+        };
+        #[cfg(not(feature = "identity"))]
+        let relay = {
+            if config.ca.is_some() {
+                return Err(OpenError::Ignored(
+                    "[ca] needs the broker's identity feature, which this build leaves out".into(),
+                ));
             }
+            Relay::new(parts)
+        };
+        #[cfg(feature = "identity")]
+        let (relay, identity) = {
+            let identity = identity::Identity::open(identity::Parts {
+                config,
+                store,
+                limiter,
+                counters,
+                revocations: Arc::clone(&revocations),
+                audit,
+            })?;
+            let authority = identity.authority();
+            let relay = Relay::new(relay::Parts { authority, ..parts });
+            (relay, Arc::new(identity))
+        };
+        let relay = Arc::new(relay);
+        // Revocations reach this node's sessions; the bus holds only a weak link, so a
+        // dropped broker does not live on in a shared bus.
+        let weak = Arc::downgrade(&relay);
+        revocations.subscribe(Arc::new(move |listener_id: &str| {
+            if let Some(relay) = weak.upgrade() {
+                relay.revoke(listener_id);
+            }
+        }));
+        Ok(Broker {
+            relay,
+            #[cfg(feature = "identity")]
+            identity,
+        })
+    }
+}
+
+impl Broker {
+    /// A builder for a broker from `config`.
+    pub fn builder(config: &BrokerConfig) -> BrokerBuilder<'_> {
+        BrokerBuilder {
+            config,
+            store: None,
+            presence: None,
+            revocations: None,
         }
-        Ok(broker)
     }
 
     /// The certificate authority, when configured.
+    #[cfg(feature = "identity")]
     #[must_use]
     pub fn ca(&self) -> Option<&ca::CertificateAuthority> {
-        self.shared.ca.as_deref()
+        self.identity.ca.as_deref()
     }
 
     /// A TLS server configuration from PEM files that also verifies listener client
@@ -208,10 +244,13 @@ impl Broker {
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Result<Arc<rustls::ServerConfig>, OpenError> {
-        let client_cas = match &self.shared.ca {
+        #[cfg(feature = "identity")]
+        let client_cas = match &self.identity.ca {
             Some(ca) => vec![ca.issuing_der()?],
             None => Vec::new(),
         };
+        #[cfg(not(feature = "identity"))]
+        let client_cas: Vec<rustls_pki_types::CertificateDer<'static>> = Vec::new();
         relay_io::tls::server_config_with_client_ca(cert, key, &client_cas)
             .map_err(|e| OpenError::Tls(e.to_string()))
     }
@@ -219,69 +258,45 @@ impl Broker {
     /// The store (for administration and audit).
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.shared.store
+        &self.relay.store
     }
 
-    /// A broker with chosen store and presence backends.
-    #[must_use]
-    pub fn with_backends(
-        limits: Limits,
-        public_url: Option<String>,
-        store: Arc<dyn Store>,
-        presence: Arc<dyn Presence>,
-    ) -> Self {
-        let shared = Shared {
-            rendezvous: Arc::new(rendezvous::Rendezvous::new(limits.max_pending_rendezvous)),
-            limiter: limiter::AuthLimiter::new(limits.auth_failures_per_minute),
-            limits,
-            mount: public_url.as_deref().map(mount_path).unwrap_or_default(),
-            public_url,
-            store,
-            presence,
-            shutdown: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            next_listener: AtomicU64::new(1),
-            ca: None,
-            ca_lifetime: std::time::Duration::from_secs(7 * 86_400),
-            sessions: identity::Sessions::default(),
-            pop: None,
-            counters: Counters::default(),
-            standby: standby::Pools::default(),
-            hosts: None,
-        };
-        Self {
-            shared: Arc::new(shared),
-        }
-    }
-
-    /// The axum router serving every relay path. Nest it with `nest_service` and set
+    /// The axum router serving every path. Nest it with `nest_service` and set
     /// `public_url` to the prefix's external URL so rendezvous addresses point back to it.
     pub fn router(&self) -> axum::Router {
-        routes::router(Arc::clone(&self.shared))
+        router::compose(
+            &self.relay,
+            #[cfg(feature = "identity")]
+            &self.identity,
+        )
     }
 
     /// Number of listeners connected to a hybrid connection.
     #[must_use]
     pub fn listener_count(&self, hc: &str) -> usize {
-        self.shared.presence.count(hc)
+        self.relay.presence.count(hc)
     }
 
     /// Counters for diagnostics.
     #[must_use]
     pub fn counters(&self) -> &Counters {
-        &self.shared.counters
+        &self.relay.counters
     }
 
     /// Pending rendezvous entries (addresses and requests).
     #[must_use]
     pub fn pending_rendezvous(&self) -> usize {
-        self.shared.rendezvous.len()
+        self.relay.pending_rendezvous()
+    }
+
+    /// Waits until every audit event recorded so far is written.
+    pub async fn flush_audit(&self) {
+        self.relay.audit.flush().await;
     }
 
     /// Starts closing: control channels get Close 1001 and relayed connections are told to end.
     pub fn begin_shutdown(&self) {
-        self.shared.shutdown.cancel();
+        self.relay.shutdown.cancel();
     }
 
     /// Serves on an already bound listener until `shutdown` resolves, then drains within
@@ -297,27 +312,7 @@ impl Broker {
         server::serve(self.clone(), listener, options, shutdown).await
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-}
-
-/// The path part of a URL: `wss://h:1/relay` → `/relay`.
-fn mount_path(url: &str) -> String {
-    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    without_scheme
-        .split_once('/')
-        .map_or(String::new(), |(_, path)| {
-            format!("/{}", path.trim_matches('/'))
-        })
-}
-
-impl Shared {
-    pub(crate) fn next_listener_id(&self) -> u64 {
-        self.next_listener.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn relay(&self) -> &Arc<Relay> {
+        &self.relay
     }
 }

@@ -52,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--bind '{bind}' is not host:port"))?;
     }
     // Durable state first: a broken store or CA fails before the port is announced.
-    let broker = Broker::open(&config).context("opening the store and certificate authority")?;
+    let broker = Broker::builder(&config)
+        .build()
+        .context("opening the store and certificate authority")?;
     let tls = match &config.tls {
         Some(files) => Some(
             broker

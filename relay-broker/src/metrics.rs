@@ -20,6 +20,15 @@ pub struct Gauges {
     pub standby_parked: usize,
     /// Tasks the broker tracks (control channels, relays, rendezvous), for leak checks.
     pub tasks: usize,
+    /// Certificate listeners with something open (what a revocation would close).
+    pub cert_sessions: usize,
+    /// Audit events dropped because the writer's queue was full.
+    pub audit_dropped: u64,
+}
+
+/// Adds one to a counter.
+pub(crate) fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Counters and gauges kept by the broker.
@@ -51,6 +60,10 @@ pub struct Counters {
     pub browser_cross_origin: AtomicU64,
     /// Relayed WebSocket connections open now.
     pub active_connections: AtomicI64,
+    /// Client connections closed at once because `[limits].max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Senders refused with 503 because `[limits].max_relays` connections were relayed.
+    pub relays_refused: AtomicU64,
     /// Payload bytes relayed from senders to listeners (WebSocket and HTTP bodies).
     pub bytes_to_listener: AtomicU64,
     /// Payload bytes relayed from listeners to senders.
@@ -97,7 +110,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 18] = [
+        let simple: [(&str, &str, &str, u64); 22] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -206,6 +219,30 @@ impl Counters {
                 "Relayed WebSocket connections open now.",
                 self.active_connections.load(Ordering::Relaxed).max(0) as u64,
             ),
+            (
+                "relay_connections_refused_total",
+                "counter",
+                "Client connections closed at once: max_connections were open.",
+                get(&self.connections_refused),
+            ),
+            (
+                "relay_relays_refused_total",
+                "counter",
+                "Senders refused with 503: max_relays connections were relayed.",
+                get(&self.relays_refused),
+            ),
+            (
+                "relay_cert_sessions",
+                "gauge",
+                "Certificate listeners with a control channel or relay open.",
+                gauges.cert_sessions as u64,
+            ),
+            (
+                "relay_audit_dropped_total",
+                "counter",
+                "Audit events dropped because the writer's queue was full.",
+                gauges.audit_dropped,
+            ),
         ];
         for (name, kind, help, value) in simple {
             metric(&mut out, name, kind, help);
@@ -278,6 +315,8 @@ mod tests {
             pending_rendezvous: 1,
             standby_parked: 3,
             tasks: 5,
+            cert_sessions: 0,
+            audit_dropped: 0,
         };
         let text = c.render(&[("a\"b".into(), 2)], gauges);
         assert!(text.contains("relay_standby_parked 3"));

@@ -10,8 +10,9 @@ use relay_core::limits::MAX_HEADER_BYTES;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-use crate::ca::PeerCertificate;
-use crate::{Broker, Transport};
+use crate::Broker;
+use crate::seams::Transport;
+use crate::seams::authority::PeerCertificate;
 
 /// Time a client has to finish the TLS handshake, and then again to send its request head
 /// (slowloris bound).
@@ -46,6 +47,10 @@ pub(crate) async fn serve(
     let connections = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    let relay = Arc::clone(broker.relay());
+    // Every connection holds a permit until it closes: a flood past the bound is closed at
+    // once instead of taking file descriptors and memory from the connections already served.
+    let open = Arc::new(tokio::sync::Semaphore::new(relay.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -60,6 +65,12 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            crate::metrics::count(&relay.counters.connections_refused);
+            tracing::debug!(%peer, "connection bound reached; closing");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         // Relayed connections may idle for hours; keep-alive probes find dead peers.
         let keepalive = socket2::TcpKeepalive::new()
@@ -71,6 +82,7 @@ pub(crate) async fn serve(
         let stop = stop.clone();
         let broker = broker.clone();
         connections.spawn(async move {
+            let _permit = permit;
             match acceptor {
                 None => {
                     let transport = Transport { peer, tls: false };
@@ -93,8 +105,8 @@ pub(crate) async fn serve(
     drop(listener);
     tracing::info!("shutting down: closing control channels and draining");
     broker.begin_shutdown();
-    let drain = broker.shared().limits.shutdown_drain;
-    let shared = Arc::clone(broker.shared());
+    let drain = relay.limits.shutdown_drain;
+    let shared = relay;
     stop.cancel();
     connections.close();
     shared.tasks.close();
@@ -127,15 +139,15 @@ fn handshake_failed(broker: &Broker, peer: std::net::SocketAddr, e: &std::io::Er
     if !refused_cert {
         return;
     }
-    let shared = broker.shared();
+    let shared = broker.relay();
     let credential = crate::limiter::AuthLimiter::fingerprint(Some("client certificate"));
-    crate::Shared::count(&shared.counters.auth_failures);
+    crate::metrics::count(&shared.counters.auth_failures);
     if shared.limiter.is_throttled(peer.ip(), credential) {
         return;
     }
     shared.limiter.record_failure(peer.ip(), credential);
     let detail = format!("TLS handshake from {}: {e}", peer.ip());
-    crate::control::audit_event(shared, "listener.rejected", "", &detail);
+    shared.audit.record("listener.rejected", "", &detail);
 }
 
 /// The listener named by a verified client certificate, if the client presented one.
@@ -144,7 +156,12 @@ fn client_certificate<S>(
     tls: &tokio_rustls::server::TlsStream<S>,
 ) -> Option<Arc<PeerCertificate>> {
     let leaf = tls.get_ref().1.peer_certificates()?.first()?;
-    broker.ca()?.identify(leaf).map(Arc::new)
+    broker
+        .relay()
+        .authority
+        .as_ref()?
+        .identify(leaf)
+        .map(Arc::new)
 }
 
 /// `cert` is `Some` only over TLS with a verified client certificate.

@@ -15,6 +15,10 @@ pub const WS_PREFIX: &str = "/$hc/";
 /// the query.
 pub const RESERVED_PREFIX: &str = "sb-hc-";
 
+/// The query parameter carrying a rendezvous capability (the broker's own, in the
+/// reserved `sb-hc-` space, so listeners pass it back untouched).
+pub const RENDEZVOUS_PARAM: &str = "sb-hc-rendezvous";
+
 /// Longest hybrid connection name accepted (Azure allows 260).
 pub const MAX_NAME_LEN: usize = 260;
 

@@ -116,6 +116,27 @@ pub fn parse_http_date(text: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
 }
 
+/// `sec-websocket-key` → `Sec-WebSocket-Key`, `x-custom` → `X-Custom`.
+#[must_use]
+pub fn canonical_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, part) in name.split('-').enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        if part.eq_ignore_ascii_case("websocket") {
+            out.push_str("WebSocket");
+            continue;
+        }
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.push(first.to_ascii_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -161,6 +182,13 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn canonical_header_case() {
+        assert_eq!(canonical_case("sec-websocket-key"), "Sec-WebSocket-Key");
+        assert_eq!(canonical_case("x-custom"), "X-Custom");
+        assert_eq!(canonical_case("host"), "Host");
+    }
 
     #[test]
     fn hop_by_hop_and_via() {

@@ -70,5 +70,4 @@ mod tests {
         let (p, q) = split_address("ws://h/$hc/hc?sb-hc-action=accept", "hc");
         assert_eq!((p.as_str(), q.as_str()), ("", ""));
     }
-
 }

@@ -16,8 +16,8 @@ use relay_io::{Message, WsError, WsReader, WsWriter};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use crate::handler::{BoxError, Handler, RelayBody, full_body};
 use crate::channel::Out;
+use crate::handler::{BoxError, Handler, RelayBody, full_body};
 
 /// What request handling needs from its session.
 pub(crate) struct Ctx {

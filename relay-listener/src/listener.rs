@@ -16,10 +16,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::channel::{Out, incoming};
 use crate::handler::{Answer, Handler};
 use crate::identity::CertificateIdentity;
 use crate::token::{TokenSource, unix_now};
-use crate::channel::{Out, incoming};
 use crate::{ListenerError, http, standby};
 
 /// How a listener proves itself on its control channel.

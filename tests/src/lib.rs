@@ -64,7 +64,11 @@ impl TestBroker {
 
     pub async fn start_with(extra: &str, options: ServeOptions) -> Self {
         let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
-        Self::serve(Broker::open(&config).expect("open broker"), options).await
+        Self::serve(
+            Broker::builder(&config).build().expect("open broker"),
+            options,
+        )
+        .await
     }
 
     /// A broker serving TLS with a fresh self-signed server certificate for 127.0.0.1
@@ -72,7 +76,7 @@ impl TestBroker {
     /// certificates when `extra` configures `[ca]`.
     pub async fn start_tls(extra: &str, dir: &std::path::Path) -> Self {
         let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
-        let broker = Broker::open(&config).expect("open broker");
+        let broker = Broker::builder(&config).build().expect("open broker");
         let (cert, key) = server_tls_files(dir);
         let tls = broker.server_tls(&cert, &key).expect("server TLS");
         Self::serve(broker, ServeOptions { tls: Some(tls) }).await
@@ -81,7 +85,7 @@ impl TestBroker {
     /// A plain broker on a chosen address (a restart on the port the last one used).
     pub async fn start_on(addr: SocketAddr, extra: &str) -> Self {
         let config = BrokerConfig::parse(&config(extra), "test").expect("test config");
-        let broker = Broker::open(&config).expect("open broker");
+        let broker = Broker::builder(&config).build().expect("open broker");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
         Self::serve_on(broker, listener, ServeOptions::default())
     }

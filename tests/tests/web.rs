@@ -412,7 +412,7 @@ async fn host_names_reach_their_hybrid_connection_with_the_path_untouched() {
     );
     let config = relay_broker::BrokerConfig::parse(&config, "test").unwrap();
     let broker = TestBroker::serve_broker(
-        relay_broker::Broker::open(&config).unwrap(),
+        relay_broker::Broker::builder(&config).build().unwrap(),
         Default::default(),
     )
     .await;

@@ -24,24 +24,29 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use crate::auth::authorize;
-use crate::presence::Outbound;
-use crate::rendezvous::{ListenerResponse, OutgoingRequest, Pending, RequestSlot, ResponseBody};
-use crate::routes::{RENDEZVOUS_PARAM, Resolved, relay_io_halves};
-use crate::web::Access;
-use crate::{RelayError, Shared};
+use crate::RelayError;
+use crate::relay::Relay;
+use crate::relay::auth::authorize;
+use crate::relay::presence::Outbound;
+use crate::relay::rendezvous::{
+    ListenerResponse, OutgoingRequest, Pending, RequestSlot, ResponseBody,
+};
+use crate::relay::resolve::Resolved;
+use crate::relay::socket::relay_io_halves;
+use crate::relay::web::Access;
+use relay_core::address::RENDEZVOUS_PARAM;
 
 /// Response body chunks buffered between a rendezvous socket and the sender.
 const BODY_CHANNEL: usize = 8;
 
 /// Relays one HTTP request to a listener and returns its response.
 pub(crate) async fn handle(
-    shared: &Arc<Shared>,
+    shared: &Arc<Relay>,
     req: Request,
     r: Resolved,
 ) -> Result<Response<Body>, RelayError> {
     let runtime_info = is_runtime_info(&req, &r);
-    let view = crate::web::View::of(req.headers(), &r);
+    let view = crate::relay::web::View::of(req.headers(), &r);
     let access = if runtime_info {
         // Any valid rule may read runtime information; relaying needs Send.
         let audience = r.audience_path();
@@ -49,7 +54,7 @@ pub(crate) async fn handle(
         authorize(shared, claim).await?;
         return Ok(runtime_information(shared, &r));
     } else {
-        crate::web::authorize_browser(shared, req.headers(), req.method(), &r, &view).await?
+        crate::relay::web::authorize_browser(shared, req.headers(), req.method(), &r, &view).await?
     };
     let refresh = match access {
         Access::Login(page) => return Ok(page),
@@ -66,7 +71,7 @@ pub(crate) async fn handle(
         host: view.host.clone(),
         refresh,
     };
-    let mut headers = crate::web::for_listener(
+    let mut headers = crate::relay::web::for_listener(
         request_headers(&parts.headers, access.consumed_authorization(), &view.host),
         &view,
     );
@@ -174,7 +179,7 @@ pub(crate) async fn handle(
     // One deadline for the whole request: waiting for room in a busy listener's queue (a
     // burst), then for its answer.
     let deadline = tokio::time::Instant::now() + shared.limits.http_request_timeout;
-    crate::control::enqueue(&listener, notice, deadline).await?;
+    crate::relay::channel::enqueue(&listener, notice, deadline).await?;
     let answer = match tokio::time::timeout_at(deadline, response).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => {
@@ -222,7 +227,7 @@ fn is_runtime_info(req: &Request, r: &Resolved) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"servicebus"))
 }
 
-fn runtime_information(shared: &Shared, r: &Resolved) -> Response<Body> {
+fn runtime_information(shared: &Relay, r: &Resolved) -> Response<Body> {
     let count = shared.presence.count(&r.hc.name);
     let body = format!(
         r#"<entry xmlns="http://www.w3.org/2005/Atom"><title type="text">{name}</title><content type="application/xml"><HybridConnectionDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><RequiresClientAuthorization>{auth}</RequiresClientAuthorization><ListenerCount>{count}</ListenerCount></HybridConnectionDescription></content></entry>"#,
@@ -267,7 +272,7 @@ fn request_headers(headers: &HeaderMap, drop_authorization: bool, host: &str) ->
         .filter(|(name, _)| *name != http::header::VIA)
         .filter_map(|(name, value)| {
             Some((
-                crate::routes::canonical_case(name.as_str()),
+                relay_core::http_rules::canonical_case(name.as_str()),
                 value.to_str().ok()?.to_owned(),
             ))
         })
@@ -366,7 +371,7 @@ fn stream_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>, idle: Duration
 
 /// Serves the listener's side of an HTTP rendezvous once its upgrade completes.
 pub(crate) fn spawn_rendezvous(
-    shared: &Arc<Shared>,
+    shared: &Arc<Relay>,
     upgrade: OnUpgrade,
     listener_id: u64,
     request_id: String,
@@ -448,7 +453,7 @@ async fn send_request<W: AsyncWrite + Unpin>(
 }
 
 struct Rendezvous<'a> {
-    shared: &'a Shared,
+    shared: &'a Relay,
     request_id: &'a str,
     listener_id: u64,
     idle: Duration,

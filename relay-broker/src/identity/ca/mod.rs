@@ -71,16 +71,7 @@ pub struct IssuedCertificate {
     pub not_after: OffsetDateTime,
 }
 
-/// The listener a verified client certificate names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerCertificate {
-    /// Listener id.
-    pub listener_id: String,
-    /// Serial, hex.
-    pub serial: String,
-    /// Expiry, Unix seconds.
-    pub not_after: u64,
-}
+pub use crate::seams::authority::PeerCertificate;
 
 /// The root and issuing CA.
 pub struct CertificateAuthority {

@@ -21,12 +21,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::auth::check_renewal;
-use crate::identity::{CLOSE_REVOKED, CertSession};
-use crate::presence::{ListenerHandle, Outbound, Refused};
-use crate::rendezvous::{ListenerResponse, ResponseBody};
-use crate::routes::{Resolved, relay_io_halves};
-use crate::{RelayError, Shared, StandbyPool};
+use crate::RelayError;
+use crate::relay::Relay;
+use crate::relay::auth::check_renewal;
+use crate::relay::pool::Pool as StandbyPool;
+use crate::relay::presence::{ListenerHandle, Outbound, Refused};
+use crate::relay::rendezvous::{ListenerResponse, ResponseBody};
+use crate::relay::resolve::Resolved;
+use crate::relay::sessions::{CLOSE_REVOKED, CertSession};
+use crate::relay::socket::relay_io_halves;
 
 /// Read buffer of a control channel: control messages are small, and idle channels many.
 const CONTROL_BUFFER: usize = 4 * 1024;
@@ -69,7 +72,7 @@ pub(crate) struct Opening {
 /// Registers a listener and starts its control channel once the upgrade completes. Returns
 /// its standby pool, whose key and size go in the `101`.
 pub(crate) fn start(
-    shared: &Arc<Shared>,
+    shared: &Arc<Relay>,
     upgrade: OnUpgrade,
     r: &Resolved,
     opening: Opening,
@@ -98,7 +101,7 @@ pub(crate) fn start(
         header_arrays,
     };
     let closing = pool.clone();
-    let close_pool = move |shared: &Shared| {
+    let close_pool = move |shared: &Relay| {
         if let Some(pool) = &closing {
             shared.standby.close(pool);
         }
@@ -139,12 +142,12 @@ pub(crate) fn start(
             let connected = upgraded.is_ok();
             if let Ok(upgraded) = upgraded {
                 tracing::info!("listener connected");
-                Shared::count(&shared.counters.listener_connects);
+                crate::metrics::count(&shared.counters.listener_connects);
                 audit(&shared, "listener.connect", &who, &tracking).await;
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
                 let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at, cert);
                 channel.run(reader, writer, rx).await;
-                Shared::count(&shared.counters.listener_disconnects);
+                crate::metrics::count(&shared.counters.listener_disconnects);
             }
             shared.presence.unregister(&handle.hc, handle.id);
             shared.rendezvous.drop_listener(handle.id);
@@ -161,14 +164,14 @@ pub(crate) fn start(
 
 /// Records a channel's audit event and waits for it, so one channel's connect is always
 /// written before its disconnect.
-async fn audit(shared: &Arc<Shared>, kind: &'static str, subject: &str, tracking: &TrackingId) {
+async fn audit(shared: &Arc<Relay>, kind: &'static str, subject: &str, tracking: &TrackingId) {
     let _ = audit_event(shared, kind, subject, &format!("TrackingId:{tracking}")).await;
 }
 
 /// Records an audit event off the runtime threads (a durable store syncs to disk); await the
 /// handle when order matters.
 pub(crate) fn audit_event(
-    shared: &Arc<Shared>,
+    shared: &Arc<Relay>,
     kind: &str,
     subject: &str,
     detail: &str,
@@ -189,7 +192,7 @@ enum Internal {
 }
 
 struct Channel<'a> {
-    shared: &'a Shared,
+    shared: &'a Relay,
     handle: &'a ListenerHandle,
     tracking: TrackingId,
     /// Expiry of the current token, Unix seconds; moved by `renewToken`.
@@ -204,7 +207,7 @@ struct Channel<'a> {
 
 impl<'a> Channel<'a> {
     fn new(
-        shared: &'a Shared,
+        shared: &'a Relay,
         handle: &'a ListenerHandle,
         tracking: TrackingId,
         expires_at: u64,
@@ -283,7 +286,7 @@ impl<'a> Channel<'a> {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let revoked = async {
             match &self.cert {
-                Some(c) => c.revoked.cancelled().await,
+                Some(c) => c.revoked.clone().cancelled_owned().await,
                 None => std::future::pending().await,
             }
         };
@@ -417,7 +420,7 @@ impl<'a> Channel<'a> {
 
     fn unsolicited(&self, state: &mut ReadState, what: &str) {
         state.unsolicited += 1;
-        Shared::count(&self.shared.counters.unsolicited);
+        crate::metrics::count(&self.shared.counters.unsolicited);
         tracing::debug!(what, "dropped unsolicited listener message");
     }
 

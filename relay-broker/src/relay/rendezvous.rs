@@ -18,17 +18,17 @@ pub(crate) enum ListenerSocket {
     /// A rendezvous upgrade, still completing.
     Upgrade(OnUpgrade),
     /// A standby socket, open and past its reply.
-    Open(Box<crate::routes::RelayHalves>),
+    Open(Box<crate::relay::socket::RelayHalves>),
 }
 
 impl ListenerSocket {
     /// The socket's frame reader and writer, once its upgrade (if any) completed.
-    pub(crate) async fn open(self, buffer: usize) -> Option<crate::routes::RelayHalves> {
+    pub(crate) async fn open(self, buffer: usize) -> Option<crate::relay::socket::RelayHalves> {
         match self {
             Self::Upgrade(upgrade) => upgrade
                 .await
                 .ok()
-                .map(|u| crate::routes::relay_io_halves(u, buffer)),
+                .map(|u| crate::relay::socket::relay_io_halves(u, buffer)),
             Self::Open(halves) => Some(*halves),
         }
     }

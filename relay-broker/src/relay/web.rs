@@ -21,9 +21,10 @@ use relay_core::control::Headers;
 use relay_core::sas::{Rights, SasError};
 use relay_core::web::{self, HOST_SESSION_COOKIE, SESSION_COOKIE};
 
-use crate::auth::{Authorized, authorize, unix_now};
-use crate::routes::Resolved;
-use crate::{RelayError, Shared};
+use crate::RelayError;
+use crate::relay::Relay;
+use crate::relay::auth::{Authorized, authorize, unix_now};
+use crate::relay::resolve::Resolved;
 
 /// Headers a sender may not set itself: the broker says what the browser saw.
 const FORWARDED: [&str; 3] = [
@@ -127,7 +128,7 @@ impl View {
 
 /// Whether the client reached us over TLS: our own, or a front proxy's that says so in
 /// `X-Forwarded-Proto`.
-pub(crate) fn behind_tls(headers: &HeaderMap, transport: Option<crate::Transport>) -> bool {
+pub(crate) fn behind_tls(headers: &HeaderMap, transport: Option<crate::seams::Transport>) -> bool {
     transport.is_some_and(|t| t.tls)
         || headers
             .get("x-forwarded-proto")
@@ -136,7 +137,7 @@ pub(crate) fn behind_tls(headers: &HeaderMap, transport: Option<crate::Transport
 
 /// Authorizes a relayed request or WebSocket upgrade on a browser path by the rules above.
 pub(crate) async fn authorize_browser(
-    shared: &Shared,
+    shared: &Relay,
     headers: &HeaderMap,
     method: &Method,
     r: &Resolved,
@@ -164,7 +165,7 @@ pub(crate) async fn authorize_browser(
         && is_navigation(headers)
         && authorized.presented.origin == Some(TokenOrigin::Query)
     {
-        Shared::count(&shared.counters.browser_logins);
+        crate::metrics::count(&shared.counters.browser_logins);
         return login(shared, r, view, &authorized).map(Access::Login);
     }
     Ok(Access::Token(authorized))
@@ -184,7 +185,7 @@ fn is_navigation(headers: &HeaderMap) -> bool {
 
 /// The session cookie's verdict; `None` when the request carries none.
 fn session(
-    shared: &Shared,
+    shared: &Relay,
     headers: &HeaderMap,
     r: &Resolved,
     view: &View,
@@ -200,26 +201,26 @@ fn session(
     for value in web::cookie_values(cookies, name) {
         match web::verify(value, &rules, &r.hc.name, now) {
             Ok(session) if view.same_origin_fetch(headers) => {
-                Shared::count(&shared.counters.browser_session_requests);
+                crate::metrics::count(&shared.counters.browser_session_requests);
                 let refresh = refreshed(shared, r, view, &session, now);
                 return Some(Ok(Access::Session { refresh }));
             }
             Ok(_) => {
-                Shared::count(&shared.counters.browser_cross_origin);
+                crate::metrics::count(&shared.counters.browser_cross_origin);
                 return Some(Err(RelayError::CrossOrigin));
             }
             Err(e) => last = Some(e),
         }
     }
     last.map(|e| {
-        Shared::count(&shared.counters.auth_failures);
+        crate::metrics::count(&shared.counters.auth_failures);
         Err(RelayError::Session(e))
     })
 }
 
 /// A renewed cookie once less than half of the session's life is left, up to its cap.
 fn refreshed(
-    shared: &Shared,
+    shared: &Relay,
     r: &Resolved,
     view: &View,
     session: &web::Session,
@@ -234,7 +235,7 @@ fn refreshed(
 
 /// The `Set-Cookie` value; `None` when the path cannot scope a cookie (a `;`, `,` or a
 /// control character in the hybrid connection's name as sent).
-fn set_cookie(view: &View, value: &str, max_age: u64, shared: &Shared) -> Option<String> {
+fn set_cookie(view: &View, value: &str, max_age: u64, shared: &Relay) -> Option<String> {
     let path = match &view.prefix {
         Some(prefix) if !view.host_mode && !prefix.is_empty() => {
             format!("{}{prefix}", shared.mount)
@@ -251,7 +252,7 @@ fn set_cookie(view: &View, value: &str, max_age: u64, shared: &Shared) -> Option
 /// token. A redirect would not do: after a chain that began on another site the browser
 /// withholds a `SameSite=Strict` cookie, while a step taken by this page is same-origin.
 fn login(
-    shared: &Shared,
+    shared: &Relay,
     r: &Resolved,
     view: &View,
     authorized: &Authorized,
@@ -344,7 +345,7 @@ pub(crate) fn for_listener(headers: Headers, view: &View) -> Headers {
 }
 
 /// The hybrid connection a `Host` names in host mode; `None` for any other host.
-pub(crate) fn host_target(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+pub(crate) fn host_target(shared: &Relay, headers: &HeaderMap) -> Option<String> {
     let hosts = shared.hosts.as_ref()?;
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let label = hosts.base.label(host)?;

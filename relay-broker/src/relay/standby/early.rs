@@ -17,10 +17,11 @@ use relay_io::WsReader;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::Shared;
-use crate::presence::ListenerHandle;
-use crate::rendezvous::Arrival;
-use crate::routes::{RelayHalves, relay_io_halves, relay_pair, via_control_channel};
+use crate::relay::Relay;
+use crate::relay::pairing::{relay_pair, via_control_channel};
+use crate::relay::presence::ListenerHandle;
+use crate::relay::rendezvous::Arrival;
+use crate::relay::socket::{RelayHalves, relay_io_halves};
 
 /// A sender frame forwarded before the listener confirmed receipt.
 struct Forwarded {
@@ -35,16 +36,17 @@ type Refusal = (u16, String);
 /// Relays an early-paired sender once its upgrade completes. `accept` and `listener` are
 /// what the control-channel fallback needs.
 pub(crate) fn spawn(
-    shared: &Arc<Shared>,
+    shared: &Arc<Relay>,
     sender: OnUpgrade,
     standby: Box<RelayHalves>,
-    listener: ListenerHandle,
-    accept: Accept,
+    (listener, accept): (ListenerHandle, Accept),
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let shared = Arc::clone(shared);
     let span = tracing::info_span!("relay", tracking = %accept.id, early = true);
     shared.tasks.clone().spawn(
         async move {
+            let _permit = permit;
             let buffer = shared.limits.relay_buffer_bytes;
             let Ok(sender) = sender.await else {
                 tracing::debug!("the sender's upgrade failed before relaying");
@@ -76,7 +78,7 @@ pub(crate) fn spawn(
 
 /// Forwards sender frames until the listener has answered, and returns its socket.
 async fn decide<R>(
-    shared: &Shared,
+    shared: &Relay,
     sender: &mut WsReader<R>,
     standby: RelayHalves,
     listener: &ListenerHandle,
@@ -115,11 +117,11 @@ where
                         retained = Vec::new();
                     }
                     (true, Some(StandbyReply::Accepted { .. })) => {
-                        Shared::count(&shared.counters.standby_accepts);
+                        crate::metrics::count(&shared.counters.standby_accepts);
                         return Ok((l_reader, l_writer));
                     }
                     (true, Some(StandbyReply::Rejected { status_code, status_description })) => {
-                        Shared::count(&shared.counters.standby_accepts);
+                        crate::metrics::count(&shared.counters.standby_accepts);
                         let _ = l_writer.close(close_code::NORMAL, "rejected").await;
                         return Err((CLOSE_REJECTED, rejection_reason(status_code, &status_description)));
                     }
@@ -183,7 +185,7 @@ where
             }
             () = tokio::time::sleep_until(deadline) => {
                 if confirmed {
-                    Shared::count(&shared.counters.rendezvous_timeouts);
+                    crate::metrics::count(&shared.counters.rendezvous_timeouts);
                     return Err((close_code::INTERNAL_ERROR, "The listener did not answer in time".into()));
                 }
                 break;
@@ -195,7 +197,7 @@ where
     if let Some(pool) = &listener.standby {
         pool.retire_parked();
     }
-    Shared::count(&shared.counters.standby_fallbacks);
+    crate::metrics::count(&shared.counters.standby_fallbacks);
     drop((l_reader, l_writer));
     let arrival = via_control_channel(shared, listener, &mut accept)
         .await

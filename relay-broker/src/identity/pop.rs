@@ -27,10 +27,12 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::AdminError;
-use crate::ca::{CertificateAuthority, PeerCertificate};
+use super::Identity;
+use super::ca::{CertificateAuthority, PeerCertificate};
+use super::error::IdentityError;
 use crate::limiter::AuthLimiter;
-use crate::{RelayError, Shared, Transport};
+use crate::metrics::count;
+use crate::seams::Transport;
 
 /// Path of the nonce request.
 pub(crate) const CHALLENGE_PATH: &str = "/$register/v1/pop/challenge";
@@ -81,16 +83,16 @@ impl<T> Default for Expiring<T> {
 }
 
 impl<T> Expiring<T> {
-    fn insert(&self, value: T, now: Instant) -> Result<String, RelayError> {
+    fn insert(&self, value: T, now: Instant) -> Result<String, IdentityError> {
         if self.0.len() >= MAX_PENDING {
             self.0.retain(|_, (expires, _)| *expires > now);
             if self.0.len() >= MAX_PENDING {
-                return Err(RelayError::Busy(
+                return Err(IdentityError::Busy(
                     "too many pending proof-of-possession logins",
                 ));
             }
         }
-        let secret = crate::registration::new_secret();
+        let secret = super::secrets::new_secret();
         self.0.insert(secret.clone(), (now + TTL, value));
         Ok(secret)
     }
@@ -125,9 +127,9 @@ pub(crate) struct Session {
     expires_in_secs: u64,
 }
 
-fn enabled(shared: &Shared) -> Result<&PopLogins, RelayError> {
-    shared.pop.as_deref().ok_or_else(|| {
-        RelayError::NotFound(
+fn enabled(state: &Identity) -> Result<&PopLogins, IdentityError> {
+    state.pop.as_deref().ok_or_else(|| {
+        IdentityError::NotFound(
             "proof-of-possession login (set [ca].proof_of_possession = true on the broker)".into(),
         )
     })
@@ -135,9 +137,9 @@ fn enabled(shared: &Shared) -> Result<&PopLogins, RelayError> {
 
 /// `POST /$register/v1/pop/challenge`.
 pub(crate) async fn challenge(
-    State(shared): State<Arc<Shared>>,
-) -> Result<Json<Challenge>, AdminError> {
-    let logins = enabled(&shared)?;
+    State(state): State<Arc<Identity>>,
+) -> Result<Json<Challenge>, IdentityError> {
+    let logins = enabled(&state)?;
     let nonce = logins.nonces.insert((), Instant::now())?;
     Ok(Json(Challenge {
         nonce,
@@ -147,25 +149,25 @@ pub(crate) async fn challenge(
 
 /// `POST /$register/v1/pop/session`.
 pub(crate) async fn session(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<Identity>>,
     transport: Option<axum::Extension<Transport>>,
     headers: HeaderMap,
     Json(body): Json<Login>,
-) -> Result<Json<Session>, AdminError> {
-    let logins = enabled(&shared)?;
+) -> Result<Json<Session>, IdentityError> {
+    let logins = enabled(&state)?;
     let ip = transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.0.peer.ip());
     let credential = AuthLimiter::fingerprint(None);
-    if shared.limiter.is_throttled(ip, credential) {
-        shared.limiter.hold().await;
-        return Err(RelayError::Throttled.into());
+    if state.limiter.is_throttled(ip, credential) {
+        state.limiter.hold().await;
+        return Err(IdentityError::Throttled.into());
     }
-    let outcome = login(&shared, logins, &headers, &body.proof).await;
+    let outcome = login(&state, logins, &headers, &body.proof).await;
     let cert = match outcome {
         Ok(cert) => cert,
         Err(e) => {
-            shared.limiter.record_failure(ip, credential);
-            Shared::count(&shared.counters.auth_failures);
-            let _ = crate::control::audit_event(&shared, "pop.rejected", "", &e.to_string()).await;
+            state.limiter.record_failure(ip, credential);
+            count(&state.counters.auth_failures);
+            state.audit.record("pop.rejected", "", &e.to_string());
             return Err(e.into());
         }
     };
@@ -178,24 +180,26 @@ pub(crate) async fn session(
     }))
 }
 
-fn refused(e: impl std::fmt::Display) -> RelayError {
-    RelayError::ProofRejected(e.to_string())
+fn refused(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::ProofRejected(e.to_string())
 }
 
 async fn login(
-    shared: &Arc<Shared>,
+    state: &Arc<Identity>,
     logins: &PopLogins,
     headers: &HeaderMap,
     jws: &str,
-) -> Result<PeerCertificate, RelayError> {
-    let Some(ca) = &shared.ca else {
-        return Err(RelayError::NotFound("registration (configure [ca])".into()));
+) -> Result<PeerCertificate, IdentityError> {
+    let Some(ca) = &state.ca else {
+        return Err(IdentityError::NotFound(
+            "registration (configure [ca])".into(),
+        ));
     };
     let proof = pop::parse(jws).map_err(refused)?;
     let now = UnixTime::now();
     proof
         .claims
-        .check(&own_authority(shared, headers)?, now.as_secs())
+        .check(&own_authority(state, headers)?, now.as_secs())
         .map_err(refused)?;
     let chain: Vec<CertificateDer<'_>> = proof
         .x5c
@@ -219,28 +223,28 @@ async fn login(
         return Err(refused("the nonce is unknown, used or expired"));
     }
     // Registered, not revoked, issued to it, not expired: the checks every mTLS connect gets.
-    let store = Arc::clone(&shared.store);
+    let store = Arc::clone(&state.store);
     let checked = cert.clone();
     tokio::task::spawn_blocking(move || {
-        crate::identity::check_certificate(&*store, &checked, crate::store::now_ms())
+        super::listeners::check_certificate(&*store, &checked, crate::store::now_ms())
     })
     .await
-    .map_err(|e| RelayError::Internal(e.to_string()))?
+    .map_err(|e| IdentityError::Internal(e.to_string()))?
     .map_err(|e| refused(format!("listener {}: {e}", cert.listener_id)))?;
     Ok(cert)
 }
 
 /// The `host[:port]` a proof must name: that of `public_url`, else the request's Host
 /// (which the proxy in front forwards).
-fn own_authority(shared: &Shared, headers: &HeaderMap) -> Result<String, RelayError> {
-    let host = match &shared.public_url {
+fn own_authority(state: &Identity, headers: &HeaderMap) -> Result<String, IdentityError> {
+    let host = match &state.public_url {
         Some(url) => pop::authority(url).map(str::to_owned),
         None => headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned),
     };
-    host.ok_or_else(|| RelayError::BadRequest("a Host header is required".into()))
+    host.ok_or_else(|| IdentityError::BadRequest("a Host header is required".into()))
 }
 
 /// Checks the JWS signature with the leaf's public key, refusing an `alg` that does not fit
@@ -271,7 +275,7 @@ fn verify_signature(leaf: &CertificateDer<'_>, proof: &pop::Proof) -> Result<(),
 /// certificate on this one request. A certificate from the TLS handshake wins; an unknown,
 /// used or expired ticket is a 401, not a silent fall-back to SAS.
 pub(crate) async fn attach_session(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<Identity>>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -281,7 +285,7 @@ pub(crate) async fn attach_session(
     if req.extensions().get::<Arc<PeerCertificate>>().is_some() {
         return next.run(req).await;
     }
-    let cert = shared.pop.as_deref().and_then(|logins| {
+    let cert = state.pop.as_deref().and_then(|logins| {
         let ticket = ticket.to_str().ok()?;
         logins.tickets.take(ticket, Instant::now())
     });
@@ -290,7 +294,7 @@ pub(crate) async fn attach_session(
             req.extensions_mut().insert(cert);
             next.run(req).await
         }
-        None => AdminError::from(RelayError::ProofRejected(
+        None => IdentityError::from(IdentityError::ProofRejected(
             "the proof-of-possession session is unknown, used or expired; log in again".into(),
         ))
         .into_response(),
@@ -314,7 +318,7 @@ mod tests {
         for _ in 0..MAX_PENDING {
             map.insert(0, now).unwrap();
         }
-        assert!(matches!(map.insert(0, now), Err(RelayError::Busy(_))));
+        assert!(matches!(map.insert(0, now), Err(IdentityError::Busy(_))));
         // Once they expire, room is made again.
         assert!(map.insert(0, now + TTL).is_ok());
         assert_eq!(map.0.len(), 1);

@@ -9,8 +9,10 @@ use relay_core::RelayQuery;
 use relay_core::auth::{Presented, presented_token};
 use relay_core::sas::{self, Rights, SasError, SasToken, Target};
 
+use crate::RelayError;
 use crate::limiter::AuthLimiter;
-use crate::{RelayError, Shared, Transport};
+use crate::relay::Relay;
+use crate::seams::Transport;
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
@@ -44,7 +46,7 @@ pub(crate) struct Claim<'a> {
 }
 
 /// Checks a claim; failures are counted and, when repeated, throttled.
-pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Authorized, RelayError> {
+pub(crate) async fn authorize(shared: &Relay, claim: Claim<'_>) -> Result<Authorized, RelayError> {
     let presented = presented_token(claim.headers, claim.query.token.as_deref(), claim.required);
     if !claim.required {
         return Ok(Authorized {
@@ -58,7 +60,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.peer.ip());
     let credential = AuthLimiter::fingerprint(presented.token.as_deref());
     if shared.limiter.is_throttled(ip, credential) {
-        Shared::count(&shared.counters.auth_failures);
+        crate::metrics::count(&shared.counters.auth_failures);
         shared.limiter.hold().await;
         return Err(RelayError::Throttled);
     }
@@ -89,7 +91,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
             })
         }
         Err(e) => {
-            Shared::count(&shared.counters.auth_failures);
+            crate::metrics::count(&shared.counters.auth_failures);
             shared.limiter.record_failure(ip, credential);
             tracing::debug!(hc = claim.hc, error = %e, "authorization refused");
             Err(RelayError::Unauthorized(e))
@@ -98,7 +100,7 @@ pub(crate) async fn authorize(shared: &Shared, claim: Claim<'_>) -> Result<Autho
 }
 
 /// Checks a `renewToken` for a listener's control channel; returns the new expiry.
-pub(crate) fn check_renewal(shared: &Shared, hc: &str, token: &str) -> Result<u64, SasError> {
+pub(crate) fn check_renewal(shared: &Relay, hc: &str, token: &str) -> Result<u64, SasError> {
     let target = Target {
         hybrid_connection: hc,
         path: hc,

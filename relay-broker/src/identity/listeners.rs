@@ -1,45 +1,21 @@
-//! Certificate-authenticated listeners: what a verified client certificate may do, and the
-//! live sessions that revocation closes.
+//! Certificate-authenticated listeners: what a verified client certificate may do. The data
+//! plane asks through [`StoreAuthority`]; revocations go out on the bus.
 //!
 //! The TLS handshake already proved the chain to the listener CA, the validity period and
 //! the clientAuth EKU. Here the broker checks what only it knows: the listener is registered
 //! and not revoked, the certificate is one it issued to that listener, the registering person
 //! is still enabled and still holds `listener.register` on the hybrid connection. Every
 //! check runs on every connect, so a change of rights takes effect at the next one; a
-//! revocation or a disabled person also closes what is open now ([`Sessions`]).
+//! revocation or a disabled person also closes what is open now (the revocation bus).
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
-
-use crate::RelayError;
-use crate::admin::{may_register, pattern_covers};
-use crate::ca::PeerCertificate;
+use super::ca::CertificateAuthority;
+use super::error::IdentityError;
+use super::policy::{may_register, pattern_covers};
+use crate::seams::authority::{Authority, PeerCertificate, Refusal};
+use crate::seams::revocation::RevocationBus;
 use crate::store::{ListenerRecord, Store};
-
-/// Close code for a control channel whose listener was revoked (application range).
-pub(crate) const CLOSE_REVOKED: u16 = 4401;
-
-/// One cancellation token per registered listener with something open: its control channels
-/// and relayed connections watch it.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions(DashMap<String, CancellationToken>);
-
-impl Sessions {
-    /// The token that closes everything `listener_id` has open.
-    pub(crate) fn token(&self, listener_id: &str) -> CancellationToken {
-        self.0.entry(listener_id.to_owned()).or_default().clone()
-    }
-
-    /// Closes everything `listener_id` has open; later connects get a fresh token and face
-    /// the store's checks again.
-    pub(crate) fn close(&self, listener_id: &str) {
-        if let Some((_, token)) = self.0.remove(listener_id) {
-            token.cancel();
-        }
-    }
-}
 
 /// Checks that the listener named by `cert` may listen on `hc` now.
 pub(crate) fn authorize_listen(
@@ -47,14 +23,14 @@ pub(crate) fn authorize_listen(
     cert: &PeerCertificate,
     hc: &str,
     now_ms: u64,
-) -> Result<ListenerRecord, RelayError> {
+) -> Result<ListenerRecord, IdentityError> {
     let record = check_certificate(store, cert, now_ms)?;
     let granted = record
         .hybrid_connections
         .iter()
         .any(|g| pattern_covers(g, hc));
     if !granted {
-        return Err(RelayError::Forbidden(format!(
+        return Err(IdentityError::Forbidden(format!(
             "listener {} was not registered for '{hc}'",
             record.id
         )));
@@ -69,7 +45,7 @@ pub(crate) fn authorize_renewal(
     store: &dyn Store,
     cert: &PeerCertificate,
     now_ms: u64,
-) -> Result<ListenerRecord, RelayError> {
+) -> Result<ListenerRecord, IdentityError> {
     let record = check_certificate(store, cert, now_ms)?;
     person_may_register(store, &record, &record.hybrid_connections)?;
     Ok(record)
@@ -81,27 +57,27 @@ pub(crate) fn check_certificate(
     store: &dyn Store,
     cert: &PeerCertificate,
     now_ms: u64,
-) -> Result<ListenerRecord, RelayError> {
+) -> Result<ListenerRecord, IdentityError> {
     let record = store
         .listener(&cert.listener_id)?
-        .ok_or(RelayError::BadCredentials(
+        .ok_or(IdentityError::BadCredentials(
             "the client certificate names no registered listener",
         ))?;
     if record.revoked_at_ms.is_some() {
-        return Err(RelayError::Forbidden(format!(
+        return Err(IdentityError::Forbidden(format!(
             "listener {} was revoked; register it again",
             record.id
         )));
     }
     let issued = store.certificate(&cert.serial)?;
     if issued.is_none_or(|c| c.listener_id != record.id) {
-        return Err(RelayError::Forbidden(format!(
+        return Err(IdentityError::Forbidden(format!(
             "certificate {} was not issued to listener {}",
             cert.serial, record.id
         )));
     }
     if cert.not_after.saturating_mul(1000) <= now_ms {
-        return Err(RelayError::Forbidden(format!(
+        return Err(IdentityError::Forbidden(format!(
             "certificate {} has expired",
             cert.serial
         )));
@@ -113,9 +89,9 @@ fn person_may_register(
     store: &dyn Store,
     record: &ListenerRecord,
     hcs: &[String],
-) -> Result<(), RelayError> {
+) -> Result<(), IdentityError> {
     let (person, _) = store.person(&record.person)?.ok_or_else(|| {
-        RelayError::Forbidden(format!("person '{}' no longer exists", record.person))
+        IdentityError::Forbidden(format!("person '{}' no longer exists", record.person))
     })?;
     may_register(&person, hcs)
 }
@@ -123,7 +99,7 @@ fn person_may_register(
 /// Closes the sessions of every listener `person` registered; returns how many.
 pub(crate) fn close_person(
     store: &dyn Store,
-    sessions: &Sessions,
+    revocations: &dyn RevocationBus,
     person: &str,
 ) -> Result<usize, crate::store::StoreError> {
     let listeners = store.listeners()?;
@@ -132,16 +108,33 @@ pub(crate) fn close_person(
         .filter(|l| l.person.eq_ignore_ascii_case(person))
         .collect();
     for listener in &mine {
-        sessions.close(&listener.id);
+        revocations.publish(&listener.id);
     }
     Ok(mine.len())
 }
 
-/// A control channel's certificate facts: when it must close, and what closes it early.
-#[derive(Clone, Debug)]
-pub(crate) struct CertSession {
-    /// The listener id, for audit.
-    pub(crate) listener_id: Arc<str>,
-    /// Cancelled on revocation or when the person is disabled.
-    pub(crate) revoked: CancellationToken,
+/// Identity's answers to the data plane, from the CA and the store.
+pub struct StoreAuthority {
+    ca: Arc<CertificateAuthority>,
+    store: Arc<dyn Store>,
+}
+
+impl StoreAuthority {
+    /// Answers for certificates `ca` issued, from the records in `store`.
+    #[must_use]
+    pub fn new(ca: Arc<CertificateAuthority>, store: Arc<dyn Store>) -> Self {
+        Self { ca, store }
+    }
+}
+
+impl Authority for StoreAuthority {
+    fn identify(&self, leaf_der: &[u8]) -> Option<PeerCertificate> {
+        self.ca.identify(leaf_der)
+    }
+
+    fn may_listen(&self, cert: &PeerCertificate, hc: &str, now_ms: u64) -> Result<(), Refusal> {
+        authorize_listen(&*self.store, cert, hc, now_ms)
+            .map(drop)
+            .map_err(Refusal::from)
+    }
 }

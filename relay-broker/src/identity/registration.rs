@@ -16,16 +16,18 @@ use argon2::PasswordVerifier as _;
 use argon2::password_hash::PasswordHash;
 use axum::Json;
 use axum::extract::State;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use crate::admin::{AdminError, checked_hcs, may_register};
-use crate::ca::CaError;
-use crate::ca::PeerCertificate;
+use super::Identity;
+use super::ca::CaError;
+use super::ca::PeerCertificate;
+use super::error::IdentityError;
+use super::policy::{checked_hcs, may_register};
+use super::secrets::sha256_hex;
 use crate::limiter::AuthLimiter;
+use crate::metrics::count;
+use crate::seams::Transport;
 use crate::store::{AuditEvent, CertificateRecord, ListenerRecord};
-use crate::{RelayError, Shared, Transport};
 
 /// Path of the registration call.
 pub(crate) const PATH: &str = "/$register/v1/listeners";
@@ -33,15 +35,6 @@ pub(crate) const PATH: &str = "/$register/v1/listeners";
 pub(crate) const RENEW_PATH: &str = "/$register/v1/renew";
 /// Hybrid connections a certificate listener creates and removes under its patterns.
 pub(crate) const HC_PATH: &str = "/$register/v1/hybrid-connections/{*name}";
-
-/// A 256-bit random secret, base64url.
-pub(crate) fn new_secret() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
-
-pub(crate) fn sha256_hex(text: &str) -> String {
-    crate::ca::hex(&Sha256::digest(text.as_bytes()))
-}
 
 /// The registration request.
 #[derive(Deserialize)]
@@ -82,13 +75,13 @@ pub(crate) struct Registered {
 }
 
 pub(crate) async fn register(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<Identity>>,
     transport: Option<axum::Extension<Transport>>,
     Json(body): Json<Register>,
-) -> Result<Json<Registered>, AdminError> {
-    let Some(ca) = shared.ca.clone() else {
+) -> Result<Json<Registered>, IdentityError> {
+    let Some(ca) = state.ca.clone() else {
         return Err(
-            RelayError::NotFound("registration (configure [ca] on the broker)".into()).into(),
+            IdentityError::NotFound("registration (configure [ca] on the broker)".into()).into(),
         );
     };
     let ip = transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.0.peer.ip());
@@ -98,36 +91,36 @@ pub(crate) async fn register(
             .or(body.person_token.as_deref())
             .or(body.person.as_deref()),
     );
-    if shared.limiter.is_throttled(ip, credential) {
-        shared.limiter.hold().await;
-        return Err(RelayError::Throttled.into());
+    if state.limiter.is_throttled(ip, credential) {
+        state.limiter.hold().await;
+        return Err(IdentityError::Throttled.into());
     }
-    let shared2 = Arc::clone(&shared);
+    let shared2 = Arc::clone(&state);
     let outcome = tokio::task::spawn_blocking(move || register_blocking(&shared2, &ca, body))
         .await
-        .map_err(|e| RelayError::Internal(e.to_string()))?;
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
     if let Err(e) = &outcome {
         if e.status() == http::StatusCode::UNAUTHORIZED {
-            shared.limiter.record_failure(ip, credential);
-            Shared::count(&shared.counters.auth_failures);
+            state.limiter.record_failure(ip, credential);
+            count(&state.counters.auth_failures);
         }
         let detail = e.to_string();
-        let _ = crate::control::audit_event(&shared, "registration.rejected", "", &detail).await;
+        state.audit.record("registration.rejected", "", &detail);
     }
     Ok(Json(outcome?))
 }
 
 fn register_blocking(
-    shared: &Shared,
-    ca: &crate::ca::CertificateAuthority,
+    state: &Identity,
+    ca: &super::ca::CertificateAuthority,
     body: Register,
-) -> Result<Registered, RelayError> {
-    let store = &shared.store;
+) -> Result<Registered, IdentityError> {
+    let store = &state.store;
     let now_ms = crate::store::now_ms();
     let (person_name, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
         (None, _, None) if body.person_token.is_some() => {
             let token = body.person_token.as_deref().unwrap_or_default();
-            let person = crate::admin::person_by_token(&**store, token)?;
+            let person = super::principal::person_by_token(&**store, token)?;
             (
                 person.name,
                 checked_hcs(&body.hybrid_connections)?,
@@ -138,7 +131,9 @@ fn register_blocking(
             let token = store
                 .burn_enrollment_token(&sha256_hex(token), now_ms)?
                 .ok_or({
-                    RelayError::BadCredentials("the enrollment token is unknown, used or expired")
+                    IdentityError::BadCredentials(
+                        "the enrollment token is unknown, used or expired",
+                    )
                 })?;
             (
                 token.person,
@@ -157,7 +152,7 @@ fn register_blocking(
                 })
             });
             if !verified {
-                return Err(RelayError::BadCredentials(
+                return Err(IdentityError::BadCredentials(
                     "the person or password is wrong",
                 ));
             }
@@ -168,7 +163,7 @@ fn register_blocking(
             )
         }
         _ => {
-            return Err(RelayError::BadRequest(
+            return Err(IdentityError::BadRequest(
                 "give enrollment_token, person_token, or person and password".into(),
             ));
         }
@@ -176,10 +171,10 @@ fn register_blocking(
     // Rights are re-checked at use, not only when a token was minted.
     let (person, _) = store
         .person(&person_name)?
-        .ok_or_else(|| RelayError::Forbidden("person no longer exists".into()))?;
+        .ok_or_else(|| IdentityError::Forbidden("person no longer exists".into()))?;
     may_register(&person, &hcs)?;
     let listener_id = uuid::Uuid::new_v4().to_string();
-    let lifetime = shared.ca_lifetime;
+    let lifetime = state.ca_lifetime;
     let issued = issue(ca, &body.csr, &listener_id, lifetime)?;
     let not_after_ms = ms(issued.not_after);
     let record = ListenerRecord {
@@ -211,27 +206,27 @@ fn register_blocking(
 }
 
 fn issue(
-    ca: &crate::ca::CertificateAuthority,
+    ca: &super::ca::CertificateAuthority,
     csr: &str,
     listener_id: &str,
     lifetime: std::time::Duration,
-) -> Result<crate::ca::IssuedCertificate, RelayError> {
+) -> Result<super::ca::IssuedCertificate, IdentityError> {
     ca.issue(csr, listener_id, lifetime, time::OffsetDateTime::now_utc())
         .map_err(|e| match e {
             CaError::InvalidCsr(_) | CaError::KeyNotAllowed(_) => {
-                RelayError::BadRequest(e.to_string())
+                IdentityError::BadRequest(e.to_string())
             }
-            other => RelayError::Internal(other.to_string()),
+            other => IdentityError::Internal(other.to_string()),
         })
 }
 
 /// A key already bound to a certificate is refused: one key, one listener, one certificate.
-fn key_conflict(e: crate::store::StoreError) -> RelayError {
+fn key_conflict(e: crate::store::StoreError) -> IdentityError {
     match e {
-        crate::store::StoreError::Conflict(_) => RelayError::Conflict(
+        crate::store::StoreError::Conflict(_) => IdentityError::Conflict(
             "key_reuse: this key already has a certificate; make a new key".into(),
         ),
-        other => RelayError::Internal(other.to_string()),
+        other => IdentityError::Internal(other.to_string()),
     }
 }
 
@@ -243,42 +238,46 @@ fn ms(t: time::OffsetDateTime) -> u64 {
 /// current certificate. The old certificate stays valid until it expires, so a session
 /// using it is not cut; the listener uses the new one from its next connection.
 pub(crate) async fn renew(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<Identity>>,
     cert: Option<axum::Extension<Arc<PeerCertificate>>>,
     Json(body): Json<Renew>,
-) -> Result<Json<Registered>, AdminError> {
-    let Some(ca) = shared.ca.clone() else {
-        return Err(RelayError::NotFound("renewal (configure [ca] on the broker)".into()).into());
+) -> Result<Json<Registered>, IdentityError> {
+    let Some(ca) = state.ca.clone() else {
+        return Err(
+            IdentityError::NotFound("renewal (configure [ca] on the broker)".into()).into(),
+        );
     };
     let Some(axum::Extension(cert)) = cert else {
-        return Err(RelayError::BadCredentials(
+        return Err(IdentityError::BadCredentials(
             "renewal needs the listener's current client certificate (mTLS)",
         )
         .into());
     };
-    let shared2 = Arc::clone(&shared);
+    let shared2 = Arc::clone(&state);
     let cert2 = Arc::clone(&cert);
     let outcome = tokio::task::spawn_blocking(move || renew_blocking(&shared2, &ca, &cert2, &body))
         .await
-        .map_err(|e| RelayError::Internal(e.to_string()))?;
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
     if let Err(e) = &outcome {
         let detail = format!("serial {}: {e}", cert.serial);
-        crate::control::audit_event(&shared, "renewal.rejected", &cert.listener_id, &detail);
+        state
+            .audit
+            .record("renewal.rejected", &cert.listener_id, &detail);
     }
     Ok(Json(outcome?))
 }
 
 fn renew_blocking(
-    shared: &Shared,
-    ca: &crate::ca::CertificateAuthority,
+    state: &Identity,
+    ca: &super::ca::CertificateAuthority,
     cert: &PeerCertificate,
     body: &Renew,
-) -> Result<Registered, RelayError> {
-    let store = &shared.store;
-    let record = crate::identity::authorize_renewal(&**store, cert, crate::store::now_ms())?;
-    let issued = issue(ca, &body.csr, &record.id, shared.ca_lifetime)?;
+) -> Result<Registered, IdentityError> {
+    let store = &state.store;
+    let record = super::listeners::authorize_renewal(&**store, cert, crate::store::now_ms())?;
+    let issued = issue(ca, &body.csr, &record.id, state.ca_lifetime)?;
     if issued.key_fingerprint == record.key_fingerprint {
-        return Err(RelayError::BadRequest(
+        return Err(IdentityError::BadRequest(
             "rekey_required: renewal needs a new key".into(),
         ));
     }
@@ -289,7 +288,7 @@ fn renew_blocking(
         not_after_ms: ms(issued.not_after),
     };
     if !store.renew_listener(&renewed).map_err(key_conflict)? {
-        return Err(RelayError::Forbidden(
+        return Err(IdentityError::Forbidden(
             "the listener no longer exists".into(),
         ));
     }
@@ -318,40 +317,40 @@ pub(crate) struct DynamicHc {
 /// connection under a name pattern its registration allows (`edge-7/*`): the IoT case of
 /// sub-devices registered by the edge. Its person must still hold `listener.register` on it.
 pub(crate) async fn create_hybrid_connection(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<Identity>>,
     cert: Option<axum::Extension<Arc<PeerCertificate>>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<Json<DynamicHc>, AdminError> {
-    dynamic_hc(&shared, cert, &name, true).await
+) -> Result<Json<DynamicHc>, IdentityError> {
+    dynamic_hc(&state, cert, &name, true).await
 }
 
 /// `DELETE /$register/v1/hybrid-connections/{name}`: removes one created at run time.
 pub(crate) async fn remove_hybrid_connection(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<Arc<Identity>>,
     cert: Option<axum::Extension<Arc<PeerCertificate>>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<Json<DynamicHc>, AdminError> {
-    dynamic_hc(&shared, cert, &name, false).await
+) -> Result<Json<DynamicHc>, IdentityError> {
+    dynamic_hc(&state, cert, &name, false).await
 }
 
 async fn dynamic_hc(
-    shared: &Arc<Shared>,
+    state: &Arc<Identity>,
     cert: Option<axum::Extension<Arc<PeerCertificate>>>,
     name: &str,
     create: bool,
-) -> Result<Json<DynamicHc>, AdminError> {
+) -> Result<Json<DynamicHc>, IdentityError> {
     let Some(axum::Extension(cert)) = cert else {
-        return Err(RelayError::BadCredentials(
+        return Err(IdentityError::BadCredentials(
             "hybrid connections are managed here with a listener client certificate (mTLS)",
         )
         .into());
     };
-    let name = crate::config::checked_hc_name(name).map_err(RelayError::BadRequest)?;
-    let store = Arc::clone(&shared.store);
+    let name = crate::config::checked_hc_name(name).map_err(IdentityError::BadRequest)?;
+    let store = Arc::clone(&state.store);
     let cert2 = Arc::clone(&cert);
     let outcome = tokio::task::spawn_blocking(move || {
         let record =
-            crate::identity::authorize_listen(&*store, &cert2, &name, crate::store::now_ms())?;
+            super::listeners::authorize_listen(&*store, &cert2, &name, crate::store::now_ms())?;
         let changed = if create {
             let hc = crate::config::HybridConnection {
                 name: name.clone(),
@@ -374,12 +373,12 @@ async fn dynamic_hc(
                 &format!("by listener {}", record.id),
             ))?;
         }
-        Ok::<_, RelayError>(DynamicHc {
+        Ok::<_, IdentityError>(DynamicHc {
             name,
             created: create && changed,
         })
     })
     .await
-    .map_err(|e| RelayError::Internal(e.to_string()))?;
+    .map_err(|e| IdentityError::Internal(e.to_string()))?;
     Ok(Json(outcome?))
 }

@@ -35,7 +35,7 @@ pub struct ListenerHandle {
     pub close: CancellationToken,
     /// For certificate listeners: cancelled on revocation, which also cuts the connections
     /// relayed to this listener.
-    pub revoked: Option<CancellationToken>,
+    pub revoked: Option<crate::relay::sessions::Revoked>,
     /// The agent instance behind this channel, with its credential
     /// (`<principal>|<relay-listener-instance>`): a newer channel with the same value
     /// replaces this one.
@@ -44,7 +44,7 @@ pub struct ListenerHandle {
     pub replaced: CancellationToken,
     /// Sockets this listener opened in advance, when it asked for them (our extension);
     /// `None` for standard clients and for listeners on other nodes.
-    pub standby: Option<Arc<crate::StandbyPool>>,
+    pub standby: Option<Arc<crate::relay::pool::Pool>>,
     /// Whether it reads a repeated header as an array (our listener says so on `listen`);
     /// standard clients get repeated request headers folded into one value.
     pub header_arrays: bool,

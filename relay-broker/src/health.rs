@@ -1,0 +1,43 @@
+//! The broker's own health and metrics: `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use http::StatusCode;
+
+use crate::relay::Relay;
+
+/// The health routes, with the data plane's state.
+pub(crate) fn router(relay: Arc<Relay>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics))
+        .with_state(relay)
+}
+
+/// Ready while accepting work; 503 once shutdown began, so load balancers drain first.
+async fn readyz(State(shared): State<Arc<Relay>>) -> (StatusCode, &'static str) {
+    if shared.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        (StatusCode::OK, "ready")
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Relay>>) -> impl axum::response::IntoResponse {
+    let body = shared.counters.render(
+        &shared.presence.counts(),
+        crate::metrics::Gauges {
+            pending_rendezvous: shared.rendezvous.len(),
+            standby_parked: shared.standby.parked(),
+            tasks: shared.tasks.len(),
+            cert_sessions: shared.sessions.len(),
+            audit_dropped: shared.audit.dropped(),
+        },
+    );
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+}

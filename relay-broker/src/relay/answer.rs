@@ -1,0 +1,130 @@
+//! The listener's side of a capability address: `accept` (or reject) a sender, open the
+//! HTTP rendezvous of a `request`, park a standby socket.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use http::{Response, StatusCode};
+use relay_core::address::{RENDEZVOUS_PARAM, RelayQuery};
+use relay_core::standby::STANDBY_KEY_HEADER;
+use relay_io::server as handshake;
+
+use super::rendezvous::{Arrival, ListenerSocket, Pending};
+use super::resolve::Resolved;
+use super::socket::switching;
+use super::{Relay, http_relay};
+use crate::RelayError;
+
+/// `sb-hc-action=standby`: one of our listeners parks a pre-opened rendezvous socket.
+pub(super) fn standby(
+    shared: &Arc<Relay>,
+    mut req: Request,
+    r: &Resolved,
+) -> Result<Response<Body>, RelayError> {
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    // The key is the credential: it names one live control channel.
+    let pool = req
+        .headers()
+        .get(STANDBY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|key| shared.standby.get(key))
+        .filter(|pool| pool.hc().eq_ignore_ascii_case(&r.hc.name))
+        .ok_or(RelayError::RendezvousExpired)?;
+    let place = pool
+        .reserve()
+        .ok_or(RelayError::Busy("standby sockets for this listener"))?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    crate::relay::standby::spawn(shared, place, upgrade);
+    Ok(switching(&accept_key, None))
+}
+
+/// `sb-hc-action=accept` on a capability address: the listener accepts or rejects a sender.
+pub(super) fn accept(
+    shared: &Arc<Relay>,
+    mut req: Request,
+    query: &RelayQuery,
+) -> Result<Response<Body>, RelayError> {
+    let cap = capability(req.uri().query())?;
+    let reject = query.status_code.as_deref().map(|code| {
+        (
+            crate::relay::rendezvous::refusal_status(code.parse().ok()),
+            query
+                .status_description
+                .clone()
+                .unwrap_or_else(|| "Rejected by the listener".into()),
+        )
+    });
+    let accept_key = match reject {
+        Some(_) => None,
+        None => Some(
+            handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?,
+        ),
+    };
+    let Some(Pending::Accept { tx, .. }) = shared.rendezvous.take_address(&cap) else {
+        return Err(RelayError::RendezvousExpired);
+    };
+    if let Some((status, description)) = reject {
+        let _ = tx.send(Arrival::Rejected {
+            status,
+            description,
+        });
+        return Ok(gone());
+    }
+    let protocol = handshake::offered_protocols(req.headers())
+        .into_iter()
+        .next();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tx.send(Arrival::Accepted {
+        socket: ListenerSocket::Upgrade(upgrade),
+        protocol: protocol.clone(),
+    })
+    .map_err(|_| RelayError::RendezvousExpired)?;
+    Ok(switching(
+        &accept_key.unwrap_or_default(),
+        protocol.as_deref(),
+    ))
+}
+
+/// `sb-hc-action=request` on a capability address: the HTTP rendezvous.
+pub(super) fn request_rendezvous(
+    shared: &Arc<Relay>,
+    mut req: Request,
+    _query: &RelayQuery,
+) -> Result<Response<Body>, RelayError> {
+    let cap = capability(req.uri().query())?;
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let Some(Pending::Request {
+        listener_id,
+        request_id,
+    }) = shared.rendezvous.take_address(&cap)
+    else {
+        return Err(RelayError::RendezvousExpired);
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    http_relay::spawn_rendezvous(shared, upgrade, listener_id, request_id);
+    Ok(switching(&accept_key, None))
+}
+
+fn capability(query: Option<&str>) -> Result<String, RelayError> {
+    form_pairs(query.unwrap_or_default())
+        .find(|(k, _)| k == RENDEZVOUS_PARAM)
+        .map(|(_, v)| v)
+        .ok_or(RelayError::RendezvousExpired)
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+}
+
+/// `410 Gone`: the protocol's answer to a successful reject.
+fn gone() -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::GONE;
+    resp
+}

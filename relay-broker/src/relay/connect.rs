@@ -1,0 +1,187 @@
+//! `sb-hc-action=connect`, and a browser's WebSocket on a hybrid connection's own path: the
+//! sender's credentials, the `accept` notice, and its way to the listener (a parked standby
+//! socket, or a rendezvous address over the control channel).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use http::{HeaderMap, Response};
+use relay_core::address;
+use relay_core::control::{Accept, Headers, ListenerCommand, RemoteEndpoint};
+use relay_core::sas::Rights;
+use relay_core::standby::EARLY_HEADER;
+use relay_io::server as handshake;
+
+use super::Relay;
+use super::auth::authorize;
+use super::pairing::{spawn_pair, via_control_channel};
+use super::presence::ListenerHandle;
+use super::rendezvous::Arrival;
+use super::resolve::Resolved;
+use super::socket::{RelayHalves, switching};
+use crate::RelayError;
+
+/// `sb-hc-action=connect`: a sender wants a WebSocket to a listener.
+pub(super) async fn connect(
+    shared: &Arc<Relay>,
+    mut req: Request,
+    r: Resolved,
+) -> Result<Response<Body>, RelayError> {
+    let accept_key =
+        handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
+    let view = crate::relay::web::View::of(req.headers(), &r);
+    let consumed_authorization = if r.prefix.is_some() {
+        crate::relay::web::authorize_browser(shared, req.headers(), req.method(), &r, &view)
+            .await?
+            .consumed_authorization()
+    } else {
+        let audience = r.audience_path();
+        let claim = r.claim(
+            req.headers(),
+            &audience,
+            Rights::SEND,
+            r.hc.requires_client_authorization,
+        );
+        authorize(shared, claim)
+            .await?
+            .presented
+            .consumed_authorization()
+    };
+    let listener = shared
+        .presence
+        .pick(&r.hc.name)
+        .ok_or(RelayError::ListenerNotConnected)?;
+    // Held by the relay task until both sides close: the bound on relayed connections.
+    let permit = Arc::clone(&shared.relays)
+        .try_acquire_owned()
+        .map_err(|_| {
+            crate::metrics::count(&shared.counters.relays_refused);
+            RelayError::Busy("relayed connections")
+        })?;
+    let mut connect_headers = crate::relay::web::for_listener(
+        forwarded_headers(req.headers(), consumed_authorization),
+        &view,
+    );
+    if !listener.header_arrays {
+        connect_headers = connect_headers.folded();
+    }
+    let mut address = format!(
+        "{}/$hc/{}{}?",
+        listener.base_url,
+        address::encode_name(&r.hc.name),
+        r.suffix
+    );
+    if !r.query.app_query.is_empty() {
+        address.push_str(&r.query.app_query);
+        address.push('&');
+    }
+    address.push_str(&format!("sb-hc-action=accept&sb-hc-id={}", r.tracking));
+    let mut accept = Accept {
+        address,
+        id: r.tracking.to_string(),
+        connect_headers,
+        remote_endpoint: r.transport.map(|t| RemoteEndpoint {
+            address: t.peer.ip().to_string(),
+            port: t.peer.port(),
+        }),
+    };
+    // Our own senders may take an early 101 (no sub-protocol to wait for the listener's
+    // choice of); see `relay_core::standby`.
+    let early = req.headers().contains_key(EARLY_HEADER)
+        && handshake::offered_protocols(req.headers()).is_empty();
+    let sender_upgrade = hyper::upgrade::on(&mut req);
+    let arrival = match via_standby(shared, &listener, &accept, early).await? {
+        Some(Paired::Answered(arrival)) => arrival,
+        Some(Paired::Early(standby)) => {
+            crate::metrics::count(&shared.counters.standby_early);
+            crate::relay::standby::early::spawn(
+                shared,
+                sender_upgrade,
+                standby,
+                (listener, accept),
+                permit,
+            );
+            return Ok(switching(&accept_key, None));
+        }
+        None => via_control_channel(shared, &listener, &mut accept).await?,
+    };
+    match arrival {
+        Arrival::Rejected {
+            status,
+            description,
+        } => Err(RelayError::Rejected {
+            status,
+            description,
+        }),
+        Arrival::Accepted { socket, protocol } => {
+            spawn_pair(
+                shared,
+                sender_upgrade,
+                socket,
+                &r.tracking,
+                listener.revoked.clone(),
+                permit,
+            );
+            Ok(switching(&accept_key, protocol.as_deref()))
+        }
+    }
+}
+
+/// A sender handed to a standby socket.
+enum Paired {
+    /// The listener answered.
+    Answered(Arrival),
+    /// Early pairing: the `accept` is on the socket, the answer still to come.
+    Early(Box<RelayHalves>),
+}
+
+/// Hands the sender to one of the listener's parked standby sockets. `None` when none is
+/// parked or the one taken failed before the listener answered.
+async fn via_standby(
+    shared: &Relay,
+    listener: &ListenerHandle,
+    accept: &Accept,
+    early: bool,
+) -> Result<Option<Paired>, RelayError> {
+    let Some(pool) = &listener.standby else {
+        return Ok(None);
+    };
+    let json = ListenerCommand::Accept(accept.clone()).encode();
+    let Some(outcome) = pool.dispatch(json, early) else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(shared.limits.accept_timeout, outcome).await {
+        Ok(Ok(crate::relay::pool::Outcome::Answered(arrival))) => {
+            crate::metrics::count(&shared.counters.standby_accepts);
+            Ok(Some(Paired::Answered(arrival)))
+        }
+        Ok(Ok(crate::relay::pool::Outcome::Dispatched(standby))) => {
+            Ok(Some(Paired::Early(standby)))
+        }
+        Ok(Ok(crate::relay::pool::Outcome::Failed) | Err(_)) => {
+            crate::metrics::count(&shared.counters.standby_fallbacks);
+            Ok(None)
+        }
+        Err(_) => {
+            crate::metrics::count(&shared.counters.rendezvous_timeouts);
+            Err(RelayError::GatewayTimeout)
+        }
+    }
+}
+
+/// Every header of the sender except relay credentials, in canonical case.
+fn forwarded_headers(headers: &HeaderMap, drop_authorization: bool) -> Headers {
+    let list = headers
+        .iter()
+        .filter(|(name, _)| !relay_core::http_rules::is_relay_credential(name))
+        .filter(|(name, _)| !(drop_authorization && *name == http::header::AUTHORIZATION))
+        .filter_map(|(name, value)| {
+            Some((
+                relay_core::http_rules::canonical_case(name.as_str()),
+                value.to_str().ok()?.to_owned(),
+            ))
+        })
+        .collect();
+    Headers(list)
+}

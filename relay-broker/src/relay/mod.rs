@@ -1,0 +1,164 @@
+//! The relay data plane: listen, connect, rendezvous, standby sockets, early pairing, HTTP
+//! relay. It never imports `identity/` (the build without the `identity` feature proves it):
+//! a certificate listener is checked through the [`Authority`] seam, revocations arrive on
+//! the revocation bus, audit events leave through the audit sink.
+//!
+//! The walk of one sender goes down only:
+//!
+//! ```text
+//! dispatch → connect → standby (parked socket, early pairing) or pairing (rendezvous) → pump
+//!          → http    → channel (the notice) → rendezvous (the answer)
+//!          → listen  → channel
+//!          → answer  (a listener on a capability address: accept, reject, request, standby)
+//! ```
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | `dispatch` | size checks, WebSocket or HTTP, action → handler, host mode |
+//! | `resolve` | a path (or host) against the namespace: [`Resolved`](resolve::Resolved) |
+//! | `auth` | token extraction, SAS checks and throttling of failures |
+//! | `listen` | `sb-hc-action=listen`: credentials, instance, standby grant |
+//! | `channel` | one task per listener control channel: queue, pings, renewal, responses |
+//! | `connect` | `sb-hc-action=connect` and browser WebSockets: the notice and the pairing |
+//! | `pairing` | a notice over the control channel, and the relay of a paired sender and listener |
+//! | `pool` | each listener's pool of parked standby sockets |
+//! | `standby` | the parked standby sockets' tasks, early pairing |
+//! | `answer` | the listener's side of a capability address |
+//! | `http_relay` | relayed HTTP: inline or rendezvous, deadlines, header rules |
+//! | `rendezvous` | bounded maps of pending capability addresses and requests |
+//! | [`presence`] | which listeners serve which hybrid connection |
+//! | `sessions` | what a revocation closes on this node |
+//! | `web` | browser access: `X-Forwarded-*`, the session cookie and its CSRF rules, host mode |
+//! | `socket` | the upgraded socket as frame halves, and the 101 answer |
+
+mod answer;
+mod auth;
+mod channel;
+mod connect;
+mod dispatch;
+mod http_relay;
+mod listen;
+mod pairing;
+pub(crate) mod pool;
+pub mod presence;
+mod rendezvous;
+mod resolve;
+pub(crate) mod sessions;
+mod socket;
+pub(crate) mod standby;
+mod web;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{HostMode, Limits};
+use crate::limiter::AuthLimiter;
+use crate::metrics::Counters;
+use crate::seams::audit::AuditSink;
+use crate::seams::authority::Authority;
+use crate::store::Store;
+use presence::Presence;
+
+/// Everything the data plane shares between its tasks.
+pub(crate) struct Relay {
+    pub(crate) limits: Limits,
+    pub(crate) public_url: Option<String>,
+    /// Path of `public_url` (e.g. `/relay` when nested there); token audiences may include it.
+    pub(crate) mount: String,
+    /// Hybrid connections and rules (the data plane only reads them).
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) rendezvous: Arc<rendezvous::Rendezvous>,
+    pub(crate) limiter: Arc<AuthLimiter>,
+    /// Cancelled when shutdown starts: no new work, control channels close with 1001.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the drain bound is reached: relayed connections are cut.
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    next_listener: AtomicU64,
+    /// Identity's answers for certificate listeners; `None` without a CA.
+    pub(crate) authority: Option<Arc<dyn Authority>>,
+    /// What revocation closes, per certificate-authenticated listener.
+    pub(crate) sessions: Arc<sessions::Sessions>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) audit: AuditSink,
+    /// Standby sockets of our own listeners, by control channel.
+    pub(crate) standby: pool::Pools,
+    /// Host names per hybrid connection, when `[server].host_base` is set.
+    pub(crate) hosts: Option<HostMode>,
+    /// Relayed connections now (the bound of `[limits].max_relays`).
+    pub(crate) relays: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the data plane is built from; the rest it makes itself.
+pub(crate) struct Parts {
+    pub(crate) limits: Limits,
+    pub(crate) public_url: Option<String>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) limiter: Arc<AuthLimiter>,
+    pub(crate) authority: Option<Arc<dyn Authority>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) audit: AuditSink,
+    pub(crate) hosts: Option<HostMode>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
+}
+
+impl Relay {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let limits = parts.limits;
+        Self {
+            rendezvous: Arc::new(rendezvous::Rendezvous::new(limits.max_pending_rendezvous)),
+            relays: Arc::new(tokio::sync::Semaphore::new(limits.max_relays)),
+            mount: crate::config::mount_path(parts.public_url.as_deref()),
+            public_url: parts.public_url,
+            store: parts.store,
+            presence: parts.presence,
+            limiter: parts.limiter,
+            shutdown: parts.shutdown,
+            hard_stop: parts.hard_stop,
+            tasks: parts.tasks,
+            next_listener: AtomicU64::new(1),
+            authority: parts.authority,
+            sessions: Arc::default(),
+            counters: parts.counters,
+            audit: parts.audit,
+            standby: pool::Pools::default(),
+            hosts: parts.hosts,
+            limits,
+        }
+    }
+
+    pub(crate) fn next_listener_id(&self) -> u64 {
+        self.next_listener.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The data plane's routes: every path that is not the broker's own.
+    pub(crate) fn router(self: &Arc<Self>) -> axum::Router {
+        dispatch::router(Arc::clone(self))
+    }
+
+    /// Closes what a revoked listener has open here (the revocation bus calls it).
+    pub(crate) fn revoke(&self, listener_id: &str) {
+        self.sessions.close(listener_id);
+    }
+
+    /// Answers requests for hybrid connections served by host name (`[server].host_base`)
+    /// before any other route: their whole path space is the edge's.
+    pub(crate) fn host_layer(self: &Arc<Self>, router: axum::Router) -> axum::Router {
+        router.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(self),
+            dispatch::host_mode,
+        ))
+    }
+
+    /// Pending rendezvous entries (addresses and requests).
+    pub(crate) fn pending_rendezvous(&self) -> usize {
+        self.rendezvous.len()
+    }
+}
