@@ -219,7 +219,33 @@ def name(mod):
     return "::".join(mod) or "crate"
 
 
+def self_test():
+    """The check must fail when a cycle is put back: a throwaway crate with one."""
+    import tempfile
+    global ROOT
+    saved = ROOT
+    with tempfile.TemporaryDirectory() as tmp:
+        ROOT = tmp
+        os.makedirs(os.path.join(tmp, "demo", "src", "plane"))
+        files = {
+            "lib.rs": "mod a;\nmod b;\nmod plane;\n",
+            "a.rs": "use crate::b::B;\npub struct A;\n",
+            "b.rs": "pub struct B;\nfn f() { let _ = crate::a::A; }\n",
+            "plane/mod.rs": "mod x;\nmod y;\npub use x::X;\n",
+            "plane/x.rs": "use super::y::{self, Y};\npub struct X;\n",
+            "plane/y.rs": "pub struct Y;\n#[cfg(test)]\nmod tests { use super::super::x::X; }\n",
+        }
+        for name, text in files.items():
+            with open(os.path.join(tmp, "demo", "src", name), "w") as f:
+                f.write(text)
+        _, edges = edges_of("demo")
+        found = cycles(sibling_edges(edges))
+        ROOT = saved
+    assert found == [[("a",), ("b",)]], f"self-test: expected the a <-> b cycle only, got {found}"
+
+
 def main():
+    self_test()
     crates = sys.argv[1:] or CRATES
     failed = False
     for crate in crates:
