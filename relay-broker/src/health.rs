@@ -27,7 +27,7 @@ async fn readyz(State(shared): State<Arc<Relay>>) -> (StatusCode, &'static str) 
 
 async fn metrics(State(shared): State<Arc<Relay>>) -> impl axum::response::IntoResponse {
     let body = shared.counters.render(
-        &shared.presence.counts(),
+        &shared.directory.counts(),
         crate::metrics::Gauges {
             pending_rendezvous: shared.rendezvous.len(),
             standby_parked: shared.standby.parked(),

@@ -53,14 +53,16 @@ pub use error::RelayError;
 pub use identity::{admin, ca};
 pub use metrics::Counters;
 pub use relay::pool::Pool as StandbyPool;
-pub use relay::presence::{self, LocalPresence, Presence, Refused};
 pub use seams::Transport;
+pub use seams::directory::{Directory, LocalDirectory, Refused};
+pub use seams::interconnect::{Interconnect, LocalInterconnect};
+pub use seams::node::NodeId;
+pub use seams::revocation::{LocalRevocations, RevocationBus};
 pub use server::ServeOptions;
 pub use store::{AuditEvent, MemoryStore, SqliteStore, Store, StoreError};
 
 use relay::Relay;
 use seams::audit::{AUDIT_QUEUE, AuditSink};
-use seams::revocation::{LocalRevocations, RevocationBus};
 
 /// Failures building a broker.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,9 @@ impl std::fmt::Debug for Broker {
 pub struct BrokerBuilder<'a> {
     config: &'a BrokerConfig,
     store: Option<Arc<dyn Store>>,
-    presence: Option<Arc<dyn Presence>>,
+    node: Option<NodeId>,
+    directory: Option<Arc<dyn Directory>>,
+    interconnect: Option<Arc<dyn Interconnect>>,
     revocations: Option<Arc<dyn RevocationBus>>,
 }
 
@@ -123,9 +127,21 @@ impl<'a> BrokerBuilder<'a> {
         self
     }
 
-    /// Uses another listener presence (the default keeps it in this process).
-    pub fn presence(mut self, presence: Arc<dyn Presence>) -> Self {
-        self.presence = Some(presence);
+    /// Names this node (the default is a random id).
+    pub fn node(mut self, node: NodeId) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// Shares a listener directory with other brokers (the default is this broker's own).
+    pub fn directory(mut self, directory: Arc<dyn Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Joins an interconnect to other brokers (the default reaches no other).
+    pub fn interconnect(mut self, interconnect: Arc<dyn Interconnect>) -> Self {
+        self.interconnect = Some(interconnect);
         self
     }
 
@@ -166,9 +182,13 @@ impl<'a> BrokerBuilder<'a> {
             limits: config.limits.clone(),
             public_url: config.public_url.clone(),
             store: Arc::clone(&store),
-            presence: self
-                .presence
-                .unwrap_or_else(|| Arc::new(LocalPresence::default())),
+            node: self.node.unwrap_or_else(NodeId::random),
+            directory: self
+                .directory
+                .unwrap_or_else(|| Arc::new(LocalDirectory::default())),
+            interconnect: self
+                .interconnect
+                .unwrap_or_else(|| Arc::new(LocalInterconnect::default())),
             limiter: Arc::clone(&limiter),
             authority: None,
             counters: Arc::clone(&counters),
@@ -202,6 +222,10 @@ impl<'a> BrokerBuilder<'a> {
             (relay, Arc::new(identity))
         };
         let relay = Arc::new(relay);
+        let inbox: Arc<dyn seams::interconnect::Inbox> = Arc::clone(&relay) as _;
+        relay
+            .interconnect
+            .join(relay.node.clone(), Arc::downgrade(&inbox));
         // Revocations reach this node's sessions; the bus holds only a weak link, so a
         // dropped broker does not live on in a shared bus.
         let weak = Arc::downgrade(&relay);
@@ -224,7 +248,9 @@ impl Broker {
         BrokerBuilder {
             config,
             store: None,
-            presence: None,
+            node: None,
+            directory: None,
+            interconnect: None,
             revocations: None,
         }
     }
@@ -274,7 +300,7 @@ impl Broker {
     /// Number of listeners connected to a hybrid connection.
     #[must_use]
     pub fn listener_count(&self, hc: &str) -> usize {
-        self.relay.presence.count(hc)
+        self.relay.directory.count(hc)
     }
 
     /// Counters for diagnostics.

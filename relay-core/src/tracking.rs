@@ -20,8 +20,16 @@ impl TrackingId {
     /// Uses the client's `sb-hc-id` when it is sane, otherwise mints one.
     #[must_use]
     pub fn from_client(id: Option<&str>) -> Self {
-        match id {
-            Some(id) if is_sane(id) => Self(id.to_owned()),
+        Self::from_client_on(id, None)
+    }
+
+    /// Like [`TrackingId::from_client`], and a minted id ends in `_{node}` (a broker
+    /// node's id, from the sane alphabet), so a ticket names the node that saw the request.
+    #[must_use]
+    pub fn from_client_on(id: Option<&str>, node: Option<&str>) -> Self {
+        match (id, node) {
+            (Some(id), _) if is_sane(id) => Self(id.to_owned()),
+            (_, Some(node)) if is_sane(node) => Self(format!("{}_{node}", uuid::Uuid::new_v4())),
             _ => Self::new(),
         }
     }
@@ -65,5 +73,11 @@ mod tests {
         assert_ne!(odd.as_str(), "a b\r\n");
         assert_eq!(odd.as_str().len(), 36);
         assert_eq!(TrackingId::from_client(None).as_str().len(), 36);
+        let minted = TrackingId::from_client_on(None, Some("node-1"));
+        assert!(minted.as_str().ends_with("_node-1") && minted.as_str().len() == 43);
+        assert_eq!(
+            TrackingId::from_client_on(Some("t-1"), Some("n")).as_str(),
+            "t-1"
+        );
     }
 }

@@ -24,12 +24,15 @@ use tracing::Instrument as _;
 use crate::RelayError;
 use crate::relay::Relay;
 use crate::relay::auth::check_renewal;
+use crate::relay::local::LocalChannel;
 use crate::relay::pool::Pool as StandbyPool;
-use crate::relay::presence::{ListenerHandle, Outbound, Refused};
 use crate::relay::rendezvous::{ListenerResponse, ResponseBody};
 use crate::relay::resolve::Resolved;
 use crate::relay::sessions::{CLOSE_REVOKED, CertSession};
 use crate::relay::socket::relay_io_halves;
+use crate::seams::directory::{ListenerRef, Refused};
+use crate::seams::interconnect::Notice;
+use crate::seams::node::ListenerKey;
 
 /// Read buffer of a control channel: control messages are small, and idle channels many.
 const CONTROL_BUFFER: usize = 4 * 1024;
@@ -38,20 +41,11 @@ const MAX_UNSOLICITED: u32 = 100;
 /// How long the reader may wait for the listener's Close after the broker sent one.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Queues a notice for a listener, waiting until `deadline` for room when its queue is full
-/// (a burst); then 503, never "no listener".
-pub(crate) async fn enqueue(
-    listener: &ListenerHandle,
-    notice: Outbound,
-    deadline: tokio::time::Instant,
-) -> Result<(), RelayError> {
-    match tokio::time::timeout_at(deadline, listener.tx.send(notice)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(RelayError::ListenerFailed(
-            "the listener disconnected".into(),
-        )),
-        Err(_) => Err(RelayError::Busy("listener control queue")),
-    }
+/// One control channel as its own task holds it: the reference every node may see, and
+/// the node-local handles.
+struct Held {
+    listener: ListenerRef,
+    local: Arc<LocalChannel>,
 }
 
 /// A control channel about to open.
@@ -88,32 +82,49 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
     let close = shared.shutdown.child_token();
     let pool = standby.map(|n| shared.standby.open(&r.hc.name, n, close.child_token()));
-    let handle = ListenerHandle {
-        id: shared.next_listener_id(),
-        hc: r.hc.name.clone().into(),
-        base_url: base_url.into(),
-        tx,
-        close,
-        revoked: cert.as_ref().map(|c| c.revoked.clone()),
-        instance: instance.map(Into::into),
-        replaced: tokio_util::sync::CancellationToken::new(),
-        standby: pool.clone(),
-        header_arrays,
+    let key = ListenerKey {
+        node: shared.node.clone(),
+        channel: shared.next_listener_id(),
     };
+    let handle = Held {
+        local: Arc::new(LocalChannel {
+            tx,
+            close,
+            replaced: tokio_util::sync::CancellationToken::new(),
+            standby: pool.clone(),
+            revoked: cert.as_ref().map(|c| c.revoked.clone()),
+        }),
+        listener: ListenerRef {
+            key,
+            hc: r.hc.name.clone().into(),
+            base_url: base_url.into(),
+            instance: instance.map(Into::into),
+            header_arrays,
+            cert_listener: cert.as_ref().map(|c| Arc::clone(&c.listener_id)),
+        },
+    };
+    // In the local table before the directory: a sender that picks it must find it.
+    shared
+        .channels
+        .insert(handle.listener.key.channel, Arc::clone(&handle.local));
     let closing = pool.clone();
     let close_pool = move |shared: &Relay| {
         if let Some(pool) = &closing {
             shared.standby.close(pool);
         }
     };
-    if let Err(refused) = shared
-        .presence
-        .register(handle.clone(), shared.limits.max_listeners_per_hc)
-    {
+    let registered = shared
+        .directory
+        .register(handle.listener.clone(), shared.limits.max_listeners_per_hc);
+    if let Ok(replaced) = &registered {
+        shared.close_replaced(replaced);
+    }
+    if let Err(refused) = registered {
+        shared.channels.remove(handle.listener.key.channel);
         close_pool(shared);
         return Err(match refused {
             Refused::InstanceFlapping => {
-                let instance = handle.instance.as_deref().unwrap_or_default();
+                let instance = handle.listener.instance.as_deref().unwrap_or_default();
                 tracing::warn!(hc = %r.hc.name, instance, "two live agents share one instance id and keep replacing each other; refusing the newcomer");
                 RelayError::Conflict(format!(
                     "another live agent on '{}' has this instance id ({instance}); give each agent its own state directory (a cloned machine or a copied instance-id file shares it)",
@@ -129,7 +140,7 @@ pub(crate) fn start(
     let identity = cert
         .as_ref()
         .map_or_else(String::new, |c| c.listener_id.to_string());
-    let span = tracing::info_span!("listener", hc = %handle.hc, listener = handle.id, identity, tracking = %r.tracking);
+    let span = tracing::info_span!("listener", hc = %handle.listener.hc, listener = %handle.listener.key, identity, tracking = %r.tracking);
     let who = match &cert {
         Some(c) => format!("{} listener {}", r.hc.name, c.listener_id),
         None => r.hc.name.clone(),
@@ -149,8 +160,7 @@ pub(crate) fn start(
                 channel.run(reader, writer, rx).await;
                 crate::metrics::count(&shared.counters.listener_disconnects);
             }
-            shared.presence.unregister(&handle.hc, handle.id);
-            shared.rendezvous.drop_listener(handle.id);
+            shared.channel_ended(&handle.listener);
             close_pool(&shared);
             tracing::info!("listener disconnected");
             if connected {
@@ -193,7 +203,7 @@ enum Internal {
 
 struct Channel<'a> {
     shared: &'a Relay,
-    handle: &'a ListenerHandle,
+    handle: &'a Held,
     tracking: TrackingId,
     /// Expiry of the current token, Unix seconds; moved by `renewToken`.
     expires_at: AtomicU64,
@@ -208,7 +218,7 @@ struct Channel<'a> {
 impl<'a> Channel<'a> {
     fn new(
         shared: &'a Relay,
-        handle: &'a ListenerHandle,
+        handle: &'a Held,
         tracking: TrackingId,
         expires_at: u64,
         cert: Option<CertSession>,
@@ -228,7 +238,7 @@ impl<'a> Channel<'a> {
         &self,
         reader: WsReader<R>,
         writer: WsWriter<W>,
-        queue: mpsc::Receiver<Outbound>,
+        queue: mpsc::Receiver<Notice>,
     ) where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -246,8 +256,8 @@ impl<'a> Channel<'a> {
             self.write_loop(writer, queue, internal_rx).await;
             // Closing: no new senders are routed here while the Close handshake finishes.
             self.shared
-                .presence
-                .unregister(&self.handle.hc, self.handle.id);
+                .directory
+                .unregister(&self.handle.listener.hc, &self.handle.listener.key);
             wrote_close.cancel();
         };
         tokio::join!(read, write);
@@ -279,7 +289,7 @@ impl<'a> Channel<'a> {
     async fn write_loop<W: AsyncWrite + Unpin>(
         &self,
         mut writer: WsWriter<W>,
-        mut queue: mpsc::Receiver<Outbound>,
+        mut queue: mpsc::Receiver<Notice>,
         mut internal: mpsc::Receiver<Internal>,
     ) {
         let interval = self.shared.limits.ping_interval;
@@ -312,18 +322,18 @@ impl<'a> Channel<'a> {
                         writer.close(CLOSE_REVOKED, &self.text("Listener revoked")).await?;
                         return Ok(());
                     }
-                    () = self.handle.close.cancelled() => {
+                    () = self.handle.local.close.cancelled() => {
                         writer.close(close_code::GOING_AWAY, &self.text("The broker is shutting down")).await?;
                         return Ok(());
                     }
-                    () = self.handle.replaced.cancelled() => {
+                    () = self.handle.local.replaced.cancelled() => {
                         let why = self.text("Replaced by a newer connection of the same listener instance");
                         writer.close(relay_core::control::CLOSE_REPLACED, &why).await?;
                         return Ok(());
                     }
                     Some(out) = queue.recv() => match out {
-                        Outbound::Text(text) => writer.text(&text).await?,
-                        Outbound::TextWithBody(text, body) => {
+                        Notice::Text(text) => writer.text(&text).await?,
+                        Notice::TextWithBody(text, body) => {
                             writer.send(true, OpCode::Text, text.as_bytes()).await?;
                             writer.send(true, OpCode::Binary, &body).await?;
                             writer.flush().await?;
@@ -432,8 +442,7 @@ impl<'a> Channel<'a> {
                     body: ResponseBody::Full(body.into()),
                 };
                 self.shared
-                    .rendezvous
-                    .complete(&head.request_id, self.handle.id, response);
+                    .complete(&head.request_id, &self.handle.listener.key, response);
             }
             Some((_, false)) => {}
             // hyco-https follows a body-less response with an empty binary frame.
@@ -446,8 +455,7 @@ impl<'a> Channel<'a> {
         if let Some((head, true)) = state.awaiting_body.take() {
             // The promised body never came: the request fails rather than hang.
             self.shared
-                .rendezvous
-                .fail(&head.request_id, self.handle.id);
+                .fail(&head.request_id, &self.handle.listener.key);
         }
         match ListenerCommand::decode(
             text.as_bytes(),
@@ -458,7 +466,7 @@ impl<'a> Channel<'a> {
                 self.unsolicited(state, "renewToken on a certificate channel");
             }
             Ok(ListenerCommand::RenewToken(renew)) => {
-                match check_renewal(self.shared, &self.handle.hc, &renew.token) {
+                match check_renewal(self.shared, &self.handle.listener.hc, &renew.token) {
                     Ok(expires_at) => {
                         self.expires_at.store(expires_at, Ordering::Relaxed);
                         tracing::debug!(expires_at, "token renewed");
@@ -474,8 +482,7 @@ impl<'a> Channel<'a> {
             Ok(ListenerCommand::Response(head)) => {
                 let pending = self
                     .shared
-                    .rendezvous
-                    .is_pending(&head.request_id, self.handle.id);
+                    .expects(&head.request_id, &self.handle.listener.key);
                 if !pending {
                     self.unsolicited(state, "response to no pending request");
                 }
@@ -483,9 +490,9 @@ impl<'a> Channel<'a> {
                     state.awaiting_body = Some((head, pending));
                 } else if pending {
                     let id = head.request_id.clone();
-                    self.shared.rendezvous.complete(
+                    self.shared.complete(
                         &id,
-                        self.handle.id,
+                        &self.handle.listener.key,
                         ListenerResponse {
                             head,
                             body: ResponseBody::Empty,

@@ -15,8 +15,8 @@ use relay_io::server as handshake;
 
 use super::Relay;
 use super::auth::authorize;
+use super::local::Target;
 use super::pairing::{spawn_pair, via_control_channel};
-use super::presence::ListenerHandle;
 use super::rendezvous::Arrival;
 use super::resolve::Resolved;
 use super::socket::{RelayHalves, switching};
@@ -48,8 +48,7 @@ pub(super) async fn connect(
             .presented
             .consumed_authorization()
     };
-    let listener = shared
-        .presence
+    let target = shared
         .pick(&r.hc.name)
         .ok_or(RelayError::ListenerNotConnected)?;
     // Held by the relay task until both sides close: the bound on relayed connections.
@@ -63,12 +62,17 @@ pub(super) async fn connect(
         forwarded_headers(req.headers(), consumed_authorization),
         &view,
     );
-    if !listener.header_arrays {
+    if !target.listener.header_arrays {
         connect_headers = connect_headers.folded();
     }
+    // The listener dials the node that waits for it: its own, as it reached it, or this
+    // one, as the sender reached it.
+    let base = match &target.local {
+        Some(_) => target.listener.base_url.to_string(),
+        None => crate::relay::web::base_url(shared, req.headers(), r.transport),
+    };
     let mut address = format!(
-        "{}/$hc/{}{}?",
-        listener.base_url,
+        "{base}/$hc/{}{}?",
         address::encode_name(&r.hc.name),
         r.suffix
     );
@@ -91,7 +95,7 @@ pub(super) async fn connect(
     let early = req.headers().contains_key(EARLY_HEADER)
         && handshake::offered_protocols(req.headers()).is_empty();
     let sender_upgrade = hyper::upgrade::on(&mut req);
-    let arrival = match via_standby(shared, &listener, &accept, early).await? {
+    let arrival = match via_standby(shared, &target, &accept, early).await? {
         Some(Paired::Answered(arrival)) => arrival,
         Some(Paired::Early(standby)) => {
             crate::metrics::count(&shared.counters.standby_early);
@@ -99,12 +103,12 @@ pub(super) async fn connect(
                 shared,
                 sender_upgrade,
                 standby,
-                (listener, accept),
+                (target, accept),
                 permit,
             );
             return Ok(switching(&accept_key, None));
         }
-        None => via_control_channel(shared, &listener, &mut accept).await?,
+        None => via_control_channel(shared, &target, &mut accept).await?,
     };
     match arrival {
         Arrival::Rejected {
@@ -120,7 +124,7 @@ pub(super) async fn connect(
                 sender_upgrade,
                 socket,
                 &r.tracking,
-                listener.revoked.clone(),
+                shared.revoked(&target),
                 permit,
             );
             Ok(switching(&accept_key, protocol.as_deref()))
@@ -140,11 +144,11 @@ enum Paired {
 /// parked or the one taken failed before the listener answered.
 async fn via_standby(
     shared: &Relay,
-    listener: &ListenerHandle,
+    target: &Target,
     accept: &Accept,
     early: bool,
 ) -> Result<Option<Paired>, RelayError> {
-    let Some(pool) = &listener.standby else {
+    let Some(pool) = target.standby() else {
         return Ok(None);
     };
     let json = ListenerCommand::Accept(accept.clone()).encode();

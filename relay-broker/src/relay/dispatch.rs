@@ -42,7 +42,7 @@ async fn dispatch(State(shared): State<Arc<Relay>>, req: Request) -> Response<Bo
 /// Serves one request, for the hybrid connection named by its host in host mode.
 async fn serve(shared: Arc<Relay>, req: Request, host_hc: Option<String>) -> Response<Body> {
     let query = RelayQuery::parse(req.uri().query().unwrap_or_default());
-    let tracking = TrackingId::from_client(query.id.as_deref());
+    let tracking = TrackingId::from_client_on(query.id.as_deref(), Some(shared.node.as_str()));
     let span = tracing::info_span!("request", tracking = %tracking, method = %req.method(), action = tracing::field::Empty);
     let relayed_http =
         host_hc.is_some() || !req.uri().path().starts_with(relay_core::address::WS_PREFIX);

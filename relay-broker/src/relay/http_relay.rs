@@ -27,13 +27,14 @@ use tracing::Instrument as _;
 use crate::RelayError;
 use crate::relay::Relay;
 use crate::relay::auth::authorize;
-use crate::relay::presence::Outbound;
 use crate::relay::rendezvous::{
     ListenerResponse, OutgoingRequest, Pending, RequestSlot, ResponseBody,
 };
 use crate::relay::resolve::Resolved;
 use crate::relay::socket::relay_io_halves;
 use crate::relay::web::Access;
+use crate::seams::interconnect::Notice as Outbound;
+use crate::seams::node::ListenerKey;
 use relay_core::address::RENDEZVOUS_PARAM;
 
 /// Response body chunks buffered between a rendezvous socket and the sender.
@@ -61,10 +62,7 @@ pub(crate) async fn handle(
         Access::Session { ref refresh } => refresh.clone(),
         Access::Token(_) => None,
     };
-    let listener = shared
-        .presence
-        .pick(&r.hc.name)
-        .ok_or(RelayError::NoListener)?;
+    let listener = shared.pick(&r.hc.name).ok_or(RelayError::NoListener)?;
     let (parts, body) = req.into_parts();
     let head = RequestHead {
         method: parts.method.clone(),
@@ -75,7 +73,7 @@ pub(crate) async fn handle(
         request_headers(&parts.headers, access.consumed_authorization(), &view.host),
         &view,
     );
-    if !listener.header_arrays {
+    if !listener.listener.header_arrays {
         headers = headers.folded();
     }
     let header_bytes: usize = headers.0.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
@@ -95,17 +93,22 @@ pub(crate) async fn handle(
                     .is_some_and(|total| total <= INLINE_BODY_LIMIT)
         });
 
-    let request_id = uuid::Uuid::new_v4().to_string();
+    // Named after this node: the listener's inline answer may reach another one first.
+    let request_id = shared.node.suffix(&uuid::Uuid::new_v4().to_string());
     let address_guard = shared
         .rendezvous
         .add_address(Pending::Request {
-            listener_id: listener.id,
+            listener_id: listener.listener.key.clone(),
             request_id: request_id.clone(),
         })
         .map_err(|_| RelayError::Busy("pending rendezvous"))?;
+    // The listener dials the node that waits: its own, as it reached it, or this one.
+    let base = match &listener.local {
+        Some(_) => listener.listener.base_url.to_string(),
+        None => crate::relay::web::base_url(shared, &parts.headers, r.transport),
+    };
     let address = format!(
-        "{}/$hc/{}?sb-hc-action=request&sb-hc-id={request_id}&{RENDEZVOUS_PARAM}={}",
-        listener.base_url,
+        "{base}/$hc/{}?sb-hc-action=request&sb-hc-id={request_id}&{RENDEZVOUS_PARAM}={}",
         relay_core::address::encode_name(&r.hc.name),
         address_guard.key()
     );
@@ -170,7 +173,7 @@ pub(crate) async fn handle(
         .add_request(
             &request_id,
             RequestSlot {
-                listener_id: listener.id,
+                listener_id: listener.listener.key.clone(),
                 respond,
                 outgoing: std::sync::Mutex::new(outgoing),
             },
@@ -179,7 +182,7 @@ pub(crate) async fn handle(
     // One deadline for the whole request: waiting for room in a busy listener's queue (a
     // burst), then for its answer.
     let deadline = tokio::time::Instant::now() + shared.limits.http_request_timeout;
-    crate::relay::channel::enqueue(&listener, notice, deadline).await?;
+    shared.deliver(&listener, notice, deadline).await?;
     let answer = match tokio::time::timeout_at(deadline, response).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => {
@@ -228,7 +231,7 @@ fn is_runtime_info(req: &Request, r: &Resolved) -> bool {
 }
 
 fn runtime_information(shared: &Relay, r: &Resolved) -> Response<Body> {
-    let count = shared.presence.count(&r.hc.name);
+    let count = shared.directory.count(&r.hc.name);
     let body = format!(
         r#"<entry xmlns="http://www.w3.org/2005/Atom"><title type="text">{name}</title><content type="application/xml"><HybridConnectionDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><RequiresClientAuthorization>{auth}</RequiresClientAuthorization><ListenerCount>{count}</ListenerCount></HybridConnectionDescription></content></entry>"#,
         name = xml_escape(&r.hc.name),
@@ -373,12 +376,12 @@ fn stream_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>, idle: Duration
 pub(crate) fn spawn_rendezvous(
     shared: &Arc<Relay>,
     upgrade: OnUpgrade,
-    listener_id: u64,
+    listener_id: ListenerKey,
     request_id: String,
 ) {
     let shared = Arc::clone(shared);
     let span =
-        tracing::info_span!("http_rendezvous", request = %request_id, listener = listener_id);
+        tracing::info_span!("http_rendezvous", request = %request_id, listener = %listener_id);
     shared.tasks.clone().spawn(
         async move {
             let Ok(upgraded) = upgrade.await else { return };
@@ -389,7 +392,7 @@ pub(crate) fn spawn_rendezvous(
                 let sent = &shared.counters.bytes_to_listener;
                 if let Err(e) = send_request(&mut writer, outgoing, idle, sent).await {
                     tracing::debug!(error = %e, "sending the request over the rendezvous failed");
-                    shared.rendezvous.fail(&request_id, listener_id);
+                    shared.rendezvous.fail(&request_id, &listener_id);
                     let _ = writer.close(close_code::GOING_AWAY, "sender gone").await;
                     return;
                 }
@@ -397,7 +400,7 @@ pub(crate) fn spawn_rendezvous(
             let rendezvous = Rendezvous {
                 shared: &shared,
                 request_id: &request_id,
-                listener_id,
+                listener_id: &listener_id,
                 idle,
             };
             match rendezvous.relay_response(&mut reader, &mut writer).await {
@@ -406,7 +409,7 @@ pub(crate) fn spawn_rendezvous(
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "relaying the response failed");
-                    shared.rendezvous.fail(&request_id, listener_id);
+                    shared.rendezvous.fail(&request_id, &listener_id);
                     let _ = writer
                         .close(close_code::PROTOCOL_ERROR, "bad response")
                         .await;
@@ -455,7 +458,7 @@ async fn send_request<W: AsyncWrite + Unpin>(
 struct Rendezvous<'a> {
     shared: &'a Relay,
     request_id: &'a str,
-    listener_id: u64,
+    listener_id: &'a ListenerKey,
     idle: Duration,
 }
 

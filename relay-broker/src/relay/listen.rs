@@ -18,7 +18,6 @@ use super::socket::switching;
 use super::{Relay, channel};
 use crate::RelayError;
 use crate::metrics::count;
-use crate::seams::Transport;
 use crate::seams::authority::PeerCertificate;
 
 /// `sb-hc-action=listen`: a listener opens its control channel.
@@ -50,7 +49,7 @@ pub(super) async fn listen(
         }
     };
     let instance = listener_instance(req.headers())?.map(|i| format!("{principal}|{i}"));
-    let base_url = base_url(shared, req.headers(), r.transport);
+    let base_url = crate::relay::web::base_url(shared, req.headers(), r.transport);
     let standby = req
         .headers()
         .get(STANDBY_HEADER)
@@ -125,28 +124,4 @@ async fn authorize_certificate(
             Err(refusal.into())
         }
     }
-}
-
-/// Base of rendezvous addresses for a listener: `public_url`, else its own scheme and Host.
-fn base_url(shared: &Relay, headers: &HeaderMap, transport: Option<Transport>) -> String {
-    if let Some(url) = &shared.public_url {
-        return url
-            .replacen("https://", "wss://", 1)
-            .replacen("http://", "ws://", 1);
-    }
-    let scheme = if crate::relay::web::behind_tls(headers, transport) {
-        "wss"
-    } else {
-        "ws"
-    };
-    let host = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@', ' ', '\\']));
-    let host = match (host, transport) {
-        (Some(h), _) => h.to_owned(),
-        (None, Some(t)) => t.peer.to_string(),
-        (None, None) => "localhost".into(),
-    };
-    format!("{scheme}://{host}")
 }

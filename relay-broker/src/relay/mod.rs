@@ -26,7 +26,7 @@
 //! | `answer` | the listener's side of a capability address |
 //! | `http_relay` | relayed HTTP: inline or rendezvous, deadlines, header rules |
 //! | `rendezvous` | bounded maps of pending capability addresses and requests |
-//! | [`presence`] | which listeners serve which hybrid connection |
+//! | `local` | this node's control channels; picking a listener and delivering to it, here or through the seams |
 //! | `sessions` | what a revocation closes on this node |
 //! | `web` | browser access: `X-Forwarded-*`, the session cookie and its CSRF rules, host mode |
 //! | `socket` | the upgraded socket as frame halves, and the 101 answer |
@@ -38,9 +38,9 @@ mod connect;
 mod dispatch;
 mod http_relay;
 mod listen;
+pub(crate) mod local;
 mod pairing;
 pub(crate) mod pool;
-pub mod presence;
 mod rendezvous;
 mod resolve;
 pub(crate) mod sessions;
@@ -59,8 +59,10 @@ use crate::limiter::AuthLimiter;
 use crate::metrics::Counters;
 use crate::seams::audit::AuditSink;
 use crate::seams::authority::Authority;
+use crate::seams::directory::Directory;
+use crate::seams::interconnect::Interconnect;
+use crate::seams::node::NodeId;
 use crate::store::Store;
-use presence::Presence;
 
 /// Everything the data plane shares between its tasks.
 pub(crate) struct Relay {
@@ -70,7 +72,14 @@ pub(crate) struct Relay {
     pub(crate) mount: String,
     /// Hybrid connections and rules (the data plane only reads them).
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) presence: Arc<dyn Presence>,
+    /// This node.
+    pub(crate) node: NodeId,
+    /// Which listeners serve which hybrid connection, on every node.
+    pub(crate) directory: Arc<dyn Directory>,
+    /// The way to channels on other nodes.
+    pub(crate) interconnect: Arc<dyn Interconnect>,
+    /// The control channels this node holds.
+    pub(crate) channels: local::Channels,
     pub(crate) rendezvous: Arc<rendezvous::Rendezvous>,
     pub(crate) limiter: Arc<AuthLimiter>,
     /// Cancelled when shutdown starts: no new work, control channels close with 1001.
@@ -98,7 +107,9 @@ pub(crate) struct Parts {
     pub(crate) limits: Limits,
     pub(crate) public_url: Option<String>,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) node: NodeId,
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) interconnect: Arc<dyn Interconnect>,
     pub(crate) limiter: Arc<AuthLimiter>,
     pub(crate) authority: Option<Arc<dyn Authority>>,
     pub(crate) counters: Arc<Counters>,
@@ -113,12 +124,18 @@ impl Relay {
     pub(crate) fn new(parts: Parts) -> Self {
         let limits = parts.limits;
         Self {
-            rendezvous: Arc::new(rendezvous::Rendezvous::new(limits.max_pending_rendezvous)),
+            rendezvous: Arc::new(rendezvous::Rendezvous::new(
+                limits.max_pending_rendezvous,
+                parts.node.clone(),
+            )),
             relays: Arc::new(tokio::sync::Semaphore::new(limits.max_relays)),
             mount: crate::config::mount_path(parts.public_url.as_deref()),
             public_url: parts.public_url,
             store: parts.store,
-            presence: parts.presence,
+            node: parts.node,
+            directory: parts.directory,
+            interconnect: parts.interconnect,
+            channels: local::Channels::default(),
             limiter: parts.limiter,
             shutdown: parts.shutdown,
             hard_stop: parts.hard_stop,

@@ -10,24 +10,25 @@ use relay_core::tracking::TrackingId;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
-use super::presence::{ListenerHandle, Outbound};
+use super::Relay;
+use super::local::Target;
 use super::rendezvous::{Arrival, ListenerSocket, Pending};
 use super::sessions::Revoked;
 use super::socket::{RelayHalves, relay_io_halves};
-use super::{Relay, channel};
+use crate::seams::interconnect::Notice;
 use crate::{RelayError, pump};
 
 /// The standard path: a single-use rendezvous address sent over the control channel.
 pub(crate) async fn via_control_channel(
     shared: &Relay,
-    listener: &ListenerHandle,
+    target: &Target,
     accept: &mut Accept,
 ) -> Result<Arrival, RelayError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let guard = shared
         .rendezvous
         .add_address(Pending::Accept {
-            listener_id: listener.id,
+            listener_id: target.listener.key.clone(),
             tx,
         })
         .map_err(|_| RelayError::Busy("pending rendezvous"))?;
@@ -35,8 +36,8 @@ pub(crate) async fn via_control_channel(
         .address
         .push_str(&format!("&{RENDEZVOUS_PARAM}={}", guard.key()));
     let deadline = tokio::time::Instant::now() + shared.limits.accept_timeout;
-    let notice = Outbound::Text(ListenerCommand::Accept(accept.clone()).encode());
-    channel::enqueue(listener, notice, deadline).await?;
+    let notice = Notice::Text(ListenerCommand::Accept(accept.clone()).encode());
+    shared.deliver(target, notice, deadline).await?;
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(arrival)) => Ok(arrival),
         Ok(Err(_)) => Err(RelayError::ListenerFailed(

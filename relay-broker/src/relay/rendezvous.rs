@@ -5,6 +5,7 @@
 //! times out or is cancelled, and in bulk when their listener's control channel ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -12,6 +13,8 @@ use dashmap::DashMap;
 use hyper::upgrade::OnUpgrade;
 use relay_core::control;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::seams::node::{ListenerKey, NodeId};
 
 /// The listener's side of a relayed connection.
 pub(crate) enum ListenerSocket {
@@ -71,20 +74,20 @@ pub(crate) enum Arrival {
 pub(crate) enum Pending {
     /// `sb-hc-action=accept` for a sender's WebSocket.
     Accept {
-        listener_id: u64,
+        listener_id: ListenerKey,
         tx: oneshot::Sender<Arrival>,
     },
     /// `sb-hc-action=request` for an HTTP request.
     Request {
-        listener_id: u64,
+        listener_id: ListenerKey,
         request_id: String,
     },
 }
 
 impl Pending {
-    fn listener_id(&self) -> u64 {
+    fn listener_id(&self) -> &ListenerKey {
         match self {
-            Self::Accept { listener_id, .. } | Self::Request { listener_id, .. } => *listener_id,
+            Self::Accept { listener_id, .. } | Self::Request { listener_id, .. } => listener_id,
         }
     }
 }
@@ -117,7 +120,7 @@ pub(crate) struct ListenerResponse {
 /// An HTTP request waiting for its response.
 #[derive(Debug)]
 pub(crate) struct RequestSlot {
-    pub(crate) listener_id: u64,
+    pub(crate) listener_id: ListenerKey,
     pub(crate) respond: oneshot::Sender<ListenerResponse>,
     /// A mutex only to make the slot `Sync`: a request body is `Send` but not `Sync`.
     pub(crate) outgoing: std::sync::Mutex<Option<OutgoingRequest>>,
@@ -128,7 +131,11 @@ pub(crate) struct RequestSlot {
 pub(crate) struct Rendezvous {
     addresses: DashMap<String, Pending>,
     requests: DashMap<String, RequestSlot>,
+    /// Entries in both maps, counted by reservation: the bound holds under any concurrency.
+    held: AtomicUsize,
     max: usize,
+    /// Capabilities start with the node that holds them (a cluster routes by it).
+    node: NodeId,
 }
 
 /// The bound on pending entries is reached.
@@ -136,22 +143,40 @@ pub(crate) struct Rendezvous {
 pub(crate) struct Full;
 
 impl Rendezvous {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, node: NodeId) -> Self {
         Self {
             addresses: DashMap::new(),
             requests: DashMap::new(),
+            held: AtomicUsize::new(0),
             max,
+            node,
+        }
+    }
+
+    /// Takes one place under the bound, or none.
+    fn reserve(&self) -> Result<(), Full> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| Full)
+    }
+
+    /// Gives back `n` places, for entries that left a map.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
     /// Registers an address and returns its unguessable capability and a guard that removes
     /// it when dropped.
     pub(crate) fn add_address(self: &Arc<Self>, pending: Pending) -> Result<Guard, Full> {
-        if self.addresses.len() + self.requests.len() >= self.max {
-            return Err(Full);
-        }
+        self.reserve()?;
         let cap = format!(
-            "{}{}",
+            "{}.{}{}",
+            self.node,
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
@@ -169,10 +194,11 @@ impl Rendezvous {
         id: &str,
         slot: RequestSlot,
     ) -> Result<Guard, Full> {
-        if self.addresses.len() + self.requests.len() >= self.max {
-            return Err(Full);
+        self.reserve()?;
+        if self.requests.insert(id.to_owned(), slot).is_some() {
+            // An id already pending (ids are unique per request; this guards the count).
+            self.release(1);
         }
-        self.requests.insert(id.to_owned(), slot);
         Ok(Guard {
             map: Arc::clone(self),
             key: id.to_owned(),
@@ -182,7 +208,9 @@ impl Rendezvous {
 
     /// Uses an address: it works once.
     pub(crate) fn take_address(&self, cap: &str) -> Option<Pending> {
-        self.addresses.remove(cap).map(|(_, p)| p)
+        let (_, pending) = self.addresses.remove(cap)?;
+        self.release(1);
+        Some(pending)
     }
 
     /// Takes the outgoing request (address-only form) of a slot, once.
@@ -200,30 +228,43 @@ impl Rendezvous {
     pub(crate) fn complete(
         &self,
         request_id: &str,
-        listener_id: u64,
+        listener_id: &ListenerKey,
         response: ListenerResponse,
     ) -> bool {
         match self
             .requests
-            .remove_if(request_id, |_, s| s.listener_id == listener_id)
+            .remove_if(request_id, |_, s| &s.listener_id == listener_id)
         {
-            Some((_, slot)) => slot.respond.send(response).is_ok(),
+            Some((_, slot)) => {
+                self.release(1);
+                slot.respond.send(response).is_ok()
+            }
             None => false,
         }
     }
 
     /// Whether a request is pending for this listener.
-    pub(crate) fn is_pending(&self, request_id: &str, listener_id: u64) -> bool {
+    pub(crate) fn is_pending(&self, request_id: &str, listener_id: &ListenerKey) -> bool {
         self.requests
             .get(request_id)
-            .is_some_and(|s| s.listener_id == listener_id)
+            .is_some_and(|s| &s.listener_id == listener_id)
     }
 
     /// Drops every entry of a listener whose control channel ended; waiting senders see
     /// their channel close and answer at once instead of at the deadline.
-    pub(crate) fn drop_listener(&self, listener_id: u64) {
-        self.addresses.retain(|_, p| p.listener_id() != listener_id);
-        self.requests.retain(|_, s| s.listener_id != listener_id);
+    pub(crate) fn drop_listener(&self, listener_id: &ListenerKey) {
+        let mut dropped = 0;
+        self.addresses.retain(|_, p| {
+            let keep = p.listener_id() != listener_id;
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.requests.retain(|_, s| {
+            let keep = &s.listener_id != listener_id;
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.release(dropped);
     }
 
     /// Number of pending entries.
@@ -249,18 +290,77 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if self.request {
-            self.map.requests.remove(&self.key);
+        let removed = if self.request {
+            self.map.requests.remove(&self.key).is_some()
         } else {
-            self.map.addresses.remove(&self.key);
-        }
+            self.map.addresses.remove(&self.key).is_some()
+        };
+        self.map.release(usize::from(removed));
     }
 }
 
 impl Rendezvous {
     /// Fails a pending request: its sender gets 502 at once.
-    pub(crate) fn fail(&self, request_id: &str, listener_id: u64) {
-        self.requests
-            .remove_if(request_id, |_, s| s.listener_id == listener_id);
+    pub(crate) fn fail(&self, request_id: &str, listener_id: &ListenerKey) {
+        let removed = self
+            .requests
+            .remove_if(request_id, |_, s| &s.listener_id == listener_id);
+        self.release(usize::from(removed.is_some()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(channel: u64) -> ListenerKey {
+        ListenerKey {
+            node: NodeId::new("a").unwrap(),
+            channel,
+        }
+    }
+
+    fn accept(channel: u64) -> Pending {
+        Pending::Accept {
+            listener_id: key(channel),
+            tx: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn the_bound_holds_under_contention_and_every_way_out_gives_its_place_back() {
+        let map = Arc::new(Rendezvous::new(64, NodeId::new("a").unwrap()));
+        let guards: Vec<_> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    let map = Arc::clone(&map);
+                    s.spawn(move || {
+                        (0..32)
+                            .filter_map(|_| map.add_address(accept(1)).ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        assert_eq!(guards.len(), 64, "256 tries, 64 places");
+        assert_eq!(map.len(), 64);
+        assert!(
+            guards[0].key().starts_with("a."),
+            "capabilities name their node"
+        );
+        assert!(map.take_address(guards[0].key()).is_some());
+        map.drop_listener(&key(1));
+        assert_eq!(map.len(), 0);
+        drop(guards);
+        // Every place is free again: guards of entries already gone give back nothing.
+        let again: Vec<_> = (0..64)
+            .filter_map(|_| map.add_address(accept(2)).ok())
+            .collect();
+        assert_eq!(again.len(), 64);
+        assert!(map.add_address(accept(2)).is_err());
     }
 }

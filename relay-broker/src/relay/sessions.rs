@@ -35,17 +35,17 @@ impl Drop for Held {
 
 /// A listener's hold on its session: cancelled when it is revoked. Clones share the hold.
 #[derive(Clone, Debug)]
-pub struct Revoked(Arc<Held>);
+pub(crate) struct Revoked(Arc<Held>);
 
 impl Revoked {
     /// Resolves when the listener is revoked.
-    pub fn cancelled_owned(self) -> WaitForCancellationFutureOwned {
+    pub(crate) fn cancelled_owned(self) -> WaitForCancellationFutureOwned {
         self.0.token.clone().cancelled_owned()
     }
 
     /// Whether the listener was revoked.
-    #[must_use]
-    pub fn is_cancelled(&self) -> bool {
+    #[cfg(test)]
+    fn is_cancelled(&self) -> bool {
         self.0.token.is_cancelled()
     }
 }

@@ -352,6 +352,34 @@ pub(crate) fn host_target(shared: &Relay, headers: &HeaderMap) -> Option<String>
     Some(hosts.hc_for(label))
 }
 
+/// Base of rendezvous addresses for a listener: `public_url`, else its own scheme and Host.
+pub(crate) fn base_url(
+    shared: &Relay,
+    headers: &HeaderMap,
+    transport: Option<crate::seams::Transport>,
+) -> String {
+    if let Some(url) = &shared.public_url {
+        return url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+    }
+    let scheme = if behind_tls(headers, transport) {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@', ' ', '\\']));
+    let host = match (host, transport) {
+        (Some(h), _) => h.to_owned(),
+        (None, Some(t)) => t.peer.to_string(),
+        (None, None) => "localhost".into(),
+    };
+    format!("{scheme}://{host}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

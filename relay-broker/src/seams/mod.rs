@@ -7,13 +7,16 @@
 //! | [`authority`] | the data plane's one question to identity: who is this certificate, may it listen here |
 //! | [`revocation`] | "close listener X", published once and applied by every node to its own sessions |
 //! | [`audit`] | audit events, through one bounded writer |
+//! | [`directory`] | which listeners serve a hybrid connection, as serialisable references |
+//! | [`interconnect`] | notices to the node holding a channel, inline responses back |
+//! | [`node`] | node ids, and the cluster-wide key of a control channel |
 //! | [`Transport`] | how a request reached the broker, for both planes |
-//!
-//! Still to come (ARCHITECTURE.md, "Seams"): the listener directory of serialisable
-//! references, the interconnect that carries notices between nodes, and node ids.
 
 pub mod audit;
 pub mod authority;
+pub mod directory;
+pub mod interconnect;
+pub mod node;
 pub mod revocation;
 
 use std::net::SocketAddr;

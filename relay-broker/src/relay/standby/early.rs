@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::relay::Relay;
+use crate::relay::local::Target;
 use crate::relay::pairing::{relay_pair, via_control_channel};
-use crate::relay::presence::ListenerHandle;
 use crate::relay::rendezvous::Arrival;
 use crate::relay::socket::{RelayHalves, relay_io_halves};
 
@@ -39,7 +39,7 @@ pub(crate) fn spawn(
     shared: &Arc<Relay>,
     sender: OnUpgrade,
     standby: Box<RelayHalves>,
-    (listener, accept): (ListenerHandle, Accept),
+    (listener, accept): (Target, Accept),
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let shared = Arc::clone(shared);
@@ -55,7 +55,7 @@ pub(crate) fn spawn(
             let (mut s_reader, mut s_writer) = relay_io_halves(sender, buffer);
             let (mut l_reader, l_writer) = *standby;
             l_reader.set_capacity(buffer);
-            let revoked = listener.revoked.clone();
+            let revoked = shared.revoked(&listener);
             let decided = decide(
                 &shared,
                 &mut s_reader,
@@ -81,7 +81,7 @@ async fn decide<R>(
     shared: &Relay,
     sender: &mut WsReader<R>,
     standby: RelayHalves,
-    listener: &ListenerHandle,
+    listener: &Target,
     mut accept: Accept,
 ) -> Result<RelayHalves, Refusal>
 where
@@ -194,7 +194,7 @@ where
     }
     // The standby never confirmed receipt: likely dead, and its siblings with it.
     tracing::debug!("standby did not confirm receipt; using the control channel");
-    if let Some(pool) = &listener.standby {
+    if let Some(pool) = listener.standby() {
         pool.retire_parked();
     }
     crate::metrics::count(&shared.counters.standby_fallbacks);

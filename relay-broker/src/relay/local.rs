@@ -1,0 +1,247 @@
+//! The control channels this node holds, by number: the node-local half of a listener
+//! (its queue, its close tokens, its standby pool), kept apart from the [`ListenerRef`]
+//! in the directory that every node may see. Also the data plane's two cross-listener
+//! steps, which go through the seams when the listener is on another node: picking a
+//! listener, and delivering a notice to it. An inline response finds the node that waits
+//! for it the same way.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Relay;
+use super::pool::Pool;
+use super::rendezvous::{ListenerResponse, ResponseBody};
+use super::sessions::Revoked;
+use crate::RelayError;
+use crate::seams::directory::{ListenerRef, Usable};
+use crate::seams::interconnect::{Delivery, Inbox, InlineResponse, Notice, Undelivered};
+use crate::seams::node::{ListenerKey, NodeId};
+
+/// One control channel of this node.
+#[derive(Debug)]
+pub(crate) struct LocalChannel {
+    /// The channel's outgoing queue.
+    pub(crate) tx: mpsc::Sender<Notice>,
+    /// Cancelled to close the channel (shutdown).
+    pub(crate) close: CancellationToken,
+    /// Cancelled when a newer channel of the same instance replaced this one.
+    pub(crate) replaced: CancellationToken,
+    /// Sockets the listener opened in advance, when it asked for them (our extension).
+    pub(crate) standby: Option<Arc<Pool>>,
+    /// For certificate listeners: cancelled on revocation, which also cuts its relays.
+    pub(crate) revoked: Option<Revoked>,
+}
+
+/// This node's channels, by number.
+#[derive(Debug, Default)]
+pub(crate) struct Channels(DashMap<u64, Arc<LocalChannel>>);
+
+impl Channels {
+    pub(crate) fn insert(&self, channel: u64, local: Arc<LocalChannel>) {
+        self.0.insert(channel, local);
+    }
+
+    pub(crate) fn remove(&self, channel: u64) {
+        self.0.remove(&channel);
+    }
+
+    pub(crate) fn get(&self, channel: u64) -> Option<Arc<LocalChannel>> {
+        self.0.get(&channel).map(|c| Arc::clone(c.value()))
+    }
+}
+
+/// A listener picked for a sender: its reference, and its handles when this node holds it.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) listener: ListenerRef,
+    pub(crate) local: Option<Arc<LocalChannel>>,
+}
+
+impl Target {
+    /// Its standby pool; only a listener on this node has one usable here.
+    pub(crate) fn standby(&self) -> Option<&Arc<Pool>> {
+        self.local.as_ref()?.standby.as_ref()
+    }
+}
+
+impl Relay {
+    /// The listener for the next sender on `hc`, spread round robin and preferring one with
+    /// room in its queue; `None` only when none is connected.
+    pub(crate) fn pick(&self, hc: &str) -> Option<Target> {
+        let usable = |l: &ListenerRef| {
+            if l.key.node != self.node {
+                return Usable::Ready;
+            }
+            match self.channels.get(l.key.channel) {
+                Some(c) if c.close.is_cancelled() || c.tx.is_closed() => Usable::Gone,
+                Some(c) if c.tx.capacity() == 0 => Usable::Busy,
+                Some(_) => Usable::Ready,
+                None => Usable::Gone,
+            }
+        };
+        let listener = self.directory.pick(hc, &usable)?;
+        let local = (listener.key.node == self.node)
+            .then(|| self.channels.get(listener.key.channel))
+            .flatten();
+        Some(Target { listener, local })
+    }
+
+    /// What closes relays to `target` on revocation: its own hold when it is ours, else a
+    /// hold this node takes on the certificate listener (the revocation bus reaches it here).
+    pub(crate) fn revoked(&self, target: &Target) -> Option<Revoked> {
+        match &target.local {
+            Some(local) => local.revoked.clone(),
+            None => Some(
+                self.sessions
+                    .hold(target.listener.cert_listener.as_deref()?),
+            ),
+        }
+    }
+
+    /// Queues a notice for a listener, waiting until `deadline` for room when its queue is
+    /// full (a burst); then 503, never "no listener".
+    pub(crate) async fn deliver(
+        &self,
+        target: &Target,
+        notice: Notice,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), RelayError> {
+        let delivered = match &target.local {
+            Some(local) => send(local, notice, deadline).await,
+            None => {
+                self.interconnect
+                    .deliver(&target.listener.key, notice, deadline)
+                    .await
+            }
+        };
+        delivered.map_err(|e| match e {
+            Undelivered::Gone => RelayError::ListenerFailed("the listener disconnected".into()),
+            Undelivered::Full => RelayError::Busy("listener control queue"),
+        })
+    }
+
+    /// Completes request `request_id` with a listener's inline answer: here when this node
+    /// waits for it, else on the node its id names. Whether it was pending.
+    pub(crate) fn complete(
+        &self,
+        request_id: &str,
+        from: &ListenerKey,
+        response: ListenerResponse,
+    ) -> bool {
+        match NodeId::of_suffixed(request_id) {
+            Some(node) if node != self.node => {
+                let body = match response.body {
+                    ResponseBody::Full(bytes) => Some(bytes),
+                    ResponseBody::Empty | ResponseBody::Stream(_) => None,
+                };
+                let inline = InlineResponse {
+                    head: response.head,
+                    body,
+                };
+                self.interconnect.respond(&node, request_id, from, inline)
+            }
+            _ => self.rendezvous.complete(request_id, from, response),
+        }
+    }
+
+    /// Fails request `request_id`: the listener promised a body and sent something else.
+    pub(crate) fn fail(&self, request_id: &str, from: &ListenerKey) {
+        match NodeId::of_suffixed(request_id) {
+            Some(node) if node != self.node => {
+                let head = relay_core::control::Response {
+                    request_id: request_id.to_owned(),
+                    status_code: 502,
+                    status_description: Some("The listener sent no body for its response".into()),
+                    response_headers: relay_core::control::Headers::default(),
+                    body: false,
+                };
+                let inline = InlineResponse { head, body: None };
+                self.interconnect.respond(&node, request_id, from, inline);
+            }
+            _ => self.rendezvous.fail(request_id, from),
+        }
+    }
+
+    /// Whether a response to `request_id` from `from` is expected. Requests waiting on
+    /// another node are that node's to judge when the response gets there.
+    pub(crate) fn expects(&self, request_id: &str, from: &ListenerKey) -> bool {
+        match NodeId::of_suffixed(request_id) {
+            Some(node) if node != self.node => true,
+            _ => self.rendezvous.is_pending(request_id, from),
+        }
+    }
+
+    /// A channel of this node ended: nothing more is routed to it, and what waits for it,
+    /// here or on other nodes, fails now.
+    pub(crate) fn channel_ended(&self, listener: &ListenerRef) {
+        self.directory.unregister(&listener.hc, &listener.key);
+        self.channels.remove(listener.key.channel);
+        self.rendezvous.drop_listener(&listener.key);
+        self.interconnect.listener_gone(&listener.key);
+    }
+
+    /// Closes the channels a newer channel of the same instance replaced, wherever they are.
+    pub(crate) fn close_replaced(&self, keys: &[ListenerKey]) {
+        for key in keys {
+            if key.node == self.node {
+                if let Some(c) = self.channels.get(key.channel) {
+                    c.replaced.cancel();
+                }
+            } else {
+                self.interconnect.replaced(key);
+            }
+        }
+    }
+}
+
+async fn send(
+    local: &LocalChannel,
+    notice: Notice,
+    deadline: tokio::time::Instant,
+) -> Result<(), Undelivered> {
+    match tokio::time::timeout_at(deadline, local.tx.send(notice)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Undelivered::Gone),
+        Err(_) => Err(Undelivered::Full),
+    }
+}
+
+/// What other nodes bring this one.
+impl Inbox for Relay {
+    fn deliver(&self, channel: u64, notice: Notice, deadline: tokio::time::Instant) -> Delivery {
+        let local = self.channels.get(channel);
+        Box::pin(async move {
+            match local {
+                Some(local) => send(&local, notice, deadline).await,
+                None => Err(Undelivered::Gone),
+            }
+        })
+    }
+
+    fn respond(&self, request_id: &str, from: &ListenerKey, response: InlineResponse) -> bool {
+        let body = match response.body {
+            Some(bytes) => ResponseBody::Full(bytes),
+            None => ResponseBody::Empty,
+        };
+        let response = ListenerResponse {
+            head: response.head,
+            body,
+        };
+        self.rendezvous.complete(request_id, from, response)
+    }
+
+    fn listener_gone(&self, key: &ListenerKey) {
+        if key.node != self.node {
+            self.rendezvous.drop_listener(key);
+        }
+    }
+
+    fn replaced(&self, channel: u64) {
+        if let Some(c) = self.channels.get(channel) {
+            c.replaced.cancel();
+        }
+    }
+}
