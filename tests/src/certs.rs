@@ -77,7 +77,61 @@ impl Env {
             broker,
             ca_extra: ca_extra.to_owned(),
         };
-        let (status, reply) = env
+        env.add_alice().await;
+        env
+    }
+
+    /// Two TLS brokers in one process, nodes `a` and `b`, sharing what a cluster shares: the
+    /// store, the CA (one directory), the listener directory, the interconnect and the
+    /// revocation bus. The `Env` is node `a`; the second broker is returned beside it.
+    pub async fn pair(name: &str) -> (Self, TestBroker) {
+        use relay_broker::{
+            Broker, BrokerConfig, LocalDirectory, LocalInterconnect, LocalRevocations, NodeId,
+            ServeOptions,
+        };
+        let dir = temp_dir(name);
+        let ca = format!(
+            "[ca]\ndir = \"{}\"\ncert_lifetime_hours = 24\n",
+            dir.join("ca").display()
+        );
+        let config = BrokerConfig::parse(&crate::config(&ca), "test").expect("test config");
+        let store: Arc<dyn relay_broker::Store> = Arc::new(
+            relay_broker::SqliteStore::open(
+                &dir.join("relay.db"),
+                &config.hybrid_connections,
+                &config.rules,
+            )
+            .expect("store"),
+        );
+        let directory = Arc::new(LocalDirectory::default());
+        let interconnect = Arc::new(LocalInterconnect::default());
+        let bus = Arc::new(LocalRevocations::default());
+        let (cert, key) = crate::server_tls_files(&dir);
+        let mut brokers = Vec::new();
+        for node in ["a", "b"] {
+            let broker = Broker::builder(&config)
+                .node(NodeId::new(node).unwrap())
+                .store(Arc::clone(&store))
+                .directory(directory.clone())
+                .interconnect(interconnect.clone())
+                .revocations(bus.clone())
+                .build()
+                .expect("broker");
+            let tls = broker.server_tls(&cert, &key).expect("server TLS");
+            brokers.push(TestBroker::serve_broker(broker, ServeOptions { tls: Some(tls) }).await);
+        }
+        let b = brokers.pop().expect("b");
+        let env = Self {
+            dir,
+            broker: brokers.pop().expect("a"),
+            ca_extra: String::new(),
+        };
+        env.add_alice().await;
+        (env, b)
+    }
+
+    async fn add_alice(&self) {
+        let (status, reply) = self
             .admin(
                 "POST",
                 "/persons",
@@ -85,8 +139,7 @@ impl Env {
             )
             .await;
         assert_eq!(status, 200, "{reply}");
-        env.grant("alice", "listener.register", "hyco*").await;
-        env
+        self.grant("alice", "listener.register", "hyco*").await;
     }
 
     pub async fn restart(self) -> Self {

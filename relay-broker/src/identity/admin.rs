@@ -114,7 +114,7 @@ async fn delete_hybrid_connection(
     })
     .await?;
     if !removed {
-        return Err(IdentityError::NotFound("hybrid connection".into()).into());
+        return Err(IdentityError::NotFound("hybrid connection".into()));
     }
     Ok(Json(true))
 }
@@ -145,7 +145,7 @@ async fn revoke_listener(
     let actor = caller.name().to_owned();
     let (id2, store2) = (id.clone(), Arc::clone(&store));
     let Some(listener) = blocking(move || store2.listener(&id2)).await? else {
-        return Err(IdentityError::NotFound(format!("listener '{id}'")).into());
+        return Err(IdentityError::NotFound(format!("listener '{id}'")));
     };
     if !caller.may_manage(&listener) {
         return Err(forbidden(&caller, Right::ListenerManage));
@@ -222,14 +222,13 @@ async fn mint_enrollment_token(
             return Err(IdentityError::Forbidden(format!(
                 "{} may mint enrollment tokens only for themselves",
                 p.name
-            ))
-            .into());
+            )));
         }
     }
     let hcs = checked_hcs(&body.hybrid_connections)?;
     let ttl = body.ttl_secs.unwrap_or(600);
     if !(1..=86_400).contains(&ttl) {
-        return Err(IdentityError::BadRequest("ttl_secs: 1 to 86400".into()).into());
+        return Err(IdentityError::BadRequest("ttl_secs: 1 to 86400".into()));
     }
     let store = Arc::clone(&state.store);
     let minted = blocking(move || {
@@ -295,11 +294,12 @@ async fn add_person(
     {
         return Err(IdentityError::BadRequest(
             "name: 1-128 characters of letters, digits, '-', '_', '.', '@'".into(),
-        )
-        .into());
+        ));
     }
     if body.password.len() < 12 || body.password.len() > MAX_PASSWORD {
-        return Err(IdentityError::BadRequest("password: at least 12 characters".into()).into());
+        return Err(IdentityError::BadRequest(
+            "password: at least 12 characters".into(),
+        ));
     }
     let store = Arc::clone(&state.store);
     let person = blocking(move || {
@@ -372,8 +372,7 @@ fn checked_grant(body: GrantBody) -> Result<Grant> {
     if pattern.is_empty() || pattern.len() > 260 || star.is_some_and(|i| i != pattern.len() - 1) {
         return Err(IdentityError::BadRequest(
             "pattern: a hybrid connection name, optionally ending in '*'".into(),
-        )
-        .into());
+        ));
     }
     Ok(Grant {
         right: body.right,

@@ -159,7 +159,7 @@ pub(crate) async fn session(
     let credential = AuthLimiter::fingerprint(None);
     if state.limiter.is_throttled(ip, credential) {
         state.limiter.hold().await;
-        return Err(IdentityError::Throttled.into());
+        return Err(IdentityError::Throttled);
     }
     let outcome = login(&state, logins, &headers, &body.proof).await;
     let cert = match outcome {
@@ -168,7 +168,7 @@ pub(crate) async fn session(
             state.limiter.record_failure(ip, credential);
             count(&state.counters.auth_failures);
             state.audit.record("pop.rejected", "", &e.to_string());
-            return Err(e.into());
+            return Err(e);
         }
     };
     let listener_id = cert.listener_id.clone();
@@ -294,9 +294,9 @@ pub(crate) async fn attach_session(
             req.extensions_mut().insert(cert);
             next.run(req).await
         }
-        None => IdentityError::from(IdentityError::ProofRejected(
+        None => IdentityError::ProofRejected(
             "the proof-of-possession session is unknown, used or expired; log in again".into(),
-        ))
+        )
         .into_response(),
     }
 }

@@ -98,14 +98,13 @@ pub(crate) async fn caller(
     let found = tokio::task::spawn_blocking(move || person_by_token(&*store, &token))
         .await
         .map_err(|e| IdentityError::Internal(e.to_string()))?;
-    found.map(Principal::Person).map_err(|e| {
+    found.map(Principal::Person).inspect_err(|_| {
         count(&state.counters.auth_failures);
-        e.into()
     })
 }
 
 pub(crate) fn forbidden(caller: &Principal, right: Right) -> IdentityError {
-    IdentityError::Forbidden(format!("{} lacks {right} for this", caller.name())).into()
+    IdentityError::Forbidden(format!("{} lacks {right} for this", caller.name()))
 }
 /// Checks for a namespace-wide Manage token in `ServiceBusAuthorization` or `Authorization`.
 pub(crate) fn require_manage(state: &Identity, headers: &HeaderMap) -> Result<(), IdentityError> {

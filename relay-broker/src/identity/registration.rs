@@ -80,9 +80,9 @@ pub(crate) async fn register(
     Json(body): Json<Register>,
 ) -> Result<Json<Registered>, IdentityError> {
     let Some(ca) = state.ca.clone() else {
-        return Err(
-            IdentityError::NotFound("registration (configure [ca] on the broker)".into()).into(),
-        );
+        return Err(IdentityError::NotFound(
+            "registration (configure [ca] on the broker)".into(),
+        ));
     };
     let ip = transport.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |t| t.0.peer.ip());
     let credential = AuthLimiter::fingerprint(
@@ -93,7 +93,7 @@ pub(crate) async fn register(
     );
     if state.limiter.is_throttled(ip, credential) {
         state.limiter.hold().await;
-        return Err(IdentityError::Throttled.into());
+        return Err(IdentityError::Throttled);
     }
     let shared2 = Arc::clone(&state);
     let outcome = tokio::task::spawn_blocking(move || register_blocking(&shared2, &ca, body))
@@ -243,15 +243,14 @@ pub(crate) async fn renew(
     Json(body): Json<Renew>,
 ) -> Result<Json<Registered>, IdentityError> {
     let Some(ca) = state.ca.clone() else {
-        return Err(
-            IdentityError::NotFound("renewal (configure [ca] on the broker)".into()).into(),
-        );
+        return Err(IdentityError::NotFound(
+            "renewal (configure [ca] on the broker)".into(),
+        ));
     };
     let Some(axum::Extension(cert)) = cert else {
         return Err(IdentityError::BadCredentials(
             "renewal needs the listener's current client certificate (mTLS)",
-        )
-        .into());
+        ));
     };
     let shared2 = Arc::clone(&state);
     let cert2 = Arc::clone(&cert);
@@ -342,8 +341,7 @@ async fn dynamic_hc(
     let Some(axum::Extension(cert)) = cert else {
         return Err(IdentityError::BadCredentials(
             "hybrid connections are managed here with a listener client certificate (mTLS)",
-        )
-        .into());
+        ));
     };
     let name = crate::config::checked_hc_name(name).map_err(IdentityError::BadRequest)?;
     let store = Arc::clone(&state.store);

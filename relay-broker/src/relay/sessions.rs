@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 /// Close code for a control channel whose listener was revoked (application range).
 pub(crate) const CLOSE_REVOKED: u16 = 4401;
@@ -38,9 +38,11 @@ impl Drop for Held {
 pub(crate) struct Revoked(Arc<Held>);
 
 impl Revoked {
-    /// Resolves when the listener is revoked.
-    pub(crate) fn cancelled_owned(self) -> WaitForCancellationFutureOwned {
-        self.0.token.clone().cancelled_owned()
+    /// Resolves when the listener is revoked. The future keeps the hold: a relay waiting
+    /// on it keeps its session in the map, so a revocation still finds it after the
+    /// listener's control channel has gone.
+    pub(crate) async fn cancelled_owned(self) {
+        self.0.token.cancelled().await;
     }
 
     /// Whether the listener was revoked.
@@ -106,7 +108,7 @@ mod tests {
         drop(b);
         assert_eq!(sessions.len(), 0, "no entry outlives what it closes");
 
-        let (c, d) = (sessions.hold("l2"), sessions.hold("l2").clone());
+        let (c, d) = (sessions.hold("l2"), sessions.hold("l2"));
         sessions.close("l2");
         assert!(c.is_cancelled() && d.is_cancelled());
         let fresh = sessions.hold("l2");
@@ -119,5 +121,12 @@ mod tests {
         );
         drop(fresh);
         assert_eq!(sessions.len(), 0);
+
+        // A relay waiting on its hold keeps the session: a revocation still reaches it.
+        let waiting = sessions.hold("l3").cancelled_owned();
+        assert_eq!(sessions.len(), 1);
+        sessions.close("l3");
+        let done = futures_util::FutureExt::now_or_never(waiting);
+        assert_eq!(done, Some(()), "the waiting relay was revoked");
     }
 }
