@@ -8,7 +8,8 @@
 //! |---|---|
 //! | [`control`] | the JSON control messages (`accept`, `request`, `response`, `renewToken`) |
 //! | [`address`] | the URL and query grammar: `/$hc/{hc}[/suffix]`, `sb-hc-*` parameters, name matching |
-//! | [`standby`] | pre-opened rendezvous sockets: our listener's extension for fast connects |
+//! | [`standby`] | pre-opened rendezvous sockets: our listener's extension for fast connects; the exchange's rules as a state machine |
+//! | [`keepalive`] | a control channel's timers as a state machine: pings, silence, credential expiry |
 //! | [`sas`] | Shared Access Signature tokens: create, parse, verify, rights |
 //! | [`auth`] | where a token is taken from on a request, and what is stripped |
 //! | [`connection_string`] | Azure-style connection strings |
@@ -25,6 +26,7 @@ pub mod connection_string;
 pub mod control;
 pub mod frame;
 pub mod http_rules;
+pub mod keepalive;
 pub mod limits;
 pub mod pop;
 pub mod sas;

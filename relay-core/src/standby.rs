@@ -33,6 +33,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod exchange;
+
+pub use exchange::{EarlyCopy, Exchange, Failure, Heard, Kept, Next};
+
 /// On `listen`: how many standbys the listener wants; on its `101`: how many it may open.
 pub const STANDBY_HEADER: &str = "relay-standby";
 /// On the `listen` `101`, and on every standby upgrade: the key binding standbys to one

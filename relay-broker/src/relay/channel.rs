@@ -7,8 +7,8 @@
 //! counts and finally refuses whatever it did not ask for.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use relay_core::control::{ListenerCommand, Response};
@@ -33,6 +33,7 @@ use crate::relay::socket::relay_io_halves;
 use crate::seams::directory::{ListenerRef, Refused};
 use crate::seams::interconnect::Notice;
 use crate::seams::node::ListenerKey;
+use relay_core::keepalive::{ChannelTimers, Due, credential_left};
 
 /// Read buffer of a control channel: control messages are small, and idle channels many.
 const CONTROL_BUFFER: usize = 4 * 1024;
@@ -40,6 +41,16 @@ const CONTROL_BUFFER: usize = 4 * 1024;
 const MAX_UNSOLICITED: u32 = 100;
 /// How long the reader may wait for the listener's Close after the broker sent one.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Tokio's clock (paused in tests), as the timers take it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// The wall clock, in Unix seconds: read only to turn a credential's expiry into a deadline.
+fn unix_now() -> u64 {
+    crate::store::now_ms() / 1000
+}
 
 /// One control channel as its own task holds it: the reference every node may see, and
 /// the node-local handles.
@@ -205,13 +216,11 @@ struct Channel<'a> {
     shared: &'a Relay,
     handle: &'a Held,
     tracking: TrackingId,
-    /// Expiry of the current token, Unix seconds; moved by `renewToken`.
-    expires_at: AtomicU64,
-    /// When the listener was last heard from, in ms since `epoch`.
-    last_seen: AtomicU64,
-    epoch: Instant,
-    /// Set for certificate listeners: `expires_at` is then the certificate's notAfter, and
-    /// revocation closes the channel.
+    /// Pings, silence and the credential's expiry (relay_core's rules), on tokio's clock;
+    /// the reader records signs of life and renewals, the writer acts on what is due.
+    timers: Mutex<ChannelTimers>,
+    /// Set for certificate listeners: the expiry is then the certificate's notAfter, with
+    /// no grace, and revocation closes the channel.
     cert: Option<CertSession>,
 }
 
@@ -223,13 +232,18 @@ impl<'a> Channel<'a> {
         expires_at: u64,
         cert: Option<CertSession>,
     ) -> Self {
+        let grace = match cert {
+            Some(_) => Duration::ZERO,
+            None => shared.limits.token_grace,
+        };
+        // The one read of the wall clock: the credential's life becomes a deadline.
+        let left = credential_left(expires_at, unix_now());
+        let timers = ChannelTimers::new(now(), shared.limits.ping_interval, grace, left);
         Self {
             shared,
             handle,
             tracking,
-            expires_at: AtomicU64::new(expires_at),
-            last_seen: AtomicU64::new(0),
-            epoch: Instant::now(),
+            timers: Mutex::new(timers),
             cert,
         }
     }
@@ -268,22 +282,14 @@ impl<'a> Channel<'a> {
     }
 
     fn touch(&self) {
-        self.last_seen
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.timers().heard(now());
     }
 
-    /// How long until the token (plus grace) or the certificate (no grace) runs out; zero
-    /// once it has.
-    fn time_left(&self) -> Duration {
-        let grace = match self.cert {
-            Some(_) => Duration::ZERO,
-            None => self.shared.limits.token_grace,
-        };
-        let deadline =
-            UNIX_EPOCH + Duration::from_secs(self.expires_at.load(Ordering::Relaxed)) + grace;
-        deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+    fn timers(&self) -> std::sync::MutexGuard<'_, ChannelTimers> {
+        // Plain data, updated whole: a panic elsewhere cannot leave it half-written.
+        self.timers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn write_loop<W: AsyncWrite + Unpin>(
@@ -292,8 +298,6 @@ impl<'a> Channel<'a> {
         mut queue: mpsc::Receiver<Notice>,
         mut internal: mpsc::Receiver<Internal>,
     ) {
-        let interval = self.shared.limits.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let revoked = async {
             match &self.cert {
                 Some(c) => c.revoked.clone().cancelled_owned().await,
@@ -303,7 +307,7 @@ impl<'a> Channel<'a> {
         tokio::pin!(revoked);
         let result: Result<(), WsError> = async {
             loop {
-                let expiry = Instant::now() + self.time_left();
+                let due_at = Instant::from_std(self.timers().deadline());
                 tokio::select! {
                     biased;
                     msg = internal.recv() => match msg {
@@ -339,22 +343,25 @@ impl<'a> Channel<'a> {
                             writer.flush().await?;
                         }
                     },
-                    _ = ping.tick() => {
-                        let silent = self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last_seen.load(Ordering::Relaxed)));
-                        if silent > interval * 2 {
-                            tracing::info!(silent_secs = silent.as_secs(), "listener silent; dropping half-open channel");
-                            writer.close(close_code::GOING_AWAY, &self.text("Keep-alive timeout")).await?;
-                            return Ok(());
-                        }
-                        writer.send(true, OpCode::Ping, b"").await?;
-                        writer.flush().await?;
-                    }
-                    () = tokio::time::sleep_until(expiry) => {
-                        if self.time_left().is_zero() {
-                            let what = if self.cert.is_some() { "Certificate expired" } else { "Token expired" };
-                            tracing::info!(what, "credential expired");
-                            writer.close(close_code::POLICY_VIOLATION, &self.text(what)).await?;
-                            return Ok(());
+                    () = tokio::time::sleep_until(due_at) => {
+                        let due = self.timers().on_time(now());
+                        match due {
+                            Due::Nothing => {}
+                            Due::Ping => {
+                                writer.send(true, OpCode::Ping, b"").await?;
+                                writer.flush().await?;
+                            }
+                            Due::Silent => {
+                                tracing::info!("listener silent for two ping intervals; dropping half-open channel");
+                                writer.close(close_code::GOING_AWAY, &self.text("Keep-alive timeout")).await?;
+                                return Ok(());
+                            }
+                            Due::Expired => {
+                                let what = if self.cert.is_some() { "Certificate expired" } else { "Token expired" };
+                                tracing::info!(what, "credential expired");
+                                writer.close(close_code::POLICY_VIOLATION, &self.text(what)).await?;
+                                return Ok(());
+                            }
                         }
                     }
                 }
@@ -468,7 +475,8 @@ impl<'a> Channel<'a> {
             Ok(ListenerCommand::RenewToken(renew)) => {
                 match check_renewal(self.shared, &self.handle.listener.hc, &renew.token) {
                     Ok(expires_at) => {
-                        self.expires_at.store(expires_at, Ordering::Relaxed);
+                        let left = credential_left(expires_at, unix_now());
+                        self.timers().renewed(now(), left);
                         tracing::debug!(expires_at, "token renewed");
                     }
                     Err(e) => {

@@ -10,11 +10,10 @@ use hyper::upgrade::OnUpgrade;
 use relay_core::control::Accept;
 use relay_core::frame::{OpCode, close_code};
 use relay_core::standby::{
-    CLOSE_REJECTED, EARLY_RETAINED_BYTES, MAX_REPLY_BYTES, RECEIPT_DEADLINE, StandbyReply,
+    CLOSE_REJECTED, EarlyCopy, Exchange, Failure, Heard, Kept, MAX_REPLY_BYTES, Next,
     rejection_reason,
 };
 use relay_io::WsReader;
-use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::relay::Relay;
@@ -22,13 +21,6 @@ use crate::relay::local::Target;
 use crate::relay::pairing::{relay_pair, via_control_channel};
 use crate::relay::rendezvous::Arrival;
 use crate::relay::socket::{RelayHalves, relay_io_halves};
-
-/// A sender frame forwarded before the listener confirmed receipt.
-struct Forwarded {
-    fin: bool,
-    opcode: OpCode,
-    payload: Vec<u8>,
-}
 
 /// Why the sender is closed instead of relayed: a close code and reason.
 type Refusal = (u16, String);
@@ -76,7 +68,9 @@ pub(crate) fn spawn(
     );
 }
 
-/// Forwards sender frames until the listener has answered, and returns its socket.
+/// Forwards sender frames until the listener has answered, and returns its socket. The
+/// rules (receipt, answer, deadlines, the copy) are relay_core's [`Exchange`] and
+/// [`EarlyCopy`]; this moves frames and timers.
 async fn decide<R>(
     shared: &Relay,
     sender: &mut WsReader<R>,
@@ -88,54 +82,33 @@ where
     R: tokio::io::AsyncRead + Unpin,
 {
     let (mut l_reader, mut l_writer) = standby;
-    let mut retained: Vec<Forwarded> = Vec::new();
-    let mut retained_bytes = 0usize;
-    let mut confirmed = false;
+    let now = || tokio::time::Instant::now().into_std();
+    let mut exchange = Exchange::new(now(), shared.limits.accept_timeout);
+    let mut copy = EarlyCopy::default();
     // The sender is no longer read once it sent a control frame, more than can be kept, or
     // its end: what is left waits, in place, for the relay.
     let mut paused = false;
-    let receipt_by = Instant::now() + RECEIPT_DEADLINE;
-    let answer_by = Instant::now() + shared.limits.accept_timeout;
     loop {
-        let deadline = if confirmed { answer_by } else { receipt_by };
-        tokio::select! {
+        let deadline = tokio::time::Instant::from_std(exchange.deadline());
+        let next = tokio::select! {
             biased;
             header = l_reader.header() => {
-                let reply = match header {
+                let mut text = Vec::new();
+                let heard = match header {
                     Ok(Some(h)) if h.opcode == OpCode::Text && h.payload_len <= MAX_REPLY_BYTES as u64 => {
-                        let mut text = Vec::new();
                         match l_reader.read_small_payload(&mut text).await {
-                            Ok(()) => StandbyReply::decode(&text).ok(),
-                            Err(_) => None,
+                            Ok(()) => Heard::Text(&text),
+                            Err(_) => Heard::Closed,
                         }
                     }
-                    _ => None,
+                    Ok(Some(_)) => Heard::Other,
+                    Ok(None) | Err(_) => Heard::Closed,
                 };
-                match (confirmed, reply) {
-                    (false, Some(StandbyReply::Received {})) => {
-                        confirmed = true;
-                        retained = Vec::new();
-                    }
-                    (true, Some(StandbyReply::Accepted { .. })) => {
-                        crate::metrics::count(&shared.counters.standby_accepts);
-                        return Ok((l_reader, l_writer));
-                    }
-                    (true, Some(StandbyReply::Rejected { status_code, status_description })) => {
-                        crate::metrics::count(&shared.counters.standby_accepts);
-                        let _ = l_writer.close(close_code::NORMAL, "rejected").await;
-                        return Err((CLOSE_REJECTED, rejection_reason(status_code, &status_description)));
-                    }
-                    // Gone or garbled before confirming receipt: the control channel still may work.
-                    (false, _) => break,
-                    (true, _) => {
-                        return Err((close_code::INTERNAL_ERROR, "The listener failed on its standby socket".into()));
-                    }
-                }
+                exchange.on_heard(heard)
             }
             header = sender.header(), if !paused => {
-                let room = if confirmed { EARLY_RETAINED_BYTES } else { EARLY_RETAINED_BYTES - retained_bytes };
                 let h = match header {
-                    Ok(Some(h)) if !h.opcode.is_control() && h.payload_len <= room as u64 => h,
+                    Ok(Some(h)) if copy.may_forward(h.opcode, h.payload_len) => h,
                     Ok(Some(_)) => {
                         paused = sender.unread_header();
                         if !paused {
@@ -164,16 +137,11 @@ where
                 })
                 .await;
                 shared.counters.bytes_to_listener.fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                match (wrote, confirmed) {
-                    (Ok(Ok(())), true) => {}
-                    (Ok(Ok(())), false) => {
-                        retained_bytes += payload.len();
-                        retained.push(Forwarded { fin: h.fin, opcode: h.opcode, payload });
-                    }
-                    (_, false) => {
-                        retained.push(Forwarded { fin: h.fin, opcode: h.opcode, payload });
-                        break;
-                    }
+                // Kept until the receipt, also when the write failed half-way.
+                copy.forwarded(Kept { fin: h.fin, opcode: h.opcode, payload });
+                match (wrote, exchange.received()) {
+                    (Ok(Ok(())), _) => continue,
+                    (_, false) => Next::Dead,
                     (_, true) => {
                         return Err((close_code::INTERNAL_ERROR, "The listener's standby socket failed".into()));
                     }
@@ -183,13 +151,37 @@ where
                 let _ = l_writer.close(close_code::GOING_AWAY, "the broker is shutting down").await;
                 return Err((close_code::GOING_AWAY, "The broker is shutting down".into()));
             }
-            () = tokio::time::sleep_until(deadline) => {
-                if confirmed {
-                    crate::metrics::count(&shared.counters.rendezvous_timeouts);
-                    return Err((close_code::INTERNAL_ERROR, "The listener did not answer in time".into()));
+            () = tokio::time::sleep_until(deadline) => exchange.on_time(now()),
+        };
+        match next {
+            Next::Wait(_) => {
+                if exchange.received() {
+                    copy.confirm();
                 }
-                break;
             }
+            Next::Accepted(_) => {
+                crate::metrics::count(&shared.counters.standby_accepts);
+                return Ok((l_reader, l_writer));
+            }
+            Next::Rejected {
+                status,
+                description,
+            } => {
+                crate::metrics::count(&shared.counters.standby_accepts);
+                let _ = l_writer.close(close_code::NORMAL, "rejected").await;
+                return Err((CLOSE_REJECTED, rejection_reason(status, &description)));
+            }
+            Next::Failed(failure) => {
+                if failure == Failure::TimedOut {
+                    crate::metrics::count(&shared.counters.rendezvous_timeouts);
+                }
+                return Err((
+                    close_code::INTERNAL_ERROR,
+                    format!("The listener {}", failure.describe()),
+                ));
+            }
+            // Gone or garbled before confirming receipt: the control channel still may work.
+            Next::Dead => break,
         }
     }
     // The standby never confirmed receipt: likely dead, and its siblings with it.
@@ -199,6 +191,7 @@ where
     }
     crate::metrics::count(&shared.counters.standby_fallbacks);
     drop((l_reader, l_writer));
+    let retained = copy.replay();
     let arrival = via_control_channel(shared, listener, &mut accept)
         .await
         .map_err(|e| (close_code::INTERNAL_ERROR, e.to_string()))?;

@@ -5,7 +5,7 @@
 //! parked socket is one task that owns it: it waits for a [`Job`], for the listener to go
 //! away, for its age bound, or for the pool to close with the control channel. A sender's
 //! `connect` hands its `accept` text to the newest parked socket; the task writes it, reads
-//! the listener's [`StandbyReply`] and hands the socket back for relaying. If the socket
+//! the listener's [`StandbyReply`](relay_core::standby::StandbyReply) and hands the socket back for relaying. If the socket
 //! fails before the listener answered, the sender falls back to the control channel.
 
 pub(crate) mod early;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
 use relay_core::frame::close_code;
-use relay_core::standby::{MAX_REPLY_BYTES, RECEIPT_DEADLINE, StandbyReply};
+use relay_core::standby::{Exchange, Failure, Heard, MAX_REPLY_BYTES, Next};
 use relay_io::Message;
 use tracing::Instrument as _;
 
@@ -38,7 +38,10 @@ pub(crate) fn spawn(shared: &Arc<Relay>, place: Place, upgrade: OnUpgrade) {
             let pool = Arc::clone(&place.0);
             let (id, job) = pool.park();
             // Jitter spreads the replacements of sockets parked together.
-            let age = shared.limits.standby_max_age.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.0));
+            let age = shared
+                .limits
+                .standby_max_age
+                .mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.0));
             let job = tokio::select! {
                 job = job => job,
                 // The listener sends nothing on a parked socket: any frame, Close included,
@@ -75,64 +78,89 @@ pub(crate) fn spawn(shared: &Arc<Relay>, place: Place, upgrade: OnUpgrade) {
                 let _ = outcome.send(Outcome::Dispatched(Box::new((reader, writer))));
                 return;
             }
-            let receipt = tokio::time::timeout(RECEIPT_DEADLINE, reader.message(MAX_REPLY_BYTES));
-            let received = matches!(
-                receipt.await.map(|m| m.ok().flatten()),
-                Ok(Some(Message::Text(ref t)))
-                    if StandbyReply::decode(t.as_bytes()).is_ok_and(|r| r == StandbyReply::Received {})
-            );
-            if !received {
-                // Silent or broken: its siblings likely went through the same middlebox.
-                tracing::debug!("standby did not confirm receipt; using the control channel");
-                pool.retire_parked();
-                let _ = outcome.send(Outcome::Failed);
-                return;
-            }
-            // Bounded by the sender's own wait, which drops `outcome` at its deadline.
-            let reply = tokio::select! {
-                reply = reader.message(MAX_REPLY_BYTES) => reply,
-                () = outcome.closed() => return,
-            };
-            let text = match reply {
-                Ok(Some(Message::Text(text))) => text,
-                Ok(Some(Message::Close(_)) | None) | Err(_) => {
-                    let _ = outcome.send(listener_failed("closed its standby socket without an answer"));
-                    return;
-                }
-                Ok(Some(other)) => {
-                    tracing::debug!(?other, "unexpected frame before the standby reply");
-                    crate::metrics::count(&shared.counters.unsolicited);
-                    let _ = outcome.send(listener_failed("sent no answer on its standby socket"));
-                    let _ = writer.close(close_code::PROTOCOL_ERROR, "expected a reply").await;
-                    return;
+            // The rules of receipt and answer are relay_core's; this only moves frames.
+            let now = || tokio::time::Instant::now().into_std();
+            let mut exchange = Exchange::new(now(), shared.limits.accept_timeout);
+            let next = loop {
+                let deadline = tokio::time::Instant::from_std(exchange.deadline());
+                let next = tokio::select! {
+                    got = reader.message(MAX_REPLY_BYTES) => {
+                        let got = Got::from(got);
+                        if matches!(got, Got::Other) {
+                            crate::metrics::count(&shared.counters.unsolicited);
+                        }
+                        exchange.on_heard(got.heard())
+                    }
+                    () = tokio::time::sleep_until(deadline) => exchange.on_time(now()),
+                    // The sender gave up (its own deadline): nothing is left to answer.
+                    () = outcome.closed() => return,
+                };
+                if !matches!(next, Next::Wait(_)) {
+                    break next;
                 }
             };
-            match StandbyReply::decode(text.as_bytes()) {
-                Ok(StandbyReply::Accepted { protocol }) => {
+            match next {
+                Next::Wait(_) => {}
+                Next::Accepted(protocol) => {
                     reader.set_capacity(shared.limits.relay_buffer_bytes);
                     let socket = ListenerSocket::Open(Box::new((reader, writer)));
-                    let arrival = Arrival::Accepted { socket, protocol };
-                    let _ = outcome.send(Outcome::Answered(arrival));
+                    let _ = outcome.send(Outcome::Answered(Arrival::Accepted { socket, protocol }));
                 }
-                Ok(StandbyReply::Rejected {
-                    status_code,
-                    status_description,
-                }) => {
+                Next::Rejected {
+                    status,
+                    description,
+                } => {
                     let _ = outcome.send(Outcome::Answered(Arrival::Rejected {
-                        status: crate::relay::rendezvous::refusal_status(Some(status_code)),
-                        description: status_description,
+                        status: crate::relay::rendezvous::refusal_status(Some(status)),
+                        description,
                     }));
                     let _ = writer.close(close_code::NORMAL, "rejected").await;
                 }
-                Ok(StandbyReply::Received {}) | Err(_) => {
-                    tracing::debug!("malformed standby reply");
-                    let _ = outcome.send(listener_failed("a malformed answer on its standby socket"));
-                    let _ = writer.close(close_code::PROTOCOL_ERROR, "malformed reply").await;
+                Next::Dead => {
+                    // Silent or broken: its siblings likely went through the same middlebox.
+                    tracing::debug!("standby did not confirm receipt; using the control channel");
+                    pool.retire_parked();
+                    let _ = outcome.send(Outcome::Failed);
+                }
+                Next::Failed(failure) => {
+                    let _ = outcome.send(listener_failed(failure.describe()));
+                    if failure == Failure::Garbled {
+                        let _ = writer
+                            .close(close_code::PROTOCOL_ERROR, "expected a standby reply")
+                            .await;
+                    }
                 }
             }
         }
         .instrument(span),
     );
+}
+
+/// A message read on a standby socket, owned until the exchange has looked at it.
+enum Got {
+    Text(String),
+    Other,
+    Closed,
+}
+
+impl From<Result<Option<Message>, relay_io::WsError>> for Got {
+    fn from(read: Result<Option<Message>, relay_io::WsError>) -> Self {
+        match read {
+            Ok(Some(Message::Text(text))) => Self::Text(text),
+            Ok(Some(Message::Close(_)) | None) | Err(_) => Self::Closed,
+            Ok(Some(_)) => Self::Other,
+        }
+    }
+}
+
+impl Got {
+    fn heard(&self) -> Heard<'_> {
+        match self {
+            Self::Text(text) => Heard::Text(text.as_bytes()),
+            Self::Other => Heard::Other,
+            Self::Closed => Heard::Closed,
+        }
+    }
 }
 
 /// The listener took the job and then failed it: the sender gets 502, since the listener
