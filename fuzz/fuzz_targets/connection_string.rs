@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
             key: cs.key.as_ref().map(|_| "another key".to_owned()),
             ..cs.clone()
         };
-        assert_eq!(format!("{cs:?}"), format!("{other:?}"), "the key leaks into Debug");
+        assert_eq!(
+            format!("{cs:?}"),
+            format!("{other:?}"),
+            "the key leaks into Debug"
+        );
     }
     let _ = ws_base(text);
     let _ = http_base(text);

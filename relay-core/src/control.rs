@@ -284,6 +284,27 @@ mod tests {
     const LIMIT: usize = crate::limits::MAX_CONTROL_MESSAGE_BYTES;
 
     #[test]
+    fn names_differing_in_case_travel_as_one_repeated_header() {
+        // Found by the control_message fuzz target: the names are one header to HTTP, so
+        // they go out as one array, in order, under the first spelling.
+        let headers = Headers(vec![
+            ("X-Trace".into(), "0".into()),
+            ("x-trace".into(), "1".into()),
+        ]);
+        let json = serde_json::to_string(&headers).unwrap();
+        assert_eq!(json, r#"{"X-Trace":["0","1"]}"#);
+        let back: Headers = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.0,
+            [
+                ("X-Trace".into(), "0".into()),
+                ("X-Trace".into(), "1".into())
+            ]
+        );
+        assert_eq!(serde_json::to_string(&back).unwrap(), json, "a fixed point");
+    }
+
+    #[test]
     fn accept_roundtrip_with_remote_endpoint() {
         let msg = ListenerCommand::Accept(Accept {
             address: "wss://h/$hc/a?sb-hc-action=accept&sb-hc-id=1".into(),
