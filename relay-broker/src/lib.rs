@@ -59,7 +59,9 @@ pub use seams::interconnect::{Interconnect, LocalInterconnect};
 pub use seams::node::NodeId;
 pub use seams::revocation::{LocalRevocations, RevocationBus};
 pub use server::ServeOptions;
-pub use store::{AuditEvent, MemoryStore, SqliteStore, Store, StoreError};
+pub use store::{
+    AuditEvent, AuditStore, IdentityStore, MemoryStore, Namespace, SqliteStore, Store, StoreError,
+};
 
 use relay::Relay;
 use seams::audit::{AUDIT_QUEUE, AuditSink};
@@ -90,6 +92,7 @@ pub struct Broker {
     relay: Arc<Relay>,
     #[cfg(feature = "identity")]
     identity: Arc<identity::Identity>,
+    store: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -177,11 +180,14 @@ impl<'a> BrokerBuilder<'a> {
         let limiter = Arc::new(limiter::AuthLimiter::new(
             config.limits.auth_failures_per_minute,
         ));
-        let audit = AuditSink::new(Arc::clone(&store), AUDIT_QUEUE);
+        let audit = AuditSink::new(
+            Arc::clone(&store) as Arc<dyn store::AuditStore>,
+            AUDIT_QUEUE,
+        );
         let parts = relay::Parts {
             limits: config.limits.clone(),
             public_url: config.public_url.clone(),
-            store: Arc::clone(&store),
+            store: Arc::clone(&store) as Arc<dyn store::Namespace>,
             node: self.node.unwrap_or_else(NodeId::random),
             directory: self
                 .directory
@@ -211,7 +217,7 @@ impl<'a> BrokerBuilder<'a> {
         let (relay, identity) = {
             let identity = identity::Identity::open(identity::Parts {
                 config,
-                store,
+                store: Arc::clone(&store),
                 limiter,
                 counters,
                 revocations: Arc::clone(&revocations),
@@ -238,6 +244,7 @@ impl<'a> BrokerBuilder<'a> {
             relay,
             #[cfg(feature = "identity")]
             identity,
+            store,
         })
     }
 }
@@ -284,7 +291,7 @@ impl Broker {
     /// The store (for administration and audit).
     #[must_use]
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.relay.store
+        &self.store
     }
 
     /// The axum router serving every path. Nest it with `nest_service` and set

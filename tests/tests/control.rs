@@ -252,7 +252,9 @@ async fn listener_connects_and_disconnects_are_audited_durably() {
     // Reopened from the file, as after a restart.
     let reopened = relay_broker::SqliteStore::open(&dir.join("relay.db"), &[], &[]).unwrap();
     assert_eq!(
-        relay_broker::Store::audit(&reopened, 0, 10).unwrap().len(),
+        relay_broker::AuditStore::audit(&reopened, 0, 10)
+            .unwrap()
+            .len(),
         2
     );
     let _ = std::fs::remove_dir_all(&dir);

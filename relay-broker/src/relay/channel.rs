@@ -165,7 +165,7 @@ pub(crate) fn start(
             if let Ok(upgraded) = upgraded {
                 tracing::info!("listener connected");
                 crate::metrics::count(&shared.counters.listener_connects);
-                audit(&shared, "listener.connect", &who, &tracking).await;
+                audit(&shared, "listener.connect", &who, &tracking);
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
                 let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at, cert);
                 channel.run(reader, writer, rx).await;
@@ -175,7 +175,7 @@ pub(crate) fn start(
             close_pool(&shared);
             tracing::info!("listener disconnected");
             if connected {
-                audit(&shared, "listener.disconnect", &who, &tracking).await;
+                audit(&shared, "listener.disconnect", &who, &tracking);
             }
         }
         .instrument(span),
@@ -183,27 +183,12 @@ pub(crate) fn start(
     Ok(pool)
 }
 
-/// Records a channel's audit event and waits for it, so one channel's connect is always
-/// written before its disconnect.
-async fn audit(shared: &Arc<Relay>, kind: &'static str, subject: &str, tracking: &TrackingId) {
-    let _ = audit_event(shared, kind, subject, &format!("TrackingId:{tracking}")).await;
-}
-
-/// Records an audit event off the runtime threads (a durable store syncs to disk); await the
-/// handle when order matters.
-pub(crate) fn audit_event(
-    shared: &Arc<Relay>,
-    kind: &str,
-    subject: &str,
-    detail: &str,
-) -> tokio::task::JoinHandle<()> {
-    let event = crate::store::AuditEvent::now(kind, subject, detail);
-    let store = Arc::clone(&shared.store);
-    shared.tasks.spawn_blocking(move || {
-        if let Err(e) = store.append_audit(&event) {
-            tracing::warn!(error = %e, "audit event lost");
-        }
-    })
+/// Records a channel's audit event. One writer appends them in order, so a channel's
+/// connect is always written before its disconnect.
+fn audit(shared: &Relay, kind: &'static str, subject: &str, tracking: &TrackingId) {
+    shared
+        .audit
+        .record(kind, subject, &format!("TrackingId:{tracking}"));
 }
 
 /// Sent from the reader to the writer.

@@ -62,7 +62,7 @@ use crate::seams::authority::Authority;
 use crate::seams::directory::Directory;
 use crate::seams::interconnect::Interconnect;
 use crate::seams::node::NodeId;
-use crate::store::Store;
+use crate::store::Namespace;
 
 /// Everything the data plane shares between its tasks.
 pub(crate) struct Relay {
@@ -70,8 +70,8 @@ pub(crate) struct Relay {
     pub(crate) public_url: Option<String>,
     /// Path of `public_url` (e.g. `/relay` when nested there); token audiences may include it.
     pub(crate) mount: String,
-    /// Hybrid connections and rules (the data plane only reads them).
-    pub(crate) store: Arc<dyn Store>,
+    /// Hybrid connections and rules: the data plane's only part of the store.
+    pub(crate) store: Arc<dyn Namespace>,
     /// This node.
     pub(crate) node: NodeId,
     /// Which listeners serve which hybrid connection, on every node.
@@ -106,7 +106,7 @@ pub(crate) struct Relay {
 pub(crate) struct Parts {
     pub(crate) limits: Limits,
     pub(crate) public_url: Option<String>,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Namespace>,
     pub(crate) node: NodeId,
     pub(crate) directory: Arc<dyn Directory>,
     pub(crate) interconnect: Arc<dyn Interconnect>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use crate::store::{AuditEvent, Store};
+use crate::store::{AuditEvent, AuditStore};
 
 /// Events queued for the writer before new ones are dropped.
 pub const AUDIT_QUEUE: usize = 4096;
@@ -43,7 +43,7 @@ impl AuditSink {
     /// # Panics
     /// When the operating system refuses a new thread.
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, capacity: usize) -> Self {
+    pub fn new(store: Arc<dyn AuditStore>, capacity: usize) -> Self {
         let (tx, rx) = sync_channel(capacity.max(1));
         std::thread::Builder::new()
             .name("relay-audit".into())
@@ -99,7 +99,7 @@ impl AuditSink {
     }
 }
 
-fn write_all(store: &dyn Store, rx: &Receiver<Entry>) {
+fn write_all(store: &dyn AuditStore, rx: &Receiver<Entry>) {
     while let Ok(entry) = rx.recv() {
         match entry {
             Entry::Event(event) => {
@@ -121,8 +121,8 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_written_in_order_and_a_full_queue_drops_and_counts() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&[], &[]));
-        let sink = AuditSink::new(Arc::clone(&store), 8);
+        let store = Arc::new(MemoryStore::new(&[], &[]));
+        let sink = AuditSink::new(Arc::clone(&store) as Arc<dyn AuditStore>, 8);
         for i in 0..5 {
             sink.record("listener.connect", &format!("hc{i}"), "");
         }

@@ -6,8 +6,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use relay_core::sas::SharedAccessKey;
 
 use super::{
-    AuditEvent, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot,
-    SnapshotCell, Store, StoreError,
+    AuditEvent, AuditStore, CertificateRecord, EnrollmentToken, Grant, IdentityStore,
+    ListenerRecord, Namespace, NamespaceChange, Person, Snapshot, SnapshotCell, StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -67,7 +67,7 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+impl Namespace for MemoryStore {
     fn hybrid_connection(&self, name: &str) -> Option<HybridConnection> {
         self.snapshot.get(name)
     }
@@ -83,15 +83,30 @@ impl Store for MemoryStore {
     fn create_hybrid_connection(&self, hc: HybridConnection) -> Result<(), StoreError> {
         let mut snapshot = self.snapshot.write();
         snapshot.check_create(&hc)?;
-        snapshot.hcs.insert(hc.name.to_ascii_lowercase(), hc);
+        snapshot
+            .hcs
+            .insert(hc.name.to_ascii_lowercase(), hc.clone());
+        drop(snapshot);
+        self.snapshot.changed(NamespaceChange::Created(hc));
         Ok(())
     }
 
     fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError> {
         self.snapshot.check_remove(name)?;
-        Ok(self.snapshot.remove(name))
+        let removed = self.snapshot.remove(name);
+        if removed {
+            self.snapshot
+                .changed(NamespaceChange::Removed(name.to_owned()));
+        }
+        Ok(removed)
     }
 
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<NamespaceChange> {
+        self.snapshot.changes()
+    }
+}
+
+impl AuditStore for MemoryStore {
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut audit = self.audit.write().unwrap_or_else(PoisonError::into_inner);
         if audit.len() == AUDIT_CAPACITY {
@@ -110,7 +125,9 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
+impl IdentityStore for MemoryStore {
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
         let mut persons = self.persons.write().unwrap_or_else(PoisonError::into_inner);
         let key = name.to_ascii_lowercase();

@@ -10,7 +10,8 @@
 //! | [`MemoryStore`] | in memory: the embedded default and tests |
 //! | [`SqliteStore`] | an embedded SQLite file with versioned migrations (`[store].path`) |
 //!
-//! Both pass the same conformance battery (`store/battery.rs`).
+//! Both pass the same conformance battery ([`conformance`], public under the `test-util`
+//! feature for other backends), one test per concern (`store/battery.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -161,8 +162,10 @@ impl ListenerRecord {
     }
 }
 
-/// Namespace entities, rules and audit.
-pub trait Store: Send + Sync + 'static {
+/// What the data plane reads on every request: hybrid connections and rules, served from
+/// memory, with a feed of changes so that other nodes (and caches) follow a change made on
+/// one.
+pub trait Namespace: Send + Sync + 'static {
     /// The hybrid connection with this name (case-insensitive), if it exists.
     fn hybrid_connection(&self, name: &str) -> Option<HybridConnection>;
     /// Every hybrid connection, sorted by name.
@@ -173,10 +176,21 @@ pub trait Store: Send + Sync + 'static {
     fn create_hybrid_connection(&self, hc: HybridConnection) -> Result<(), StoreError>;
     /// Removes a run-time hybrid connection; `Ok(false)` when it did not exist.
     fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every change to the hybrid connections from now on. A receiver that falls more than
+    /// [`CHANGE_FEED`] changes behind gets `Lagged` and should read the whole list again.
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<NamespaceChange>;
+}
+
+/// The append-only audit trail.
+pub trait AuditStore: Send + Sync + 'static {
     /// Appends an audit event; durable when this returns.
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Audit events at or after `since_ms`, oldest first, at most `limit`.
     fn audit(&self, since_ms: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// The identity plane's records: persons, grants, tokens, listeners and certificates.
+pub trait IdentityStore: Send + Sync + 'static {
     /// Adds a person with a password hash (PHC string; never a password).
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
     /// A person and their password hash.
@@ -220,13 +234,45 @@ pub trait Store: Send + Sync + 'static {
     fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError>;
 }
 
+/// A whole store: what a broker opens, and what each plane takes its part of.
+pub trait Store: Namespace + IdentityStore + AuditStore {}
+
+impl<T: Namespace + IdentityStore + AuditStore> Store for T {}
+
+/// Changes to the namespace's hybrid connections (the change feed's items).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceChange {
+    /// A hybrid connection was created at run time.
+    Created(HybridConnection),
+    /// A run-time hybrid connection was removed.
+    Removed(String),
+}
+
+/// Changes buffered per receiver of the change feed.
+pub const CHANGE_FEED: usize = 256;
+
 /// The snapshot behind a lock, with the read and bookkeeping both stores share.
 #[derive(Debug)]
-struct SnapshotCell(std::sync::RwLock<Snapshot>);
+struct SnapshotCell(
+    std::sync::RwLock<Snapshot>,
+    tokio::sync::broadcast::Sender<NamespaceChange>,
+);
 
 impl SnapshotCell {
     fn new(snapshot: Snapshot) -> Self {
-        Self(std::sync::RwLock::new(snapshot))
+        Self(
+            std::sync::RwLock::new(snapshot),
+            tokio::sync::broadcast::channel(CHANGE_FEED).0,
+        )
+    }
+
+    /// Tells the feed's receivers; none listening is fine.
+    fn changed(&self, change: NamespaceChange) {
+        let _ = self.1.send(change);
+    }
+
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<NamespaceChange> {
+        self.1.subscribe()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
@@ -320,3 +366,5 @@ impl Snapshot {
 
 #[cfg(test)]
 mod battery;
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;

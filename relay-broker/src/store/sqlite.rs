@@ -12,8 +12,8 @@ use relay_core::sas::SharedAccessKey;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
-    AuditEvent, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, Person, Snapshot,
-    SnapshotCell, Store, StoreError,
+    AuditEvent, AuditStore, CertificateRecord, EnrollmentToken, Grant, IdentityStore,
+    ListenerRecord, Namespace, NamespaceChange, Person, Snapshot, SnapshotCell, StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -189,7 +189,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl Store for SqliteStore {
+impl Namespace for SqliteStore {
     fn hybrid_connection(&self, name: &str) -> Option<HybridConnection> {
         self.snapshot.get(name)
     }
@@ -214,7 +214,8 @@ impl Store for SqliteStore {
         if inserted == 0 {
             return Err(StoreError::Conflict(hc.name));
         }
-        self.snapshot.insert(hc);
+        self.snapshot.insert(hc.clone());
+        self.snapshot.changed(NamespaceChange::Created(hc));
         Ok(())
     }
 
@@ -226,9 +227,19 @@ impl Store for SqliteStore {
             params![name],
         )? > 0;
         self.snapshot.remove(name);
+        if removed {
+            self.snapshot
+                .changed(NamespaceChange::Removed(name.to_owned()));
+        }
         Ok(removed)
     }
 
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<NamespaceChange> {
+        self.snapshot.changes()
+    }
+}
+
+impl AuditStore for SqliteStore {
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO audit_events (at_ms, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -252,7 +263,9 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
 
+impl IdentityStore for SqliteStore {
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
         let inserted = self.conn().execute(
             "INSERT INTO persons (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
