@@ -236,6 +236,25 @@ async fn send_response(
 }
 
 /// The head of a 502 for a response that failed before anything was sent.
+/// Answers a request at once with 503 (the listener's bound is reached), inline.
+pub(crate) async fn refuse(ctx: &Ctx, id: &str, why: &str) {
+    let head = control::Response {
+        request_id: id.to_owned(),
+        status_code: 503,
+        status_description: Some("Service Unavailable".into()),
+        response_headers: Headers(vec![
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("retry-after".into(), "1".into()),
+        ]),
+        body: true,
+    };
+    let json = ListenerCommand::Response(head).encode();
+    let _ = ctx
+        .out
+        .send(Out::TextWithBody(json, Bytes::from(why.to_owned())))
+        .await;
+}
+
 fn failed_head(id: &str) -> control::Response {
     control::Response {
         request_id: id.to_owned(),

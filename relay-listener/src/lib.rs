@@ -24,6 +24,7 @@
 //! | [`register`] | registration with an enrollment token, and recovery of an interrupted one |
 //! | `pop` | proof-of-possession login, for brokers behind a proxy that ends TLS |
 //! | `error` | [`ListenerError`] |
+//! | `work` | the bound on connections and requests in flight, and their tasks |
 
 pub mod agent;
 pub mod backoff;
@@ -42,6 +43,9 @@ mod channel;
 mod error;
 mod http;
 mod pop;
+mod work;
+
+pub use work::DEFAULT_MAX_IN_FLIGHT;
 
 pub use error::ListenerError;
 pub use handler::{Handler, IncomingConnection, RelayBody, RelayStream, ServiceHandler, full_body};

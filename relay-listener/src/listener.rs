@@ -20,6 +20,7 @@ use crate::channel::{Out, incoming};
 use crate::handler::{Answer, Handler};
 use crate::identity::CertificateIdentity;
 use crate::token::{TokenSource, unix_now};
+use crate::work::Work;
 use crate::{ListenerError, http, standby};
 
 /// How a listener proves itself on its control channel.
@@ -66,6 +67,9 @@ pub struct ListenerConfig {
     /// Standby sockets to keep open in advance when the broker offers them (our broker's
     /// extension; others ignore it), so a sender is paired without dialling back; 0 = none.
     pub standby: usize,
+    /// Connections and requests this listener runs at once; past it senders get 503 at
+    /// once (the agent's own `max_connections` is usually the lower bound).
+    pub max_in_flight: usize,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -95,6 +99,7 @@ impl ListenerConfig {
             proxy: None,
             instance: None,
             standby: crate::standby::DEFAULT_STANDBY,
+            max_in_flight: crate::work::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -163,6 +168,8 @@ pub enum Status {
 pub struct Listener {
     config: ListenerConfig,
     status: watch::Sender<Status>,
+    /// What it runs for senders, bounded.
+    work: Work,
 }
 
 type Reader = WsReader<ReadHalf<MaybeTls>>;
@@ -177,7 +184,12 @@ impl Listener {
             last_error: None,
             next_retry: None,
         });
-        Self { config, status }
+        let work = Work::new(config.max_in_flight);
+        Self {
+            config,
+            status,
+            work,
+        }
     }
 
     /// Follows the listener's status.
@@ -338,6 +350,19 @@ impl Listener {
         }
     }
 
+    fn busy_text(&self) -> String {
+        format!(
+            "The listener is at its bound of {} connections and requests in flight",
+            self.work.max()
+        )
+    }
+
+    /// Connections and requests running for senders now.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.work.in_flight()
+    }
+
     fn standbys<H: Handler>(&self, handler: &Arc<H>) -> standby::Standbys<H> {
         let config = &self.config;
         standby::Standbys {
@@ -349,6 +374,7 @@ impl Listener {
             options: config.connect_options(),
             handler: Arc::clone(handler),
             hc: config.hc.clone(),
+            work: self.work.clone(),
         }
     }
 
@@ -449,8 +475,20 @@ impl Listener {
                         options: self.config.connect_options(),
                     };
                     let conn = incoming(accept, &self.config.hc, answer);
-                    let handler = Arc::clone(handler);
-                    tokio::spawn(async move { handler.on_connection(conn).await });
+                    match self.work.admit() {
+                        Some(permit) => {
+                            let handler = Arc::clone(handler);
+                            self.work.spawn(permit, async move {
+                                handler.on_connection(conn).await;
+                            });
+                        }
+                        None => {
+                            let busy = self.busy_text();
+                            self.work.refuse(async move {
+                                let _ = conn.reject(503, &busy).await;
+                            });
+                        }
+                    }
                 }
                 Ok(ListenerCommand::Request(request)) => {
                     let body = if request.body == Some(true) && !request.is_address_only() {
@@ -465,12 +503,13 @@ impl Listener {
                     } else {
                         None
                     };
-                    tokio::spawn(http::serve(
-                        Arc::clone(handler),
-                        Arc::clone(ctx),
-                        request,
-                        body,
-                    ));
+                    match self.work.admit() {
+                        Some(permit) => self.work.spawn(
+                            permit,
+                            http::serve(Arc::clone(handler), Arc::clone(ctx), request, body),
+                        ),
+                        None => http::refuse(ctx, &request.id, &self.busy_text()).await,
+                    }
                 }
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected command"),
                 Err(e) => tracing::debug!(error = %e, "ignoring malformed control message"),

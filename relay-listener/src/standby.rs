@@ -68,6 +68,8 @@ pub(crate) struct Standbys<H> {
     pub(crate) handler: Arc<H>,
     /// The hybrid connection, to read an `accept`'s path against.
     pub(crate) hc: String,
+    /// The listener's bounded work, which a sender on a standby counts against too.
+    pub(crate) work: crate::work::Work,
 }
 
 impl<H: Handler> Standbys<H> {
@@ -147,8 +149,22 @@ impl<H: Handler> Standbys<H> {
         let (answered, wait) = tokio::sync::oneshot::channel();
         let answer = Answer::Standby(Box::new(parked), answered);
         let conn = crate::channel::incoming(accept, &self.hc, answer);
-        let handler = Arc::clone(&self.handler);
-        tokio::spawn(async move { handler.on_connection(conn).await });
+        match self.work.admit() {
+            Some(permit) => {
+                let handler = Arc::clone(&self.handler);
+                self.work
+                    .spawn(permit, async move { handler.on_connection(conn).await });
+            }
+            None => {
+                let busy = format!(
+                    "The listener is at its bound of {} connections and requests in flight",
+                    self.work.max()
+                );
+                self.work.refuse(async move {
+                    let _ = conn.reject(503, &busy).await;
+                });
+            }
+        }
         // Opening the replacement now would compete with this sender's answer; bursts are
         // what the other standbys are for. Bounded: a handler that never answers is cut
         // off by the broker, and the replacement opens anyway.

@@ -140,6 +140,10 @@ impl Agent {
             listener.proxy = proxy.clone();
             listener.instance = Some(instance_name(&label, endpoint));
             listener.standby = endpoint.standby;
+            // The endpoint's gate refuses past max_connections with its own count; the
+            // library's bound only backs it up, so it is never the lower one.
+            listener.max_in_flight =
+                (endpoint.max_connections as usize).max(crate::DEFAULT_MAX_IN_FLIGHT);
             let gate = Gate::new(endpoint.max_connections);
             let forwarder = forwarder(endpoint, &plain_tls)?;
             running.push(Running {
