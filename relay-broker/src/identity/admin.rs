@@ -30,7 +30,7 @@ use super::policy::Right;
 use super::policy::{checked_hcs, may_register};
 use super::principal::{PERSON_TOKEN_PREFIX, Principal, caller, forbidden, require_manage};
 use super::secrets::hash_password;
-use crate::store::{AuditEvent, Grant, ListenerRecord, Person, StoreError};
+use crate::store::{AuditEvent, Grant, IdentityWrite, ListenerRecord, Person, StoreError};
 
 /// Path prefix of the administration API.
 pub const PREFIX: &str = "/$admin/v1";
@@ -151,13 +151,16 @@ async fn revoke_listener(
         return Err(forbidden(&caller, Right::ListenerManage));
     }
     let revoked = blocking(move || {
-        if store.revoke_listener(&id, crate::store::now_ms())? {
-            store.append_audit(&AuditEvent::now(
-                "listener.revoke",
-                &id,
-                &format!("by {actor}; serial {}", listener.serial),
-            ))?;
-        }
+        let event = AuditEvent::now(
+            "listener.revoke",
+            &id,
+            &format!("by {actor}; serial {}", listener.serial),
+        );
+        let revoke = IdentityWrite::RevokeListener {
+            id: &id,
+            at_ms: crate::store::now_ms(),
+        };
+        store.write_audited(revoke, &[event])?;
         store.listener(&id)
     })
     .await?
@@ -185,8 +188,12 @@ async fn mint_person_token(
             return Ok(None);
         };
         let token = format!("{PERSON_TOKEN_PREFIX}{}", super::secrets::new_secret());
-        store.add_person_token(&super::secrets::sha256_hex(&token), &person.name)?;
-        store.append_audit(&AuditEvent::now("person.token", &person.name, ""))?;
+        let hash = super::secrets::sha256_hex(&token);
+        let write = IdentityWrite::AddPersonToken {
+            hash: &hash,
+            person: &person.name,
+        };
+        store.write_audited(write, &[AuditEvent::now("person.token", &person.name, "")])?;
         Ok(Some(token))
     })
     .await?
@@ -240,18 +247,15 @@ async fn mint_enrollment_token(
         }
         let token = super::secrets::new_secret();
         let expires_at_ms = crate::store::now_ms() + ttl * 1000;
-        store.add_enrollment_token(&crate::store::EnrollmentToken {
+        let record = crate::store::EnrollmentToken {
             hash: super::secrets::sha256_hex(&token),
             person: person.name.clone(),
             hybrid_connections: hcs.clone(),
             name: body.name,
             expires_at_ms,
-        })?;
-        store.append_audit(&AuditEvent::now(
-            "enrollment.mint",
-            &person.name,
-            &hcs.join(","),
-        ))?;
+        };
+        let event = AuditEvent::now("enrollment.mint", &person.name, &hcs.join(","));
+        store.write_audited(IdentityWrite::AddEnrollmentToken(&record), &[event])?;
         Ok(Ok(MintedToken {
             token,
             expires_at_ms,
@@ -304,8 +308,11 @@ async fn add_person(
     let store = Arc::clone(&state.store);
     let person = blocking(move || {
         let hash = hash_password(&body.password)?;
-        store.add_person(&name, &hash)?;
-        store.append_audit(&AuditEvent::now("person.add", &name, ""))?;
+        let write = IdentityWrite::AddPerson {
+            name: &name,
+            password_hash: &hash,
+        };
+        store.write_audited(write, &[AuditEvent::now("person.add", &name, "")])?;
         Ok(Person {
             name,
             disabled: false,
@@ -334,17 +341,24 @@ async fn disable_person(
     let store = Arc::clone(&state.store);
     let shared2 = Arc::clone(&state);
     let found = blocking(move || {
-        if !store.set_person_disabled(&name, true)? {
+        let theirs = super::listeners::registered_by(&*store, &name)?;
+        let event = AuditEvent::now(
+            "person.disable",
+            &name,
+            &format!("closed the sessions of {} listeners", theirs.len()),
+        );
+        let disable = IdentityWrite::SetPersonDisabled {
+            name: &name,
+            disabled: true,
+        };
+        if !store.write_audited(disable, &[event])? {
             return Ok(None);
         }
         // Everything the person registered stops now: their listeners fail the person
-        // check from here on, and what they have open is closed.
-        let closed = super::listeners::close_person(&*store, &*shared2.revocations, &name)?;
-        store.append_audit(&AuditEvent::now(
-            "person.disable",
-            &name,
-            &format!("closed the sessions of {closed} listeners"),
-        ))?;
+        // check from here on (the store says so first), and what they have open is closed.
+        for listener in &theirs {
+            shared2.revocations.publish(listener);
+        }
         Ok(store.person(&name)?.map(|(p, _)| p))
     })
     .await?;
@@ -409,21 +423,21 @@ async fn change_grant(
     let grant = checked_grant(body)?;
     let store = Arc::clone(&state.store);
     let person = blocking(move || {
-        let changed = if add {
-            store.grant(&name, &grant)?
+        let kind = if add { "person.grant" } else { "person.revoke" };
+        let event = AuditEvent::now(kind, &name, &format!("{} {}", grant.right, grant.pattern));
+        let write = if add {
+            IdentityWrite::Grant {
+                name: &name,
+                grant: &grant,
+            }
         } else {
-            store.revoke_grant(&name, &grant)?
+            IdentityWrite::RevokeGrant {
+                name: &name,
+                grant: &grant,
+            }
         };
-        let person = store.person(&name)?.map(|(p, _)| p);
-        if changed {
-            let kind = if add { "person.grant" } else { "person.revoke" };
-            store.append_audit(&AuditEvent::now(
-                kind,
-                &name,
-                &format!("{} {}", grant.right, grant.pattern),
-            ))?;
-        }
-        Ok(person)
+        store.write_audited(write, &[event])?;
+        Ok(store.person(&name)?.map(|(p, _)| p))
     })
     .await?;
     Ok(Json(

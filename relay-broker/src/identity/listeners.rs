@@ -14,7 +14,6 @@ use super::ca::CertificateAuthority;
 use super::error::IdentityError;
 use super::policy::{may_register, pattern_covers};
 use crate::seams::authority::{Authority, PeerCertificate, Refusal};
-use crate::seams::revocation::RevocationBus;
 use crate::store::{ListenerRecord, Store};
 
 /// Checks that the listener named by `cert` may listen on `hc` now.
@@ -96,21 +95,17 @@ fn person_may_register(
     may_register(&person, hcs)
 }
 
-/// Closes the sessions of every listener `person` registered; returns how many.
-pub(crate) fn close_person(
+/// The ids of every listener `person` registered (what disabling them closes).
+pub(crate) fn registered_by(
     store: &dyn Store,
-    revocations: &dyn RevocationBus,
     person: &str,
-) -> Result<usize, crate::store::StoreError> {
-    let listeners = store.listeners()?;
-    let mine: Vec<_> = listeners
-        .iter()
+) -> Result<Vec<String>, crate::store::StoreError> {
+    Ok(store
+        .listeners()?
+        .into_iter()
         .filter(|l| l.person.eq_ignore_ascii_case(person))
-        .collect();
-    for listener in &mine {
-        revocations.publish(&listener.id);
-    }
-    Ok(mine.len())
+        .map(|l| l.id)
+        .collect())
 }
 
 /// Identity's answers to the data plane, from the CA and the store.

@@ -27,7 +27,7 @@ use super::secrets::sha256_hex;
 use crate::limiter::AuthLimiter;
 use crate::metrics::count;
 use crate::seams::Transport;
-use crate::store::{AuditEvent, CertificateRecord, ListenerRecord};
+use crate::store::{AuditEvent, CertificateRecord, IdentityWrite, ListenerRecord};
 
 /// Path of the registration call.
 pub(crate) const PATH: &str = "/$register/v1/listeners";
@@ -187,15 +187,16 @@ fn register_blocking(
         not_after_ms,
         revoked_at_ms: None,
     };
-    store.add_listener(&record).map_err(key_conflict)?;
     let detail = format!("listener {listener_id} for {}", hcs.join(","));
-    store.append_audit(&AuditEvent::now("listener.register", &person.name, &detail))?;
     let issue_detail = format!("serial {} key {}", issued.serial, issued.key_fingerprint);
-    store.append_audit(&AuditEvent::now(
-        "certificate.issue",
-        &listener_id,
-        &issue_detail,
-    ))?;
+    let events = [
+        AuditEvent::now("listener.register", &person.name, &detail),
+        AuditEvent::now("certificate.issue", &listener_id, &issue_detail),
+    ];
+    // The listener, its certificate and their audit events commit together.
+    store
+        .write_audited(IdentityWrite::AddListener(&record), &events)
+        .map_err(key_conflict)?;
     Ok(Registered {
         listener_id,
         certificate: issued.pem,
@@ -286,16 +287,19 @@ fn renew_blocking(
         key_fingerprint: issued.key_fingerprint.clone(),
         not_after_ms: ms(issued.not_after),
     };
-    if !store.renew_listener(&renewed).map_err(key_conflict)? {
-        return Err(IdentityError::Forbidden(
-            "the listener no longer exists".into(),
-        ));
-    }
     let detail = format!(
         "serial {} key {} replaces serial {}",
         issued.serial, issued.key_fingerprint, cert.serial
     );
-    store.append_audit(&AuditEvent::now("certificate.renew", &record.id, &detail))?;
+    let event = AuditEvent::now("certificate.renew", &record.id, &detail);
+    if !store
+        .write_audited(IdentityWrite::RenewListener(&renewed), &[event])
+        .map_err(key_conflict)?
+    {
+        return Err(IdentityError::Forbidden(
+            "the listener no longer exists".into(),
+        ));
+    }
     Ok(Registered {
         listener_id: record.id,
         certificate: issued.pem,

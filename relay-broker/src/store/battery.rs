@@ -42,11 +42,12 @@ conformance!(
     enrollment_tokens,
     listeners_and_certificates,
     person_tokens,
+    audited_writes,
 );
 
 #[test]
 fn the_concern_list_names_every_test() {
-    assert_eq!(conformance::CONCERNS.len(), 7);
+    assert_eq!(conformance::CONCERNS.len(), 8);
 }
 
 fn temp_db(name: &str) -> PathBuf {

@@ -7,8 +7,8 @@
 use relay_core::sas::{Rights, SharedAccessKey};
 
 use super::{
-    AuditEvent, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, NamespaceChange, Store,
-    StoreError,
+    AuditEvent, CertificateRecord, EnrollmentToken, Grant, IdentityWrite, ListenerRecord,
+    NamespaceChange, Store, StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -37,7 +37,7 @@ pub fn config_rules() -> Vec<SharedAccessKey> {
 pub type Concern = fn(&dyn Store);
 
 /// Every concern, by name, each to run on a fresh store.
-pub const CONCERNS: [(&str, Concern); 7] = [
+pub const CONCERNS: [(&str, Concern); 8] = [
     ("hybrid_connections", hybrid_connections),
     ("change_feed", change_feed),
     ("audit_trail", audit_trail),
@@ -45,6 +45,7 @@ pub const CONCERNS: [(&str, Concern); 7] = [
     ("enrollment_tokens", enrollment_tokens),
     ("listeners_and_certificates", listeners_and_certificates),
     ("person_tokens", person_tokens),
+    ("audited_writes", audited_writes),
 ];
 
 fn hc(name: &str) -> HybridConnection {
@@ -288,4 +289,95 @@ pub fn person_tokens(store: &dyn Store) {
         Some("alice")
     );
     assert_eq!(store.person_for_token("bb").unwrap(), None);
+}
+
+/// An identity write and its audit events commit together: a refused write leaves no
+/// event, a write that changes nothing leaves none, and a refused listener leaves no row.
+pub fn audited_writes(store: &dyn Store) {
+    let event = |kind: &str| AuditEvent::now(kind, "bob", "");
+    let kinds = |store: &dyn Store| -> Vec<String> {
+        store
+            .audit(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    };
+    let add = IdentityWrite::AddPerson {
+        name: "bob",
+        password_hash: "$argon2id$h",
+    };
+    assert!(store.write_audited(add, &[event("person.add")]).unwrap());
+    assert!(matches!(
+        store.write_audited(add, &[event("person.add.again")]),
+        Err(StoreError::Conflict(_))
+    ));
+    let disable = IdentityWrite::SetPersonDisabled {
+        name: "nobody",
+        disabled: true,
+    };
+    assert!(
+        !store
+            .write_audited(disable, &[event("person.disable")])
+            .unwrap()
+    );
+    assert_eq!(
+        kinds(store),
+        ["person.add"],
+        "no event for a refusal or a no-op"
+    );
+
+    let record = ListenerRecord {
+        id: "l-9".into(),
+        name: "site".into(),
+        person: "bob".into(),
+        hybrid_connections: vec!["orders".into()],
+        key_fingerprint: "ab".repeat(32),
+        serial: "09".repeat(16),
+        not_after_ms: 99,
+        revoked_at_ms: None,
+    };
+    let events = [event("listener.register"), event("certificate.issue")];
+    assert!(
+        store
+            .write_audited(IdentityWrite::AddListener(&record), &events)
+            .unwrap()
+    );
+    let twin = ListenerRecord {
+        id: "l-10".into(),
+        serial: "10".repeat(16),
+        ..record.clone()
+    };
+    assert!(
+        store
+            .write_audited(IdentityWrite::AddListener(&twin), &[event("listener.twin")])
+            .is_err()
+    );
+    assert!(
+        store.listener("l-10").unwrap().is_none(),
+        "nothing half-written"
+    );
+    let revoke = IdentityWrite::RevokeListener {
+        id: "l-9",
+        at_ms: 5,
+    };
+    assert!(
+        store
+            .write_audited(revoke, &[event("listener.revoke")])
+            .unwrap()
+    );
+    assert!(
+        !store
+            .write_audited(revoke, &[event("listener.revoke")])
+            .unwrap()
+    );
+    assert_eq!(
+        kinds(store),
+        [
+            "person.add",
+            "listener.register",
+            "certificate.issue",
+            "listener.revoke"
+        ]
+    );
 }

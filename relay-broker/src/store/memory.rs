@@ -7,7 +7,8 @@ use relay_core::sas::SharedAccessKey;
 
 use super::{
     AuditEvent, AuditStore, CertificateRecord, EnrollmentToken, Grant, IdentityStore,
-    ListenerRecord, Namespace, NamespaceChange, Person, Snapshot, SnapshotCell, StoreError,
+    IdentityWrite, ListenerRecord, Namespace, NamespaceChange, Person, Snapshot, SnapshotCell,
+    StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -128,6 +129,41 @@ impl AuditStore for MemoryStore {
 }
 
 impl IdentityStore for MemoryStore {
+    fn write_audited(
+        &self,
+        write: IdentityWrite<'_>,
+        events: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        // Nothing here outlives the process, so "together" means: no event for a write
+        // that failed or changed nothing.
+        let changed = match write {
+            IdentityWrite::AddPerson {
+                name,
+                password_hash,
+            } => self.add_person(name, password_hash).map(|()| true)?,
+            IdentityWrite::SetPersonDisabled { name, disabled } => {
+                self.set_person_disabled(name, disabled)?
+            }
+            IdentityWrite::Grant { name, grant } => self.grant(name, grant)?,
+            IdentityWrite::RevokeGrant { name, grant } => self.revoke_grant(name, grant)?,
+            IdentityWrite::AddEnrollmentToken(token) => {
+                self.add_enrollment_token(token).map(|()| true)?
+            }
+            IdentityWrite::AddListener(listener) => self.add_listener(listener).map(|()| true)?,
+            IdentityWrite::RenewListener(cert) => self.renew_listener(cert)?,
+            IdentityWrite::RevokeListener { id, at_ms } => self.revoke_listener(id, at_ms)?,
+            IdentityWrite::AddPersonToken { hash, person } => {
+                self.add_person_token(hash, person).map(|()| true)?
+            }
+        };
+        if changed {
+            for event in events {
+                self.append_audit(event)?;
+            }
+        }
+        Ok(changed)
+    }
+
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
         let mut persons = self.persons.write().unwrap_or_else(PoisonError::into_inner);
         let key = name.to_ascii_lowercase();

@@ -189,8 +189,70 @@ pub trait AuditStore: Send + Sync + 'static {
     fn audit(&self, since_ms: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
+/// A change to the identity records, written together with its audit events by
+/// [`IdentityStore::write_audited`].
+#[derive(Clone, Copy, Debug)]
+pub enum IdentityWrite<'a> {
+    /// [`IdentityStore::add_person`].
+    AddPerson {
+        /// The person's name.
+        name: &'a str,
+        /// The PHC string of their password.
+        password_hash: &'a str,
+    },
+    /// [`IdentityStore::set_person_disabled`].
+    SetPersonDisabled {
+        /// The person's name.
+        name: &'a str,
+        /// Disabled or enabled.
+        disabled: bool,
+    },
+    /// [`IdentityStore::grant`].
+    Grant {
+        /// The person's name.
+        name: &'a str,
+        /// The grant.
+        grant: &'a Grant,
+    },
+    /// [`IdentityStore::revoke_grant`].
+    RevokeGrant {
+        /// The person's name.
+        name: &'a str,
+        /// The grant.
+        grant: &'a Grant,
+    },
+    /// [`IdentityStore::add_enrollment_token`].
+    AddEnrollmentToken(&'a EnrollmentToken),
+    /// [`IdentityStore::add_listener`].
+    AddListener(&'a ListenerRecord),
+    /// [`IdentityStore::renew_listener`].
+    RenewListener(&'a CertificateRecord),
+    /// [`IdentityStore::revoke_listener`].
+    RevokeListener {
+        /// The listener id.
+        id: &'a str,
+        /// When, ms since the Unix epoch.
+        at_ms: u64,
+    },
+    /// [`IdentityStore::add_person_token`].
+    AddPersonToken {
+        /// SHA-256 of the token, hex.
+        hash: &'a str,
+        /// Its person.
+        person: &'a str,
+    },
+}
+
 /// The identity plane's records: persons, grants, tokens, listeners and certificates.
 pub trait IdentityStore: Send + Sync + 'static {
+    /// Applies `write` and appends `events` in one transaction: the change and its audit
+    /// trail are durable together, or neither is. Events are appended only when the write
+    /// changed something; returns whether it did (`true` for the adding writes).
+    fn write_audited(
+        &self,
+        write: IdentityWrite<'_>,
+        events: &[AuditEvent],
+    ) -> Result<bool, StoreError>;
     /// Adds a person with a password hash (PHC string; never a password).
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
     /// A person and their password hash.

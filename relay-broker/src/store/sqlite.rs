@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
     AuditEvent, AuditStore, CertificateRecord, EnrollmentToken, Grant, IdentityStore,
-    ListenerRecord, Namespace, NamespaceChange, Person, Snapshot, SnapshotCell, StoreError,
+    IdentityWrite, ListenerRecord, Namespace, NamespaceChange, Person, Snapshot, SnapshotCell,
+    StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -241,11 +242,7 @@ impl Namespace for SqliteStore {
 
 impl AuditStore for SqliteStore {
     fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO audit_events (at_ms, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![event.at_ms as i64, event.kind, event.subject, event.detail],
-        )?;
-        Ok(())
+        append_audit_on(&self.conn(), event)
     }
 
     fn audit(&self, since_ms: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
@@ -266,15 +263,25 @@ impl AuditStore for SqliteStore {
 }
 
 impl IdentityStore for SqliteStore {
+    fn write_audited(
+        &self,
+        write: IdentityWrite<'_>,
+        events: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        atomically(&conn, |conn| {
+            let changed = apply(conn, &write)?;
+            if changed {
+                for event in events {
+                    append_audit_on(conn, event)?;
+                }
+            }
+            Ok(changed)
+        })
+    }
+
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
-        let inserted = self.conn().execute(
-            "INSERT INTO persons (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
-            params![name, password_hash, crate::store::now_ms() as i64],
-        )?;
-        if inserted == 0 {
-            return Err(StoreError::Conflict(name.into()));
-        }
-        Ok(())
+        add_person_on(&self.conn(), name, password_hash)
     }
 
     fn person(&self, name: &str) -> Result<Option<(Person, String)>, StoreError> {
@@ -324,45 +331,19 @@ impl IdentityStore for SqliteStore {
     }
 
     fn set_person_disabled(&self, name: &str, disabled: bool) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE persons SET disabled = ?2 WHERE name = ?1",
-            params![name, disabled],
-        )? > 0)
+        set_person_disabled_on(&self.conn(), name, disabled)
     }
 
     fn grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let exists = conn
-            .query_row(
-                "SELECT 1 FROM persons WHERE name = ?1",
-                params![name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !exists {
-            return Ok(false);
-        }
-        conn.execute(
-            "INSERT INTO person_rights (person, right_name, pattern) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            params![name, grant.right, grant.pattern],
-        )?;
-        Ok(true)
+        grant_on(&self.conn(), name, grant)
     }
 
     fn revoke_grant(&self, name: &str, grant: &Grant) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM person_rights WHERE person = ?1 AND right_name = ?2 AND pattern = ?3",
-            params![name, grant.right, grant.pattern],
-        )? > 0)
+        revoke_grant_on(&self.conn(), name, grant)
     }
 
     fn add_enrollment_token(&self, token: &EnrollmentToken) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO enrollment_tokens (hash, person, hybrid_connections, name, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![token.hash, token.person, token.hybrid_connections.join("\n"), token.name, token.expires_at_ms as i64],
-        )?;
-        Ok(())
+        add_enrollment_token_on(&self.conn(), token)
     }
 
     fn burn_enrollment_token(
@@ -390,27 +371,8 @@ impl IdentityStore for SqliteStore {
     }
 
     fn add_listener(&self, l: &ListenerRecord) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let now = crate::store::now_ms() as i64;
-        tx.execute(
-            "INSERT INTO listeners (id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                l.id,
-                l.name,
-                l.person,
-                l.hybrid_connections.join("\n"),
-                l.key_fingerprint,
-                l.serial,
-                l.not_after_ms as i64,
-                l.revoked_at_ms.map(|v| v as i64),
-                now
-            ],
-        )?;
-        insert_certificate(&tx, &l.certificate())?;
-        tx.commit()?;
-        Ok(())
+        let conn = self.conn();
+        atomically(&conn, |conn| add_listener_on(conn, l))
     }
 
     fn listeners(&self) -> Result<Vec<ListenerRecord>, StoreError> {
@@ -450,33 +412,16 @@ impl IdentityStore for SqliteStore {
     }
 
     fn renew_listener(&self, cert: &CertificateRecord) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let updated = tx.execute(
-            "UPDATE listeners SET serial = ?2, key_fingerprint = ?3, not_after_ms = ?4 WHERE id = ?1",
-            params![cert.listener_id, cert.serial, cert.key_fingerprint, cert.not_after_ms as i64],
-        )?;
-        if updated == 0 {
-            return Ok(false);
-        }
-        insert_certificate(&tx, cert)?;
-        tx.commit()?;
-        Ok(true)
+        let conn = self.conn();
+        atomically(&conn, |conn| renew_listener_on(conn, cert))
     }
 
     fn revoke_listener(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE listeners SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
-            params![id, at_ms as i64],
-        )? > 0)
+        revoke_listener_on(&self.conn(), id, at_ms)
     }
 
     fn add_person_token(&self, hash: &str, person: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO person_tokens (hash, person, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![hash, person, crate::store::now_ms() as i64],
-        )?;
-        Ok(())
+        add_person_token_on(&self.conn(), hash, person)
     }
 
     fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError> {
@@ -492,6 +437,165 @@ impl IdentityStore for SqliteStore {
 }
 
 const LISTENER_COLUMNS: &str = "SELECT id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms FROM listeners";
+
+fn add_person_on(conn: &Connection, name: &str, password_hash: &str) -> Result<(), StoreError> {
+    let inserted = conn.execute(
+        "INSERT INTO persons (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+        params![name, password_hash, crate::store::now_ms() as i64],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(name.into()));
+    }
+    Ok(())
+}
+
+fn set_person_disabled_on(
+    conn: &Connection,
+    name: &str,
+    disabled: bool,
+) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE persons SET disabled = ?2 WHERE name = ?1",
+        params![name, disabled],
+    )? > 0)
+}
+
+fn grant_on(conn: &Connection, name: &str, grant: &Grant) -> Result<bool, StoreError> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM persons WHERE name = ?1",
+            params![name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO person_rights (person, right_name, pattern) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        params![name, grant.right, grant.pattern],
+    )?;
+    Ok(true)
+}
+
+fn revoke_grant_on(conn: &Connection, name: &str, grant: &Grant) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM person_rights WHERE person = ?1 AND right_name = ?2 AND pattern = ?3",
+        params![name, grant.right, grant.pattern],
+    )? > 0)
+}
+
+fn add_enrollment_token_on(conn: &Connection, token: &EnrollmentToken) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO enrollment_tokens (hash, person, hybrid_connections, name, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![token.hash, token.person, token.hybrid_connections.join("\n"), token.name, token.expires_at_ms as i64],
+    )?;
+    Ok(())
+}
+
+fn add_listener_on(conn: &Connection, l: &ListenerRecord) -> Result<(), StoreError> {
+    let now = crate::store::now_ms() as i64;
+    conn.execute(
+        "INSERT INTO listeners (id, name, person, hybrid_connections, key_fingerprint, serial, not_after_ms, revoked_at_ms, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            l.id,
+            l.name,
+            l.person,
+            l.hybrid_connections.join("\n"),
+            l.key_fingerprint,
+            l.serial,
+            l.not_after_ms as i64,
+            l.revoked_at_ms.map(|v| v as i64),
+            now
+        ],
+    )?;
+    insert_certificate(conn, &l.certificate())?;
+    Ok(())
+}
+
+fn renew_listener_on(conn: &Connection, cert: &CertificateRecord) -> Result<bool, StoreError> {
+    let updated = conn.execute(
+        "UPDATE listeners SET serial = ?2, key_fingerprint = ?3, not_after_ms = ?4 WHERE id = ?1",
+        params![
+            cert.listener_id,
+            cert.serial,
+            cert.key_fingerprint,
+            cert.not_after_ms as i64
+        ],
+    )?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    insert_certificate(conn, cert)?;
+    Ok(true)
+}
+
+fn revoke_listener_on(conn: &Connection, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE listeners SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+        params![id, at_ms as i64],
+    )? > 0)
+}
+
+fn add_person_token_on(conn: &Connection, hash: &str, person: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO person_tokens (hash, person, created_at_ms) VALUES (?1, ?2, ?3)",
+        params![hash, person, crate::store::now_ms() as i64],
+    )?;
+    Ok(())
+}
+
+/// Runs `f` inside a savepoint: all of it or nothing, inside or outside a transaction.
+fn atomically<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT relay_write")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE relay_write")?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO relay_write; RELEASE relay_write");
+            Err(e)
+        }
+    }
+}
+
+fn append_audit_on(conn: &Connection, event: &AuditEvent) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit_events (at_ms, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![event.at_ms as i64, event.kind, event.subject, event.detail],
+    )?;
+    Ok(())
+}
+
+/// Applies one identity write; whether it changed something.
+fn apply(conn: &Connection, write: &IdentityWrite<'_>) -> Result<bool, StoreError> {
+    match *write {
+        IdentityWrite::AddPerson {
+            name,
+            password_hash,
+        } => add_person_on(conn, name, password_hash).map(|()| true),
+        IdentityWrite::SetPersonDisabled { name, disabled } => {
+            set_person_disabled_on(conn, name, disabled)
+        }
+        IdentityWrite::Grant { name, grant } => grant_on(conn, name, grant),
+        IdentityWrite::RevokeGrant { name, grant } => revoke_grant_on(conn, name, grant),
+        IdentityWrite::AddEnrollmentToken(token) => {
+            add_enrollment_token_on(conn, token).map(|()| true)
+        }
+        IdentityWrite::AddListener(listener) => add_listener_on(conn, listener).map(|()| true),
+        IdentityWrite::RenewListener(cert) => renew_listener_on(conn, cert),
+        IdentityWrite::RevokeListener { id, at_ms } => revoke_listener_on(conn, id, at_ms),
+        IdentityWrite::AddPersonToken { hash, person } => {
+            add_person_token_on(conn, hash, person).map(|()| true)
+        }
+    }
+}
 
 fn listener_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRecord> {
     Ok(ListenerRecord {
