@@ -346,7 +346,7 @@ pub fn audited_writes(store: &dyn Store) {
     let twin = ListenerRecord {
         id: "l-10".into(),
         serial: "10".repeat(16),
-        ..record.clone()
+        ..record
     };
     assert!(
         store
