@@ -16,12 +16,15 @@ pub(crate) fn router(relay: Arc<Relay>) -> axum::Router {
         .with_state(relay)
 }
 
-/// Ready while accepting work; 503 once shutdown began, so load balancers drain first.
-async fn readyz(State(shared): State<Arc<Relay>>) -> (StatusCode, &'static str) {
+/// Ready while accepting work; once shutdown began, the data plane's own 503
+/// (`ServiceUnavailable`, with `Retry-After`), so load balancers drain first.
+async fn readyz(State(shared): State<Arc<Relay>>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     if shared.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        let tracking = relay_core::tracking::TrackingId::new();
+        crate::RelayError::ShuttingDown.into_response(&tracking)
     } else {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready").into_response()
     }
 }
 

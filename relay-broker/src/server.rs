@@ -13,6 +13,7 @@ use tower::ServiceExt as _;
 use crate::Broker;
 use crate::seams::Transport;
 use crate::seams::authority::PeerCertificate;
+use crate::store::AuditKind;
 
 /// Time a client has to finish the TLS handshake, and then again to send its request head
 /// (slowloris bound).
@@ -147,7 +148,9 @@ fn handshake_failed(broker: &Broker, peer: std::net::SocketAddr, e: &std::io::Er
     }
     shared.limiter.record_failure(peer.ip(), credential);
     let detail = format!("TLS handshake from {}: {e}", peer.ip());
-    shared.audit.record("listener.rejected", "", &detail);
+    shared
+        .audit
+        .record(AuditKind::ListenerRejected, "", &detail);
 }
 
 /// The listener named by a verified client certificate, if the client presented one.

@@ -30,6 +30,7 @@ use super::policy::Right;
 use super::policy::{checked_hcs, may_register};
 use super::principal::{PERSON_TOKEN_PREFIX, Principal, caller, forbidden, require_manage};
 use super::secrets::hash_password;
+use crate::store::AuditKind;
 use crate::store::{AuditEvent, Grant, IdentityWrite, ListenerRecord, Person, StoreError};
 
 /// Path prefix of the administration API.
@@ -85,7 +86,7 @@ async fn put_hybrid_connection(
     blocking(move || {
         store.create_hybrid_connection(hc.clone())?;
         store.append_audit(&AuditEvent::now(
-            "hybrid_connection.create",
+            AuditKind::HybridConnectionCreate,
             &hc.name,
             "by admin",
         ))
@@ -105,7 +106,7 @@ async fn delete_hybrid_connection(
         let removed = store.remove_hybrid_connection(&name)?;
         if removed {
             store.append_audit(&AuditEvent::now(
-                "hybrid_connection.remove",
+                AuditKind::HybridConnectionRemove,
                 &name,
                 "by admin",
             ))?;
@@ -152,7 +153,7 @@ async fn revoke_listener(
     }
     let revoked = blocking(move || {
         let event = AuditEvent::now(
-            "listener.revoke",
+            AuditKind::ListenerRevoke,
             &id,
             &format!("by {actor}; serial {}", listener.serial),
         );
@@ -193,7 +194,10 @@ async fn mint_person_token(
             hash: &hash,
             person: &person.name,
         };
-        store.write_audited(write, &[AuditEvent::now("person.token", &person.name, "")])?;
+        store.write_audited(
+            write,
+            &[AuditEvent::now(AuditKind::PersonToken, &person.name, "")],
+        )?;
         Ok(Some(token))
     })
     .await?
@@ -254,7 +258,7 @@ async fn mint_enrollment_token(
             name: body.name,
             expires_at_ms,
         };
-        let event = AuditEvent::now("enrollment.mint", &person.name, &hcs.join(","));
+        let event = AuditEvent::now(AuditKind::EnrollmentMint, &person.name, &hcs.join(","));
         store.write_audited(IdentityWrite::AddEnrollmentToken(&record), &[event])?;
         Ok(Ok(MintedToken {
             token,
@@ -312,7 +316,7 @@ async fn add_person(
             name: &name,
             password_hash: &hash,
         };
-        store.write_audited(write, &[AuditEvent::now("person.add", &name, "")])?;
+        store.write_audited(write, &[AuditEvent::now(AuditKind::PersonAdd, &name, "")])?;
         Ok(Person {
             name,
             disabled: false,
@@ -343,7 +347,7 @@ async fn disable_person(
     let found = blocking(move || {
         let theirs = super::listeners::registered_by(&*store, &name)?;
         let event = AuditEvent::now(
-            "person.disable",
+            AuditKind::PersonDisable,
             &name,
             &format!("closed the sessions of {} listeners", theirs.len()),
         );
@@ -423,7 +427,11 @@ async fn change_grant(
     let grant = checked_grant(body)?;
     let store = Arc::clone(&state.store);
     let person = blocking(move || {
-        let kind = if add { "person.grant" } else { "person.revoke" };
+        let kind = if add {
+            AuditKind::PersonGrant
+        } else {
+            AuditKind::PersonRevoke
+        };
         let event = AuditEvent::now(kind, &name, &format!("{} {}", grant.right, grant.pattern));
         let write = if add {
             IdentityWrite::Grant {

@@ -33,6 +33,7 @@ use super::error::IdentityError;
 use crate::limiter::AuthLimiter;
 use crate::metrics::count;
 use crate::seams::Transport;
+use crate::store::AuditKind;
 
 /// Path of the nonce request.
 pub(crate) const CHALLENGE_PATH: &str = "/$register/v1/pop/challenge";
@@ -167,7 +168,9 @@ pub(crate) async fn session(
         Err(e) => {
             state.limiter.record_failure(ip, credential);
             count(&state.counters.auth_failures);
-            state.audit.record("pop.rejected", "", &e.to_string());
+            state
+                .audit
+                .record(AuditKind::PopRejected, "", &e.to_string());
             return Err(e);
         }
     };

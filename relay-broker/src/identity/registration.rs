@@ -27,6 +27,7 @@ use super::secrets::sha256_hex;
 use crate::limiter::AuthLimiter;
 use crate::metrics::count;
 use crate::seams::Transport;
+use crate::store::AuditKind;
 use crate::store::{AuditEvent, CertificateRecord, IdentityWrite, ListenerRecord};
 
 /// Path of the registration call.
@@ -105,7 +106,9 @@ pub(crate) async fn register(
             count(&state.counters.auth_failures);
         }
         let detail = e.to_string();
-        state.audit.record("registration.rejected", "", &detail);
+        state
+            .audit
+            .record(AuditKind::RegistrationRejected, "", &detail);
     }
     Ok(Json(outcome?))
 }
@@ -190,8 +193,8 @@ fn register_blocking(
     let detail = format!("listener {listener_id} for {}", hcs.join(","));
     let issue_detail = format!("serial {} key {}", issued.serial, issued.key_fingerprint);
     let events = [
-        AuditEvent::now("listener.register", &person.name, &detail),
-        AuditEvent::now("certificate.issue", &listener_id, &issue_detail),
+        AuditEvent::now(AuditKind::ListenerRegister, &person.name, &detail),
+        AuditEvent::now(AuditKind::CertificateIssue, &listener_id, &issue_detail),
     ];
     // The listener, its certificate and their audit events commit together.
     store
@@ -262,7 +265,7 @@ pub(crate) async fn renew(
         let detail = format!("serial {}: {e}", cert.serial);
         state
             .audit
-            .record("renewal.rejected", &cert.listener_id, &detail);
+            .record(AuditKind::RenewalRejected, &cert.listener_id, &detail);
     }
     Ok(Json(outcome?))
 }
@@ -291,7 +294,7 @@ fn renew_blocking(
         "serial {} key {} replaces serial {}",
         issued.serial, issued.key_fingerprint, cert.serial
     );
-    let event = AuditEvent::now("certificate.renew", &record.id, &detail);
+    let event = AuditEvent::now(AuditKind::CertificateRenew, &record.id, &detail);
     if !store
         .write_audited(IdentityWrite::RenewListener(&renewed), &[event])
         .map_err(key_conflict)?
@@ -365,9 +368,9 @@ async fn dynamic_hc(
         };
         if changed {
             let kind = if create {
-                "hybrid_connection.create"
+                AuditKind::HybridConnectionCreate
             } else {
-                "hybrid_connection.remove"
+                AuditKind::HybridConnectionRemove
             };
             store.append_audit(&AuditEvent::now(
                 kind,

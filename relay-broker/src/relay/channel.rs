@@ -33,6 +33,7 @@ use crate::relay::socket::relay_io_halves;
 use crate::seams::directory::{ListenerRef, Refused};
 use crate::seams::interconnect::Notice;
 use crate::seams::node::ListenerKey;
+use crate::store::AuditKind;
 use relay_core::keepalive::{ChannelTimers, Due, credential_left};
 
 /// Read buffer of a control channel: control messages are small, and idle channels many.
@@ -165,7 +166,7 @@ pub(crate) fn start(
             if let Ok(upgraded) = upgraded {
                 tracing::info!("listener connected");
                 crate::metrics::count(&shared.counters.listener_connects);
-                audit(&shared, "listener.connect", &who, &tracking);
+                audit(&shared, AuditKind::ListenerConnect, &who, &tracking);
                 let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
                 let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at, cert);
                 channel.run(reader, writer, rx).await;
@@ -175,7 +176,7 @@ pub(crate) fn start(
             close_pool(&shared);
             tracing::info!("listener disconnected");
             if connected {
-                audit(&shared, "listener.disconnect", &who, &tracking);
+                audit(&shared, AuditKind::ListenerDisconnect, &who, &tracking);
             }
         }
         .instrument(span),
@@ -185,7 +186,7 @@ pub(crate) fn start(
 
 /// Records a channel's audit event. One writer appends them in order, so a channel's
 /// connect is always written before its disconnect.
-fn audit(shared: &Relay, kind: &'static str, subject: &str, tracking: &TrackingId) {
+fn audit(shared: &Relay, kind: AuditKind, subject: &str, tracking: &TrackingId) {
     shared
         .audit
         .record(kind, subject, &format!("TrackingId:{tracking}"));

@@ -19,6 +19,7 @@ use super::{Relay, channel};
 use crate::RelayError;
 use crate::metrics::count;
 use crate::seams::authority::PeerCertificate;
+use crate::store::AuditKind;
 
 /// `sb-hc-action=listen`: a listener opens its control channel.
 pub(super) async fn listen(
@@ -120,7 +121,7 @@ async fn authorize_certificate(
             let detail = format!("{}: {refusal} TrackingId:{}", r.hc.name, r.tracking);
             shared
                 .audit
-                .record("listener.rejected", &cert.listener_id, &detail);
+                .record(AuditKind::ListenerRejected, &cert.listener_id, &detail);
             Err(refusal.into())
         }
     }

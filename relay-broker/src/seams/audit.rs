@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use crate::store::{AuditEvent, AuditStore};
+use crate::store::{AuditEvent, AuditKind, AuditStore};
 
 /// Events queued for the writer before new ones are dropped.
 pub const AUDIT_QUEUE: usize = 4096;
@@ -56,7 +56,7 @@ impl AuditSink {
     }
 
     /// Queues an event stamped now; never blocks.
-    pub fn record(&self, kind: &str, subject: &str, detail: &str) {
+    pub fn record(&self, kind: AuditKind, subject: &str, detail: &str) {
         let event = AuditEvent::now(kind, subject, detail);
         match self.tx.try_send(Entry::Event(event)) {
             Ok(()) => {}
@@ -66,7 +66,7 @@ impl AuditSink {
                 }
             }
             Err(TrySendError::Disconnected(_)) => {
-                tracing::warn!(kind, "audit writer gone: event lost");
+                tracing::warn!(kind = kind.as_str(), "audit writer gone: event lost");
             }
         }
     }
@@ -124,7 +124,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new(&[], &[]));
         let sink = AuditSink::new(Arc::clone(&store) as Arc<dyn AuditStore>, 8);
         for i in 0..5 {
-            sink.record("listener.connect", &format!("hc{i}"), "");
+            sink.record(AuditKind::ListenerConnect, &format!("hc{i}"), "");
         }
         sink.flush().await;
         let subjects: Vec<_> = store
@@ -142,7 +142,7 @@ mod tests {
             dropped: Arc::new(AtomicU64::new(0)),
         };
         for _ in 0..10 {
-            stalled.record("x", "", "");
+            stalled.record(AuditKind::PopRejected, "", "");
         }
         assert_eq!(stalled.dropped(), 9);
     }

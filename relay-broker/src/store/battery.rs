@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::AuditKind;
 use super::conformance::{self, config_hcs, config_rules};
 use super::*;
 
@@ -64,7 +65,11 @@ fn sqlite_keeps_everything_acknowledged_across_reopen() {
         store.create_hybrid_connection(hc("edge/a")).unwrap();
         store.create_hybrid_connection(hc("shadowed")).unwrap();
         store
-            .append_audit(&AuditEvent::now("listener.connect", "edge/a", "t-1"))
+            .append_audit(&AuditEvent::now(
+                AuditKind::ListenerConnect,
+                "edge/a",
+                "t-1",
+            ))
             .unwrap();
         // Dropped without any shutdown, as after a kill.
     }
@@ -92,7 +97,9 @@ fn sqlite_keeps_everything_acknowledged_across_reopen() {
 fn sqlite_audit_is_append_only_and_newer_schemas_are_refused() {
     let path = temp_db("append-only");
     let store = SqliteStore::open(&path, &[], &[]).unwrap();
-    store.append_audit(&AuditEvent::now("k", "s", "d")).unwrap();
+    store
+        .append_audit(&AuditEvent::now(AuditKind::PersonAdd, "s", "d"))
+        .unwrap();
     let conn = store.conn();
     assert!(conn.execute("DELETE FROM audit_events", []).is_err());
     assert!(

@@ -7,8 +7,8 @@
 use relay_core::sas::{Rights, SharedAccessKey};
 
 use super::{
-    AuditEvent, CertificateRecord, EnrollmentToken, Grant, IdentityWrite, ListenerRecord,
-    NamespaceChange, Store, StoreError,
+    AuditEvent, AuditKind, CertificateRecord, EnrollmentToken, Grant, IdentityWrite,
+    ListenerRecord, NamespaceChange, Store, StoreError,
 };
 use crate::config::HybridConnection;
 
@@ -294,7 +294,7 @@ pub fn person_tokens(store: &dyn Store) {
 /// An identity write and its audit events commit together: a refused write leaves no
 /// event, a write that changes nothing leaves none, and a refused listener leaves no row.
 pub fn audited_writes(store: &dyn Store) {
-    let event = |kind: &str| AuditEvent::now(kind, "bob", "");
+    let event = |kind: AuditKind| AuditEvent::now(kind, "bob", "");
     let kinds = |store: &dyn Store| -> Vec<String> {
         store
             .audit(0, 100)
@@ -307,9 +307,13 @@ pub fn audited_writes(store: &dyn Store) {
         name: "bob",
         password_hash: "$argon2id$h",
     };
-    assert!(store.write_audited(add, &[event("person.add")]).unwrap());
+    assert!(
+        store
+            .write_audited(add, &[event(AuditKind::PersonAdd)])
+            .unwrap()
+    );
     assert!(matches!(
-        store.write_audited(add, &[event("person.add.again")]),
+        store.write_audited(add, &[event(AuditKind::PersonAdd)]),
         Err(StoreError::Conflict(_))
     ));
     let disable = IdentityWrite::SetPersonDisabled {
@@ -318,7 +322,7 @@ pub fn audited_writes(store: &dyn Store) {
     };
     assert!(
         !store
-            .write_audited(disable, &[event("person.disable")])
+            .write_audited(disable, &[event(AuditKind::PersonDisable)])
             .unwrap()
     );
     assert_eq!(
@@ -337,7 +341,10 @@ pub fn audited_writes(store: &dyn Store) {
         not_after_ms: 99,
         revoked_at_ms: None,
     };
-    let events = [event("listener.register"), event("certificate.issue")];
+    let events = [
+        event(AuditKind::ListenerRegister),
+        event(AuditKind::CertificateIssue),
+    ];
     assert!(
         store
             .write_audited(IdentityWrite::AddListener(&record), &events)
@@ -350,7 +357,10 @@ pub fn audited_writes(store: &dyn Store) {
     };
     assert!(
         store
-            .write_audited(IdentityWrite::AddListener(&twin), &[event("listener.twin")])
+            .write_audited(
+                IdentityWrite::AddListener(&twin),
+                &[event(AuditKind::ListenerRegister)]
+            )
             .is_err()
     );
     assert!(
@@ -363,12 +373,12 @@ pub fn audited_writes(store: &dyn Store) {
     };
     assert!(
         store
-            .write_audited(revoke, &[event("listener.revoke")])
+            .write_audited(revoke, &[event(AuditKind::ListenerRevoke)])
             .unwrap()
     );
     assert!(
         !store
-            .write_audited(revoke, &[event("listener.revoke")])
+            .write_audited(revoke, &[event(AuditKind::ListenerRevoke)])
             .unwrap()
     );
     assert_eq!(

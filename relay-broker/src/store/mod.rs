@@ -45,6 +45,99 @@ pub enum StoreError {
     FromConfig(String),
 }
 
+/// What an audit event records: the closed list of kinds this broker writes. The store keeps
+/// the name (`kind` of [`AuditEvent`]), so a trail read back may also hold kinds written by
+/// another version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditKind {
+    /// `listener.connect`
+    ListenerConnect,
+    /// `listener.disconnect`
+    ListenerDisconnect,
+    /// `listener.rejected`
+    ListenerRejected,
+    /// `listener.register`
+    ListenerRegister,
+    /// `listener.revoke`
+    ListenerRevoke,
+    /// `certificate.issue`
+    CertificateIssue,
+    /// `certificate.renew`
+    CertificateRenew,
+    /// `registration.rejected`
+    RegistrationRejected,
+    /// `renewal.rejected`
+    RenewalRejected,
+    /// `pop.rejected`
+    PopRejected,
+    /// `person.add`
+    PersonAdd,
+    /// `person.disable`
+    PersonDisable,
+    /// `person.grant`
+    PersonGrant,
+    /// `person.revoke`
+    PersonRevoke,
+    /// `person.token`
+    PersonToken,
+    /// `enrollment.mint`
+    EnrollmentMint,
+    /// `hybrid_connection.create`
+    HybridConnectionCreate,
+    /// `hybrid_connection.remove`
+    HybridConnectionRemove,
+}
+
+impl AuditKind {
+    /// Every kind, for documentation and checks.
+    pub const ALL: [Self; 18] = [
+        Self::ListenerConnect,
+        Self::ListenerDisconnect,
+        Self::ListenerRejected,
+        Self::ListenerRegister,
+        Self::ListenerRevoke,
+        Self::CertificateIssue,
+        Self::CertificateRenew,
+        Self::RegistrationRejected,
+        Self::RenewalRejected,
+        Self::PopRejected,
+        Self::PersonAdd,
+        Self::PersonDisable,
+        Self::PersonGrant,
+        Self::PersonRevoke,
+        Self::PersonToken,
+        Self::EnrollmentMint,
+        Self::HybridConnectionCreate,
+        Self::HybridConnectionRemove,
+    ];
+
+    /// The kind's name in the trail.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ListenerConnect => "listener.connect",
+            Self::ListenerDisconnect => "listener.disconnect",
+            Self::ListenerRejected => "listener.rejected",
+            Self::ListenerRegister => "listener.register",
+            Self::ListenerRevoke => "listener.revoke",
+            Self::CertificateIssue => "certificate.issue",
+            Self::CertificateRenew => "certificate.renew",
+            Self::RegistrationRejected => "registration.rejected",
+            Self::RenewalRejected => "renewal.rejected",
+            Self::PopRejected => "pop.rejected",
+            Self::PersonAdd => "person.add",
+            Self::PersonDisable => "person.disable",
+            Self::PersonGrant => "person.grant",
+            Self::PersonRevoke => "person.revoke",
+            Self::PersonToken => "person.token",
+            Self::EnrollmentMint => "enrollment.mint",
+            Self::HybridConnectionCreate => "hybrid_connection.create",
+            Self::HybridConnectionRemove => "hybrid_connection.remove",
+        }
+    }
+}
+
 /// One append-only audit record. Never carries secrets, keys or whole CSRs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -61,10 +154,10 @@ pub struct AuditEvent {
 impl AuditEvent {
     /// An event stamped now.
     #[must_use]
-    pub fn now(kind: &str, subject: &str, detail: &str) -> Self {
+    pub fn now(kind: AuditKind, subject: &str, detail: &str) -> Self {
         Self {
             at_ms: now_ms(),
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             subject: subject.into(),
             detail: detail.into(),
         }
