@@ -84,12 +84,10 @@ async fn put_hybrid_connection(
     let store = Arc::clone(&state.store);
     let created = hc.clone();
     blocking(move || {
-        store.create_hybrid_connection(hc.clone())?;
-        store.append_audit(&AuditEvent::now(
-            AuditKind::HybridConnectionCreate,
-            &hc.name,
-            "by admin",
-        ))
+        let event = AuditEvent::now(AuditKind::HybridConnectionCreate, &hc.name, "by admin");
+        store
+            .write_audited(IdentityWrite::CreateHybridConnection(&hc), &[event])
+            .map(drop)
     })
     .await?;
     Ok(Json(created))
@@ -103,15 +101,8 @@ async fn delete_hybrid_connection(
     require_manage(&state, &headers)?;
     let store = Arc::clone(&state.store);
     let removed = blocking(move || {
-        let removed = store.remove_hybrid_connection(&name)?;
-        if removed {
-            store.append_audit(&AuditEvent::now(
-                AuditKind::HybridConnectionRemove,
-                &name,
-                "by admin",
-            ))?;
-        }
-        Ok(removed)
+        let event = AuditEvent::now(AuditKind::HybridConnectionRemove, &name, "by admin");
+        store.write_audited(IdentityWrite::RemoveHybridConnection(&name), &[event])
     })
     .await?;
     if !removed {

@@ -356,28 +356,19 @@ async fn dynamic_hc(
     let outcome = tokio::task::spawn_blocking(move || {
         let record =
             super::listeners::authorize_listen(&*store, &cert2, &name, crate::store::now_ms())?;
-        let changed = if create {
-            let hc = crate::config::HybridConnection {
-                name: name.clone(),
-                requires_client_authorization: true,
-            };
-            store.create_hybrid_connection(hc)?;
-            true
-        } else {
-            store.remove_hybrid_connection(&name)?
+        let by = format!("by listener {}", record.id);
+        let hc = crate::config::HybridConnection {
+            name: name.clone(),
+            requires_client_authorization: true,
         };
-        if changed {
-            let kind = if create {
-                AuditKind::HybridConnectionCreate
-            } else {
-                AuditKind::HybridConnectionRemove
-            };
-            store.append_audit(&AuditEvent::now(
-                kind,
-                &name,
-                &format!("by listener {}", record.id),
-            ))?;
-        }
+        let (write, kind) = if create {
+            let write = IdentityWrite::CreateHybridConnection(&hc);
+            (write, AuditKind::HybridConnectionCreate)
+        } else {
+            let write = IdentityWrite::RemoveHybridConnection(&name);
+            (write, AuditKind::HybridConnectionRemove)
+        };
+        let changed = store.write_audited(write, &[AuditEvent::now(kind, &name, &by)])?;
         Ok::<_, IdentityError>(DynamicHc {
             name,
             created: create && changed,

@@ -390,4 +390,35 @@ pub fn audited_writes(store: &dyn Store) {
             "listener.revoke"
         ]
     );
+
+    // A hybrid connection created by the identity plane: the row, its event and the feed.
+    let mut feed = store.changes();
+    let created = hc("audited/a");
+    let create = IdentityWrite::CreateHybridConnection(&created);
+    let made = event(AuditKind::HybridConnectionCreate);
+    assert!(store.write_audited(create, &[made]).unwrap());
+    assert!(store.hybrid_connection("AUDITED/a").is_some());
+    assert_eq!(feed.try_recv().unwrap(), NamespaceChange::Created(created));
+    let configured = hc("orders");
+    let refused = IdentityWrite::CreateHybridConnection(&configured);
+    assert!(matches!(
+        store.write_audited(refused, &[event(AuditKind::HybridConnectionCreate)]),
+        Err(StoreError::FromConfig(_))
+    ));
+    let remove = IdentityWrite::RemoveHybridConnection("audited/a");
+    assert!(
+        store
+            .write_audited(remove, &[event(AuditKind::HybridConnectionRemove)])
+            .unwrap()
+    );
+    assert!(
+        !store
+            .write_audited(remove, &[event(AuditKind::HybridConnectionRemove)])
+            .unwrap()
+    );
+    assert!(store.hybrid_connection("audited/a").is_none());
+    assert_eq!(
+        kinds(store)[4..],
+        ["hybrid_connection.create", "hybrid_connection.remove"]
+    );
 }

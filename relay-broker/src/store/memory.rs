@@ -155,6 +155,10 @@ impl IdentityStore for MemoryStore {
             IdentityWrite::AddPersonToken { hash, person } => {
                 self.add_person_token(hash, person).map(|()| true)?
             }
+            IdentityWrite::CreateHybridConnection(hc) => {
+                self.create_hybrid_connection(hc.clone()).map(|()| true)?
+            }
+            IdentityWrite::RemoveHybridConnection(name) => self.remove_hybrid_connection(name)?,
         };
         if changed {
             for event in events {

@@ -282,8 +282,8 @@ pub trait AuditStore: Send + Sync + 'static {
     fn audit(&self, since_ms: u64, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-/// A change to the identity records, written together with its audit events by
-/// [`IdentityStore::write_audited`].
+/// A write of the identity plane (its records, and the hybrid connections it creates),
+/// committed together with its audit events by [`IdentityStore::write_audited`].
 #[derive(Clone, Copy, Debug)]
 pub enum IdentityWrite<'a> {
     /// [`IdentityStore::add_person`].
@@ -327,6 +327,10 @@ pub enum IdentityWrite<'a> {
         /// When, ms since the Unix epoch.
         at_ms: u64,
     },
+    /// [`Namespace::create_hybrid_connection`], by an administrator or a listener.
+    CreateHybridConnection(&'a HybridConnection),
+    /// [`Namespace::remove_hybrid_connection`].
+    RemoveHybridConnection(&'a str),
     /// [`IdentityStore::add_person_token`].
     AddPersonToken {
         /// SHA-256 of the token, hex.

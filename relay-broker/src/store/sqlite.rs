@@ -207,14 +207,7 @@ impl Namespace for SqliteStore {
         // Holding the connection serialises writers, so check and insert cannot interleave.
         let conn = self.conn();
         self.snapshot.read().check_create(&hc)?;
-        let inserted = conn.execute(
-            "INSERT INTO hybrid_connections (name, requires_client_authorization, created_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO NOTHING",
-            params![hc.name, hc.requires_client_authorization, crate::store::now_ms() as i64],
-        )?;
-        if inserted == 0 {
-            return Err(StoreError::Conflict(hc.name));
-        }
+        create_hybrid_connection_on(&conn, &hc)?;
         self.snapshot.insert(hc.clone());
         self.snapshot.changed(NamespaceChange::Created(hc));
         Ok(())
@@ -223,10 +216,7 @@ impl Namespace for SqliteStore {
     fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
         self.snapshot.check_remove(name)?;
-        let removed = conn.execute(
-            "DELETE FROM hybrid_connections WHERE name = ?1",
-            params![name],
-        )? > 0;
+        let removed = remove_hybrid_connection_on(&conn, name)?;
         self.snapshot.remove(name);
         if removed {
             self.snapshot
@@ -268,8 +258,15 @@ impl IdentityStore for SqliteStore {
         write: IdentityWrite<'_>,
         events: &[AuditEvent],
     ) -> Result<bool, StoreError> {
+        // Holding the connection serialises writers: the snapshot's checks and the write
+        // cannot interleave with another.
         let conn = self.conn();
-        atomically(&conn, |conn| {
+        match write {
+            IdentityWrite::CreateHybridConnection(hc) => self.snapshot.read().check_create(hc)?,
+            IdentityWrite::RemoveHybridConnection(name) => self.snapshot.check_remove(name)?,
+            _ => {}
+        }
+        let changed = atomically(&conn, |conn| {
             let changed = apply(conn, &write)?;
             if changed {
                 for event in events {
@@ -277,7 +274,21 @@ impl IdentityStore for SqliteStore {
                 }
             }
             Ok(changed)
-        })
+        })?;
+        // Committed: the in-memory view and the change feed follow.
+        match write {
+            IdentityWrite::CreateHybridConnection(hc) => {
+                self.snapshot.insert(hc.clone());
+                self.snapshot.changed(NamespaceChange::Created(hc.clone()));
+            }
+            IdentityWrite::RemoveHybridConnection(name) if changed => {
+                self.snapshot.remove(name);
+                self.snapshot
+                    .changed(NamespaceChange::Removed(name.to_owned()));
+            }
+            _ => {}
+        }
+        Ok(changed)
     }
 
     fn add_person(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
@@ -594,7 +605,30 @@ fn apply(conn: &Connection, write: &IdentityWrite<'_>) -> Result<bool, StoreErro
         IdentityWrite::AddPersonToken { hash, person } => {
             add_person_token_on(conn, hash, person).map(|()| true)
         }
+        IdentityWrite::CreateHybridConnection(hc) => {
+            create_hybrid_connection_on(conn, hc).map(|()| true)
+        }
+        IdentityWrite::RemoveHybridConnection(name) => remove_hybrid_connection_on(conn, name),
     }
+}
+
+fn create_hybrid_connection_on(conn: &Connection, hc: &HybridConnection) -> Result<(), StoreError> {
+    let inserted = conn.execute(
+        "INSERT INTO hybrid_connections (name, requires_client_authorization, created_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO NOTHING",
+        params![hc.name, hc.requires_client_authorization, crate::store::now_ms() as i64],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(hc.name.clone()));
+    }
+    Ok(())
+}
+
+fn remove_hybrid_connection_on(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM hybrid_connections WHERE name = ?1",
+        params![name],
+    )? > 0)
 }
 
 fn listener_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRecord> {
