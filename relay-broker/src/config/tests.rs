@@ -1,0 +1,111 @@
+use relay_core::sas::Rights;
+
+use super::*;
+
+const FULL: &str = r#"
+[server]
+bind = "127.0.0.1:0"
+[limits]
+accept_timeout_secs = 2
+[[hybrid_connections]]
+name = "a/b"
+[[hybrid_connections]]
+name = "open"
+requires_client_authorization = false
+[[authorization_rules]]
+name = "root"
+key = "k"
+rights = ["Manage"]
+[[authorization_rules]]
+name = "l"
+key = "k2"
+rights = ["Listen"]
+hybrid_connection = "a/b"
+"#;
+
+#[test]
+fn parses_the_contract_example() {
+    let c = BrokerConfig::parse(FULL, "t").unwrap();
+    assert_eq!(c.limits.accept_timeout, Duration::from_secs(2));
+    assert_eq!(c.limits.max_listeners_per_hc, 25);
+    assert!(!c.hybrid_connections[1].requires_client_authorization);
+    assert!(c.rules[0].rights.contains(Rights::LISTEN));
+    assert_eq!(c.rules[1].hybrid_connection.as_deref(), Some("a/b"));
+}
+
+#[test]
+fn errors_name_the_key() {
+    let err = |text: &str| BrokerConfig::parse(text, "f.toml").unwrap_err().to_string();
+    assert!(err("[limits]\nbogus = 1").contains("bogus"));
+    assert!(err("[server]\nport = 1").contains("port"));
+    let both = "[[authorization_rules]]\nname='r'\nkey='k'\nkey_env='X'\nrights=['Send']";
+    assert!(err(both).contains("key or key_env, not both"));
+    assert!(err("[limits]\naccept_timeout_secs = -1").contains("accept_timeout_secs"));
+    assert!(err("[server]\ntls_cert = 'c.pem'").contains("tls_key"));
+    let scoped =
+        "[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Send']\nhybrid_connection='nope'";
+    assert!(err(scoped).contains("'nope' is not defined"));
+    assert!(
+        err("[[authorization_rules]]\nname='r'\nkey='k'\nrights=['Read']")
+            .contains("unknown right")
+    );
+}
+
+#[test]
+fn store_and_ca_sections() {
+    let c = BrokerConfig::parse(
+        "[store]\npath = 'data/relay.db'\n[ca]\ndir = 'data/ca'\ncert_lifetime_hours = 24",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.store.as_deref(), Some(Path::new("data/relay.db")));
+    let ca = c.ca.unwrap();
+    assert_eq!(
+        (ca.cert_lifetime, ca.trust_domain.as_str()),
+        (Duration::from_secs(86_400), "relay")
+    );
+    let err = BrokerConfig::parse("[ca]\ndir = 'x'\ncert_lifetime_hours = 0.1", "t").unwrap_err();
+    assert!(err.to_string().contains("cert_lifetime_hours"));
+    assert!(
+        BrokerConfig::parse("[store]\nfile = 'x'", "t")
+            .unwrap_err()
+            .to_string()
+            .contains("file")
+    );
+}
+
+#[test]
+fn reserved_names_are_refused() {
+    let err = BrokerConfig::parse("[[hybrid_connections]]\nname = 'metrics'", "t").unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+}
+
+#[test]
+fn host_mode_is_validated() {
+    let c = BrokerConfig::parse(
+        "[server]\nhost_base = '*.relay.example.com'\n[[server.hosts]]\nname = 'Site-7-UI'\nhybrid_connection = 'site-7/ui'",
+        "t",
+    )
+    .unwrap();
+    let hosts = c.hosts.unwrap();
+    assert_eq!(hosts.hc_for("site-7-ui"), "site-7/ui");
+    assert_eq!(hosts.hc_for("a--b"), "a/b");
+    let err = |text: &str| BrokerConfig::parse(text, "f.toml").unwrap_err().to_string();
+    assert!(err("[server]\nhost_base = 'relay.example.com'").contains("host_base"));
+    assert!(err("[[server.hosts]]\nname = 'a'\nhybrid_connection = 'a'").contains("host_base"));
+    let table = |name: &str| {
+        format!(
+            "[server]\nhost_base = '*.r.example'\n[[server.hosts]]\nname = '{name}'\nhybrid_connection = 'x'"
+        )
+    };
+    assert!(err(&table("a.b")).contains("DNS label"));
+    assert!(err(&table("-a")).contains("DNS label"));
+    assert!(err("[limits]\nbrowser_session_secs = 0").contains("browser_session_secs"));
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = BrokerConfig::parse("", "t").unwrap();
+    assert_eq!(c.bind.to_string(), "127.0.0.1:9400");
+    assert!(c.tls.is_none() && c.rules.is_empty());
+}
