@@ -4,12 +4,12 @@
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::insert_certificate;
+use crate::config::HybridConnection;
 use crate::store::{
     AuditEvent, CertificateRecord, EnrollmentToken, Grant, IdentityWrite, ListenerRecord,
     StoreError,
 };
-use super::insert_certificate;
-use crate::config::HybridConnection;
 
 pub(super) fn add_person_on(
     conn: &Connection,
