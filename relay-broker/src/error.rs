@@ -1,6 +1,6 @@
 //! Every status the data plane answers with is decided here, with the tracking id that goes
 //! into the status text (hyco and .NET clients show it) and the JSON error body. The identity
-//! plane decides its own in `identity/error.rs` and renders them with [`json_error`].
+//! plane decides its own in `identity/error.rs` and renders them with `json_error`.
 
 use axum::body::Body;
 use http::{Response, StatusCode, header};

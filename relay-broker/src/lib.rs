@@ -154,7 +154,8 @@ impl<'a> BrokerBuilder<'a> {
         self
     }
 
-    /// The broker, its store open and its CA loaded or created.
+    /// The broker, its store open and its CA loaded or created. One sequence of assembly,
+    /// the only place where the planes and the seams meet.
     pub fn build(self) -> Result<Broker, OpenError> {
         let config = self.config;
         let store: Arc<dyn Store> = match (self.store, &config.store) {

@@ -91,7 +91,8 @@ impl Counters {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text exposition; `listeners` is (hybrid connection, count),
+    /// Renders the Prometheus text exposition (long because it is the table of every
+    /// metric, in exposition order); `listeners` is (hybrid connection, count),
     /// the gauges are read at scrape time.
     #[must_use]
     pub fn render(&self, listeners: &[(String, usize)], gauges: Gauges) -> String {

@@ -31,23 +31,8 @@ pub(super) async fn connect(
     let accept_key =
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
     let view = crate::relay::web::View::of(req.headers(), &r);
-    let consumed_authorization = if r.prefix.is_some() {
-        crate::relay::web::authorize_browser(shared, req.headers(), req.method(), &r, &view)
-            .await?
-            .consumed_authorization()
-    } else {
-        let audience = r.audience_path();
-        let claim = r.claim(
-            req.headers(),
-            &audience,
-            Rights::SEND,
-            r.hc.requires_client_authorization,
-        );
-        authorize(shared, claim)
-            .await?
-            .presented
-            .consumed_authorization()
-    };
+    let consumed_authorization =
+        sender_access(shared, req.headers(), req.method(), &r, &view).await?;
     let target = shared
         .pick(&r.hc.name)
         .ok_or(RelayError::ListenerNotConnected)?;
@@ -58,38 +43,14 @@ pub(super) async fn connect(
             crate::metrics::count(&shared.counters.relays_refused);
             RelayError::Busy("relayed connections")
         })?;
-    let mut connect_headers = crate::relay::web::for_listener(
-        forwarded_headers(req.headers(), consumed_authorization),
+    let mut accept = accept_notice(
+        shared,
+        req.headers(),
+        &r,
+        &target,
         &view,
+        consumed_authorization,
     );
-    if !target.listener.header_arrays {
-        connect_headers = connect_headers.folded();
-    }
-    // The listener dials the node that waits for it: its own, as it reached it, or this
-    // one, as the sender reached it.
-    let base = match &target.local {
-        Some(_) => target.listener.base_url.to_string(),
-        None => crate::relay::web::base_url(shared, req.headers(), r.transport),
-    };
-    let mut address = format!(
-        "{base}/$hc/{}{}?",
-        address::encode_name(&r.hc.name),
-        r.suffix
-    );
-    if !r.query.app_query.is_empty() {
-        address.push_str(&r.query.app_query);
-        address.push('&');
-    }
-    address.push_str(&format!("sb-hc-action=accept&sb-hc-id={}", r.tracking));
-    let mut accept = Accept {
-        address,
-        id: r.tracking.to_string(),
-        connect_headers,
-        remote_endpoint: r.transport.map(|t| RemoteEndpoint {
-            address: t.peer.ip().to_string(),
-            port: t.peer.port(),
-        }),
-    };
     // Our own senders may take an early 101 (no sub-protocol to wait for the listener's
     // choice of); see `relay_core::standby`.
     let early = req.headers().contains_key(EARLY_HEADER)
@@ -129,6 +90,74 @@ pub(super) async fn connect(
             );
             Ok(switching(&accept_key, protocol.as_deref()))
         }
+    }
+}
+
+/// Checks what the sender presented: a browser's token or session on `/{hc}/...`, else the
+/// protocol's token with Send. Whether the `Authorization` header was the credential (it is
+/// then not forwarded).
+async fn sender_access(
+    shared: &Arc<Relay>,
+    headers: &HeaderMap,
+    method: &http::Method,
+    r: &Resolved,
+    view: &crate::relay::web::View,
+) -> Result<bool, RelayError> {
+    if r.prefix.is_some() {
+        let access = crate::relay::web::authorize_browser(shared, headers, method, r, view).await?;
+        return Ok(access.consumed_authorization());
+    }
+    let audience = r.audience_path();
+    let claim = r.claim(
+        headers,
+        &audience,
+        Rights::SEND,
+        r.hc.requires_client_authorization,
+    );
+    Ok(authorize(shared, claim)
+        .await?
+        .presented
+        .consumed_authorization())
+}
+
+/// The `accept` notice for `target`: its address on the node that waits (the listener's
+/// own, as it reached it, or this one, as the sender reached it), the sender's headers and
+/// where it came from.
+fn accept_notice(
+    shared: &Relay,
+    headers: &HeaderMap,
+    r: &Resolved,
+    target: &Target,
+    view: &crate::relay::web::View,
+    consumed_authorization: bool,
+) -> Accept {
+    let mut connect_headers =
+        crate::relay::web::for_listener(forwarded_headers(headers, consumed_authorization), view);
+    if !target.listener.header_arrays {
+        connect_headers = connect_headers.folded();
+    }
+    let base = match &target.local {
+        Some(_) => target.listener.base_url.to_string(),
+        None => crate::relay::web::base_url(shared, headers, r.transport),
+    };
+    let mut address = format!(
+        "{base}/$hc/{}{}?",
+        address::encode_name(&r.hc.name),
+        r.suffix
+    );
+    if !r.query.app_query.is_empty() {
+        address.push_str(&r.query.app_query);
+        address.push('&');
+    }
+    address.push_str(&format!("sb-hc-action=accept&sb-hc-id={}", r.tracking));
+    Accept {
+        address,
+        id: r.tracking.to_string(),
+        connect_headers,
+        remote_endpoint: r.transport.map(|t| RemoteEndpoint {
+            address: t.peer.ip().to_string(),
+            port: t.peer.port(),
+        }),
     }
 }
 

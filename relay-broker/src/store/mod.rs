@@ -10,7 +10,7 @@
 //! | [`MemoryStore`] | in memory: the embedded default and tests |
 //! | [`SqliteStore`] | an embedded SQLite file with versioned migrations (`[store].path`) |
 //!
-//! Both pass the same conformance battery ([`conformance`], public under the `test-util`
+//! Both pass the same conformance battery (`conformance`, public under the `test-util`
 //! feature for other backends), one test per concern (`store/battery.rs`).
 
 use std::sync::Arc;

@@ -78,7 +78,8 @@ pub(crate) struct Opening {
 }
 
 /// Registers a listener and starts its control channel once the upgrade completes. Returns
-/// its standby pool, whose key and size go in the `101`.
+/// its standby pool, whose key and size go in the `101`. A sequence, in the order the
+/// channel's life needs it: handles, directory, task.
 pub(crate) fn start(
     shared: &Arc<Relay>,
     upgrade: OnUpgrade,

@@ -46,7 +46,9 @@ use response::build_response;
 /// Response body chunks buffered between a rendezvous socket and the sender.
 const BODY_CHANNEL: usize = 8;
 
-/// Relays one HTTP request to a listener and returns its response.
+/// Relays one HTTP request to a listener and returns its response: access, listener,
+/// notice, answer, in that order (each step a call of its own where it is more than a
+/// few lines).
 pub(crate) async fn handle(
     shared: &Arc<Relay>,
     req: Request,

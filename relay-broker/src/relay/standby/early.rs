@@ -70,7 +70,8 @@ pub(crate) fn spawn(
 
 /// Forwards sender frames until the listener has answered, and returns its socket. The
 /// rules (receipt, answer, deadlines, the copy) are relay_core's [`Exchange`] and
-/// [`EarlyCopy`]; this moves frames and timers.
+/// [`EarlyCopy`]; this moves frames and timers. It stays one function because it is one
+/// `select!` over both sockets, the deadline and the hard stop, then the fallback in order.
 async fn decide<R>(
     shared: &Relay,
     sender: &mut WsReader<R>,

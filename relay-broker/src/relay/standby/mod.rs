@@ -27,7 +27,9 @@ use crate::relay::socket::relay_io_halves;
 const PARKED_BUFFER: usize = 1024;
 
 /// Parks an upgraded standby socket until a sender needs it, then relays the listener's
-/// answer. `standby_max_age` bounds how long an idle socket is trusted.
+/// answer. `standby_max_age` bounds how long an idle socket is trusted. One task's life,
+/// in order (parked, dispatched, answered), each step a little IO around relay_core's
+/// [`Exchange`].
 pub(crate) fn spawn(shared: &Arc<Relay>, place: Place, upgrade: OnUpgrade) {
     let shared = Arc::clone(shared);
     let span = tracing::debug_span!("standby", hc = %place.0.hc);
