@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::insert_certificate;
+use super::rows::insert_certificate;
 use crate::config::HybridConnection;
 use crate::store::{
     AuditEvent, CertificateRecord, EnrollmentToken, Grant, IdentityWrite, ListenerRecord,
