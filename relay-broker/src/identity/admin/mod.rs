@@ -299,6 +299,9 @@ async fn audit(
     if !caller.holds_any(Right::AuditRead) {
         return Err(forbidden(&caller, Right::AuditRead));
     }
+    // Events queued before this call are part of the trail it reads (the writer is one
+    // queue behind the requests that recorded them).
+    state.audit.flush().await;
     let store = Arc::clone(&state.store);
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let events = blocking(move || store.audit(q.since_ms.unwrap_or(0), limit)).await?;
