@@ -149,10 +149,7 @@ impl RelayError {
     /// The text used in status lines and close reasons: message plus tracking id.
     #[must_use]
     pub fn text(&self, tracking: &TrackingId) -> String {
-        format!(
-            "{}. TrackingId:{tracking}",
-            self.to_string().replace(['\r', '\n'], " ")
-        )
+        tracked_text(self, tracking)
     }
 
     /// The HTTP response: status with the tracking id in the reason phrase, and a JSON body.
@@ -171,6 +168,15 @@ impl RelayError {
             retry_after,
         )
     }
+}
+
+/// A message with its tracking id, on one line (it goes into status lines and close
+/// reasons): `"<message>. TrackingId:<id>"`.
+pub(crate) fn tracked_text(message: &dyn std::fmt::Display, tracking: &TrackingId) -> String {
+    format!(
+        "{}. TrackingId:{tracking}",
+        message.to_string().replace(['\r', '\n'], " ")
+    )
 }
 
 /// The broker's one shape of an error answer, for both planes: the status with the tracking

@@ -352,13 +352,6 @@ impl Listener {
         }
     }
 
-    fn busy_text(&self) -> String {
-        format!(
-            "The listener is at its bound of {} connections and requests in flight",
-            self.work.max()
-        )
-    }
-
     /// Connections and requests running for senders now.
     #[must_use]
     pub fn in_flight(&self) -> usize {

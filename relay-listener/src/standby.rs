@@ -156,10 +156,7 @@ impl<H: Handler> Standbys<H> {
                     .spawn(permit, async move { handler.on_connection(conn).await });
             }
             None => {
-                let busy = format!(
-                    "The listener is at its bound of {} connections and requests in flight",
-                    self.work.max()
-                );
+                let busy = self.work.busy_text();
                 self.work.refuse(async move {
                     let _ = conn.reject(503, &busy).await;
                 });

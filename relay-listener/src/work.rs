@@ -72,9 +72,12 @@ impl Work {
         self.tracker.len()
     }
 
-    /// The bound.
-    pub(crate) fn max(&self) -> usize {
-        self.max
+    /// What a sender refused at the bound is told.
+    pub(crate) fn busy_text(&self) -> String {
+        format!(
+            "The listener is at its bound of {} connections and requests in flight",
+            self.max
+        )
     }
 }
 

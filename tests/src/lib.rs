@@ -130,6 +130,22 @@ impl TestBroker {
         format!("http://{}", self.addr)
     }
 
+    /// Options for `relay_sender::connect` to `hyco` under `path` (empty for none), with a
+    /// SAS token for it.
+    pub fn sender_options(&self, path: &str) -> relay_sender::ConnectOptions {
+        relay_sender::ConnectOptions {
+            token: Some(relay_sender::sas_token(
+                &self.ws(),
+                "hyco",
+                KEY_NAME,
+                KEY,
+                60,
+            )),
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
     pub fn token(&self, path: &str) -> String {
         token_for(&format!("http://{}/{path}", self.addr), KEY_NAME, KEY, 3600)
     }

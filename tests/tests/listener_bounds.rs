@@ -27,19 +27,6 @@ impl Handler for Echo {
     }
 }
 
-fn sender_options(broker: &TestBroker) -> relay_sender::ConnectOptions {
-    relay_sender::ConnectOptions {
-        token: Some(relay_sender::sas_token(
-            &broker.ws(),
-            "hyco",
-            relay_tests::KEY_NAME,
-            relay_tests::KEY,
-            60,
-        )),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn past_its_bound_a_listener_refuses_with_503_and_frees_places_as_work_ends() {
     let broker = TestBroker::start("").await;
@@ -58,7 +45,7 @@ async fn past_its_bound_a_listener_refuses_with_503_and_frees_places_as_work_end
     broker.wait_listeners("hyco", 1).await;
 
     // One connection holds the only place.
-    let mut first = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker))
+    let mut first = relay_sender::connect(&broker.ws(), "hyco", &broker.sender_options(""))
         .await
         .unwrap();
     first.stream.write_all(b"held").await.unwrap();
@@ -69,7 +56,7 @@ async fn past_its_bound_a_listener_refuses_with_503_and_frees_places_as_work_end
     // A second sender is refused with the listener's 503, not left waiting.
     let refused = tokio::time::timeout(
         Duration::from_secs(10),
-        relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker)),
+        relay_sender::connect(&broker.ws(), "hyco", &broker.sender_options("")),
     )
     .await
     .expect("refused at once");

@@ -34,20 +34,6 @@ async fn wait_parked(broker: &TestBroker, n: u64) {
     panic!("{n} standby sockets never parked");
 }
 
-fn sender_options(broker: &TestBroker, path: &str) -> relay_sender::ConnectOptions {
-    relay_sender::ConnectOptions {
-        token: Some(relay_sender::sas_token(
-            &broker.ws(),
-            "hyco",
-            relay_tests::KEY_NAME,
-            relay_tests::KEY,
-            60,
-        )),
-        path: path.into(),
-        ..Default::default()
-    }
-}
-
 fn header<'a>(conn: &'a relay_io::client::Connected, name: &str) -> Option<&'a str> {
     conn.headers
         .iter()
@@ -115,7 +101,7 @@ async fn a_library_listener_pairs_senders_over_its_standbys() {
     wait_parked(&broker, 3).await;
 
     for round in 0..5u8 {
-        let mut conn = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker, ""))
+        let mut conn = relay_sender::connect(&broker.ws(), "hyco", &broker.sender_options(""))
             .await
             .unwrap();
         let payload = vec![round; 200_000];
@@ -125,7 +111,7 @@ async fn a_library_listener_pairs_senders_over_its_standbys() {
         // The listener replaces the standby it used.
         wait_parked(&broker, 3).await;
     }
-    let err = relay_sender::connect(&broker.ws(), "hyco", &sender_options(&broker, "/closed"))
+    let err = relay_sender::connect(&broker.ws(), "hyco", &broker.sender_options("/closed"))
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -281,7 +267,7 @@ async fn early_pairing_sends_the_first_bytes_with_the_accept() {
     broker.wait_listeners("hyco", 1).await;
     wait_parked(&broker, 3).await;
     for round in 0..3u8 {
-        let mut options = sender_options(&broker, "");
+        let mut options = broker.sender_options("");
         options.early_pairing = true;
         let mut conn = relay_sender::connect(&broker.ws(), "hyco", &options)
             .await

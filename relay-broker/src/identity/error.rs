@@ -95,10 +95,7 @@ impl IdentityError {
 impl IntoResponse for IdentityError {
     fn into_response(self) -> Response {
         let tracking = TrackingId::new();
-        let text = format!(
-            "{}. TrackingId:{tracking}",
-            self.to_string().replace(['\r', '\n'], " ")
-        );
+        let text = crate::error::tracked_text(&self, &tracking);
         crate::error::json_error(
             self.status(),
             self.code(),

@@ -109,7 +109,7 @@ impl Listener {
                             });
                         }
                         None => {
-                            let busy = self.busy_text();
+                            let busy = self.work.busy_text();
                             self.work.refuse(async move {
                                 let _ = conn.reject(503, &busy).await;
                             });
@@ -134,7 +134,7 @@ impl Listener {
                             permit,
                             http::serve(Arc::clone(handler), Arc::clone(ctx), request, body),
                         ),
-                        None => http::refuse(ctx, &request.id, &self.busy_text()).await,
+                        None => http::refuse(ctx, &request.id, &self.work.busy_text()).await,
                     }
                 }
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected command"),

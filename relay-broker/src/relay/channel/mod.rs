@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::RelayError;
 use crate::relay::Relay;
-use crate::relay::auth::check_renewal;
+use crate::relay::auth::{check_renewal, unix_now};
 use crate::relay::local::LocalChannel;
 use crate::relay::pool::Pool as StandbyPool;
 use crate::relay::rendezvous::{ListenerResponse, ResponseBody};
@@ -48,11 +48,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Tokio's clock (paused in tests), as the timers take it.
 fn now() -> std::time::Instant {
     Instant::now().into_std()
-}
-
-/// The wall clock, in Unix seconds: read only to turn a credential's expiry into a deadline.
-fn unix_now() -> u64 {
-    crate::store::now_ms() / 1000
 }
 
 /// One control channel as its own task holds it: the reference every node may see, and
