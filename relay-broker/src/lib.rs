@@ -158,22 +158,7 @@ impl<'a> BrokerBuilder<'a> {
     /// the only place where the planes and the seams meet.
     pub fn build(self) -> Result<Broker, OpenError> {
         let config = self.config;
-        let store: Arc<dyn Store> = match (self.store, &config.store) {
-            (Some(_), Some(path)) => {
-                return Err(OpenError::Ignored(format!(
-                    "[store] path = {} is set, and a store was given to the builder too: \
-                     remove one",
-                    path.display()
-                )));
-            }
-            (Some(store), None) => store,
-            (None, Some(path)) => Arc::new(SqliteStore::open(
-                path,
-                &config.hybrid_connections,
-                &config.rules,
-            )?),
-            (None, None) => Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules)),
-        };
+        let store = open_store(self.store, config)?;
         let revocations = self
             .revocations
             .unwrap_or_else(|| Arc::new(LocalRevocations::default()));
@@ -229,18 +214,7 @@ impl<'a> BrokerBuilder<'a> {
             (relay, Arc::new(identity))
         };
         let relay = Arc::new(relay);
-        let inbox: Arc<dyn seams::interconnect::Inbox> = Arc::clone(&relay) as _;
-        relay
-            .interconnect
-            .join(relay.node.clone(), Arc::downgrade(&inbox));
-        // Revocations reach this node's sessions; the bus holds only a weak link, so a
-        // dropped broker does not live on in a shared bus.
-        let weak = Arc::downgrade(&relay);
-        revocations.subscribe(Arc::new(move |listener_id: &str| {
-            if let Some(relay) = weak.upgrade() {
-                relay.revoke(listener_id);
-            }
-        }));
+        join(&relay, &revocations);
         Ok(Broker {
             relay,
             #[cfg(feature = "identity")]
@@ -248,6 +222,43 @@ impl<'a> BrokerBuilder<'a> {
             store,
         })
     }
+}
+
+/// The store the config names, or the one given to the builder; never both.
+fn open_store(
+    given: Option<Arc<dyn Store>>,
+    config: &BrokerConfig,
+) -> Result<Arc<dyn Store>, OpenError> {
+    Ok(match (given, &config.store) {
+        (Some(_), Some(path)) => {
+            return Err(OpenError::Ignored(format!(
+                "[store] path = {} is set, and a store was given to the builder too: remove one",
+                path.display()
+            )));
+        }
+        (Some(store), None) => store,
+        (None, Some(path)) => Arc::new(SqliteStore::open(
+            path,
+            &config.hybrid_connections,
+            &config.rules,
+        )?),
+        (None, None) => Arc::new(MemoryStore::new(&config.hybrid_connections, &config.rules)),
+    })
+}
+
+/// Joins the data plane to the shared seams: notices for its channels, revocations for its
+/// sessions. Both hold only weak links, so a dropped broker does not live on in them.
+fn join(relay: &Arc<Relay>, revocations: &Arc<dyn RevocationBus>) {
+    let inbox: Arc<dyn seams::interconnect::Inbox> = Arc::clone(relay) as _;
+    relay
+        .interconnect
+        .join(relay.node.clone(), Arc::downgrade(&inbox));
+    let weak = Arc::downgrade(relay);
+    revocations.subscribe(Arc::new(move |listener_id: &str| {
+        if let Some(relay) = weak.upgrade() {
+            relay.revoke(listener_id);
+        }
+    }));
 }
 
 impl Broker {

@@ -89,6 +89,20 @@ pub struct Request {
 }
 
 impl Request {
+    /// The address-only form: the request itself follows on the rendezvous.
+    #[must_use]
+    pub fn address_only(address: String, id: String) -> Self {
+        Self {
+            address,
+            id,
+            request_target: None,
+            method: None,
+            request_headers: None,
+            body: None,
+            remote_endpoint: None,
+        }
+    }
+
     /// Whether this is the address-only form: the request itself follows on the rendezvous.
     #[must_use]
     pub fn is_address_only(&self) -> bool {

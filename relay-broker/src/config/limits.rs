@@ -97,6 +97,8 @@ pub(super) struct RawLimits {
     max_relays: Option<usize>,
 }
 
+/// `[limits]`, each key checked against its rule. Long because it is a table: one entry per
+/// key, each naming its key in the error, and splitting it would only scatter the table.
 pub(super) fn limits(raw: &RawLimits) -> Result<Limits, String> {
     let d = Limits::default();
     let secs = |v: Option<f64>, name: &str, default: Duration| match v {

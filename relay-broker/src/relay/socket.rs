@@ -3,18 +3,35 @@
 use axum::body::Body;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
 use http::{HeaderValue, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
-type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+/// Any byte stream a relayed socket runs over: hyper's upgraded connection in service, an
+/// in-memory duplex in unit tests, a spliced peer connection in a cluster. Erased, so the
+/// tasks that move frames do not name hyper (its `Upgraded` is a boxed stream already, so
+/// this costs no extra copy).
+pub(crate) trait Socket:
+    AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static
+{
+}
+impl<T: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static> Socket for T {}
 
-/// Frame reader and writer of an upgraded server-side socket.
+/// A relayed socket, whatever carries it.
+pub(crate) type BoxSocket = Box<dyn Socket>;
+
+/// Frame reader and writer of a server-side socket.
 pub(crate) type RelayHalves = (
-    relay_io::WsReader<tokio::io::ReadHalf<Upgraded>>,
-    relay_io::WsWriter<tokio::io::WriteHalf<Upgraded>>,
+    relay_io::WsReader<ReadHalf<BoxSocket>>,
+    relay_io::WsWriter<WriteHalf<BoxSocket>>,
 );
 
 /// Frame reader and writer over an upgraded server-side socket.
 pub(crate) fn relay_io_halves(upgraded: hyper::upgrade::Upgraded, buffer: usize) -> RelayHalves {
-    let (r, w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    halves(Box::new(hyper_util::rt::TokioIo::new(upgraded)), buffer)
+}
+
+/// Frame reader and writer over any server-side socket.
+pub(crate) fn halves(socket: BoxSocket, buffer: usize) -> RelayHalves {
+    let (r, w) = tokio::io::split(socket);
     (
         relay_io::WsReader::new(r, relay_io::Role::Server, buffer),
         relay_io::WsWriter::new(w, relay_io::Role::Server),

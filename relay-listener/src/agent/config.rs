@@ -35,12 +35,14 @@
 //! ports = { plc = "10.0.0.5:502", camera = "10.0.0.6:554" }
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+mod sections;
 
 /// Default bound on connections and requests in flight per endpoint.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
@@ -212,229 +214,19 @@ impl AgentConfig {
             message,
         };
         let raw: Raw = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
-        let b = raw.broker;
-        let from_env = |key: &str, var: &str| {
-            env(var).ok_or_else(|| {
-                invalid(format!(
-                    "[broker].{key} = \"{var}\": that variable is not set"
-                ))
-            })
-        };
-        let connection_string = b
-            .connection_string_env
-            .as_deref()
-            .map(|var| from_env("connection_string_env", var))
-            .transpose()?
-            .map(|cs| {
-                relay_core::connection_string::ConnectionString::parse(&cs)
-                    .map_err(|e| invalid(format!("[broker].connection_string_env: {e}")))
-            })
-            .transpose()?;
-        let endpoint = match (&b.endpoint, &connection_string) {
-            (Some(e), _) => e.clone(),
-            (None, Some(cs)) => cs.ws_endpoint(),
-            (None, None) => {
-                return Err(invalid(
-                    "[broker].endpoint is required (e.g. \"wss://relay.example.com\")".into(),
-                ));
-            }
-        };
-        let key = match (&b.sas_key, &b.sas_key_env) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "[broker]: give sas_key or sas_key_env, not both".into(),
-                ));
-            }
-            (Some(k), None) => Some(k.clone()),
-            (None, Some(var)) => Some(from_env("sas_key_env", var)?),
-            (None, None) => connection_string.as_ref().and_then(|cs| cs.key.clone()),
-        };
-        let key_name = b.sas_key_name.clone().or_else(|| {
-            connection_string
-                .as_ref()
-                .and_then(|cs| cs.key_name.clone())
-        });
-        let credentials = match (b.identity, key_name, key) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(invalid(
-                    "[broker]: identity replaces the SAS key; give one or the other".into(),
-                ));
-            }
-            (Some(dir), None, None) => Credentials::Certificate {
-                identity: base.join(dir),
-                proof_of_possession: b.proof_of_possession.unwrap_or(false),
-                enrollment_token_file: b.enrollment_token_file.map(|f| base.join(f)),
-            },
-            (None, Some(key_name), Some(key)) => Credentials::Sas { key_name, key },
-            (None, None, None)
-                if connection_string
-                    .as_ref()
-                    .is_some_and(|cs| cs.signature.is_some()) =>
-            {
-                Credentials::SasToken(
-                    connection_string
-                        .and_then(|cs| cs.signature)
-                        .unwrap_or_default(),
-                )
-            }
-            (None, _, _) => {
-                return Err(invalid("[broker]: give identity (from `relay-listener register`) or sas_key_name with sas_key or sas_key_env".into()));
-            }
-        };
-        if b.proof_of_possession.is_some()
-            && !matches!(credentials, Credentials::Certificate { .. })
-        {
-            return Err(invalid(
-                "[broker].proof_of_possession needs identity".into(),
-            ));
-        }
-        if b.no_proxy.is_some() && b.proxy.is_none() {
-            return Err(invalid(
-                "[broker].no_proxy needs proxy (or use NO_PROXY with HTTPS_PROXY)".into(),
-            ));
-        }
-        if let Some(proxy) = &b.proxy {
-            relay_io::proxy::Proxy::parse(proxy)
-                .map_err(|e| invalid(format!("[broker].proxy: {e}")))?;
-        }
-        let status_bind = raw
-            .agent
-            .status_bind
-            .map(|s| {
-                s.parse::<SocketAddr>().map_err(|_| {
-                    invalid(format!(
-                        "[agent].status_bind = \"{s}\": use ip:port, e.g. 127.0.0.1:9401"
-                    ))
-                })
-            })
-            .transpose()?;
-        let drain = raw.agent.shutdown_drain_secs.unwrap_or(10);
-        if drain > 3600 {
-            return Err(invalid(format!(
-                "[agent].shutdown_drain_secs = {drain}: at most 3600"
-            )));
-        }
-        let instance = raw.agent.instance;
-        if instance.as_ref().is_some_and(|i| {
-            i.is_empty() || i.len() > 64 || !i.chars().all(|c| c.is_ascii_graphic())
-        }) {
-            return Err(invalid(
-                "[agent].instance: 1 to 64 visible ASCII characters".into(),
-            ));
-        }
-        let endpoints = endpoints(raw.endpoints, &invalid)?;
+        let broker = sections::broker(raw.broker, base, &env, &invalid)?;
+        let agent = sections::agent(raw.agent, base, &invalid)?;
         Ok(Self {
-            endpoint,
-            credentials,
-            ca_cert: b.ca_cert.map(|p| base.join(p)),
-            proxy: b.proxy.map(|p| (p, b.no_proxy.unwrap_or_default())),
-            status_bind,
-            shutdown_drain: Duration::from_secs(drain),
-            instance,
-            state_dir: raw.agent.state_dir.map(|d| base.join(d)),
-            endpoints,
+            endpoint: broker.endpoint,
+            credentials: broker.credentials,
+            ca_cert: broker.ca_cert,
+            proxy: broker.proxy,
+            status_bind: agent.status_bind,
+            shutdown_drain: agent.shutdown_drain,
+            instance: agent.instance,
+            state_dir: agent.state_dir,
+            endpoints: sections::endpoints(raw.endpoints, &invalid)?,
         })
-    }
-}
-
-fn endpoints(
-    raw: Vec<RawEndpoint>,
-    invalid: &impl Fn(String) -> ConfigError,
-) -> Result<Vec<Endpoint>, ConfigError> {
-    if raw.is_empty() {
-        return Err(invalid(
-            "no [[endpoints]]: add one with hc and tcp, http or ports".into(),
-        ));
-    }
-    let mut seen = BTreeSet::new();
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let at = format!("[[endpoints]] #{} (hc = \"{}\")", i + 1, e.hc);
-            let hc = e.hc.trim_matches('/').to_owned();
-            if hc.is_empty() {
-                return Err(invalid(format!("{at}: hc is empty")));
-            }
-            if !seen.insert(hc.clone()) {
-                return Err(invalid(format!(
-                    "{at}: hc appears twice; use ports for several targets on one hybrid connection"
-                )));
-            }
-            let target = match (e.tcp, e.http, e.ports) {
-                (Some(tcp), None, None) => Target::Tcp(
-                    host_port(&tcp)
-                        .map_err(|why| invalid(format!("{at}: tcp = \"{tcp}\": {why}")))?,
-                ),
-                (None, Some(http), None) => {
-                    if !(http.starts_with("http://") || http.starts_with("https://")) {
-                        return Err(invalid(format!(
-                            "{at}: http = \"{http}\": use an http:// or https:// URL"
-                        )));
-                    }
-                    Target::Http(http)
-                }
-                (None, None, Some(ports)) => {
-                    if ports.is_empty() {
-                        return Err(invalid(format!("{at}: ports is empty")));
-                    }
-                    for (name, target) in &ports {
-                        if name.is_empty() || name.contains(['/', '?', '#']) {
-                            return Err(invalid(format!(
-                                "{at}: port name \"{name}\": no '/', '?' or '#'"
-                            )));
-                        }
-                        host_port(target).map_err(|why| {
-                            invalid(format!("{at}: ports.{name} = \"{target}\": {why}"))
-                        })?;
-                    }
-                    Target::Ports(ports)
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "{at}: give exactly one of tcp, http or ports"
-                    )));
-                }
-            };
-            let max_connections = e.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-            if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
-                return Err(invalid(format!(
-                    "{at}: max_connections = {max_connections}: 1 to {MAX_MAX_CONNECTIONS}"
-                )));
-            }
-            if e.bandwidth_bytes_per_sec == Some(0) {
-                return Err(invalid(format!(
-                    "{at}: bandwidth_bytes_per_sec = 0: leave it out for no limit"
-                )));
-            }
-            if matches!(target, Target::Http(_)) && e.bandwidth_bytes_per_sec.is_some() {
-                return Err(invalid(format!(
-                    "{at}: bandwidth_bytes_per_sec applies to tcp and ports endpoints"
-                )));
-            }
-            let standby = e.standby.unwrap_or(DEFAULT_STANDBY);
-            if standby > relay_core::standby::MAX_STANDBY {
-                return Err(invalid(format!(
-                    "{at}: standby = {standby}: 0 to {}",
-                    relay_core::standby::MAX_STANDBY
-                )));
-            }
-            Ok(Endpoint {
-                hc,
-                target,
-                max_connections,
-                bandwidth: e.bandwidth_bytes_per_sec,
-                standby,
-            })
-        })
-        .collect()
-}
-
-fn host_port(text: &str) -> Result<String, &'static str> {
-    match text.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(text.to_owned())
-        }
-        _ => Err("use host:port"),
     }
 }
 

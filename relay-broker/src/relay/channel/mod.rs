@@ -73,29 +73,20 @@ pub(crate) struct Opening {
 }
 
 /// Registers a listener and starts its control channel once the upgrade completes. Returns
-/// its standby pool, whose key and size go in the `101`. A sequence, in the order the
-/// channel's life needs it: handles, directory, task.
+/// its standby pool, whose key and size go in the `101`. In the order the channel's life
+/// needs it: handles, directory, task.
 pub(crate) fn start(
     shared: &Arc<Relay>,
     upgrade: OnUpgrade,
     r: &Resolved,
     opening: Opening,
 ) -> Result<Option<Arc<StandbyPool>>, RelayError> {
-    let Opening {
-        base_url,
-        expires_at,
-        cert,
-        instance,
-        standby,
-        header_arrays,
-    } = opening;
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
     let close = shared.shutdown.child_token();
-    let pool = standby.map(|n| shared.standby.open(&r.hc.name, n, close.child_token()));
-    let key = ListenerKey {
-        node: shared.node.clone(),
-        channel: shared.next_listener_id(),
-    };
+    let pool = opening
+        .standby
+        .map(|n| shared.standby.open(&r.hc.name, n, close.child_token()));
+    let cert = opening.cert;
     let handle = Held {
         local: Arc::new(LocalChannel {
             tx,
@@ -105,11 +96,14 @@ pub(crate) fn start(
             revoked: cert.as_ref().map(|c| c.revoked.clone()),
         }),
         listener: ListenerRef {
-            key,
+            key: ListenerKey {
+                node: shared.node.clone(),
+                channel: shared.next_listener_id(),
+            },
             hc: r.hc.name.clone().into(),
-            base_url: base_url.into(),
-            instance: instance.map(Into::into),
-            header_arrays,
+            base_url: opening.base_url.into(),
+            instance: opening.instance.map(Into::into),
+            header_arrays: opening.header_arrays,
             cert_listener: cert.as_ref().map(|c| Arc::clone(&c.listener_id)),
         },
     };
@@ -117,69 +111,99 @@ pub(crate) fn start(
     shared
         .channels
         .insert(handle.listener.key.channel, Arc::clone(&handle.local));
-    let closing = pool.clone();
-    let close_pool = move |shared: &Relay| {
-        if let Some(pool) = &closing {
-            shared.standby.close(pool);
-        }
-    };
     let registered = shared
         .directory
         .register(handle.listener.clone(), shared.limits.max_listeners_per_hc);
-    if let Ok(replaced) = &registered {
-        shared.close_replaced(replaced);
-    }
-    if let Err(refused) = registered {
-        shared.channels.remove(handle.listener.key.channel);
-        close_pool(shared);
-        return Err(match refused {
-            Refused::InstanceFlapping => {
-                let instance = handle.listener.instance.as_deref().unwrap_or_default();
-                tracing::warn!(hc = %r.hc.name, instance, "two live agents share one instance id and keep replacing each other; refusing the newcomer");
-                RelayError::Conflict(format!(
-                    "another live agent on '{}' has this instance id ({instance}); give each agent its own state directory (a cloned machine or a copied instance-id file shares it)",
-                    r.hc.name
-                ))
+    match registered {
+        Ok(replaced) => shared.close_replaced(&replaced),
+        Err(refused) => {
+            shared.channels.remove(handle.listener.key.channel);
+            if let Some(pool) = &pool {
+                shared.standby.close(pool);
             }
-            _ => RelayError::Forbidden(format!(
-                "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
-                shared.limits.max_listeners_per_hc, r.hc.name
-            )),
-        });
+            return Err(refusal(shared, &handle.listener, refused));
+        }
     }
     let identity = cert
         .as_ref()
         .map_or_else(String::new, |c| c.listener_id.to_string());
     let span = tracing::info_span!("listener", hc = %handle.listener.hc, listener = %handle.listener.key, identity, tracking = %r.tracking);
-    let who = match &cert {
-        Some(c) => format!("{} listener {}", r.hc.name, c.listener_id),
-        None => r.hc.name.clone(),
+    let life = Life {
+        handle,
+        pool: pool.clone(),
+        tracking: r.tracking.clone(),
+        expires_at: opening.expires_at,
+        cert,
     };
     let shared = Arc::clone(shared);
-    let tracking = r.tracking.clone();
-    shared.tasks.clone().spawn(
-        async move {
-            let upgraded = upgrade.await;
-            let connected = upgraded.is_ok();
-            if let Ok(upgraded) = upgraded {
-                tracing::info!("listener connected");
-                crate::metrics::count(&shared.counters.listener_connects);
-                audit(&shared, AuditKind::ListenerConnect, &who, &tracking);
-                let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
-                let channel = Channel::new(&shared, &handle, tracking.clone(), expires_at, cert);
-                channel.run(reader, writer, rx).await;
-                crate::metrics::count(&shared.counters.listener_disconnects);
-            }
-            shared.channel_ended(&handle.listener);
-            close_pool(&shared);
-            tracing::info!("listener disconnected");
-            if connected {
-                audit(&shared, AuditKind::ListenerDisconnect, &who, &tracking);
-            }
-        }
-        .instrument(span),
-    );
+    shared
+        .tasks
+        .clone()
+        .spawn(life.run(shared, upgrade, rx).instrument(span));
     Ok(pool)
+}
+
+/// Why the directory refused a listener, in the protocol's terms.
+fn refusal(shared: &Relay, listener: &ListenerRef, refused: Refused) -> RelayError {
+    match refused {
+        Refused::InstanceFlapping => {
+            let instance = listener.instance.as_deref().unwrap_or_default();
+            tracing::warn!(hc = %listener.hc, instance, "two live agents share one instance id and keep replacing each other; refusing the newcomer");
+            RelayError::Conflict(format!(
+                "another live agent on '{}' has this instance id ({instance}); give each agent its own state directory (a cloned machine or a copied instance-id file shares it)",
+                listener.hc
+            ))
+        }
+        _ => RelayError::Forbidden(format!(
+            "QuotaExceeded: MaximumListenersPerEndpoint ({}) reached for '{}'",
+            shared.limits.max_listeners_per_hc, listener.hc
+        )),
+    }
+}
+
+/// A registered control channel, from its upgrade to its end.
+struct Life {
+    handle: Held,
+    pool: Option<Arc<StandbyPool>>,
+    tracking: TrackingId,
+    expires_at: u64,
+    cert: Option<CertSession>,
+}
+
+impl Life {
+    /// Runs the channel once the upgrade completes, then takes it out of every table, also
+    /// when the upgrade failed.
+    async fn run(self, shared: Arc<Relay>, upgrade: OnUpgrade, rx: mpsc::Receiver<Notice>) {
+        let who = match &self.cert {
+            Some(c) => format!("{} listener {}", self.handle.listener.hc, c.listener_id),
+            None => self.handle.listener.hc.to_string(),
+        };
+        let upgraded = upgrade.await;
+        let connected = upgraded.is_ok();
+        if let Ok(upgraded) = upgraded {
+            tracing::info!("listener connected");
+            crate::metrics::count(&shared.counters.listener_connects);
+            audit(&shared, AuditKind::ListenerConnect, &who, &self.tracking);
+            let (reader, writer) = relay_io_halves(upgraded, CONTROL_BUFFER);
+            let channel = Channel::new(
+                &shared,
+                &self.handle,
+                self.tracking.clone(),
+                self.expires_at,
+                self.cert,
+            );
+            channel.run(reader, writer, rx).await;
+            crate::metrics::count(&shared.counters.listener_disconnects);
+        }
+        shared.channel_ended(&self.handle.listener);
+        if let Some(pool) = &self.pool {
+            shared.standby.close(pool);
+        }
+        tracing::info!("listener disconnected");
+        if connected {
+            audit(&shared, AuditKind::ListenerDisconnect, &who, &self.tracking);
+        }
+    }
 }
 
 /// Records a channel's audit event. One writer appends them in order, so a channel's
@@ -276,6 +300,9 @@ impl<'a> Channel<'a> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Writes what is due until the channel closes: each turn picks one [`Step`] (in
+    /// priority order: the reader's requests, revocation, shutdown, replacement, queued
+    /// notices, timers), then writes it.
     async fn write_loop<W: AsyncWrite + Unpin>(
         &self,
         mut writer: WsWriter<W>,
@@ -292,61 +319,42 @@ impl<'a> Channel<'a> {
         let result: Result<(), WsError> = async {
             loop {
                 let due_at = Instant::from_std(self.timers().deadline());
-                tokio::select! {
+                let step = tokio::select! {
                     biased;
                     msg = internal.recv() => match msg {
-                        Some(Internal::Pong(payload)) => {
-                            writer.send(true, OpCode::Pong, &payload).await?;
-                            writer.flush().await?;
-                        }
-                        Some(Internal::Close(code, reason)) => {
-                            writer.close(code, &reason).await?;
-                            return Ok(());
-                        }
+                        Some(Internal::Pong(payload)) => Step::Control(OpCode::Pong, payload),
+                        Some(Internal::Close(code, reason)) => Step::Close(code, reason),
                         None => return Ok(()),
                     },
                     () = &mut revoked => {
                         tracing::info!("listener revoked; closing its control channel");
-                        writer.close(CLOSE_REVOKED, &self.text("Listener revoked")).await?;
-                        return Ok(());
+                        Step::Close(CLOSE_REVOKED, self.text("Listener revoked"))
                     }
                     () = self.handle.local.close.cancelled() => {
-                        writer.close(close_code::GOING_AWAY, &self.text("The broker is shutting down")).await?;
-                        return Ok(());
+                        Step::Close(close_code::GOING_AWAY, self.text("The broker is shutting down"))
                     }
                     () = self.handle.local.replaced.cancelled() => {
                         let why = self.text("Replaced by a newer connection of the same listener instance");
-                        writer.close(relay_core::control::CLOSE_REPLACED, &why).await?;
-                        return Ok(());
+                        Step::Close(relay_core::control::CLOSE_REPLACED, why)
                     }
-                    Some(out) = queue.recv() => match out {
-                        Notice::Text(text) => writer.text(&text).await?,
-                        Notice::TextWithBody(text, body) => {
-                            writer.send(true, OpCode::Text, text.as_bytes()).await?;
-                            writer.send(true, OpCode::Binary, &body).await?;
-                            writer.flush().await?;
-                        }
-                    },
-                    () = tokio::time::sleep_until(due_at) => {
-                        let due = self.timers().on_time(now());
-                        match due {
-                            Due::Nothing => {}
-                            Due::Ping => {
-                                writer.send(true, OpCode::Ping, b"").await?;
-                                writer.flush().await?;
-                            }
-                            Due::Silent => {
-                                tracing::info!("listener silent for two ping intervals; dropping half-open channel");
-                                writer.close(close_code::GOING_AWAY, &self.text("Keep-alive timeout")).await?;
-                                return Ok(());
-                            }
-                            Due::Expired => {
-                                let what = if self.cert.is_some() { "Certificate expired" } else { "Token expired" };
-                                tracing::info!(what, "credential expired");
-                                writer.close(close_code::POLICY_VIOLATION, &self.text(what)).await?;
-                                return Ok(());
-                            }
-                        }
+                    Some(out) = queue.recv() => Step::Notice(out),
+                    () = tokio::time::sleep_until(due_at) => self.on_time(),
+                };
+                match step {
+                    Step::Nothing => {}
+                    Step::Control(opcode, payload) => {
+                        writer.send(true, opcode, &payload).await?;
+                        writer.flush().await?;
+                    }
+                    Step::Notice(Notice::Text(text)) => writer.text(&text).await?,
+                    Step::Notice(Notice::TextWithBody(text, body)) => {
+                        writer.send(true, OpCode::Text, text.as_bytes()).await?;
+                        writer.send(true, OpCode::Binary, &body).await?;
+                        writer.flush().await?;
+                    }
+                    Step::Close(code, reason) => {
+                        writer.close(code, &reason).await?;
+                        return Ok(());
                     }
                 }
             }
@@ -356,4 +364,37 @@ impl<'a> Channel<'a> {
             tracing::debug!(error = %e, "control channel write failed");
         }
     }
+
+    /// What the timers ask for now: a ping, or the end of a silent or expired channel.
+    fn on_time(&self) -> Step {
+        match self.timers().on_time(now()) {
+            Due::Nothing => Step::Nothing,
+            Due::Ping => Step::Control(OpCode::Ping, Vec::new()),
+            Due::Silent => {
+                tracing::info!(
+                    "listener silent for two ping intervals; dropping half-open channel"
+                );
+                Step::Close(close_code::GOING_AWAY, self.text("Keep-alive timeout"))
+            }
+            Due::Expired => {
+                let what = if self.cert.is_some() {
+                    "Certificate expired"
+                } else {
+                    "Token expired"
+                };
+                tracing::info!(what, "credential expired");
+                Step::Close(close_code::POLICY_VIOLATION, self.text(what))
+            }
+        }
+    }
+}
+
+/// One turn of the control channel's writer.
+enum Step {
+    Nothing,
+    /// A ping or pong.
+    Control(OpCode, Vec<u8>),
+    Notice(Notice),
+    /// The last frame: the channel ends after it.
+    Close(u16, String),
 }

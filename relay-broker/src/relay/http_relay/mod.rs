@@ -27,6 +27,7 @@ use tracing::Instrument as _;
 use crate::RelayError;
 use crate::relay::Relay;
 use crate::relay::auth::authorize;
+use crate::relay::local::Target;
 use crate::relay::rendezvous::{
     ListenerResponse, OutgoingRequest, Pending, RequestSlot, ResponseBody,
 };
@@ -47,24 +48,24 @@ use response::build_response;
 const BODY_CHANNEL: usize = 8;
 
 /// Relays one HTTP request to a listener and returns its response: access, listener,
-/// notice, answer, in that order (each step a call of its own where it is more than a
-/// few lines).
+/// notice, answer, in that order. One sequence, each step a call, because the address
+/// reservation it holds must live from the notice to the answer.
 pub(crate) async fn handle(
     shared: &Arc<Relay>,
     req: Request,
     r: Resolved,
 ) -> Result<Response<Body>, RelayError> {
-    let runtime_info = is_runtime_info(&req, &r);
-    let view = crate::relay::web::View::of(req.headers(), &r);
-    let access = if runtime_info {
+    if is_runtime_info(&req, &r) {
         // Any valid rule may read runtime information; relaying needs Send.
         let audience = r.audience_path();
         let claim = r.claim(req.headers(), &audience, Rights::NONE, true);
         authorize(shared, claim).await?;
         return Ok(runtime_information(shared, &r));
-    } else {
-        crate::relay::web::authorize_browser(shared, req.headers(), req.method(), &r, &view).await?
-    };
+    }
+    let view = crate::relay::web::View::of(req.headers(), &r);
+    let access =
+        crate::relay::web::authorize_browser(shared, req.headers(), req.method(), &r, &view)
+            .await?;
     let refresh = match access {
         Access::Login(page) => return Ok(page),
         Access::Session { ref refresh } => refresh.clone(),
@@ -72,20 +73,7 @@ pub(crate) async fn handle(
     };
     let listener = shared.pick(&r.hc.name).ok_or(RelayError::NoListener)?;
     let (parts, body) = req.into_parts();
-    let head = RequestHead {
-        method: parts.method.clone(),
-        host: view.host.clone(),
-        refresh,
-    };
-    let mut headers = crate::relay::web::for_listener(
-        request_headers(&parts.headers, access.consumed_authorization(), &view.host),
-        &view,
-    );
-    if !listener.listener.header_arrays {
-        headers = headers.folded();
-    }
-    let header_bytes: usize = headers.0.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-    let (has_body, inline) = body_shape(&parts.headers, header_bytes);
+    let (headers, has_body, inline) = listener_headers(&parts.headers, &access, &view, &listener);
 
     // Named after this node: the listener's inline answer may reach another one first.
     let request_id = shared.node.suffix(&uuid::Uuid::new_v4().to_string());
@@ -96,25 +84,16 @@ pub(crate) async fn handle(
             request_id: request_id.clone(),
         })
         .map_err(|_| RelayError::Busy("pending rendezvous"))?;
-    // The listener dials the node that waits: its own, as it reached it, or this one.
-    let base = match &listener.local {
-        Some(_) => listener.listener.base_url.to_string(),
-        None => crate::relay::web::base_url(shared, &parts.headers, r.transport),
-    };
-    let address = format!(
-        "{base}/$hc/{}?sb-hc-action=request&sb-hc-id={request_id}&{RENDEZVOUS_PARAM}={}",
-        relay_core::address::encode_name(&r.hc.name),
-        address_guard.key()
+    let address = request_address(
+        shared,
+        &listener,
+        &parts.headers,
+        &r,
+        &request_id,
+        address_guard.key(),
     );
-    let mut target = r.raw_path.clone();
-    if !r.query.app_query.is_empty() {
-        target.push('?');
-        target.push_str(&r.query.app_query);
-    }
     let full = control::Request {
-        address: address.clone(),
-        id: request_id.clone(),
-        request_target: Some(target),
+        request_target: Some(request_target(&r)),
         method: Some(parts.method.as_str().to_owned()),
         request_headers: Some(headers),
         body: Some(has_body),
@@ -122,41 +101,15 @@ pub(crate) async fn handle(
             address: t.peer.ip().to_string(),
             port: t.peer.port(),
         }),
+        ..control::Request::address_only(address.clone(), request_id.clone())
     };
-
-    let (respond, response) = oneshot::channel();
     let (notice, outgoing) = if inline {
-        (
-            inline_notice(shared, full, has_body.then_some(body)).await?,
-            None,
-        )
+        let body = has_body.then_some(body);
+        (inline_notice(shared, full, body).await?, None)
     } else {
         address_only(full, address, body)
     };
-    let _request_guard = shared
-        .rendezvous
-        .add_request(
-            &request_id,
-            RequestSlot {
-                listener_id: listener.listener.key.clone(),
-                respond,
-                outgoing: std::sync::Mutex::new(outgoing),
-            },
-        )
-        .map_err(|_| RelayError::Busy("pending requests"))?;
-    // One deadline for the whole request: waiting for room in a busy listener's queue (a
-    // burst), then for its answer.
-    let deadline = tokio::time::Instant::now() + shared.limits.http_request_timeout;
-    shared.deliver(&listener, notice, deadline).await?;
-    let answer = match tokio::time::timeout_at(deadline, response).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => {
-            return Err(RelayError::ListenerFailed(
-                "the listener disconnected or broke protocol".into(),
-            ));
-        }
-        Err(_) => return Err(RelayError::GatewayTimeout),
-    };
+    let answer = answer(shared, &listener, &request_id, notice, outgoing).await?;
     drop(address_guard);
     if let ResponseBody::Full(bytes) = &answer.body {
         shared
@@ -164,11 +117,98 @@ pub(crate) async fn handle(
             .bytes_to_sender
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     }
+    let head = RequestHead {
+        method: parts.method,
+        host: view.host,
+        refresh,
+    };
     Ok(build_response(
         answer,
         &head,
         shared.limits.http_request_timeout,
     ))
+}
+
+/// The request headers as the listener gets them (folded for a listener that cannot read
+/// arrays), whether there is a body, and whether the request goes inline.
+fn listener_headers(
+    headers: &HeaderMap,
+    access: &Access,
+    view: &crate::relay::web::View,
+    listener: &Target,
+) -> (Headers, bool, bool) {
+    let mut out = crate::relay::web::for_listener(
+        request_headers(headers, access.consumed_authorization(), &view.host),
+        view,
+    );
+    if !listener.listener.header_arrays {
+        out = out.folded();
+    }
+    let header_bytes: usize = out.0.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let (has_body, inline) = body_shape(headers, header_bytes);
+    (out, has_body, inline)
+}
+
+/// The rendezvous address a listener dials for this request: the node that waits, as the
+/// listener reached it (its own), or as the sender reached this one.
+fn request_address(
+    shared: &Relay,
+    listener: &Target,
+    headers: &HeaderMap,
+    r: &Resolved,
+    request_id: &str,
+    key: &str,
+) -> String {
+    let base = match &listener.local {
+        Some(_) => listener.listener.base_url.to_string(),
+        None => crate::relay::web::base_url(shared, headers, r.transport),
+    };
+    format!(
+        "{base}/$hc/{}?sb-hc-action=request&sb-hc-id={request_id}&{RENDEZVOUS_PARAM}={key}",
+        relay_core::address::encode_name(&r.hc.name),
+    )
+}
+
+/// The path and the application's query, as the listener's `requestTarget`.
+fn request_target(r: &Resolved) -> String {
+    let mut target = r.raw_path.clone();
+    if !r.query.app_query.is_empty() {
+        target.push('?');
+        target.push_str(&r.query.app_query);
+    }
+    target
+}
+
+/// Delivers the notice and waits for the listener's answer. One deadline for the whole
+/// request: waiting for room in a busy listener's queue (a burst), then for its answer.
+async fn answer(
+    shared: &Relay,
+    listener: &Target,
+    request_id: &str,
+    notice: Outbound,
+    outgoing: Option<OutgoingRequest>,
+) -> Result<ListenerResponse, RelayError> {
+    let (respond, response) = oneshot::channel();
+    let _request_guard = shared
+        .rendezvous
+        .add_request(
+            request_id,
+            RequestSlot {
+                listener_id: listener.listener.key.clone(),
+                respond,
+                outgoing: std::sync::Mutex::new(outgoing),
+            },
+        )
+        .map_err(|_| RelayError::Busy("pending requests"))?;
+    let deadline = tokio::time::Instant::now() + shared.limits.http_request_timeout;
+    shared.deliver(listener, notice, deadline).await?;
+    match tokio::time::timeout_at(deadline, response).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(RelayError::ListenerFailed(
+            "the listener disconnected or broke protocol".into(),
+        )),
+        Err(_) => Err(RelayError::GatewayTimeout),
+    }
 }
 
 /// Whether a request has a body, and whether it goes inline: headers and body within
@@ -215,15 +255,7 @@ fn address_only(
     address: String,
     body: Body,
 ) -> (Outbound, Option<OutgoingRequest>) {
-    let short = control::Request {
-        address,
-        id: full.id.clone(),
-        request_target: None,
-        method: None,
-        request_headers: None,
-        body: None,
-        remote_endpoint: None,
-    };
+    let short = control::Request::address_only(address, full.id.clone());
     let outgoing = OutgoingRequest {
         json: ListenerCommand::Request(full).encode(),
         body: Some(body),

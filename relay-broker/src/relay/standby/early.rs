@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
 use relay_core::control::Accept;
-use relay_core::frame::{OpCode, close_code};
+use relay_core::frame::{FrameHeader, OpCode, close_code};
 use relay_core::standby::{
     CLOSE_REJECTED, EarlyCopy, Exchange, Failure, Heard, Kept, MAX_REPLY_BYTES, Next,
     rejection_reason,
 };
-use relay_io::WsReader;
+use relay_io::{WsError, WsReader};
 use tracing::Instrument as _;
 
 use crate::relay::Relay;
@@ -24,6 +24,9 @@ use crate::relay::socket::{RelayHalves, relay_io_halves};
 
 /// Why the sender is closed instead of relayed: a close code and reason.
 type Refusal = (u16, String);
+
+/// The writer half of a standby socket.
+type StandbyWriter = relay_io::WsWriter<tokio::io::WriteHalf<crate::relay::socket::BoxSocket>>;
 
 /// Relays an early-paired sender once its upgrade completes. `accept` and `listener` are
 /// what the control-channel fallback needs.
@@ -68,16 +71,26 @@ pub(crate) fn spawn(
     );
 }
 
+/// What one frame of the sender did while the listener decides.
+enum Forwarded {
+    /// Written to the standby (and kept until its receipt).
+    Sent,
+    /// Left unread for the relay: a control frame, more than the copy holds, or the end.
+    Paused,
+    /// The standby failed before it confirmed receipt: the control channel may still work.
+    StandbyDead,
+}
+
 /// Forwards sender frames until the listener has answered, and returns its socket. The
 /// rules (receipt, answer, deadlines, the copy) are relay_core's [`Exchange`] and
-/// [`EarlyCopy`]; this moves frames and timers. It stays one function because it is one
-/// `select!` over both sockets, the deadline and the hard stop, then the fallback in order.
+/// [`EarlyCopy`]; this moves frames and timers: one `select!` over both sockets, the
+/// deadline and the hard stop, then the fallback.
 async fn decide<R>(
     shared: &Relay,
     sender: &mut WsReader<R>,
     standby: RelayHalves,
     listener: &Target,
-    mut accept: Accept,
+    accept: Accept,
 ) -> Result<RelayHalves, Refusal>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -86,66 +99,19 @@ where
     let now = || tokio::time::Instant::now().into_std();
     let mut exchange = Exchange::new(now(), shared.limits.accept_timeout);
     let mut copy = EarlyCopy::default();
-    // The sender is no longer read once it sent a control frame, more than can be kept, or
-    // its end: what is left waits, in place, for the relay.
     let mut paused = false;
     loop {
         let deadline = tokio::time::Instant::from_std(exchange.deadline());
+        let mut text = Vec::new();
         let next = tokio::select! {
             biased;
-            header = l_reader.header() => {
-                let mut text = Vec::new();
-                let heard = match header {
-                    Ok(Some(h)) if h.opcode == OpCode::Text && h.payload_len <= MAX_REPLY_BYTES as u64 => {
-                        match l_reader.read_small_payload(&mut text).await {
-                            Ok(()) => Heard::Text(&text),
-                            Err(_) => Heard::Closed,
-                        }
-                    }
-                    Ok(Some(_)) => Heard::Other,
-                    Ok(None) | Err(_) => Heard::Closed,
-                };
-                exchange.on_heard(heard)
-            }
+            header = l_reader.header() => exchange.on_heard(hear(&mut l_reader, header, &mut text).await),
             header = sender.header(), if !paused => {
-                let h = match header {
-                    Ok(Some(h)) if copy.may_forward(h.opcode, h.payload_len) => h,
-                    Ok(Some(_)) => {
-                        paused = sender.unread_header();
-                        if !paused {
-                            return Err((close_code::INTERNAL_ERROR, "internal error".into()));
-                        }
-                        continue;
-                    }
-                    Ok(None) => {
-                        paused = true;
-                        continue;
-                    }
-                    Err(e) => {
-                        // The sender broke the protocol or vanished: nothing to relay.
-                        let _ = l_writer.close(close_code::GOING_AWAY, "the sender went away").await;
-                        return Err((close_code::PROTOCOL_ERROR, e.to_string()));
-                    }
-                };
-                let mut payload = Vec::with_capacity(h.payload_len as usize);
-                if let Err(e) = sender.read_small_payload(&mut payload).await {
-                    let _ = l_writer.close(close_code::GOING_AWAY, "the sender went away").await;
-                    return Err((close_code::PROTOCOL_ERROR, e.to_string()));
-                }
-                let wrote = tokio::time::timeout_at(deadline, async {
-                    l_writer.send(h.fin, h.opcode, &payload).await?;
-                    l_writer.flush().await
-                })
-                .await;
-                shared.counters.bytes_to_listener.fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                // Kept until the receipt, also when the write failed half-way.
-                copy.forwarded(Kept { fin: h.fin, opcode: h.opcode, payload });
-                match (wrote, exchange.received()) {
-                    (Ok(Ok(())), _) => continue,
-                    (_, false) => Next::Dead,
-                    (_, true) => {
-                        return Err((close_code::INTERNAL_ERROR, "The listener's standby socket failed".into()));
-                    }
+                let frame = Frame { header, deadline, received: exchange.received() };
+                match forward(shared, sender, frame, &mut l_writer, &mut copy).await? {
+                    Forwarded::Sent => continue,
+                    Forwarded::Paused => { paused = true; continue; }
+                    Forwarded::StandbyDead => Next::Dead,
                 }
             }
             () = shared.hard_stop.cancelled() => {
@@ -185,17 +151,115 @@ where
             Next::Dead => break,
         }
     }
-    // The standby never confirmed receipt: likely dead, and its siblings with it.
+    drop((l_reader, l_writer));
+    fall_back(shared, listener, accept, copy).await
+}
+
+/// What the standby said, as the exchange hears it: a complete small text, or anything else.
+async fn hear<'t, R>(
+    reader: &mut WsReader<R>,
+    header: Result<Option<FrameHeader>, WsError>,
+    text: &'t mut Vec<u8>,
+) -> Heard<'t>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    match header {
+        Ok(Some(h)) if h.opcode == OpCode::Text && h.payload_len <= MAX_REPLY_BYTES as u64 => {
+            match reader.read_small_payload(text).await {
+                Ok(()) => Heard::Text(text),
+                Err(_) => Heard::Closed,
+            }
+        }
+        Ok(Some(_)) => Heard::Other,
+        Ok(None) | Err(_) => Heard::Closed,
+    }
+}
+
+/// One header read from the sender, and when the listener must have answered by.
+struct Frame {
+    header: Result<Option<FrameHeader>, WsError>,
+    deadline: tokio::time::Instant,
+    /// Whether the standby already confirmed receipt (a failed write is then final).
+    received: bool,
+}
+
+/// Forwards one sender frame to the standby, keeping a copy until the receipt. The sender
+/// is no longer read once it sent a control frame, more than can be kept, or its end: what
+/// is left waits, in place, for the relay.
+async fn forward<R>(
+    shared: &Relay,
+    sender: &mut WsReader<R>,
+    frame: Frame,
+    l_writer: &mut StandbyWriter,
+    copy: &mut EarlyCopy,
+) -> Result<Forwarded, Refusal>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let h = match frame.header {
+        Ok(Some(h)) if copy.may_forward(h.opcode, h.payload_len) => h,
+        Ok(Some(_)) if sender.unread_header() => return Ok(Forwarded::Paused),
+        Ok(Some(_)) => return Err((close_code::INTERNAL_ERROR, "internal error".into())),
+        Ok(None) => return Ok(Forwarded::Paused),
+        Err(e) => return Err(sender_gone(l_writer, &e).await),
+    };
+    let mut payload = Vec::with_capacity(h.payload_len as usize);
+    if let Err(e) = sender.read_small_payload(&mut payload).await {
+        return Err(sender_gone(l_writer, &e).await);
+    }
+    let wrote = tokio::time::timeout_at(frame.deadline, async {
+        l_writer.send(h.fin, h.opcode, &payload).await?;
+        l_writer.flush().await
+    })
+    .await;
+    shared
+        .counters
+        .bytes_to_listener
+        .fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    // Kept until the receipt, also when the write failed half-way.
+    copy.forwarded(Kept {
+        fin: h.fin,
+        opcode: h.opcode,
+        payload,
+    });
+    match (wrote, frame.received) {
+        (Ok(Ok(())), _) => Ok(Forwarded::Sent),
+        (_, false) => Ok(Forwarded::StandbyDead),
+        (_, true) => Err((
+            close_code::INTERNAL_ERROR,
+            "The listener's standby socket failed".into(),
+        )),
+    }
+}
+
+/// The sender broke the protocol or vanished: the standby is told, and nothing is relayed.
+async fn sender_gone(l_writer: &mut StandbyWriter, e: &WsError) -> Refusal {
+    let _ = l_writer
+        .close(close_code::GOING_AWAY, "the sender went away")
+        .await;
+    (close_code::PROTOCOL_ERROR, e.to_string())
+}
+
+/// The standby never confirmed receipt, so it is likely dead, and its siblings with it: the
+/// `accept` goes over the control channel, and the copy is replayed on the socket that
+/// arrives there.
+async fn fall_back(
+    shared: &Relay,
+    listener: &Target,
+    mut accept: Accept,
+    mut copy: EarlyCopy,
+) -> Result<RelayHalves, Refusal> {
     tracing::debug!("standby did not confirm receipt; using the control channel");
     if let Some(pool) = listener.standby() {
         pool.retire_parked();
     }
     crate::metrics::count(&shared.counters.standby_fallbacks);
-    drop((l_reader, l_writer));
     let retained = copy.replay();
+    let internal = |e: &dyn std::fmt::Display| (close_code::INTERNAL_ERROR, e.to_string());
     let arrival = via_control_channel(shared, listener, &mut accept)
         .await
-        .map_err(|e| (close_code::INTERNAL_ERROR, e.to_string()))?;
+        .map_err(|e| internal(&e))?;
     let socket = match arrival {
         Arrival::Rejected {
             status,
@@ -209,10 +273,7 @@ where
         Arrival::Accepted { socket, .. } => socket,
     };
     let Some((reader, mut writer)) = socket.open(shared.limits.relay_buffer_bytes).await else {
-        return Err((
-            close_code::INTERNAL_ERROR,
-            "The listener's upgrade failed".into(),
-        ));
+        return Err(internal(&"The listener's upgrade failed"));
     };
     let replay = async {
         for frame in &retained {
@@ -220,8 +281,6 @@ where
         }
         writer.flush().await
     };
-    replay
-        .await
-        .map_err(|e| (close_code::INTERNAL_ERROR, e.to_string()))?;
+    replay.await.map_err(|e| internal(&e))?;
     Ok((reader, writer))
 }
