@@ -154,68 +154,65 @@ pub(crate) async fn run(command: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::Listener(ListenerCommand::List { connection }) => {
-            let rows = call(&connection, "GET", "/listeners", None).await?;
-            for l in rows.as_array().into_iter().flatten() {
-                let hcs: Vec<String> = l["hybrid_connections"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(text)
-                    .collect();
-                let state = if l["revoked_at_ms"].is_null() {
-                    "active"
-                } else {
-                    "revoked"
-                };
-                println!(
-                    "{}  {}  {}  {}  {state}",
-                    text(&l["id"]),
-                    text(&l["name"]),
-                    text(&l["person"]),
-                    hcs.join(",")
-                );
-            }
-            Ok(())
+            list_listeners(&connection).await
         }
-        AdminCommand::Audit { since, connection } => {
-            let since_ms = match since {
-                Some(s) => {
-                    let t = time::OffsetDateTime::parse(
-                        &s,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .with_context(|| format!("--since '{s}' is not RFC 3339"))?;
-                    (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
-                }
-                None => 0,
-            };
-            let rows = call(
-                &connection,
-                "GET",
-                &format!("/audit?since_ms={since_ms}"),
-                None,
-            )
-            .await?;
-            for row in rows.as_array().into_iter().flatten() {
-                let at = row["at_ms"].as_u64().unwrap_or(0);
-                let at =
-                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
-                        .ok()
-                        .and_then(|t| {
-                            t.format(&time::format_description::well_known::Rfc3339)
-                                .ok()
-                        })
-                        .unwrap_or_default();
-                println!(
-                    "{at}  {}  {}  {}",
-                    text(&row["kind"]),
-                    text(&row["subject"]),
-                    text(&row["detail"])
-                );
-            }
-            Ok(())
-        }
+        AdminCommand::Audit { since, connection } => audit(&connection, since.as_deref()).await,
     }
+}
+
+/// One line per listener: id, name, person, hybrid connections, state.
+async fn list_listeners(connection: &AdminConnection) -> anyhow::Result<()> {
+    let rows = call(connection, "GET", "/listeners", None).await?;
+    for l in rows.as_array().into_iter().flatten() {
+        let hcs: Vec<String> = l["hybrid_connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        let state = if l["revoked_at_ms"].is_null() {
+            "active"
+        } else {
+            "revoked"
+        };
+        println!(
+            "{}  {}  {}  {}  {state}",
+            text(&l["id"]),
+            text(&l["name"]),
+            text(&l["person"]),
+            hcs.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// The audit trail since an RFC 3339 time, one event a line.
+async fn audit(connection: &AdminConnection, since: Option<&str>) -> anyhow::Result<()> {
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let since_ms = match since {
+        Some(s) => {
+            let t = time::OffsetDateTime::parse(s, rfc3339)
+                .with_context(|| format!("--since '{s}' is not RFC 3339"))?;
+            (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+        }
+        None => 0,
+    };
+    let path = format!("/audit?since_ms={since_ms}");
+    let rows = call(connection, "GET", &path, None).await?;
+    for row in rows.as_array().into_iter().flatten() {
+        let at = row["at_ms"].as_u64().unwrap_or(0);
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(rfc3339).ok())
+            .unwrap_or_default();
+        println!(
+            "{at}  {}  {}  {}",
+            text(&row["kind"]),
+            text(&row["subject"]),
+            text(&row["detail"])
+        );
+    }
+    Ok(())
 }
 
 async fn person(command: PersonCommand) -> anyhow::Result<()> {
@@ -231,17 +228,7 @@ async fn person(command: PersonCommand) -> anyhow::Result<()> {
             password_env,
             connection,
         } => {
-            let password = match password_env {
-                Some(var) => std::env::var(&var)
-                    .with_context(|| format!("--password-env {var} is not set"))?,
-                None => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .context("reading the password from standard input")?;
-                    line.trim_end_matches(['\r', '\n']).to_owned()
-                }
-            };
+            let password = password(password_env.as_deref())?;
             (
                 connection,
                 "POST",
@@ -280,6 +267,27 @@ async fn person(command: PersonCommand) -> anyhow::Result<()> {
         ),
     };
     let reply = call(&connection, method, &path, body).await?;
+    print_persons(reply);
+    Ok(())
+}
+
+/// A new person's password: from the named variable, or the first line of standard input
+/// (never an argument, which other users could read).
+fn password(env: Option<&str>) -> anyhow::Result<String> {
+    match env {
+        Some(var) => std::env::var(var).with_context(|| format!("--password-env {var} is not set")),
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+        }
+    }
+}
+
+/// One line per person: name, state, rights.
+fn print_persons(reply: serde_json::Value) {
     for person in reply.as_array().cloned().unwrap_or_else(|| vec![reply]) {
         let rights: Vec<String> = person["rights"]
             .as_array()
@@ -294,7 +302,6 @@ async fn person(command: PersonCommand) -> anyhow::Result<()> {
         };
         println!("{}  {state}  {}", text(&person["name"]), rights.join(","));
     }
-    Ok(())
 }
 
 fn text(v: &serde_json::Value) -> String {

@@ -188,38 +188,52 @@ impl Direction<'_> {
                     }
                 }
                 OpCode::Ping | OpCode::Pong | OpCode::Close => {
-                    let mut payload = Vec::with_capacity(header.payload_len as usize);
-                    if src.read_small_payload(&mut payload).await.is_err() {
-                        self.close_dst(dst, close_code::GOING_AWAY, "peer disconnected")
-                            .await;
-                        return End::Aborted;
-                    }
-                    match header.opcode {
-                        OpCode::Ping => {
-                            let _ = self.peer.try_send(Control {
-                                opcode: OpCode::Pong,
-                                payload,
-                            });
-                        }
-                        OpCode::Close => {
-                            if let Err(e) = frame::parse_close(&payload) {
-                                return self.protocol_error(dst, &e.to_string()).await;
-                            }
-                            let _ = self
-                                .send_control(
-                                    dst,
-                                    &Control {
-                                        opcode: OpCode::Close,
-                                        payload,
-                                    },
-                                )
-                                .await;
-                            return End::Closed;
-                        }
-                        _ => {}
+                    if let Some(end) = self.control_frame(header, src, dst).await {
+                        return end;
                     }
                 }
             }
+        }
+    }
+
+    /// A control frame from `src`: a ping is answered by the peer's writer, a pong
+    /// dropped, a close passed on as the end of this direction.
+    async fn control_frame<R, W>(
+        &mut self,
+        header: FrameHeader,
+        src: &mut WsReader<R>,
+        dst: &mut WsWriter<W>,
+    ) -> Option<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut payload = Vec::with_capacity(header.payload_len as usize);
+        if src.read_small_payload(&mut payload).await.is_err() {
+            self.close_dst(dst, close_code::GOING_AWAY, "peer disconnected")
+                .await;
+            return Some(End::Aborted);
+        }
+        match header.opcode {
+            OpCode::Ping => {
+                let _ = self.peer.try_send(Control {
+                    opcode: OpCode::Pong,
+                    payload,
+                });
+                None
+            }
+            OpCode::Close => {
+                if let Err(e) = frame::parse_close(&payload) {
+                    return Some(self.protocol_error(dst, &e.to_string()).await);
+                }
+                let close = Control {
+                    opcode: OpCode::Close,
+                    payload,
+                };
+                let _ = self.send_control(dst, &close).await;
+                Some(End::Closed)
+            }
+            _ => None,
         }
     }
 

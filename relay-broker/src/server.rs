@@ -72,42 +72,72 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        // Relayed connections may idle for hours; keep-alive probes find dead peers.
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(TCP_KEEPALIVE)
-            .with_interval(TCP_KEEPALIVE);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let router = router.clone();
-        let acceptor = acceptor.clone();
-        let stop = stop.clone();
-        let broker = broker.clone();
+        tune(&stream);
+        let conn = Accepted {
+            router: router.clone(),
+            acceptor: acceptor.clone(),
+            stop: stop.clone(),
+            broker: broker.clone(),
+        };
         connections.spawn(async move {
             let _permit = permit;
-            match acceptor {
-                None => {
-                    let transport = Transport { peer, tls: false };
-                    serve_connection(stream, transport, None, router, stop).await;
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let cert = client_certificate(&broker, &tls);
-                            let transport = Transport { peer, tls: true };
-                            serve_connection(tls, transport, cert, router, stop).await;
-                        }
-                        Ok(Err(e)) => handshake_failed(&broker, peer, &e),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
+            conn.serve(stream, peer).await;
         });
     }
     drop(listener);
+    drain(&broker, &connections, &stop).await;
+    Ok(())
+}
+
+/// Low latency for relayed frames, and keep-alive probes: relayed connections may idle for
+/// hours, and the probes find dead peers.
+fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// What each accepted connection needs to be served.
+struct Accepted {
+    router: axum::Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: tokio_util::sync::CancellationToken,
+    broker: Broker,
+}
+
+impl Accepted {
+    /// Serves one connection, after its TLS handshake when there is one (bounded in time).
+    async fn serve(self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        let Some(acceptor) = self.acceptor else {
+            let transport = Transport { peer, tls: false };
+            serve_connection(stream, transport, None, self.router, self.stop).await;
+            return;
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let cert = client_certificate(&self.broker, &tls);
+                let transport = Transport { peer, tls: true };
+                serve_connection(tls, transport, cert, self.router, self.stop).await;
+            }
+            Ok(Err(e)) => handshake_failed(&self.broker, peer, &e),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+}
+
+/// Shutdown: control channels close with 1001, connections and relays drain within
+/// `shutdown_drain`, and what is left is cut.
+async fn drain(
+    broker: &Broker,
+    connections: &tokio_util::task::TaskTracker,
+    stop: &tokio_util::sync::CancellationToken,
+) {
     tracing::info!("shutting down: closing control channels and draining");
     broker.begin_shutdown();
-    let drain = relay.limits.shutdown_drain;
-    let shared = relay;
+    let shared = broker.relay();
+    let drain = shared.limits.shutdown_drain;
     stop.cancel();
     connections.close();
     shared.tasks.close();
@@ -125,7 +155,6 @@ pub(crate) async fn serve(
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.tasks.wait()).await;
     }
-    Ok(())
 }
 
 /// A refused client certificate (expired, not yet valid, unknown issuer, wrong EKU) is a

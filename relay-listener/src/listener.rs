@@ -260,20 +260,13 @@ impl Listener {
         }
     }
 
-    /// One control-channel session. `Ok` only on shutdown.
-    async fn session<H: Handler>(
+    /// The control channel's options: its credential (a token whose expiry the writer
+    /// renews, or a certificate with its renewals and, behind a TLS-ending proxy, a PoP
+    /// ticket), its instance, header arrays and the standby request.
+    async fn dial_options(
         &self,
-        handler: &Arc<H>,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), ListenerError> {
+    ) -> Result<(ConnectOptions, Option<u64>, Option<watch::Receiver<u64>>), ListenerError> {
         let config = &self.config;
-        let url = format!(
-            "{}/$hc/{}?sb-hc-action=listen&sb-hc-id={}",
-            config.endpoint,
-            relay_core::address::encode_name(&config.hc),
-            uuid_like()
-        );
         let mut options = config.connect_options();
         let (expires_at, renewals) = match &config.credential {
             Credential::Token(source) => {
@@ -316,6 +309,24 @@ impl Listener {
                 .headers
                 .push(standby::request_header(config.standby));
         }
+        Ok((options, expires_at, renewals))
+    }
+
+    /// One control-channel session. `Ok` only on shutdown.
+    async fn session<H: Handler>(
+        &self,
+        handler: &Arc<H>,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), ListenerError> {
+        let config = &self.config;
+        let url = format!(
+            "{}/$hc/{}?sb-hc-action=listen&sb-hc-id={}",
+            config.endpoint,
+            relay_core::address::encode_name(&config.hc),
+            uuid_like()
+        );
+        let (mut options, expires_at, renewals) = self.dial_options().await?;
         options.read_buffer = 16 * 1024;
         let connected = relay_io::client::connect(&url, &options).await?;
         tracing::info!(hc = %config.hc, endpoint = %config.endpoint, "listening");

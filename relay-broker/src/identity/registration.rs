@@ -119,58 +119,11 @@ fn register_blocking(
     body: Register,
 ) -> Result<Registered, IdentityError> {
     let store = &state.store;
-    let now_ms = crate::store::now_ms();
-    let (person_name, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
-        (None, _, None) if body.person_token.is_some() => {
-            let token = body.person_token.as_deref().unwrap_or_default();
-            let person = super::principal::person_by_token(&**store, token)?;
-            (
-                person.name,
-                checked_hcs(&body.hybrid_connections)?,
-                body.name,
-            )
-        }
-        (Some(token), _, _) => {
-            let token = store
-                .burn_enrollment_token(&sha256_hex(token), now_ms)?
-                .ok_or({
-                    IdentityError::BadCredentials(
-                        "the enrollment token is unknown, used or expired",
-                    )
-                })?;
-            (
-                token.person,
-                token.hybrid_connections,
-                token.name.or(body.name),
-            )
-        }
-        (None, Some(person), Some(password)) => {
-            let found = store.person(person)?;
-            // The same answer for an unknown person and a wrong password.
-            let verified = found.as_ref().is_some_and(|(_, hash)| {
-                PasswordHash::new(hash).is_ok_and(|h| {
-                    argon2::Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-            });
-            if !verified {
-                return Err(IdentityError::BadCredentials(
-                    "the person or password is wrong",
-                ));
-            }
-            (
-                person.clone(),
-                checked_hcs(&body.hybrid_connections)?,
-                body.name,
-            )
-        }
-        _ => {
-            return Err(IdentityError::BadRequest(
-                "give enrollment_token, person_token, or person and password".into(),
-            ));
-        }
-    };
+    let Registrant {
+        person: person_name,
+        hcs,
+        name,
+    } = registrant(&**store, &body)?;
     // Rights are re-checked at use, not only when a token was minted.
     let (person, _) = store
         .person(&person_name)?
@@ -207,6 +160,74 @@ fn register_blocking(
         hybrid_connections: hcs,
         not_after_ms,
     })
+}
+
+/// Who registers, for which hybrid connections, under which name.
+struct Registrant {
+    person: String,
+    hcs: Vec<String>,
+    name: Option<String>,
+}
+
+/// The registrant, by one of the three credentials: a single-use enrollment token (which
+/// it burns), a person's API token, or a person's password.
+fn registrant(
+    store: &dyn crate::store::Store,
+    body: &Register,
+) -> Result<Registrant, IdentityError> {
+    let now_ms = crate::store::now_ms();
+    let (person, hcs, name) = match (&body.enrollment_token, &body.person, &body.password) {
+        (None, _, None) if body.person_token.is_some() => {
+            let token = body.person_token.as_deref().unwrap_or_default();
+            let person = super::principal::person_by_token(store, token)?;
+            (
+                person.name,
+                checked_hcs(&body.hybrid_connections)?,
+                body.name.clone(),
+            )
+        }
+        (Some(token), _, _) => {
+            let token = store
+                .burn_enrollment_token(&sha256_hex(token), now_ms)?
+                .ok_or({
+                    IdentityError::BadCredentials(
+                        "the enrollment token is unknown, used or expired",
+                    )
+                })?;
+            (
+                token.person,
+                token.hybrid_connections,
+                token.name.or_else(|| body.name.clone()),
+            )
+        }
+        (None, Some(person), Some(password)) => {
+            let found = store.person(person)?;
+            // The same answer for an unknown person and a wrong password.
+            let verified = found.as_ref().is_some_and(|(_, hash)| {
+                PasswordHash::new(hash).is_ok_and(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+            });
+            if !verified {
+                return Err(IdentityError::BadCredentials(
+                    "the person or password is wrong",
+                ));
+            }
+            (
+                person.clone(),
+                checked_hcs(&body.hybrid_connections)?,
+                body.name.clone(),
+            )
+        }
+        _ => {
+            return Err(IdentityError::BadRequest(
+                "give enrollment_token, person_token, or person and password".into(),
+            ));
+        }
+    };
+    Ok(Registrant { person, hcs, name })
 }
 
 fn issue(

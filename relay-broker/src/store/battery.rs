@@ -43,12 +43,14 @@ conformance!(
     enrollment_tokens,
     listeners_and_certificates,
     person_tokens,
-    audited_writes,
+    audited_person_writes,
+    audited_listener_writes,
+    audited_namespace_writes,
 );
 
 #[test]
 fn the_concern_list_names_every_test() {
-    assert_eq!(conformance::CONCERNS.len(), 8);
+    assert_eq!(conformance::CONCERNS.len(), 10);
 }
 
 fn temp_db(name: &str) -> PathBuf {

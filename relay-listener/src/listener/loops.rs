@@ -95,27 +95,7 @@ impl Listener {
                 }
             };
             match ListenerCommand::decode(text.as_bytes(), MAX_INLINE_BODY_MESSAGE_BYTES) {
-                Ok(ListenerCommand::Accept(accept)) => {
-                    let answer = Answer::Rendezvous {
-                        address: accept.address.clone(),
-                        options: self.config.connect_options(),
-                    };
-                    let conn = incoming(accept, &self.config.hc, answer);
-                    match self.work.admit() {
-                        Some(permit) => {
-                            let handler = Arc::clone(handler);
-                            self.work.spawn(permit, async move {
-                                handler.on_connection(conn).await;
-                            });
-                        }
-                        None => {
-                            let busy = self.work.busy_text();
-                            self.work.refuse(async move {
-                                let _ = conn.reject(503, &busy).await;
-                            });
-                        }
-                    }
-                }
+                Ok(ListenerCommand::Accept(accept)) => self.accept(accept, handler),
                 Ok(ListenerCommand::Request(request)) => {
                     let body = if request.body == Some(true) && !request.is_address_only() {
                         match reader.message(MAX_INLINE_BODY_MESSAGE_BYTES).await? {
@@ -139,6 +119,30 @@ impl Listener {
                 }
                 Ok(other) => tracing::debug!(?other, "ignoring unexpected command"),
                 Err(e) => tracing::debug!(error = %e, "ignoring malformed control message"),
+            }
+        }
+    }
+
+    /// A sender's `accept`: handed to the handler when the agent has room, else rejected
+    /// with 503 on its own rendezvous, so the control channel is never held up.
+    fn accept<H: Handler>(&self, accept: relay_core::control::Accept, handler: &Arc<H>) {
+        let answer = Answer::Rendezvous {
+            address: accept.address.clone(),
+            options: self.config.connect_options(),
+        };
+        let conn = incoming(accept, &self.config.hc, answer);
+        match self.work.admit() {
+            Some(permit) => {
+                let handler = Arc::clone(handler);
+                self.work.spawn(permit, async move {
+                    handler.on_connection(conn).await;
+                });
+            }
+            None => {
+                let busy = self.work.busy_text();
+                self.work.refuse(async move {
+                    let _ = conn.reject(503, &busy).await;
+                });
             }
         }
     }

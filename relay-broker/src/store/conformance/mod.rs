@@ -1,17 +1,19 @@
 //! The conformance battery every store implementation passes, one function per concern.
 //! Public under the `test-util` feature so that another backend (PostgreSQL, in the
 //! cluster) runs exactly these checks: open a fresh store with [`config_hcs`] and
-//! [`config_rules`], then call each function of [`CONCERNS`] on a store of its own. One
-//! file, a little over 400 lines, so that another backend's tests import one module.
+//! [`config_rules`], then call each function of [`CONCERNS`] on a store of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use relay_core::sas::{Rights, SharedAccessKey};
 
 use super::{
-    AuditEvent, AuditKind, CertificateRecord, EnrollmentToken, Grant, IdentityWrite,
-    ListenerRecord, NamespaceChange, Store, StoreError,
+    AuditEvent, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, NamespaceChange, Store,
+    StoreError,
 };
 use crate::config::HybridConnection;
+
+mod audited;
+pub use audited::{audited_listener_writes, audited_namespace_writes, audited_person_writes};
 
 /// The hybrid connections a conformance store is opened with.
 #[must_use]
@@ -38,7 +40,7 @@ pub fn config_rules() -> Vec<SharedAccessKey> {
 pub type Concern = fn(&dyn Store);
 
 /// Every concern, by name, each to run on a fresh store.
-pub const CONCERNS: [(&str, Concern); 8] = [
+pub const CONCERNS: [(&str, Concern); 10] = [
     ("hybrid_connections", hybrid_connections),
     ("change_feed", change_feed),
     ("audit_trail", audit_trail),
@@ -46,7 +48,9 @@ pub const CONCERNS: [(&str, Concern); 8] = [
     ("enrollment_tokens", enrollment_tokens),
     ("listeners_and_certificates", listeners_and_certificates),
     ("person_tokens", person_tokens),
-    ("audited_writes", audited_writes),
+    ("audited_person_writes", audited_person_writes),
+    ("audited_listener_writes", audited_listener_writes),
+    ("audited_namespace_writes", audited_namespace_writes),
 ];
 
 fn hc(name: &str) -> HybridConnection {
@@ -290,136 +294,4 @@ pub fn person_tokens(store: &dyn Store) {
         Some("alice")
     );
     assert_eq!(store.person_for_token("bb").unwrap(), None);
-}
-
-/// An identity write and its audit events commit together: a refused write leaves no
-/// event, a write that changes nothing leaves none, and a refused listener leaves no row.
-pub fn audited_writes(store: &dyn Store) {
-    let event = |kind: AuditKind| AuditEvent::now(kind, "bob", "");
-    let kinds = |store: &dyn Store| -> Vec<String> {
-        store
-            .audit(0, 100)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect()
-    };
-    let add = IdentityWrite::AddPerson {
-        name: "bob",
-        password_hash: "$argon2id$h",
-    };
-    assert!(
-        store
-            .write_audited(add, &[event(AuditKind::PersonAdd)])
-            .unwrap()
-    );
-    assert!(matches!(
-        store.write_audited(add, &[event(AuditKind::PersonAdd)]),
-        Err(StoreError::Conflict(_))
-    ));
-    let disable = IdentityWrite::SetPersonDisabled {
-        name: "nobody",
-        disabled: true,
-    };
-    assert!(
-        !store
-            .write_audited(disable, &[event(AuditKind::PersonDisable)])
-            .unwrap()
-    );
-    assert_eq!(
-        kinds(store),
-        ["person.add"],
-        "no event for a refusal or a no-op"
-    );
-
-    let record = ListenerRecord {
-        id: "l-9".into(),
-        name: "site".into(),
-        person: "bob".into(),
-        hybrid_connections: vec!["orders".into()],
-        key_fingerprint: "ab".repeat(32),
-        serial: "09".repeat(16),
-        not_after_ms: 99,
-        revoked_at_ms: None,
-    };
-    let events = [
-        event(AuditKind::ListenerRegister),
-        event(AuditKind::CertificateIssue),
-    ];
-    assert!(
-        store
-            .write_audited(IdentityWrite::AddListener(&record), &events)
-            .unwrap()
-    );
-    let twin = ListenerRecord {
-        id: "l-10".into(),
-        serial: "10".repeat(16),
-        ..record
-    };
-    assert!(
-        store
-            .write_audited(
-                IdentityWrite::AddListener(&twin),
-                &[event(AuditKind::ListenerRegister)]
-            )
-            .is_err()
-    );
-    assert!(
-        store.listener("l-10").unwrap().is_none(),
-        "nothing half-written"
-    );
-    let revoke = IdentityWrite::RevokeListener {
-        id: "l-9",
-        at_ms: 5,
-    };
-    assert!(
-        store
-            .write_audited(revoke, &[event(AuditKind::ListenerRevoke)])
-            .unwrap()
-    );
-    assert!(
-        !store
-            .write_audited(revoke, &[event(AuditKind::ListenerRevoke)])
-            .unwrap()
-    );
-    assert_eq!(
-        kinds(store),
-        [
-            "person.add",
-            "listener.register",
-            "certificate.issue",
-            "listener.revoke"
-        ]
-    );
-
-    // A hybrid connection created by the identity plane: the row, its event and the feed.
-    let mut feed = store.changes();
-    let created = hc("audited/a");
-    let create = IdentityWrite::CreateHybridConnection(&created);
-    let made = event(AuditKind::HybridConnectionCreate);
-    assert!(store.write_audited(create, &[made]).unwrap());
-    assert!(store.hybrid_connection("AUDITED/a").is_some());
-    assert_eq!(feed.try_recv().unwrap(), NamespaceChange::Created(created));
-    let configured = hc("orders");
-    let refused = IdentityWrite::CreateHybridConnection(&configured);
-    assert!(matches!(
-        store.write_audited(refused, &[event(AuditKind::HybridConnectionCreate)]),
-        Err(StoreError::FromConfig(_))
-    ));
-    let remove = IdentityWrite::RemoveHybridConnection("audited/a");
-    assert!(
-        store
-            .write_audited(remove, &[event(AuditKind::HybridConnectionRemove)])
-            .unwrap()
-    );
-    assert!(
-        !store
-            .write_audited(remove, &[event(AuditKind::HybridConnectionRemove)])
-            .unwrap()
-    );
-    assert!(store.hybrid_connection("audited/a").is_none());
-    assert_eq!(
-        kinds(store)[4..],
-        ["hybrid_connection.create", "hybrid_connection.remove"]
-    );
 }
