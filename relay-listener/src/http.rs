@@ -52,6 +52,9 @@ pub(crate) async fn serve<H: Handler>(
     }
 }
 
+/// Answers a request that came inline: the handler's response goes back on the control
+/// channel when it is small and complete within [`INLINE_WINDOW`], else over a rendezvous,
+/// streamed. One function, because the bytes already read decide which way the rest goes.
 async fn serve_inline<H: Handler>(
     handler: &H,
     ctx: &Ctx,

@@ -232,6 +232,8 @@ impl HttpProxy {
             .join(";")
     }
 
+    /// A sender's WebSocket, proxied to the backend's: the backend's handshake answer
+    /// (sub-protocol or refusal) is the sender's, then frames are spliced both ways.
     async fn websocket(&self, conn: IncomingConnection) {
         let id = conn.id.clone();
         let scheme = if self.base.tls { "wss" } else { "ws" };

@@ -36,13 +36,7 @@ pub(super) async fn connect(
     let target = shared
         .pick(&r.hc.name)
         .ok_or(RelayError::ListenerNotConnected)?;
-    // Held by the relay task until both sides close: the bound on relayed connections.
-    let permit = Arc::clone(&shared.relays)
-        .try_acquire_owned()
-        .map_err(|_| {
-            crate::metrics::count(&shared.counters.relays_refused);
-            RelayError::Busy("relayed connections")
-        })?;
+    let permit = relay_permit(shared)?;
     let mut accept = accept_notice(
         shared,
         req.headers(),
@@ -91,6 +85,15 @@ pub(super) async fn connect(
             Ok(switching(&accept_key, protocol.as_deref()))
         }
     }
+}
+
+/// A place among the relayed connections, held by the relay task until both sides close:
+/// the bound of `[limits].max_relays`.
+fn relay_permit(shared: &Relay) -> Result<tokio::sync::OwnedSemaphorePermit, RelayError> {
+    Arc::clone(&shared.relays).try_acquire_owned().map_err(|_| {
+        crate::metrics::count(&shared.counters.relays_refused);
+        RelayError::Busy("relayed connections")
+    })
 }
 
 /// Checks what the sender presented: a browser's token or session on `/{hc}/...`, else the

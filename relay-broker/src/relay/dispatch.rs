@@ -66,6 +66,36 @@ async fn serve(shared: Arc<Relay>, req: Request, host_hc: Option<String>) -> Res
     .await
 }
 
+/// The request line and headers within [`MAX_HEADER_BYTES`], as hyper does not bound them
+/// for a router served by a host application.
+fn check_head_size(req: &Request) -> Result<(), RelayError> {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(RelayError::HeadersTooLarge(MAX_HEADER_BYTES));
+    }
+    Ok(())
+}
+
+/// The connection a request came on. Our own serve loop inserts `Transport`; a host app
+/// serving the router with `into_make_service_with_connect_info` still gives the peer.
+fn transport(req: &Request) -> Option<Transport> {
+    req.extensions().get::<Transport>().copied().or_else(|| {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| Transport {
+                peer: info.0,
+                tls: false,
+            })
+    })
+}
+
+/// Size checks, then a browser path (host mode or `/{hc}/…`) or a WebSocket action under
+/// `/$hc/`, each to its handler.
 async fn route(
     shared: &Arc<Relay>,
     req: Request,
@@ -76,26 +106,9 @@ async fn route(
     if shared.shutdown.is_cancelled() {
         return Err(RelayError::ShuttingDown);
     }
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if header_bytes > MAX_HEADER_BYTES {
-        return Err(RelayError::HeadersTooLarge(MAX_HEADER_BYTES));
-    }
+    check_head_size(&req)?;
     let path = req.uri().path().to_owned();
-    // Our own serve loop inserts `Transport`; a host app serving the router with
-    // `into_make_service_with_connect_info` still gives us the peer address.
-    let transport = req.extensions().get::<Transport>().copied().or_else(|| {
-        req.extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| Transport {
-                peer: info.0,
-                tls: false,
-            })
-    });
+    let transport = transport(&req);
     let browser = host_hc.is_some() || HcPath::strip_ws_prefix(&path).is_none();
     if browser && !relayable(req.method()) {
         return Err(RelayError::MethodNotAllowed);

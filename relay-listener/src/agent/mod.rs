@@ -95,26 +95,31 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// The credential every endpoint's listener presents, loaded once.
+fn credential(credentials: &Credentials) -> Result<crate::Credential, AgentError> {
+    Ok(match credentials {
+        Credentials::Certificate {
+            identity,
+            proof_of_possession,
+            ..
+        } => crate::Credential::Certificate(Arc::new(
+            CertificateIdentity::load(identity)?.with_proof_of_possession(*proof_of_possession),
+        )),
+        Credentials::Sas { key_name, key } => {
+            crate::Credential::Token(Arc::new(SasKeySource::new(key_name.clone(), key.clone())))
+        }
+        Credentials::SasToken(token) => {
+            crate::Credential::Token(Arc::new(crate::StaticToken(token.clone())))
+        }
+    })
+}
+
 impl Agent {
     /// Loads the credential and builds every endpoint; nothing connects yet.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
         let proxy = proxy_rules(&config)?;
         let ca = config.ca_cert.as_deref();
-        let credential = match &config.credentials {
-            Credentials::Certificate {
-                identity,
-                proof_of_possession,
-                ..
-            } => crate::Credential::Certificate(Arc::new(
-                CertificateIdentity::load(identity)?.with_proof_of_possession(*proof_of_possession),
-            )),
-            Credentials::Sas { key_name, key } => {
-                crate::Credential::Token(Arc::new(SasKeySource::new(key_name.clone(), key.clone())))
-            }
-            Credentials::SasToken(token) => {
-                crate::Credential::Token(Arc::new(crate::StaticToken(token.clone())))
-            }
-        };
+        let credential = credential(&config.credentials)?;
         let plain_tls = relay_io::tls::client_config(ca)?;
         let label = instance_label(&config);
         let mut running = Vec::new();

@@ -111,6 +111,9 @@ fn service_main(_arguments: Vec<OsString>) {
     }
 }
 
+/// The service's life as the Service Control Manager sees it: register the handler, report
+/// StartPending, Running, StopPending with their waits, Stopped with the exit code. One
+/// sequence, in the order the SCM requires.
 fn serve() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -5,6 +5,9 @@
 use super::*;
 
 impl Channel<'_> {
+    /// Reads the listener's messages until the channel ends: renewals, inline responses
+    /// (a text head, then its body message), pings. One loop over one stream, because a
+    /// body message belongs to the head read just before it.
     pub(super) async fn read_loop<R: AsyncRead + Unpin>(
         &self,
         mut reader: WsReader<R>,

@@ -95,6 +95,8 @@ struct Rendezvous<'a> {
 }
 
 impl Rendezvous<'_> {
+    /// Reads the listener's response on the rendezvous and hands it to the waiting sender,
+    /// its body streamed as it arrives.
     async fn relay_response<R, W>(
         &self,
         reader: &mut WsReader<R>,
@@ -104,38 +106,7 @@ impl Rendezvous<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let limit = self.shared.limits.max_control_message_bytes;
-        let head = loop {
-            let message = tokio::time::timeout(self.idle, reader.message(limit))
-                .await
-                .map_err(|_| timed_out())??;
-            match message {
-                Some(Message::Text(text)) => {
-                    match ListenerCommand::decode(text.as_bytes(), limit) {
-                        Ok(ListenerCommand::Response(head))
-                            if head.request_id == self.request_id =>
-                        {
-                            break head;
-                        }
-                        _ => {
-                            return Err(WsError::Handshake(
-                                "expected the response for this request".into(),
-                            ));
-                        }
-                    }
-                }
-                Some(Message::Ping(p)) => {
-                    writer.send(true, OpCode::Pong, &p).await?;
-                    writer.flush().await?;
-                }
-                Some(Message::Pong(_)) => {}
-                Some(Message::Binary(b)) if b.is_empty() => {}
-                Some(Message::Binary(_)) => {
-                    return Err(WsError::Handshake("body before response".into()));
-                }
-                Some(Message::Close(_)) | None => return Err(WsError::UnexpectedEof),
-            }
-        };
+        let head = self.response_head(reader, writer).await?;
         if !head.body {
             self.shared.rendezvous.complete(
                 self.request_id,
@@ -164,6 +135,51 @@ impl Rendezvous<'_> {
             let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
         }
         result
+    }
+
+    /// The listener's `response` for this request, answering pings while it waits; anything
+    /// else first is a protocol error.
+    async fn response_head<R, W>(
+        &self,
+        reader: &mut WsReader<R>,
+        writer: &mut WsWriter<W>,
+    ) -> Result<control::Response, WsError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let limit = self.shared.limits.max_control_message_bytes;
+        loop {
+            let message = tokio::time::timeout(self.idle, reader.message(limit))
+                .await
+                .map_err(|_| timed_out())??;
+            match message {
+                Some(Message::Text(text)) => {
+                    match ListenerCommand::decode(text.as_bytes(), limit) {
+                        Ok(ListenerCommand::Response(head))
+                            if head.request_id == self.request_id =>
+                        {
+                            return Ok(head);
+                        }
+                        _ => {
+                            return Err(WsError::Handshake(
+                                "expected the response for this request".into(),
+                            ));
+                        }
+                    }
+                }
+                Some(Message::Ping(p)) => {
+                    writer.send(true, OpCode::Pong, &p).await?;
+                    writer.flush().await?;
+                }
+                Some(Message::Pong(_)) => {}
+                Some(Message::Binary(b)) if b.is_empty() => {}
+                Some(Message::Binary(_)) => {
+                    return Err(WsError::Handshake("body before response".into()));
+                }
+                Some(Message::Close(_)) | None => return Err(WsError::UnexpectedEof),
+            }
+        }
     }
 
     /// Moves the body message's fragments into the sender's response as they arrive.

@@ -29,6 +29,8 @@ pub(super) struct Agent {
 
 type Invalid<'a> = &'a dyn Fn(String) -> ConfigError;
 
+/// `[broker]`: the endpoint, exactly one credential (from keys, variables or a connection
+/// string), the CA and the proxy.
 pub(super) fn broker(
     b: RawBroker,
     base: &Path,
