@@ -97,7 +97,7 @@ pub(crate) async fn register(
         return Err(IdentityError::Throttled);
     }
     let shared2 = Arc::clone(&state);
-    let outcome = tokio::task::spawn_blocking(move || register_blocking(&shared2, &ca, body))
+    let outcome = tokio::task::spawn_blocking(move || register_blocking(&shared2, &ca, &body))
         .await
         .map_err(|e| IdentityError::Internal(e.to_string()))?;
     if let Err(e) = &outcome {
@@ -116,14 +116,14 @@ pub(crate) async fn register(
 fn register_blocking(
     state: &Identity,
     ca: &super::ca::CertificateAuthority,
-    body: Register,
+    body: &Register,
 ) -> Result<Registered, IdentityError> {
     let store = &state.store;
     let Registrant {
         person: person_name,
         hcs,
         name,
-    } = registrant(&**store, &body)?;
+    } = registrant(&**store, body)?;
     // Rights are re-checked at use, not only when a token was minted.
     let (person, _) = store
         .person(&person_name)?

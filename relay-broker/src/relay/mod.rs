@@ -178,4 +178,27 @@ impl Relay {
     pub(crate) fn pending_rendezvous(&self) -> usize {
         self.rendezvous.len()
     }
+
+    /// A data plane on in-process seams and an empty in-memory store, for the unit tests of
+    /// its tasks.
+    #[cfg(test)]
+    pub(crate) fn for_tests(limits: Limits) -> Self {
+        let store = Arc::new(crate::store::MemoryStore::new(&[], &[]));
+        Self::new(Parts {
+            limits,
+            public_url: None,
+            store: Arc::clone(&store) as Arc<dyn Namespace>,
+            node: NodeId::random(),
+            directory: Arc::new(crate::seams::directory::LocalDirectory::default()),
+            interconnect: Arc::new(crate::seams::interconnect::LocalInterconnect::default()),
+            limiter: Arc::new(AuthLimiter::new(60)),
+            authority: None,
+            counters: Arc::default(),
+            audit: AuditSink::new(store, 16),
+            hosts: None,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+        })
+    }
 }

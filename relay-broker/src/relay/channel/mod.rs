@@ -31,6 +31,8 @@ use crate::relay::resolve::Resolved;
 use crate::relay::sessions::{CLOSE_REVOKED, CertSession};
 
 mod read;
+#[cfg(test)]
+mod tests;
 use crate::relay::socket::relay_io_halves;
 use crate::seams::directory::{ListenerRef, Refused};
 use crate::seams::interconnect::Notice;

@@ -344,3 +344,6 @@ fn request_headers(headers: &HeaderMap, drop_authorization: bool, host: &str) ->
     out.push(("Via".into(), via(previous, "1.1", host)));
     Headers(out)
 }
+
+#[cfg(test)]
+mod tests;

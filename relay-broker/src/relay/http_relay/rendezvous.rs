@@ -87,17 +87,19 @@ async fn send_request<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-struct Rendezvous<'a> {
-    shared: &'a Relay,
-    request_id: &'a str,
-    listener_id: &'a ListenerKey,
-    idle: Duration,
+/// One request's rendezvous, as its task holds it.
+pub(super) struct Rendezvous<'a> {
+    pub(super) shared: &'a Relay,
+    pub(super) request_id: &'a str,
+    pub(super) listener_id: &'a ListenerKey,
+    /// The longest gap allowed between the listener's frames.
+    pub(super) idle: Duration,
 }
 
 impl Rendezvous<'_> {
     /// Reads the listener's response on the rendezvous and hands it to the waiting sender,
     /// its body streamed as it arrives.
-    async fn relay_response<R, W>(
+    pub(super) async fn relay_response<R, W>(
         &self,
         reader: &mut WsReader<R>,
         writer: &mut WsWriter<W>,
