@@ -110,9 +110,10 @@ pub enum SasError {
     /// The signature does not match.
     #[error("invalid signature")]
     InvalidSignature,
-    /// `se` is in the past.
-    #[error("token expired")]
-    Expired,
+    /// `se` is in the past, by this many seconds of the verifier's clock. Named, because a
+    /// token made on a machine whose clock runs behind is already old when it arrives.
+    #[error("token expired {0} s ago by this server's clock (check the clock where it was made)")]
+    Expired(u64),
     /// The token's audience (`sr`) does not cover the requested path.
     #[error("invalid audience")]
     InvalidAudience,
@@ -228,7 +229,7 @@ impl SasToken {
         mac.verify_slice(&self.signature)
             .map_err(|_| SasError::InvalidSignature)?;
         if self.expires_at < now {
-            return Err(SasError::Expired);
+            return Err(SasError::Expired(now - self.expires_at));
         }
         Ok(())
     }

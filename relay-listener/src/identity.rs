@@ -30,6 +30,9 @@ mod files;
 
 use files::{load_pair, read};
 
+/// The longest single wait before a renewal: the wall clock is read again after it.
+const RENEWAL_RECHECK: Duration = Duration::from_secs(600);
+
 /// Identity failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -299,13 +302,18 @@ impl CertificateIdentity {
     ) -> Result<(), IdentityError> {
         let mut backoff = Backoff::default();
         loop {
+            // The renewal time is a wall-clock time: sleep in bounded steps and read the
+            // clock again, so that a clock stepped forward or back is noticed within one step.
             let wait = self
                 .renew_at()
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait.min(RENEWAL_RECHECK)) => {}
+            }
+            if wait > RENEWAL_RECHECK {
+                continue;
             }
             loop {
                 match self.renew_via(&endpoint, &tls, proxy.as_deref()).await {

@@ -55,7 +55,12 @@ struct RegisterArgs {
     #[arg(long)]
     person: Option<String>,
     /// The person's API token instead of a password (identifies the person by itself).
-    #[arg(long, env = "RELAY_PERSON_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RELAY_PERSON_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     person_token: Option<String>,
     /// Hybrid connections, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -64,7 +69,12 @@ struct RegisterArgs {
     #[arg(long)]
     name: Option<String>,
     /// A single-use token minted by the person (unattended installs) instead of --person.
-    #[arg(long, env = "RELAY_ENROLLMENT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RELAY_ENROLLMENT_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     enrollment_token: Option<String>,
     /// Directory for the key (mode 0600), certificate and registration details.
     #[arg(long)]
@@ -323,4 +333,30 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         args.identity.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn a_token_that_starts_with_a_dash_is_a_value_not_a_flag() {
+        let cli = Cli::try_parse_from([
+            "relay-listener",
+            "register",
+            "--endpoint",
+            "https://relay.example.com",
+            "--enrollment-token",
+            "-Qx3v",
+            "--identity",
+            "id",
+        ])
+        .unwrap();
+        let Command::Register(args) = cli.command else {
+            panic!("expected register")
+        };
+        assert_eq!(args.enrollment_token.as_deref(), Some("-Qx3v"));
+    }
 }

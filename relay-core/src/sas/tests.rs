@@ -44,7 +44,7 @@ fn verifies_the_real_node_token() {
     );
     assert_eq!(
         t.verify("s3cr3t/key=+", 4_102_444_801),
-        Err(SasError::Expired)
+        Err(SasError::Expired(1))
     );
     assert!(t.covers("hyco") && t.covers("HYCO/sub") && !t.covers("hycox") && !t.covers("other"));
 }
@@ -146,7 +146,7 @@ fn authorize_checks_scope_rights_and_secondary_keys() {
     let old = create_token("http://x/hyco", "root", "rk", NOW - 1);
     assert_eq!(
         authorize(&rules, &old, target("hyco", Rights::SEND), NOW),
-        Err(SasError::Expired)
+        Err(SasError::Expired(1))
     );
     assert_eq!(
         authorize(&rules, &old, target("hyco", Rights::SEND), NOW)

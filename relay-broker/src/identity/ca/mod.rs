@@ -23,8 +23,10 @@ use time::OffsetDateTime;
 
 use relay_io::secure_fs::{create_private_dir, write_atomic};
 
-/// Clock skew tolerated by backdating `notBefore`.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// How far `notBefore` is backdated: a broker whose clock is stepped back by up to an hour
+/// (or a peer whose clock runs that far behind) still accepts what it issued just before.
+/// An hour, as public CAs backdate; it widens nothing a relying party checks forwards.
+const BACKDATE: Duration = Duration::from_secs(60 * 60);
 /// Lifetime of the root created on first start.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Lifetime of the issuing CA created on first start.

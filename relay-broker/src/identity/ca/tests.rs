@@ -61,7 +61,7 @@ fn issues_the_profile_and_nothing_from_the_csr() {
     let (_, cert) = X509Certificate::from_der(&leaf_der).unwrap();
 
     assert_eq!(cert.subject().to_string(), "CN=l-1");
-    assert_eq!(cert.validity().not_before.timestamp(), 1_800_000_000 - 300);
+    assert_eq!(cert.validity().not_before.timestamp(), 1_800_000_000 - 3600);
     assert_eq!(
         cert.validity().not_after.timestamp(),
         1_800_000_000 + 7 * 86_400

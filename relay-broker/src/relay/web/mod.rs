@@ -267,7 +267,9 @@ fn login(
     let cap = authorized.expires_at.unwrap_or(now);
     let expires_at = (now + shared.limits.browser_session.as_secs()).min(cap);
     if expires_at <= now {
-        return Err(RelayError::Unauthorized(SasError::Expired));
+        return Err(RelayError::Unauthorized(SasError::Expired(
+            now - expires_at,
+        )));
     }
     let path = match view.host_mode {
         true => r.suffix.clone(),
