@@ -2,11 +2,12 @@
 //! store's rules, and throttle repeated failures.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use relay_core::RelayQuery;
 use relay_core::auth::{Presented, presented_token};
+use relay_core::keepalive::credential_left;
 use relay_core::sas::{self, Rights, SasError, SasToken, Target};
 
 use crate::RelayError;
@@ -26,8 +27,10 @@ pub(crate) fn unix_now() -> u64 {
 pub(crate) struct Authorized {
     /// Where the token came from (decides what is stripped).
     pub(crate) presented: Presented,
-    /// The token's expiry, when a token was checked.
-    pub(crate) expires_at: Option<u64>,
+    /// What was left of the token's life by the wall clock the check read, when a token
+    /// was checked: one reading, so that a clock stepped just after cannot make the channel
+    /// it opens expire at once or late.
+    pub(crate) left: Option<Duration>,
     /// The rule whose key signed the token, when a token was checked.
     pub(crate) rule: Option<String>,
 }
@@ -51,7 +54,7 @@ pub(crate) async fn authorize(shared: &Relay, claim: Claim<'_>) -> Result<Author
     if !claim.required {
         return Ok(Authorized {
             presented,
-            expires_at: None,
+            left: None,
             rule: None,
         });
     }
@@ -64,6 +67,7 @@ pub(crate) async fn authorize(shared: &Relay, claim: Claim<'_>) -> Result<Author
         shared.limiter.hold().await;
         return Err(RelayError::Throttled);
     }
+    let now = unix_now();
     let result = match presented.token.as_deref() {
         None => Err(SasError::Missing),
         Some(token) => {
@@ -73,20 +77,19 @@ pub(crate) async fn authorize(shared: &Relay, claim: Claim<'_>) -> Result<Author
                 needs: claim.needs,
                 mount: &shared.mount,
             };
-            sas::authorize(&shared.store.rules(), token, target, unix_now())
-                .map(|rule| rule.name.clone())
+            sas::authorize(&shared.store.rules(), token, target, now).map(|rule| rule.name.clone())
         }
     };
     match result {
         Ok(rule) => {
-            let expires_at = presented
+            let left = presented
                 .token
                 .as_deref()
                 .and_then(|t| SasToken::parse(t).ok())
-                .map(|t| t.expires_at);
+                .map(|t| credential_left(t.expires_at, now));
             Ok(Authorized {
                 presented,
-                expires_at,
+                left,
                 rule: Some(rule),
             })
         }
@@ -99,14 +102,16 @@ pub(crate) async fn authorize(shared: &Relay, claim: Claim<'_>) -> Result<Author
     }
 }
 
-/// Checks a `renewToken` for a listener's control channel; returns the new expiry.
-pub(crate) fn check_renewal(shared: &Relay, hc: &str, token: &str) -> Result<u64, SasError> {
+/// Checks a `renewToken` for a listener's control channel; returns what is left of the new
+/// token's life, by the same reading of the wall clock as the check.
+pub(crate) fn check_renewal(shared: &Relay, hc: &str, token: &str) -> Result<Duration, SasError> {
     let target = Target {
         hybrid_connection: hc,
         path: hc,
         needs: Rights::LISTEN,
         mount: &shared.mount,
     };
-    sas::authorize(&shared.store.rules(), token, target, unix_now())?;
-    SasToken::parse(token).map(|t| t.expires_at)
+    let now = unix_now();
+    sas::authorize(&shared.store.rules(), token, target, now)?;
+    SasToken::parse(token).map(|t| credential_left(t.expires_at, now))
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use http::{HeaderMap, HeaderValue, Response};
+use relay_core::keepalive::credential_left;
 use relay_core::sas::Rights;
 use relay_core::standby::{STANDBY_HEADER, STANDBY_KEY_HEADER};
 use relay_io::server as handshake;
 
-use super::auth::{Authorized, authorize};
+use super::auth::{Authorized, authorize, unix_now};
 use super::resolve::Resolved;
 use super::sessions::CertSession;
 use super::socket::switching;
@@ -34,21 +35,23 @@ pub(super) async fn listen(
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
     // A verified client certificate is the listener's credential; SAS otherwise.
     let cert = req.extensions().get::<Arc<PeerCertificate>>().cloned();
-    let (expires_at, session, principal) = match cert {
+    let (left, session, principal) = match cert {
         Some(cert) => {
             let session = authorize_certificate(shared, &cert, &r).await?;
             let principal = format!("cert:{}", cert.listener_id);
-            (cert.not_after, Some(session), principal)
+            let left = credential_left(cert.not_after, unix_now());
+            (left, Some(session), principal)
         }
         None => {
             let claim = r.claim(req.headers(), &r.hc.name, Rights::LISTEN, true);
-            let Authorized {
-                expires_at, rule, ..
-            } = authorize(shared, claim).await?;
+            let Authorized { left, rule, .. } = authorize(shared, claim).await?;
             let principal = format!("sas:{}", rule.unwrap_or_default());
-            (expires_at.unwrap_or(0), None, principal)
+            (left.unwrap_or_default(), None, principal)
         }
     };
+    // The credential's life becomes a monotonic deadline here, at the check, not when the
+    // channel's task starts after the upgrade.
+    let expires = tokio::time::Instant::now().into_std() + left;
     let instance = listener_instance(req.headers())?.map(|i| format!("{principal}|{i}"));
     let base_url = crate::relay::web::base_url(shared, req.headers(), r.transport);
     let standby = req
@@ -62,7 +65,7 @@ pub(super) async fn listen(
     let upgrade = hyper::upgrade::on(&mut req);
     let opening = channel::Opening {
         base_url,
-        expires_at,
+        expires,
         cert: session,
         instance,
         standby,

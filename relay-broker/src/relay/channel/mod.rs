@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::RelayError;
 use crate::relay::Relay;
-use crate::relay::auth::{check_renewal, unix_now};
+use crate::relay::auth::check_renewal;
 use crate::relay::local::LocalChannel;
 use crate::relay::pool::Pool as StandbyPool;
 use crate::relay::rendezvous::{ListenerResponse, ResponseBody};
@@ -38,7 +38,7 @@ use crate::seams::directory::{ListenerRef, Refused};
 use crate::seams::interconnect::Notice;
 use crate::seams::node::ListenerKey;
 use crate::store::AuditKind;
-use relay_core::keepalive::{ChannelTimers, Due, credential_left};
+use relay_core::keepalive::{ChannelTimers, Due};
 
 /// Read buffer of a control channel: control messages are small, and idle channels many.
 const CONTROL_BUFFER: usize = 4 * 1024;
@@ -63,8 +63,9 @@ struct Held {
 pub(crate) struct Opening {
     /// Base of its rendezvous addresses.
     pub(crate) base_url: String,
-    /// Expiry of its token (Unix seconds), or its certificate's notAfter.
-    pub(crate) expires_at: u64,
+    /// When its token or certificate expires, on tokio's monotonic clock (see ARCHITECTURE.md,
+    /// "Time").
+    pub(crate) expires: std::time::Instant,
     pub(crate) cert: Option<CertSession>,
     /// `<principal>|<relay-listener-instance>`, when the agent named itself.
     pub(crate) instance: Option<String>,
@@ -134,7 +135,7 @@ pub(crate) fn start(
         handle,
         pool: pool.clone(),
         tracking: r.tracking.clone(),
-        expires_at: opening.expires_at,
+        expires: opening.expires,
         cert,
     };
     let shared = Arc::clone(shared);
@@ -168,7 +169,7 @@ struct Life {
     handle: Held,
     pool: Option<Arc<StandbyPool>>,
     tracking: TrackingId,
-    expires_at: u64,
+    expires: std::time::Instant,
     cert: Option<CertSession>,
 }
 
@@ -191,7 +192,7 @@ impl Life {
                 &shared,
                 &self.handle,
                 self.tracking.clone(),
-                self.expires_at,
+                self.expires,
                 self.cert,
             );
             channel.run(reader, writer, rx).await;
@@ -239,15 +240,14 @@ impl<'a> Channel<'a> {
         shared: &'a Relay,
         handle: &'a Held,
         tracking: TrackingId,
-        expires_at: u64,
+        expires: std::time::Instant,
         cert: Option<CertSession>,
     ) -> Self {
         let grace = match cert {
             Some(_) => Duration::ZERO,
             None => shared.limits.token_grace,
         };
-        // The one read of the wall clock: the credential's life becomes a deadline.
-        let left = credential_left(expires_at, unix_now());
+        let left = expires.saturating_duration_since(now());
         let timers = ChannelTimers::new(now(), shared.limits.ping_interval, grace, left);
         Self {
             shared,

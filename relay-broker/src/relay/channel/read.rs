@@ -109,10 +109,9 @@ impl Channel<'_> {
             }
             Ok(ListenerCommand::RenewToken(renew)) => {
                 match check_renewal(self.shared, &self.handle.listener.hc, &renew.token) {
-                    Ok(expires_at) => {
-                        let left = credential_left(expires_at, unix_now());
+                    Ok(left) => {
                         self.timers().renewed(now(), left);
-                        tracing::debug!(expires_at, "token renewed");
+                        tracing::debug!(left_secs = left.as_secs(), "token renewed");
                     }
                     Err(e) => {
                         return Err((

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use super::{CONTROL_BUFFER, Channel, Held};
 use crate::config::Limits;
 use crate::relay::Relay;
-use crate::relay::auth::unix_now;
 use crate::relay::local::LocalChannel;
 use crate::relay::sessions::{CLOSE_REVOKED, CertSession, Sessions};
 use crate::relay::socket::halves;
@@ -70,9 +69,9 @@ impl Listener {
         };
         let (server, client) = tokio::io::duplex(64 * 1024);
         let (s_reader, s_writer) = halves(Box::new(server), CONTROL_BUFFER);
-        let expires_at = unix_now() + expires_in;
+        let expires = tokio::time::Instant::now().into_std() + Duration::from_secs(expires_in);
         let task = tokio::spawn(async move {
-            let channel = Channel::new(&relay, &held, TrackingId::new(), expires_at, cert);
+            let channel = Channel::new(&relay, &held, TrackingId::new(), expires, cert);
             channel.run(s_reader, s_writer, rx).await;
         });
         let (r, w) = tokio::io::split(client);

@@ -264,7 +264,7 @@ fn login(
         .and_then(|name| rules.iter().find(|k| k.name == name))
         .ok_or_else(|| RelayError::Internal("the token's rule is gone".into()))?;
     let now = unix_now();
-    let cap = authorized.expires_at.unwrap_or(now);
+    let cap = authorized.left.map_or(now, |left| now + left.as_secs());
     let expires_at = (now + shared.limits.browser_session.as_secs()).min(cap);
     if expires_at <= now {
         return Err(RelayError::Unauthorized(SasError::Expired(
