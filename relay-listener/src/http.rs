@@ -54,7 +54,7 @@ pub(crate) async fn serve<H: Handler>(
 
 /// Answers a request that came inline: the handler's response goes back on the control
 /// channel when it is small and complete within [`INLINE_WINDOW`], else over a rendezvous,
-/// streamed. One function, because the bytes already read decide which way the rest goes.
+/// streamed, starting with the bytes the window gathered.
 async fn serve_inline<H: Handler>(
     handler: &H,
     ctx: &Ctx,
@@ -67,56 +67,68 @@ async fn serve_inline<H: Handler>(
     let req = build_request(request, full_body(body.unwrap_or_default()), &ctx.hc);
     let resp = handler.on_request(req).await;
     let (parts, mut body) = resp.into_parts();
-    // A small body that is complete within the window goes back on the control channel.
-    // `frame()` is cancel-safe, so the deadline loses nothing.
-    let deadline = tokio::time::Instant::now() + INLINE_WINDOW;
-    let mut buffered = BytesMut::new();
-    let mut finished = false;
-    while buffered.len() <= INLINE_BODY_LIMIT {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => break,
-            Ok(None) => {
-                finished = true;
-                break;
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    buffered.extend_from_slice(&data);
-                }
-            }
-            Ok(Some(Err(e))) => {
-                // Nothing went out yet: the sender gets a 502 now, not a 504 at the deadline.
-                tracing::warn!(request = %id, error = %e, "the handler's response failed before it was sent");
-                let json = ListenerCommand::Response(failed_head(&id)).encode();
-                let body = Bytes::from(format!("the response failed: {e}"));
-                return ctx
-                    .out
-                    .send(Out::TextWithBody(json, body))
-                    .await
-                    .map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
-            }
+    let buffered = match first_window(&mut body).await {
+        Window::Complete(buffered) => {
+            let has_body = !buffered.is_empty();
+            let json =
+                ListenerCommand::Response(response_head(&id, &parts, has_body, head_only)).encode();
+            let msg = if has_body {
+                Out::TextWithBody(json, buffered.freeze())
+            } else {
+                Out::Text(json)
+            };
+            return send_control(ctx, msg).await;
         }
-    }
-    if finished && buffered.len() <= INLINE_BODY_LIMIT {
-        let has_body = !buffered.is_empty();
-        let json =
-            ListenerCommand::Response(response_head(&id, &parts, has_body, head_only)).encode();
-        let msg = if has_body {
-            Out::TextWithBody(json, buffered.freeze())
-        } else {
-            Out::Text(json)
-        };
-        return ctx
-            .out
-            .send(msg)
-            .await
-            .map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()));
-    }
+        Window::Failed(e) => {
+            // Nothing went out yet: the sender gets a 502 now, not a 504 at the deadline.
+            tracing::warn!(request = %id, error = %e, "the handler's response failed before it was sent");
+            let json = ListenerCommand::Response(failed_head(&id)).encode();
+            let body = Bytes::from(format!("the response failed: {e}"));
+            return send_control(ctx, Out::TextWithBody(json, body)).await;
+        }
+        Window::Open(buffered) => buffered,
+    };
     let mut connected = relay_io::client::connect(&address, &ctx.options).await?;
     let head = response_head(&id, &parts, true, head_only);
     send_response(&mut connected.writer, &head, Some(buffered.freeze()), body).await?;
     let _ = connected.writer.close(close_code::NORMAL, "").await;
     Ok(())
+}
+
+/// What a response body gave within [`INLINE_WINDOW`].
+enum Window {
+    /// It ended, within [`INLINE_BODY_LIMIT`]: the response goes inline.
+    Complete(BytesMut),
+    /// It is still going, or too large: these bytes start the rendezvous stream.
+    Open(BytesMut),
+    /// It failed before anything was sent.
+    Failed(String),
+}
+
+async fn first_window(body: &mut RelayBody) -> Window {
+    // `frame()` is cancel-safe, so the deadline loses nothing.
+    let deadline = tokio::time::Instant::now() + INLINE_WINDOW;
+    let mut buffered = BytesMut::new();
+    while buffered.len() <= INLINE_BODY_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break,
+            Ok(None) => return Window::Complete(buffered),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buffered.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) => return Window::Failed(e.to_string()),
+        }
+    }
+    Window::Open(buffered)
+}
+
+async fn send_control(ctx: &Ctx, msg: Out) -> Result<(), WsError> {
+    ctx.out
+        .send(msg)
+        .await
+        .map_err(|_| WsError::Io(std::io::ErrorKind::BrokenPipe.into()))
 }
 
 async fn serve_rendezvous<H: Handler>(

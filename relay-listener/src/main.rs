@@ -268,41 +268,49 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The proof of the right to register that the arguments name; asks for the password on
+/// the terminal when `RELAY_PERSON_PASSWORD` is not set.
+fn enrollment(args: &RegisterArgs) -> anyhow::Result<Enrollment> {
+    Ok(
+        match (&args.enrollment_token, &args.person, &args.person_token) {
+            (Some(token), _, _) => Enrollment::Token(token.clone()),
+            (None, _, Some(token)) => {
+                anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person-token");
+                Enrollment::PersonToken {
+                    token: token.clone(),
+                    hybrid_connections: args.hc.clone(),
+                }
+            }
+            (None, Some(person), None) => {
+                anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person");
+                let password = match std::env::var("RELAY_PERSON_PASSWORD") {
+                    Ok(p) => p,
+                    Err(_) => {
+                        eprint!("Password for {person}: ");
+                        let mut line = String::new();
+                        std::io::stdin()
+                            .read_line(&mut line)
+                            .context("reading the password")?;
+                        line.trim_end_matches(['\r', '\n']).to_owned()
+                    }
+                };
+                Enrollment::Password {
+                    person: person.clone(),
+                    password,
+                    hybrid_connections: args.hc.clone(),
+                }
+            }
+            (None, None, None) => {
+                anyhow::bail!("give --person or --person-token (with --hc), or --enrollment-token")
+            }
+        },
+    )
+}
+
 /// Makes a P-256 key locally (it never leaves this machine), registers its CSR, and writes
 /// key, certificate chain and details atomically into the identity directory.
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
-    let enrollment = match (&args.enrollment_token, &args.person, &args.person_token) {
-        (Some(token), _, _) => Enrollment::Token(token.clone()),
-        (None, _, Some(token)) => {
-            anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person-token");
-            Enrollment::PersonToken {
-                token: token.clone(),
-                hybrid_connections: args.hc.clone(),
-            }
-        }
-        (None, Some(person), None) => {
-            anyhow::ensure!(!args.hc.is_empty(), "--hc is required with --person");
-            let password = match std::env::var("RELAY_PERSON_PASSWORD") {
-                Ok(p) => p,
-                Err(_) => {
-                    eprint!("Password for {person}: ");
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .context("reading the password")?;
-                    line.trim_end_matches(['\r', '\n']).to_owned()
-                }
-            };
-            Enrollment::Password {
-                person: person.clone(),
-                password,
-                hybrid_connections: args.hc.clone(),
-            }
-        }
-        (None, None, None) => {
-            anyhow::bail!("give --person or --person-token (with --hc), or --enrollment-token")
-        }
-    };
+    let enrollment = enrollment(&args)?;
     let tls = relay_io::tls::client_config(args.ca_cert.as_deref())?;
     let proxy = match &args.proxy {
         Some(url) => relay_io::proxy::ProxyRules::new(url, "")?,

@@ -66,20 +66,7 @@ pub async fn register(
     tls: &Arc<ClientConfig>,
     proxy: Option<&ProxyRules>,
 ) -> Result<Registered, IdentityError> {
-    let mut body = match enrollment {
-        Enrollment::Token(token) => serde_json::json!({ "enrollment_token": token }),
-        Enrollment::PersonToken {
-            token,
-            hybrid_connections,
-        } => serde_json::json!({ "person_token": token, "hybrid_connections": hybrid_connections }),
-        Enrollment::Password {
-            person,
-            password,
-            hybrid_connections,
-        } => serde_json::json!({
-            "person": person, "password": password, "hybrid_connections": hybrid_connections
-        }),
-    };
+    let mut body = request_body(enrollment);
     let transport = |e: rcgen::Error| IdentityError::Transport(e.to_string());
     let key = rcgen::KeyPair::generate().map_err(transport)?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -95,7 +82,48 @@ pub async fn register(
         relay_core::connection_string::http_base(endpoint)
     );
     let reply = crate::identity::post_json(&url, &[], &body, tls, proxy).await?;
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    write_identity(dir, key_store, &key, &reply, endpoint)?;
+    Ok(Registered {
+        listener_id: text(&reply["listener_id"]),
+        hybrid_connections: reply["hybrid_connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+    })
+}
+
+/// The registration request without its CSR: the proof of the right to register.
+fn request_body(enrollment: &Enrollment) -> serde_json::Value {
+    match enrollment {
+        Enrollment::Token(token) => serde_json::json!({ "enrollment_token": token }),
+        Enrollment::PersonToken {
+            token,
+            hybrid_connections,
+        } => serde_json::json!({ "person_token": token, "hybrid_connections": hybrid_connections }),
+        Enrollment::Password {
+            person,
+            password,
+            hybrid_connections,
+        } => serde_json::json!({
+            "person": person, "password": password, "hybrid_connections": hybrid_connections
+        }),
+    }
+}
+
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// Writes the key, the certificate chain and `listener.json`, in that order.
+fn write_identity(
+    dir: &Path,
+    key_store: &dyn KeyStore,
+    key: &rcgen::KeyPair,
+    reply: &serde_json::Value,
+    endpoint: &str,
+) -> Result<(), IdentityError> {
     let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
     relay_io::secure_fs::create_private_dir(dir).map_err(io(dir.to_path_buf()))?;
     let key_path = dir.join("key.pem");
@@ -115,16 +143,7 @@ pub async fn register(
     // Written last: an identity directory with listener.json is complete.
     let details_path = dir.join("listener.json");
     relay_io::secure_fs::write_atomic(&details_path, details.to_string().as_bytes(), false)
-        .map_err(io(details_path.clone()))?;
-    Ok(Registered {
-        listener_id: text(&reply["listener_id"]),
-        hybrid_connections: reply["hybrid_connections"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-    })
+        .map_err(io(details_path.clone()))
 }
 
 /// Finishes an identity directory whose registration was interrupted after the key and the

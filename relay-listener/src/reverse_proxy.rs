@@ -232,10 +232,9 @@ impl HttpProxy {
             .join(";")
     }
 
-    /// A sender's WebSocket, proxied to the backend's: the backend's handshake answer
-    /// (sub-protocol or refusal) is the sender's, then frames are spliced both ways.
-    async fn websocket(&self, conn: IncomingConnection) {
-        let id = conn.id.clone();
+    /// The backend's WebSocket address for `conn` and the headers and sub-protocols to
+    /// offer it: the sender's, with forwarding headers and without the handshake's own.
+    fn backend_websocket(&self, conn: &IncomingConnection) -> (String, ConnectOptions) {
         let scheme = if self.base.tls { "wss" } else { "ws" };
         let relayed = if conn.query.is_empty() {
             format!("/{}{}", self.hc, conn.path)
@@ -269,6 +268,14 @@ impl HttpProxy {
             timeout: CONNECT_TIMEOUT,
             ..ConnectOptions::default()
         };
+        (url, options)
+    }
+
+    /// A sender's WebSocket, proxied to the backend's: the backend's handshake answer
+    /// (sub-protocol or refusal) is the sender's, then frames are spliced both ways.
+    async fn websocket(&self, conn: IncomingConnection) {
+        let id = conn.id.clone();
+        let (url, options) = self.backend_websocket(&conn);
         let backend = match relay_io::client::connect(&url, &options).await {
             Ok(b) => b,
             Err(relay_io::WsError::Refused { status, reason }) => {

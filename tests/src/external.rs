@@ -51,14 +51,22 @@ fn installed(binary: &str, package: &str) -> String {
 
 /// The `relay-broker` binary serving `config`; returns it and the address it printed.
 pub fn relay_broker(config: &Path) -> (Process, String) {
-    let mut child = Command::new(crate::bin("relay-broker"))
+    let mut command = Command::new(crate::bin("relay-broker"));
+    command
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    spawn_broker(command)
+}
+
+/// Starts a broker from a prepared command (under `prlimit`, with a fake clock, ...) and
+/// waits for the address it prints on stdout.
+pub fn spawn_broker(mut command: Command) -> (Process, String) {
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
-        .expect("relay-broker runs (see build_binaries)");
+        .unwrap_or_else(|e| panic!("{command:?} runs (see build_binaries): {e}"));
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let addr = loop {
         let line = lines

@@ -55,7 +55,8 @@ fn start_broker(dir: &Path, clock: &FakeClock) -> (Process, String) {
         relay_tests::config("[limits]\nping_interval_secs = 1\ntoken_grace_secs = 0\n"),
     )
     .unwrap();
-    let mut child = Command::new(bin("relay-broker"))
+    let mut command = Command::new(bin("relay-broker"));
+    command
         .arg("--config")
         .arg(&config)
         .env("LD_PRELOAD", LIBFAKETIME)
@@ -63,22 +64,9 @@ fn start_broker(dir: &Path, clock: &FakeClock) -> (Process, String) {
         .env("FAKETIME_NO_CACHE", "1")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("relay-broker runs");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the broker prints its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim_start_matches("http://").to_owned();
-        }
-    };
-    (Process(child), addr)
+        .stderr(Stdio::inherit());
+    let (broker, addr) = relay_tests::external::spawn_broker(command);
+    (broker, addr.trim_start_matches("http://").to_owned())
 }
 
 /// How far the broker's wall clock is ahead of ours, as it says itself: by how much it finds

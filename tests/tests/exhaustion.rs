@@ -4,12 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use relay_tests::external::Process;
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -38,27 +36,15 @@ fn out_of_descriptors_the_broker_backs_off_and_recovers() {
     let dir = relay_tests::temp_dir("nofile");
     let config = dir.join("broker.toml");
     std::fs::write(&config, relay_tests::config("")).unwrap();
-    let mut child = Command::new("prlimit")
+    let mut command = Command::new("prlimit");
+    command
         .arg("--nofile=40:40")
         .arg(relay_tests::bin("relay-broker"))
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux) runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let broker = Process(child);
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the broker prints its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_owned();
-        }
-    };
+        .stderr(Stdio::null());
+    let (broker, addr) = relay_tests::external::spawn_broker(command);
     assert!(healthz(&addr));
 
     // Silent clients until the broker has no descriptor left to accept with.

@@ -28,17 +28,26 @@ async fn relay_one(broker: &TestBroker) -> u16 {
     request.await.unwrap().0
 }
 
+/// The admin API's base address and a token with Manage for it.
+fn admin(broker: &TestBroker) -> (String, String) {
+    let manage = token_for(&format!("http://{}/", broker.addr), KEY_NAME, KEY, 60);
+    (format!("{}/$admin/v1", broker.http()), manage)
+}
+
+fn json_auth(token: &str) -> [(&'static str, &str); 2] {
+    [
+        ("ServiceBusAuthorization", token),
+        ("Content-Type", "application/json"),
+    ]
+}
+
 #[tokio::test]
 async fn a_locked_store_is_503_for_admin_calls_and_relaying_goes_on() {
     let dir = temp_dir("store-locked");
     let db = dir.join("relay.db");
     let broker = TestBroker::start(&format!("[store]\npath = '{}'", db.display())).await;
-    let base = format!("{}/$admin/v1", broker.http());
-    let manage = token_for(&format!("http://{}/", broker.addr), KEY_NAME, KEY, 60);
-    let auth = [
-        ("ServiceBusAuthorization", manage.as_str()),
-        ("Content-Type", "application/json"),
-    ];
+    let (base, manage) = admin(&broker);
+    let auth = json_auth(&manage);
     let alice = br#"{"name":"alice","password":"correct horse battery"}"#.to_vec();
 
     // Another process takes the database: no writer gets in until it lets go.
@@ -130,12 +139,8 @@ async fn a_full_disk_is_503_for_admin_calls_and_relaying_goes_on() {
     };
     let db = disk.0.join("relay.db");
     let broker = TestBroker::start(&format!("[store]\npath = '{}'", db.display())).await;
-    let base = format!("{}/$admin/v1", broker.http());
-    let manage = token_for(&format!("http://{}/", broker.addr), KEY_NAME, KEY, 60);
-    let auth = [
-        ("ServiceBusAuthorization", manage.as_str()),
-        ("Content-Type", "application/json"),
-    ];
+    let (base, manage) = admin(&broker);
+    let auth = json_auth(&manage);
     // Long names, so that each write grows the journal by pages of its own.
     let url = |i: usize| format!("{base}/hybrid-connections/full/{i}-{}", "x".repeat(200));
     let filler = disk.fill();

@@ -65,26 +65,16 @@ pub(super) async fn connect(
         }
         None => via_control_channel(shared, &target, &mut accept).await?,
     };
-    match arrival {
-        Arrival::Rejected {
-            status,
-            description,
-        } => Err(RelayError::Rejected {
-            status,
-            description,
-        }),
-        Arrival::Accepted { socket, protocol } => {
-            spawn_pair(
-                shared,
-                sender_upgrade,
-                socket,
-                &r.tracking,
-                shared.revoked(&target),
-                permit,
-            );
-            Ok(switching(&accept_key, protocol.as_deref()))
-        }
-    }
+    let (socket, protocol) = arrival.accepted()?;
+    spawn_pair(
+        shared,
+        sender_upgrade,
+        socket,
+        &r.tracking,
+        shared.revoked(&target),
+        permit,
+    );
+    Ok(switching(&accept_key, protocol.as_deref()))
 }
 
 /// A place among the relayed connections, held by the relay task until both sides close:

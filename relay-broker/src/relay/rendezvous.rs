@@ -69,6 +69,22 @@ pub(crate) enum Arrival {
     },
 }
 
+impl Arrival {
+    /// The listener's socket and sub-protocol, or its refusal as the sender's answer.
+    pub(crate) fn accepted(self) -> Result<(ListenerSocket, Option<String>), crate::RelayError> {
+        match self {
+            Arrival::Accepted { socket, protocol } => Ok((socket, protocol)),
+            Arrival::Rejected {
+                status,
+                description,
+            } => Err(crate::RelayError::Rejected {
+                status,
+                description,
+            }),
+        }
+    }
+}
+
 /// A capability address waiting to be used.
 #[derive(Debug)]
 pub(crate) enum Pending {

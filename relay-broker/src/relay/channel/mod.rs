@@ -342,22 +342,8 @@ impl<'a> Channel<'a> {
                     Some(out) = queue.recv() => Step::Notice(out),
                     () = tokio::time::sleep_until(due_at) => self.on_time(),
                 };
-                match step {
-                    Step::Nothing => {}
-                    Step::Control(opcode, payload) => {
-                        writer.send(true, opcode, &payload).await?;
-                        writer.flush().await?;
-                    }
-                    Step::Notice(Notice::Text(text)) => writer.text(&text).await?,
-                    Step::Notice(Notice::TextWithBody(text, body)) => {
-                        writer.send(true, OpCode::Text, text.as_bytes()).await?;
-                        writer.send(true, OpCode::Binary, &body).await?;
-                        writer.flush().await?;
-                    }
-                    Step::Close(code, reason) => {
-                        writer.close(code, &reason).await?;
-                        return Ok(());
-                    }
+                if step.write(&mut writer).await? {
+                    return Ok(());
                 }
             }
         }
@@ -399,4 +385,28 @@ enum Step {
     Notice(Notice),
     /// The last frame: the channel ends after it.
     Close(u16, String),
+}
+
+impl Step {
+    /// Writes this step; true when it was the last (a Close).
+    async fn write<W: AsyncWrite + Unpin>(self, writer: &mut WsWriter<W>) -> Result<bool, WsError> {
+        match self {
+            Step::Nothing => {}
+            Step::Control(opcode, payload) => {
+                writer.send(true, opcode, &payload).await?;
+                writer.flush().await?;
+            }
+            Step::Notice(Notice::Text(text)) => writer.text(&text).await?,
+            Step::Notice(Notice::TextWithBody(text, body)) => {
+                writer.send(true, OpCode::Text, text.as_bytes()).await?;
+                writer.send(true, OpCode::Binary, &body).await?;
+                writer.flush().await?;
+            }
+            Step::Close(code, reason) => {
+                writer.close(code, &reason).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }

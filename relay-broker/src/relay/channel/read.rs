@@ -23,18 +23,15 @@ impl Channel<'_> {
             let message = match reader.message(limit).await {
                 Ok(Some(m)) => m,
                 Ok(None) | Err(WsError::Io(_) | WsError::UnexpectedEof) => return,
-                Err(WsError::MessageTooBig(n)) => {
-                    let why = self.text(&format!("Control message larger than {n} bytes"));
-                    let _ = internal
-                        .send(Internal::Close(close_code::MESSAGE_TOO_BIG, why))
-                        .await;
-                    return;
-                }
                 Err(e) => {
-                    let why = self.text(&format!("Protocol error: {e}"));
-                    let _ = internal
-                        .send(Internal::Close(close_code::PROTOCOL_ERROR, why))
-                        .await;
+                    let (code, why) = match e {
+                        WsError::MessageTooBig(n) => (
+                            close_code::MESSAGE_TOO_BIG,
+                            format!("Control message larger than {n} bytes"),
+                        ),
+                        e => (close_code::PROTOCOL_ERROR, format!("Protocol error: {e}")),
+                    };
+                    let _ = internal.send(Internal::Close(code, self.text(&why))).await;
                     return;
                 }
             };

@@ -17,36 +17,8 @@ pub(super) fn build_response(
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::from_u16(head.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let tokens: Vec<String> = head
-        .response_headers
-        .get("connection")
-        .map(|v| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect()
-        })
-        .unwrap_or_default();
+    relayed_headers(&head.response_headers, &req.host, resp.headers_mut());
     let headers = resp.headers_mut();
-    let mut previous_via = None;
-    for (name, value) in &head.response_headers.0 {
-        if is_hop_by_hop(name, &tokens) {
-            continue;
-        }
-        let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) else {
-            continue;
-        };
-        if name == http::header::VIA {
-            previous_via = value.to_str().ok().map(str::to_owned);
-            continue;
-        }
-        headers.append(name, value);
-    }
-    if let Ok(v) = HeaderValue::try_from(via(previous_via.as_deref(), "1.1", &req.host)) {
-        headers.insert(http::header::VIA, v);
-    }
     if req.method == http::Method::HEAD {
         // RFC 9110 §9.3.2: HEAD answers with the GET's fields, the length of the body it
         // does not send included.
@@ -68,6 +40,39 @@ pub(super) fn build_response(
         resp.extensions_mut().insert(phrase);
     }
     resp
+}
+
+/// The listener's response headers less the hop-by-hop ones, one line per value, with this
+/// broker added to `Via`.
+fn relayed_headers(from: &Headers, host: &str, headers: &mut http::HeaderMap) {
+    let tokens: Vec<String> = from
+        .get("connection")
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut previous_via = None;
+    for (name, value) in &from.0 {
+        if is_hop_by_hop(name, &tokens) {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) else {
+            continue;
+        };
+        if name == http::header::VIA {
+            previous_via = value.to_str().ok().map(str::to_owned);
+            continue;
+        }
+        headers.append(name, value);
+    }
+    if let Ok(v) = HeaderValue::try_from(via(previous_via.as_deref(), "1.1", host)) {
+        headers.insert(http::header::VIA, v);
+    }
 }
 
 /// The listener's `Content-Length` for a HEAD answer, when it is one number.

@@ -271,16 +271,7 @@ fn login(
             now - expires_at,
         )));
     }
-    let path = match view.host_mode {
-        true => r.suffix.clone(),
-        false => format!("{}{}", shared.mount, r.raw_path),
-    };
-    // One leading slash: `//evil.example` (or `/\evil.example`) would leave the origin.
-    let mut clean = format!("/{}", path.trim_start_matches(['/', '\\']));
-    if !r.query.app_query.is_empty() {
-        clean.push('?');
-        clean.push_str(&r.query.app_query);
-    }
+    let clean = address_without_token(shared, r, view);
     let cookie = set_cookie(
         view,
         &web::issue(rule, &r.hc.name, expires_at, cap),
@@ -292,14 +283,7 @@ fn login(
             "this hybrid connection's path cannot scope a browser cookie; use its host name".into(),
         )
     })?;
-    let href = html_escape(&clean);
-    let body = format!(
-        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
-         <meta http-equiv=\"refresh\" content=\"0;url={href}\"><title>Signed in</title>\
-         <p>Signed in to {}. <a href=\"{href}\">Continue</a></p>",
-        html_escape(&r.hc.name)
-    );
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Response::new(Body::from(login_page(&clean, &r.hc.name)));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -318,6 +302,31 @@ fn login(
     h.insert(header::SET_COOKIE, cookie);
     *resp.status_mut() = StatusCode::OK;
     Ok(resp)
+}
+
+/// The address the login page steps to: the one asked for, without the token.
+fn address_without_token(shared: &Relay, r: &Resolved, view: &View) -> String {
+    let path = match view.host_mode {
+        true => r.suffix.clone(),
+        false => format!("{}{}", shared.mount, r.raw_path),
+    };
+    // One leading slash: `//evil.example` (or `/\evil.example`) would leave the origin.
+    let mut clean = format!("/{}", path.trim_start_matches(['/', '\\']));
+    if !r.query.app_query.is_empty() {
+        clean.push('?');
+        clean.push_str(&r.query.app_query);
+    }
+    clean
+}
+
+fn login_page(next: &str, hc: &str) -> String {
+    let href = html_escape(next);
+    format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={href}\"><title>Signed in</title>\
+         <p>Signed in to {}. <a href=\"{href}\">Continue</a></p>",
+        html_escape(hc)
+    )
 }
 
 fn html_escape(text: &str) -> String {

@@ -53,7 +53,8 @@ pub fn audited_person_writes(store: &dyn Store) {
 }
 
 /// A listener, its certificate and their events commit together; a refused listener leaves
-/// no row and no event.
+/// no row and no event. One scenario, in order: each step starts from the state the last
+/// one left.
 pub fn audited_listener_writes(store: &dyn Store) {
     let add = IdentityWrite::AddPerson {
         name: "bob",

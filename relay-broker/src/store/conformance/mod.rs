@@ -212,7 +212,8 @@ pub fn enrollment_tokens(store: &dyn Store) {
     assert_eq!(store.burn_enrollment_token("unknown", 0).unwrap(), None);
 }
 
-/// Listeners and their certificates: one key, one certificate; renewal; revocation.
+/// Listeners and their certificates: one key, one certificate; renewal; revocation. One
+/// scenario, in order: each step starts from the state the last one left.
 pub fn listeners_and_certificates(store: &dyn Store) {
     alice(store);
     let record = ListenerRecord {

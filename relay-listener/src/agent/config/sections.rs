@@ -80,21 +80,29 @@ pub(super) fn broker(
     });
     let token = connection_string.and_then(|cs| cs.signature);
     let credentials = credentials(&b, base, key_name, key, token, invalid)?;
+    Ok(Broker {
+        endpoint,
+        credentials,
+        proxy: proxy(&b, invalid)?,
+        ca_cert: b.ca_cert.map(|p| base.join(p)),
+    })
+}
+
+/// `[broker].proxy` and `no_proxy`, checked: (proxy URL, no-proxy list).
+fn proxy(b: &RawBroker, invalid: Invalid<'_>) -> Result<Option<(String, String)>, ConfigError> {
     if b.no_proxy.is_some() && b.proxy.is_none() {
         return Err(invalid(
             "[broker].no_proxy needs proxy (or use NO_PROXY with HTTPS_PROXY)".into(),
         ));
     }
-    if let Some(proxy) = &b.proxy {
-        relay_io::proxy::Proxy::parse(proxy)
-            .map_err(|e| invalid(format!("[broker].proxy: {e}")))?;
-    }
-    Ok(Broker {
-        endpoint,
-        credentials,
-        ca_cert: b.ca_cert.map(|p| base.join(p)),
-        proxy: b.proxy.map(|p| (p, b.no_proxy.unwrap_or_default())),
-    })
+    let Some(proxy) = &b.proxy else {
+        return Ok(None);
+    };
+    relay_io::proxy::Proxy::parse(proxy).map_err(|e| invalid(format!("[broker].proxy: {e}")))?;
+    Ok(Some((
+        proxy.clone(),
+        b.no_proxy.clone().unwrap_or_default(),
+    )))
 }
 
 /// Exactly one credential: a certificate identity, a SAS rule and key, or a ready token.
