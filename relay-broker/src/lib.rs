@@ -47,7 +47,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{BrokerConfig, HybridConnection, Limits};
+pub use config::{BrokerConfig, HybridConnection, Limits, StoreLocation};
 pub use error::RelayError;
 #[cfg(feature = "identity")]
 pub use identity::{admin, ca};
@@ -60,7 +60,8 @@ pub use seams::node::NodeId;
 pub use seams::revocation::{LocalRevocations, RevocationBus};
 pub use server::ServeOptions;
 pub use store::{
-    AuditEvent, AuditStore, IdentityStore, MemoryStore, Namespace, SqliteStore, Store, StoreError,
+    AuditEvent, AuditStore, IdentityStore, MemoryStore, Namespace, PostgresStore, SqliteStore,
+    Store, StoreError,
 };
 
 use relay::Relay;
@@ -230,15 +231,19 @@ fn open_store(
     config: &BrokerConfig,
 ) -> Result<Arc<dyn Store>, OpenError> {
     Ok(match (given, &config.store) {
-        (Some(_), Some(path)) => {
-            return Err(OpenError::Ignored(format!(
-                "[store] path = {} is set, and a store was given to the builder too: remove one",
-                path.display()
-            )));
+        (Some(_), Some(_)) => {
+            return Err(OpenError::Ignored(
+                "[store] is set, and a store was given to the builder too: remove one".into(),
+            ));
         }
         (Some(store), None) => store,
-        (None, Some(path)) => Arc::new(SqliteStore::open(
+        (None, Some(StoreLocation::Sqlite(path))) => Arc::new(SqliteStore::open(
             path,
+            &config.hybrid_connections,
+            &config.rules,
+        )?),
+        (None, Some(StoreLocation::Postgres(url))) => Arc::new(PostgresStore::open(
+            (**url).clone(),
             &config.hybrid_connections,
             &config.rules,
         )?),

@@ -60,8 +60,8 @@ pub struct BrokerConfig {
     pub hybrid_connections: Vec<HybridConnection>,
     /// SAS rules.
     pub rules: Vec<SharedAccessKey>,
-    /// The SQLite file of the durable store; `None` keeps state in memory.
-    pub store: Option<PathBuf>,
+    /// Where the durable state lives; `None` keeps it in memory.
+    pub store: Option<StoreLocation>,
     /// The certificate authority for listener identities; `None` disables it.
     pub ca: Option<CaConfig>,
     /// Host names per hybrid connection (host mode); `None` serves paths only.
@@ -140,7 +140,65 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    path: PathBuf,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    password_env: Option<String>,
+}
+
+/// `[store]`: an embedded SQLite file, or a PostgreSQL database the nodes of a cluster share.
+#[derive(Clone, Debug)]
+pub enum StoreLocation {
+    /// `path = "relay.db"`.
+    Sqlite(PathBuf),
+    /// `url = "postgres://…"` (its `Debug` leaves the password out).
+    Postgres(Box<tokio_postgres::Config>),
+}
+
+/// Checks `[store]`: exactly one of `path` and `url`; a URL that parses, names a database,
+/// and asks for no TLS this build cannot give; the password from `password_env` if named.
+fn store_location(
+    raw: RawStore,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StoreLocation, String> {
+    let url = match (raw.path, raw.url) {
+        (Some(path), None) => {
+            if raw.password_env.is_some() {
+                return Err("[store].password_env goes with url, not path".into());
+            }
+            return Ok(StoreLocation::Sqlite(path));
+        }
+        (None, Some(url)) => url,
+        (Some(_), Some(_)) => {
+            return Err("[store]: give path (SQLite) or url (PostgreSQL), not both".into());
+        }
+        (None, None) => {
+            return Err(
+                "[store] needs path = \"relay.db\" (SQLite) or url = \"postgres://user@host/db\" (PostgreSQL)"
+                    .into(),
+            );
+        }
+    };
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        return Err(format!(
+            "[store].url must start with postgres:// (for example \"postgres://relay@db.example.com/relay\"), not {:?}",
+            url.split(':').next().unwrap_or_default()
+        ));
+    }
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("[store].url is not a PostgreSQL URL: {e}"))?;
+    if config.get_dbname().is_none() {
+        return Err("[store].url names no database (postgres://user@host/DATABASE)".into());
+    }
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err("[store].url asks for sslmode=require, and this broker does not speak TLS to PostgreSQL yet: reach the database over a private network or a local socket, or through a TLS tunnel, with sslmode=disable or prefer".into());
+    }
+    if let Some(var) = raw.password_env {
+        let password = env(&var)
+            .ok_or_else(|| format!("[store].password_env = \"{var}\": that variable is not set"))?;
+        config.password(password);
+    }
+    Ok(StoreLocation::Postgres(Box::new(config)))
 }
 
 #[derive(Deserialize)]
@@ -248,6 +306,12 @@ impl BrokerConfig {
             .map_err(invalid)?;
         let ca = raw.ca.map(|ca| ca_config(ca, &invalid)).transpose()?;
         let hosts = host_mode(raw.server.host_base, raw.server.hosts).map_err(invalid)?;
+        let env = |var: &str| std::env::var(var).ok();
+        let store = raw
+            .store
+            .map(|s| store_location(s, &env))
+            .transpose()
+            .map_err(invalid)?;
         Ok(Self {
             bind,
             public_url,
@@ -255,7 +319,7 @@ impl BrokerConfig {
             limits,
             hybrid_connections,
             rules,
-            store: raw.store.map(|s| s.path),
+            store,
             ca,
             hosts,
         })

@@ -58,7 +58,7 @@ fn store_and_ca_sections() {
         "t",
     )
     .unwrap();
-    assert_eq!(c.store.as_deref(), Some(Path::new("data/relay.db")));
+    assert!(matches!(&c.store, Some(StoreLocation::Sqlite(p)) if p == Path::new("data/relay.db")));
     let ca = c.ca.unwrap();
     assert_eq!(
         (ca.cert_lifetime, ca.trust_domain.as_str()),
@@ -108,4 +108,31 @@ fn empty_file_gives_defaults() {
     let c = BrokerConfig::parse("", "t").unwrap();
     assert_eq!(c.bind.to_string(), "127.0.0.1:9400");
     assert!(c.tls.is_none() && c.rules.is_empty());
+}
+
+#[test]
+fn the_store_is_a_file_or_a_postgres_url() {
+    let parse = |text: &str| BrokerConfig::parse(text, "t").map(|c| c.store);
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    let Some(StoreLocation::Postgres(url)) =
+        parse("[store]\nurl = 'postgres://relay:s3cret@db.example.com:5433/relay'").unwrap()
+    else {
+        panic!("a PostgreSQL URL");
+    };
+    assert_eq!(url.get_dbname(), Some("relay"));
+    assert_eq!(url.get_ports(), &[5433]);
+    assert!(
+        !format!("{url:?}").contains("s3cret"),
+        "the password stays out of logs"
+    );
+    assert!(err("[store]\npath = 'a.db'\nurl = 'postgres://h/db'").contains("not both"));
+    assert!(err("[store]\n").contains("path = \"relay.db\""));
+    assert!(err("[store]\nurl = 'mysql://h/db'").contains("must start with postgres://"));
+    assert!(err("[store]\nurl = 'postgres://h'").contains("names no database"));
+    assert!(err("[store]\nurl = 'postgres://h/db?sslmode=require'").contains("sslmode=require"));
+    assert!(
+        err("[store]\nurl = 'postgres://h/db'\npassword_env = 'RELAY_TEST_UNSET_PG_PASSWORD'")
+            .contains("RELAY_TEST_UNSET_PG_PASSWORD")
+    );
+    assert!(err("[store]\npath = 'a.db'\npassword_env = 'X'").contains("goes with url"));
 }

@@ -1,5 +1,5 @@
-//! The conformance battery ([`super::conformance`]) on both stores, one test per concern,
-//! plus SQLite durability tests.
+//! The conformance battery ([`super::conformance`]) on every store, one test per concern
+//! (PostgreSQL on a throwaway server of its own), plus durability and schema tests.
 
 use std::path::PathBuf;
 
@@ -21,6 +21,15 @@ macro_rules! conformance {
             $(#[test]
             fn $concern() {
                 super::conformance::$concern(&super::MemoryStore::new(&super::config_hcs(), &super::config_rules()));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $concern() {
+                let server = super::TestPostgres::shared();
+                let config = server.fresh_database(concat!("conformance_", stringify!($concern)));
+                let store = super::PostgresStore::open(config, &super::config_hcs(), &super::config_rules()).unwrap();
+                super::conformance::$concern(&store);
             })*
         }
         mod sqlite {
@@ -115,4 +124,115 @@ fn sqlite_audit_is_append_only_and_newer_schemas_are_refused() {
     let err = SqliteStore::open(&path, &[], &[]).unwrap_err();
     assert!(err.to_string().contains("newer than this broker"), "{err}");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+fn postgres(config: &tokio_postgres::Config) -> PostgresStore {
+    PostgresStore::open(config.clone(), &config_hcs(), &config_rules()).unwrap()
+}
+
+#[test]
+fn postgres_migrates_once_when_three_nodes_start_at_once() {
+    let config = TestPostgres::shared().fresh_database("three_nodes");
+    let stores: Vec<Result<PostgresStore, StoreError>> = std::thread::scope(|s| {
+        let opening: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| PostgresStore::open(config.clone(), &[], &[])))
+            .collect();
+        opening.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for store in &stores {
+        assert!(store.is_ok(), "{:?}", store.as_ref().err());
+    }
+    let store = stores.into_iter().next().unwrap().unwrap();
+    // Exactly one row per migration: nobody ran one twice.
+    store
+        .execute(
+            "DO $$ BEGIN IF (SELECT count(*) FROM relay_schema_version) <> (SELECT count(DISTINCT version) FROM relay_schema_version) THEN RAISE EXCEPTION 'a migration ran twice'; END IF; END $$",
+        )
+        .unwrap();
+}
+
+#[test]
+fn postgres_audit_is_append_only_and_newer_schemas_are_refused() {
+    let config = TestPostgres::shared().fresh_database("append_only");
+    let store = postgres(&config);
+    store
+        .append_audit(&AuditEvent::now(AuditKind::PersonAdd, "s", "d"))
+        .unwrap();
+    assert!(store.execute("DELETE FROM audit_events").is_err());
+    assert!(
+        store
+            .execute("UPDATE audit_events SET detail = 'x'")
+            .is_err()
+    );
+    assert!(store.execute("TRUNCATE audit_events").is_err());
+    assert_eq!(store.audit(0, 10).unwrap().len(), 1);
+    store
+        .execute("INSERT INTO relay_schema_version (version) VALUES (99)")
+        .unwrap();
+    drop(store);
+    let err = PostgresStore::open(config, &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("newer than this broker"), "{err}");
+}
+
+#[test]
+fn postgres_nodes_follow_each_others_writes_within_a_second() {
+    let config = TestPostgres::shared().fresh_database("two_nodes");
+    let (a, b) = (postgres(&config), postgres(&config));
+    let mut feed = b.changes();
+    a.create_hybrid_connection(hc("made-on-a")).unwrap();
+    let started = std::time::Instant::now();
+    let change = loop {
+        match feed.try_recv() {
+            Ok(change) => break change,
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(1) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("node B did not see the creation within 1 s: {e:?}"),
+        }
+    };
+    assert_eq!(change, NamespaceChange::Created(hc("made-on-a")));
+    assert!(b.hybrid_connection("MADE-ON-A").is_some());
+    // B cannot create it again, and removes it; A follows.
+    assert!(matches!(
+        b.create_hybrid_connection(hc("made-on-a")),
+        Err(StoreError::Conflict(_))
+    ));
+    let mut feed_a = a.changes();
+    assert!(b.remove_hybrid_connection("made-on-a").unwrap());
+    let started = std::time::Instant::now();
+    while a.hybrid_connection("made-on-a").is_some() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "node A did not see the removal within 1 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        feed_a.try_recv().unwrap(),
+        NamespaceChange::Removed("made-on-a".into())
+    );
+    assert!(feed_a.try_recv().is_err(), "each change is told once");
+    // Identity records are read from the database: a person disabled on A is disabled on B.
+    a.add_person("alice", "$argon2id$x").unwrap();
+    assert!(a.set_person_disabled("alice", true).unwrap());
+    assert!(b.person("ALICE").unwrap().unwrap().0.disabled);
+}
+
+#[test]
+fn postgres_unreachable_is_unavailable_not_a_hang() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("relay")
+        .dbname("relay");
+    let started = std::time::Instant::now();
+    let err = PostgresStore::open(config, &[], &[]).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
 }

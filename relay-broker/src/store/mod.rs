@@ -9,8 +9,9 @@
 //! |---|---|
 //! | [`MemoryStore`] | in memory: the embedded default and tests |
 //! | [`SqliteStore`] | an embedded SQLite file with versioned migrations (`[store].path`) |
+//! | [`PostgresStore`] | a PostgreSQL database a cluster's nodes share (`[store].url`) |
 //!
-//! Both pass the same conformance battery (`conformance`, public under the `test-util`
+//! All pass the same conformance battery (`conformance`, public under the `test-util`
 //! feature for other backends), one test per concern (`store/battery.rs`).
 
 use std::sync::Arc;
@@ -20,11 +21,15 @@ use relay_core::sas::SharedAccessKey;
 use crate::config::HybridConnection;
 
 mod memory;
+pub(crate) mod postgres;
 mod records;
 mod snapshot;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+#[cfg(any(test, feature = "test-util"))]
+pub use postgres::test_server::TestPostgres;
 pub use records::{
     AuditEvent, AuditKind, CertificateRecord, EnrollmentToken, Grant, ListenerRecord, Person,
     now_ms,

@@ -61,6 +61,51 @@ impl SnapshotCell {
         self.write().hcs.insert(hc.name.to_ascii_lowercase(), hc);
     }
 
+    /// Inserts `hc` unless one of its name is there; whether it was new.
+    pub(super) fn insert_new(&self, hc: HybridConnection) -> bool {
+        let mut snapshot = self.write();
+        let key = hc.name.to_ascii_lowercase();
+        if snapshot.hcs.contains_key(&key) {
+            return false;
+        }
+        snapshot.hcs.insert(key, hc);
+        true
+    }
+
+    /// Makes the run-time entries those `stored` (another node's writes), telling the feed
+    /// what came and went. Entries the configuration file defines are left alone.
+    pub(super) fn reconcile(&self, stored: Vec<HybridConnection>) {
+        let mut changes = Vec::new();
+        {
+            let mut snapshot = self.write();
+            let stored: HashMap<String, HybridConnection> = stored
+                .into_iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h))
+                .filter(|(key, _)| !snapshot.from_config.contains(key))
+                .collect();
+            let gone: Vec<String> = snapshot
+                .hcs
+                .keys()
+                .filter(|k| !snapshot.from_config.contains(*k) && !stored.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                if let Some(hc) = snapshot.hcs.remove(&key) {
+                    changes.push(NamespaceChange::Removed(hc.name));
+                }
+            }
+            for (key, hc) in stored {
+                if let std::collections::hash_map::Entry::Vacant(slot) = snapshot.hcs.entry(key) {
+                    slot.insert(hc.clone());
+                    changes.push(NamespaceChange::Created(hc));
+                }
+            }
+        }
+        for change in changes {
+            self.changed(change);
+        }
+    }
+
     /// Refuses removing what the configuration file defines.
     pub(super) fn check_remove(&self, name: &str) -> Result<(), StoreError> {
         if self.read().from_config.contains(&name.to_ascii_lowercase()) {

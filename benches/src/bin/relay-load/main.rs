@@ -99,10 +99,14 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let backends = backend::start().await?;
     if cli.soak_secs > 0 {
-        let relay = targets::relay(&backends, &bins, &dir, false).await?;
+        let durable = targets::Site {
+            durable: true,
+            ..targets::Site::LOCAL
+        };
+        let relay = targets::relay_at(&backends, &bins, &dir, false, durable).await?;
         measure::wait_ready(relay.echo).await?;
         println!(
-            "Soak: {} s of mixed traffic against the relay (ws), sampled every {} s.\n",
+            "Soak: {} s of mixed traffic against the relay (ws, SQLite store), sampled every {} s.\n",
             cli.soak_secs, cli.soak_interval_secs
         );
         let interval = Duration::from_secs_f64(cli.soak_interval_secs.max(0.1));
@@ -294,6 +298,7 @@ async fn wide_area(
     let site = |standby| targets::Site {
         wan: Some(delay),
         standby,
+        durable: false,
     };
     let standby = targets::Site::LOCAL.standby;
     let mut far = vec![

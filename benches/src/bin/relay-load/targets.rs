@@ -45,6 +45,9 @@ pub(crate) struct Site {
     pub(crate) wan: Option<Duration>,
     /// Standby sockets our listener keeps (`relay-listener run --standby`).
     pub(crate) standby: u8,
+    /// The broker keeps its state in a SQLite file in the run's folder, as in production,
+    /// instead of in memory (whose audit ring fills towards its bound of 10,000 events).
+    pub(crate) durable: bool,
 }
 
 impl Site {
@@ -52,6 +55,7 @@ impl Site {
     pub(crate) const LOCAL: Self = Self {
         wan: None,
         standby: 3,
+        durable: false,
     };
 }
 
@@ -93,6 +97,12 @@ pub(crate) async fn relay_at(
     config.push_str(&format!(
         "[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[hybrid_connections]]\nname = \"http\"\n[[hybrid_connections]]\nname = \"idle\"\n[[hybrid_connections]]\nname = \"stall\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n"
     ));
+    if site.durable {
+        config.push_str(&format!(
+            "[store]\npath = \"{}\"\n",
+            dir.join("broker-state/relay.db").display()
+        ));
+    }
     let path = dir.join(if tls {
         "broker-tls.toml"
     } else {
