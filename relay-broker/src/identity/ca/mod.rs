@@ -34,6 +34,12 @@ const ISSUING_LIFETIME: Duration = Duration::from_secs(2 * 365 * 86_400);
 /// Largest CSR accepted, in bytes of PEM.
 pub const MAX_CSR_BYTES: usize = 8 * 1024;
 
+/// The file that marks a CA being created; its creator removes it when done.
+const CREATE_LOCK: &str = ".creating";
+
+/// How long a node waits for another one to finish creating the CA.
+pub const CREATE_WAIT: Duration = Duration::from_secs(10);
+
 /// Certificate authority failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -93,21 +99,64 @@ impl std::fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// Loads the CA from `dir`, or creates it there on first start.
+    /// Loads the CA from `dir`, or creates it there on first start. Safe when several
+    /// nodes of a cluster start at once on the same empty folder: one creates it under a
+    /// lock file, the others wait (at most [`CREATE_WAIT`]) and load what it made, so there
+    /// is one CA, never one per node.
     pub fn load_or_create(
         dir: &Path,
         trust_domain: &str,
         now: OffsetDateTime,
     ) -> Result<Self, CaError> {
         let files = ["root.pem", "root.key", "issuing.pem", "issuing.key"].map(|f| dir.join(f));
-        let present = files.iter().filter(|f| f.exists()).count();
-        match present {
-            0 => Self::create(dir, trust_domain, now),
-            4 => Self::load(dir, trust_domain),
-            _ => Err(CaError::Corrupt(
-                dir.into(),
-                "some CA files are missing; restore them or remove all four".into(),
-            )),
+        let lock = dir.join(CREATE_LOCK);
+        let deadline = std::time::Instant::now() + CREATE_WAIT;
+        loop {
+            let present = files.iter().filter(|f| f.exists()).count();
+            if lock.exists() {
+                // Another node is creating it.
+                if std::time::Instant::now() > deadline {
+                    return Err(CaError::Corrupt(
+                        dir.into(),
+                        format!(
+                            "another broker has been creating the CA for {} s, or died doing so: if no broker is starting, remove {} and the partial CA files",
+                            CREATE_WAIT.as_secs(),
+                            lock.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            match present {
+                4 => return Self::load(dir, trust_domain),
+                0 => {
+                    create_private_dir(dir).map_err(|source| CaError::Io {
+                        path: dir.into(),
+                        source,
+                    })?;
+                    let claimed = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&lock);
+                    match claimed {
+                        Ok(_) => {
+                            let created = Self::create(dir, trust_domain, now);
+                            let _ = std::fs::remove_file(&lock);
+                            return created;
+                        }
+                        // Another node claimed it first: wait for its CA.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(source) => return Err(CaError::Io { path: lock, source }),
+                    }
+                }
+                _ => {
+                    return Err(CaError::Corrupt(
+                        dir.into(),
+                        "some CA files are missing; restore them or remove all four".into(),
+                    ));
+                }
+            }
         }
     }
 

@@ -254,3 +254,22 @@ fn san_type_is_uri() {
         SanType::URI(_)
     ));
 }
+
+#[test]
+fn nodes_starting_at_once_on_an_empty_folder_share_one_ca() {
+    let dir = temp_dir("cluster-start");
+    let roots: Vec<String> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| CertificateAuthority::load_or_create(&dir, "relay", now())))
+            .collect();
+        starting
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap().root_pem)
+            .collect()
+    });
+    assert!(roots.windows(2).all(|w| w[0] == w[1]), "one CA, not one per node");
+    assert!(!dir.join(CREATE_LOCK).exists(), "the lock is gone once created");
+    let reloaded = CertificateAuthority::load_or_create(&dir, "relay", now()).unwrap();
+    assert_eq!(reloaded.root_pem, roots[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
