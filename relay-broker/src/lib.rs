@@ -12,7 +12,7 @@
 //! | `relay` | the data plane: dispatch, listen, connect, rendezvous, standby, HTTP relay |
 //! | [`identity`] | the control plane (feature `identity`): persons, CA, registration, PoP, admin API |
 //! | [`seams`] | what crosses between the planes and, later, between nodes: authority, revocation, audit |
-//! | [`store`] | entities, rules and the audit trail: in memory or SQLite |
+//! | [`store`] | entities, rules and the audit trail: in memory, SQLite or PostgreSQL |
 //! | [`config`] | the TOML contract, validated into typed limits, entities and rules |
 //! | `router` | the composition of the planes' routes, each with its own state |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
@@ -104,7 +104,7 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-/// Builds a [`Broker`] from its configuration, opening what it names: the SQLite store of
+/// Builds a [`Broker`] from its configuration, opening what it names: the SQLite or PostgreSQL store of
 /// `[store]` (else state stays in memory) and the certificate authority of `[ca]`, created
 /// on first start. Backends given here replace the embedded defaults; a configuration
 /// section that would then be ignored is refused, never dropped without a word.

@@ -267,8 +267,14 @@ fn nodes_starting_at_once_on_an_empty_folder_share_one_ca() {
             .map(|h| h.join().unwrap().unwrap().root_pem)
             .collect()
     });
-    assert!(roots.windows(2).all(|w| w[0] == w[1]), "one CA, not one per node");
-    assert!(!dir.join(CREATE_LOCK).exists(), "the lock is gone once created");
+    assert!(
+        roots.windows(2).all(|w| w[0] == w[1]),
+        "one CA, not one per node"
+    );
+    assert!(
+        !dir.join(CREATE_LOCK).exists(),
+        "the lock is gone once created"
+    );
     let reloaded = CertificateAuthority::load_or_create(&dir, "relay", now()).unwrap();
     assert_eq!(reloaded.root_pem, roots[0]);
     let _ = std::fs::remove_dir_all(&dir);
