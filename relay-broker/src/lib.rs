@@ -104,9 +104,9 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-/// Builds a [`Broker`] from its configuration, opening what it names: the SQLite or PostgreSQL store of
-/// `[store]` (else state stays in memory) and the certificate authority of `[ca]`, created
-/// on first start. Backends given here replace the embedded defaults; a configuration
+/// Builds a [`Broker`] from its configuration, opening what it names: the SQLite or
+/// PostgreSQL store of `[store]` (else state stays in memory) and the certificate authority
+/// of `[ca]`, created on first start. Backends given here replace the embedded defaults; a configuration
 /// section that would then be ignored is refused, never dropped without a word.
 #[must_use = "call build()"]
 pub struct BrokerBuilder<'a> {
