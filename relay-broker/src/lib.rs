@@ -171,6 +171,8 @@ impl<'a> BrokerBuilder<'a> {
             Arc::clone(&store) as Arc<dyn store::AuditStore>,
             AUDIT_QUEUE,
         );
+        // Without the identity plane nobody else takes `audit`, and the clone is redundant.
+        #[cfg_attr(not(feature = "identity"), allow(clippy::redundant_clone))]
         let parts = relay::Parts {
             limits: config.limits.clone(),
             public_url: config.public_url.clone(),
