@@ -16,15 +16,18 @@ pub(crate) fn router(relay: Arc<Relay>) -> axum::Router {
         .with_state(relay)
 }
 
-/// Ready while accepting work; once shutdown began, the data plane's own 503
-/// (`ServiceUnavailable`, with `Retry-After`), so load balancers drain first.
+/// Ready while accepting work and the store answers; once shutdown began, or while a
+/// shared store is unreachable, the data plane's own 503 (`ServiceUnavailable` or
+/// `StoreUnavailable`, with `Retry-After`), so load balancers send work elsewhere.
 async fn readyz(State(shared): State<Arc<Relay>>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
+    let tracking = relay_core::tracking::TrackingId::new();
     if shared.shutdown.is_cancelled() {
-        let tracking = relay_core::tracking::TrackingId::new();
-        crate::RelayError::ShuttingDown.into_response(&tracking)
-    } else {
-        (StatusCode::OK, "ready").into_response()
+        return crate::RelayError::ShuttingDown.into_response(&tracking);
+    }
+    match shared.store.reachable() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => crate::RelayError::from(e).into_response(&tracking),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Two brokers sharing one PostgreSQL database (`[store] url`), on a throwaway server: what
 //! one node writes, the other serves. A hybrid connection created on A takes listeners on
-//! B within a second; a person added on A is listed by B.
+//! B within a second; a person added on A is listed by B. A node whose database stops
+//! answering fails `/readyz` within a second, and is ready again once it answers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,14 +10,16 @@ use std::time::{Duration, Instant};
 use relay_broker::store::TestPostgres;
 use relay_tests::{KEY, KEY_NAME, TestBroker, http_request, token_for, ws_connect};
 
-fn store_section() -> String {
+/// A `[store]` section for a fresh database, and its name.
+fn store_section() -> (String, String) {
     let server = TestPostgres::shared();
     let config = server.fresh_database("two_brokers");
-    format!(
-        "[store]\nurl = 'postgres://postgres@127.0.0.1:{}/{}'\n",
-        server.port,
-        config.get_dbname().unwrap()
-    )
+    let name = config.get_dbname().unwrap().to_owned();
+    let section = format!(
+        "[store]\nurl = 'postgres://postgres@127.0.0.1:{}/{name}'\n",
+        server.port
+    );
+    (section, name)
 }
 
 fn manage(broker: &TestBroker) -> String {
@@ -25,7 +28,7 @@ fn manage(broker: &TestBroker) -> String {
 
 #[tokio::test]
 async fn two_brokers_on_one_database_serve_each_others_writes() {
-    let store = store_section();
+    let (store, _) = store_section();
     let a = TestBroker::start(&store).await;
     let b = TestBroker::start(&store).await;
 
@@ -89,4 +92,65 @@ async fn two_brokers_on_one_database_serve_each_others_writes() {
 
     a.shutdown().await;
     b.shutdown().await;
+}
+
+async fn ready(broker: &TestBroker) -> (u16, String) {
+    let (status, _, body) =
+        http_request("GET", &format!("{}/readyz", broker.http()), &[], vec![]).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `/readyz` until its status is `want`, for at most `within`; returns how long.
+async fn until_ready_is(broker: &TestBroker, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, body) = ready(broker).await;
+        if status == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still {status} ({body}) after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_database_stops_answering_is_not_ready() {
+    let (store, db) = store_section();
+    let broker = TestBroker::start(&store).await;
+    assert_eq!(ready(&broker).await.0, 200);
+
+    // No one may connect to the database, and the broker's connection is cut.
+    let server = TestPostgres::shared();
+    server.execute(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ),
+    );
+    let took = until_ready_is(&broker, 503, Duration::from_secs(2)).await;
+    eprintln!("not ready {took:?} after the database went away");
+    let (_, body) = ready(&broker).await;
+    assert!(
+        body.contains("StoreUnavailable") && body.contains("TrackingId:"),
+        "{body}"
+    );
+    // Relaying needs no database: a SAS listener still connects.
+    let listen = format!("{}/$hc/hyco?sb-hc-action=listen", broker.ws());
+    assert!(
+        ws_connect(&listen, Some(&broker.token("hyco")), &[], &[])
+            .await
+            .is_ok()
+    );
+
+    server.execute(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
+    );
+    let took = until_ready_is(&broker, 200, Duration::from_secs(8)).await;
+    eprintln!("ready again {took:?} after the database came back");
+    broker.shutdown().await;
 }

@@ -73,6 +73,12 @@ pub trait Namespace: Send + Sync + 'static {
     /// Every change to the hybrid connections from now on. A receiver that falls more than
     /// [`CHANGE_FEED`] changes behind gets `Lagged` and should read the whole list again.
     fn changes(&self) -> tokio::sync::broadcast::Receiver<NamespaceChange>;
+    /// `Err` while the store cannot be reached (a shared database that stopped answering):
+    /// the node is then not ready. Cheap, for every `/readyz`: it reports what the store's
+    /// own background work last saw, it does not ask the database.
+    fn reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The append-only audit trail.

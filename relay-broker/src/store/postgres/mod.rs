@@ -7,8 +7,9 @@
 //! (`client`): a database that is down or hung makes calls fail with `Unavailable` (503 with
 //! a tracking id at the API), and the store reconnects by itself when it is back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use relay_core::sas::SharedAccessKey;
 use tokio_postgres::Row;
@@ -40,7 +41,14 @@ const LISTENER_COLUMNS: &str = "SELECT id, name, person, hybrid_connections, key
 pub struct PostgresStore {
     db: Arc<Db>,
     snapshot: Arc<SnapshotCell>,
+    /// When the poller last got an answer, in ms since `opened`.
+    heard: Arc<AtomicU64>,
+    opened: Instant,
 }
+
+/// How long without an answer from the database before the node is not ready: three
+/// polls.
+pub(crate) const UNREACHABLE_AFTER: Duration = Duration::from_millis(750);
 
 /// How often a node looks for namespace changes made by the others.
 pub(crate) const NAMESPACE_POLL: Duration = Duration::from_millis(250);
@@ -66,8 +74,20 @@ impl PostgresStore {
             snapshot.hcs.insert(key, hc);
         }
         let snapshot = Arc::new(SnapshotCell::new(snapshot));
-        spawn_poller(Arc::downgrade(&db), Arc::downgrade(&snapshot), version)?;
-        Ok(Self { db, snapshot })
+        let (heard, opened) = (Arc::new(AtomicU64::new(0)), Instant::now());
+        let poller = Poller {
+            db: Arc::downgrade(&db),
+            snapshot: Arc::downgrade(&snapshot),
+            heard: Arc::clone(&heard),
+            opened,
+        };
+        poller.spawn(version)?;
+        Ok(Self {
+            db,
+            snapshot,
+            heard,
+            opened,
+        })
     }
 
     /// Runs SQL on the store's connection, for tests that tamper with the database.
@@ -139,39 +159,54 @@ async fn stored_namespace(
 }
 
 /// Follows other nodes' namespace writes: every [`NAMESPACE_POLL`], one small query for the
-/// version, and the list only when it moved. Ends when the store is dropped.
-fn spawn_poller(
+/// version, and the list only when it moved; each answer also tells `reachable` the
+/// database is there. Ends when the store is dropped.
+struct Poller {
     db: Weak<Db>,
     snapshot: Weak<SnapshotCell>,
-    mut seen: i64,
-) -> Result<(), StoreError> {
-    let poll = move || loop {
-        std::thread::sleep(NAMESPACE_POLL);
-        let (Some(db), Some(snapshot)) = (db.upgrade(), snapshot.upgrade()) else {
-            return;
+    heard: Arc<AtomicU64>,
+    opened: Instant,
+}
+
+impl Poller {
+    fn spawn(self, mut seen: i64) -> Result<(), StoreError> {
+        let poll = move || {
+            loop {
+                std::thread::sleep(NAMESPACE_POLL);
+                let (Some(db), Some(snapshot)) = (self.db.upgrade(), self.snapshot.upgrade())
+                else {
+                    return;
+                };
+                match self.poll(&db, &snapshot, seen) {
+                    Ok(version) => {
+                        seen = version;
+                        let now = self.opened.elapsed().as_millis() as u64;
+                        self.heard.store(now, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "polling the namespace failed"),
+                }
+            }
         };
+        std::thread::Builder::new()
+            .name("relay-namespace-poll".into())
+            .spawn(poll)
+            .map(drop)
+            .map_err(|e| StoreError::Database(format!("starting the namespace poller: {e}")))
+    }
+
+    fn poll(&self, db: &Db, snapshot: &SnapshotCell, seen: i64) -> Result<i64, StoreError> {
         let version = db.run(async |c| {
             Ok(c.query_one("SELECT version FROM namespace_version", &[])
                 .await?
                 .get::<_, i64>(0))
-        });
-        match version {
-            Ok(version) if version == seen => {}
-            Ok(_) => match db.run(async |c| stored_namespace(c).await) {
-                Ok((version, stored)) => {
-                    seen = version;
-                    snapshot.reconcile(stored);
-                }
-                Err(e) => tracing::debug!(error = %e, "reading the namespace failed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "polling the namespace version failed"),
+        })?;
+        if version == seen {
+            return Ok(version);
         }
-    };
-    std::thread::Builder::new()
-        .name("relay-namespace-poll".into())
-        .spawn(poll)
-        .map(drop)
-        .map_err(|e| StoreError::Database(format!("starting the namespace poller: {e}")))
+        let (version, stored) = db.run(async |c| stored_namespace(c).await)?;
+        snapshot.reconcile(stored);
+        Ok(version)
+    }
 }
 
 /// Brings the schema to the latest version, under a lock that serialises nodes starting
@@ -269,6 +304,20 @@ impl Namespace for PostgresStore {
 
     fn changes(&self) -> tokio::sync::broadcast::Receiver<NamespaceChange> {
         self.snapshot.changes()
+    }
+
+    fn reachable(&self) -> Result<(), StoreError> {
+        let now = self.opened.elapsed();
+        let heard = Duration::from_millis(self.heard.load(Ordering::Relaxed));
+        // Opening answered, so the first polls have their grace too.
+        let silent = now.saturating_sub(heard);
+        if silent > UNREACHABLE_AFTER {
+            return Err(StoreError::Unavailable(format!(
+                "PostgreSQL has not answered for {} ms",
+                silent.as_millis()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -53,6 +53,18 @@ impl TestPostgres {
         self.config(&name)
     }
 
+    /// Runs SQL as the superuser on `database` (the server's own `postgres` for
+    /// `ALTER DATABASE` and the like).
+    ///
+    /// # Panics
+    /// When the SQL fails.
+    pub fn execute(&self, database: &str, sql: &str) {
+        Db::new(self.config(database))
+            .expect("driver")
+            .run(async |c| Ok(c.batch_execute(sql).await?))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// How to connect to `database` as the superuser.
     pub fn config(&self, database: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
