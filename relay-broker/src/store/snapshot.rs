@@ -144,6 +144,18 @@ impl Snapshot {
         }
     }
 
+    /// Adds the hybrid connections a durable store kept; the configuration file's win.
+    pub(super) fn merge_stored(&mut self, stored: Vec<HybridConnection>) {
+        for hc in stored {
+            let key = hc.name.to_ascii_lowercase();
+            if self.from_config.contains(&key) {
+                tracing::warn!(hc = %hc.name, "a stored hybrid connection is shadowed by the configuration file");
+                continue;
+            }
+            self.hcs.insert(key, hc);
+        }
+    }
+
     pub(super) fn get(&self, name: &str) -> Option<HybridConnection> {
         self.hcs.get(&name.to_ascii_lowercase()).cloned()
     }

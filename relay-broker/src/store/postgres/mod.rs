@@ -65,14 +65,7 @@ impl PostgresStore {
         db.run(async |c| migrate(c).await)?;
         let (version, stored) = db.run(async |c| stored_namespace(c).await)?;
         let mut snapshot = Snapshot::from_config(hcs, rules);
-        for hc in stored {
-            let key = hc.name.to_ascii_lowercase();
-            if snapshot.from_config.contains(&key) {
-                tracing::warn!(hc = %hc.name, "a stored hybrid connection is shadowed by the configuration file");
-                continue;
-            }
-            snapshot.hcs.insert(key, hc);
-        }
+        snapshot.merge_stored(stored);
         let snapshot = Arc::new(SnapshotCell::new(snapshot));
         let (heard, opened) = (Arc::new(AtomicU64::new(0)), Instant::now());
         let poller = Poller {

@@ -80,14 +80,7 @@ impl SqliteStore {
             })?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
-        for hc in stored {
-            let key = hc.name.to_ascii_lowercase();
-            if snapshot.from_config.contains(&key) {
-                tracing::warn!(hc = %hc.name, "a stored hybrid connection is shadowed by the configuration file");
-                continue;
-            }
-            snapshot.hcs.insert(key, hc);
-        }
+        snapshot.merge_stored(stored);
         Ok(Self {
             conn: Mutex::new(conn),
             snapshot: SnapshotCell::new(snapshot),
