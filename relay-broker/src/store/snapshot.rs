@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use relay_core::sas::SharedAccessKey;
 
-use super::{CHANGE_FEED, NamespaceChange, StoreError};
+use super::{CHANGE_FEED, IdentityWrite, NamespaceChange, StoreError};
 use crate::config::HybridConnection;
 
 /// The snapshot behind a lock, with the read and bookkeeping both stores share.
@@ -57,10 +57,6 @@ impl SnapshotCell {
         Arc::clone(&self.read().rules)
     }
 
-    pub(super) fn insert(&self, hc: HybridConnection) {
-        self.write().hcs.insert(hc.name.to_ascii_lowercase(), hc);
-    }
-
     /// Inserts `hc` unless one of its name is there; whether it was new.
     pub(super) fn insert_new(&self, hc: HybridConnection) -> bool {
         let mut snapshot = self.write();
@@ -70,6 +66,21 @@ impl SnapshotCell {
         }
         snapshot.hcs.insert(key, hc);
         true
+    }
+
+    /// After a durable store committed `write`: the view and the change feed follow, each
+    /// change told once (a store whose other nodes' writes are polled may have seen it
+    /// first).
+    pub(super) fn follow(&self, write: &IdentityWrite<'_>, changed: bool) {
+        match *write {
+            IdentityWrite::CreateHybridConnection(hc) if self.insert_new(hc.clone()) => {
+                self.changed(NamespaceChange::Created(hc.clone()));
+            }
+            IdentityWrite::RemoveHybridConnection(name) if changed && self.remove(name) => {
+                self.changed(NamespaceChange::Removed(name.to_owned()));
+            }
+            _ => {}
+        }
     }
 
     /// Makes the run-time entries those `stored` (another node's writes), telling the feed

@@ -73,12 +73,8 @@ impl Db {
             tokio::time::timeout(CALL_TIMEOUT, f(client))
         };
         match futures_executor::block_on(bounded) {
-            Ok(result) => {
-                if slot.as_ref().is_some_and(Client::is_closed) {
-                    *slot = None;
-                }
-                result
-            }
+            // A connection that closed meanwhile is replaced by the next call.
+            Ok(result) => result,
             Err(_) => {
                 // A request may still be in flight: this connection cannot be trusted.
                 *slot = None;

@@ -41,9 +41,28 @@ const LISTENER_COLUMNS: &str = "SELECT id, name, person, hybrid_connections, key
 pub struct PostgresStore {
     db: Arc<Db>,
     snapshot: Arc<SnapshotCell>,
-    /// When the poller last got an answer, in ms since `opened`.
-    heard: Arc<AtomicU64>,
+    heartbeat: Arc<Heartbeat>,
+}
+
+/// When the database last answered the poller, as ms since the store opened (which counts
+/// as an answer: opening needs one).
+#[derive(Debug)]
+struct Heartbeat {
     opened: Instant,
+    heard_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.heard_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long the database has not answered.
+    fn silent(&self) -> Duration {
+        let heard = Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(heard)
+    }
 }
 
 /// How long without an answer from the database before the node is not ready: three
@@ -67,19 +86,20 @@ impl PostgresStore {
         let mut snapshot = Snapshot::from_config(hcs, rules);
         snapshot.merge_stored(stored);
         let snapshot = Arc::new(SnapshotCell::new(snapshot));
-        let (heard, opened) = (Arc::new(AtomicU64::new(0)), Instant::now());
+        let heartbeat = Arc::new(Heartbeat {
+            opened: Instant::now(),
+            heard_ms: AtomicU64::new(0),
+        });
         let poller = Poller {
             db: Arc::downgrade(&db),
             snapshot: Arc::downgrade(&snapshot),
-            heard: Arc::clone(&heard),
-            opened,
+            heartbeat: Arc::clone(&heartbeat),
         };
         poller.spawn(version)?;
         Ok(Self {
             db,
             snapshot,
-            heard,
-            opened,
+            heartbeat,
         })
     }
 
@@ -87,23 +107,6 @@ impl PostgresStore {
     #[cfg(test)]
     pub(crate) fn execute(&self, sql: &str) -> Result<(), StoreError> {
         self.db.run(async |c| Ok(c.batch_execute(sql).await?))
-    }
-
-    /// After a committed namespace write: the in-memory view and the change feed follow,
-    /// each change told once although the poller may have seen it first.
-    fn follow(&self, write: &IdentityWrite<'_>, changed: bool) {
-        match *write {
-            IdentityWrite::CreateHybridConnection(hc) if self.snapshot.insert_new(hc.clone()) => {
-                self.snapshot.changed(NamespaceChange::Created(hc.clone()));
-            }
-            IdentityWrite::RemoveHybridConnection(name)
-                if changed && self.snapshot.remove(name) =>
-            {
-                self.snapshot
-                    .changed(NamespaceChange::Removed(name.to_owned()));
-            }
-            _ => {}
-        }
     }
 
     /// Runs `f` in one transaction, committed when it returns `Ok`.
@@ -157,8 +160,7 @@ async fn stored_namespace(
 struct Poller {
     db: Weak<Db>,
     snapshot: Weak<SnapshotCell>,
-    heard: Arc<AtomicU64>,
-    opened: Instant,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Poller {
@@ -173,8 +175,7 @@ impl Poller {
                 match self.poll(&db, &snapshot, seen) {
                     Ok(version) => {
                         seen = version;
-                        let now = self.opened.elapsed().as_millis() as u64;
-                        self.heard.store(now, Ordering::Relaxed);
+                        self.heartbeat.beat();
                     }
                     Err(e) => tracing::debug!(error = %e, "polling the namespace failed"),
                 }
@@ -284,14 +285,16 @@ impl Namespace for PostgresStore {
         self.snapshot.read().check_create(&hc)?;
         // Another node may have created it since: the insert itself refuses a duplicate.
         self.write(async |tx| create_hybrid_connection_on(tx, &hc).await)?;
-        self.follow(&IdentityWrite::CreateHybridConnection(&hc), true);
+        self.snapshot
+            .follow(&IdentityWrite::CreateHybridConnection(&hc), true);
         Ok(())
     }
 
     fn remove_hybrid_connection(&self, name: &str) -> Result<bool, StoreError> {
         self.snapshot.check_remove(name)?;
         let removed = self.write(async |tx| remove_hybrid_connection_on(tx, name).await)?;
-        self.follow(&IdentityWrite::RemoveHybridConnection(name), removed);
+        self.snapshot
+            .follow(&IdentityWrite::RemoveHybridConnection(name), removed);
         Ok(removed)
     }
 
@@ -300,10 +303,7 @@ impl Namespace for PostgresStore {
     }
 
     fn reachable(&self) -> Result<(), StoreError> {
-        let now = self.opened.elapsed();
-        let heard = Duration::from_millis(self.heard.load(Ordering::Relaxed));
-        // Opening answered, so the first polls have their grace too.
-        let silent = now.saturating_sub(heard);
+        let silent = self.heartbeat.silent();
         if silent > UNREACHABLE_AFTER {
             return Err(StoreError::Unavailable(format!(
                 "PostgreSQL has not answered for {} ms",
@@ -360,7 +360,7 @@ impl IdentityStore for PostgresStore {
             }
             Ok(changed)
         })?;
-        self.follow(&write, changed);
+        self.snapshot.follow(&write, changed);
         Ok(changed)
     }
 

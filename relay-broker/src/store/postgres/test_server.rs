@@ -67,14 +67,18 @@ impl TestPostgres {
 
     /// How to connect to `database` as the superuser.
     pub fn config(&self, database: &str) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .dbname(database);
-        config
+        superuser(self.port, database)
     }
+}
+
+fn superuser(port: u16, database: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname(database);
+    config
 }
 
 fn bin_dir() -> PathBuf {
@@ -176,15 +180,7 @@ fn command(prefix: &[&str], program: &Path) -> Command {
 
 fn wait_ready(port: u16, dir: &Path, watchdog: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let probe = Db::new({
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .dbname("postgres");
-        c
-    })
-    .expect("driver");
+    let probe = Db::new(superuser(port, "postgres")).expect("driver");
     loop {
         if probe
             .run(async |c| Ok(c.simple_query("SELECT 1").await?))

@@ -139,8 +139,8 @@ impl Namespace for SqliteStore {
         let conn = self.conn();
         self.snapshot.read().check_create(&hc)?;
         create_hybrid_connection_on(&conn, &hc)?;
-        self.snapshot.insert(hc.clone());
-        self.snapshot.changed(NamespaceChange::Created(hc));
+        self.snapshot
+            .follow(&IdentityWrite::CreateHybridConnection(&hc), true);
         Ok(())
     }
 
@@ -148,11 +148,8 @@ impl Namespace for SqliteStore {
         let conn = self.conn();
         self.snapshot.check_remove(name)?;
         let removed = remove_hybrid_connection_on(&conn, name)?;
-        self.snapshot.remove(name);
-        if removed {
-            self.snapshot
-                .changed(NamespaceChange::Removed(name.to_owned()));
-        }
+        self.snapshot
+            .follow(&IdentityWrite::RemoveHybridConnection(name), removed);
         Ok(removed)
     }
 
@@ -207,18 +204,7 @@ impl IdentityStore for SqliteStore {
             Ok(changed)
         })?;
         // Committed: the in-memory view and the change feed follow.
-        match write {
-            IdentityWrite::CreateHybridConnection(hc) => {
-                self.snapshot.insert(hc.clone());
-                self.snapshot.changed(NamespaceChange::Created(hc.clone()));
-            }
-            IdentityWrite::RemoveHybridConnection(name) if changed => {
-                self.snapshot.remove(name);
-                self.snapshot
-                    .changed(NamespaceChange::Removed(name.to_owned()));
-            }
-            _ => {}
-        }
+        self.snapshot.follow(&write, changed);
         Ok(changed)
     }
 
