@@ -111,8 +111,8 @@ impl CertificateAuthority {
         let files = ["root.pem", "root.key", "issuing.pem", "issuing.key"].map(|f| dir.join(f));
         let lock = dir.join(CREATE_LOCK);
         let deadline = std::time::Instant::now() + CREATE_WAIT;
+        let count = || files.iter().filter(|f| f.exists()).count();
         loop {
-            let present = files.iter().filter(|f| f.exists()).count();
             if lock.exists() {
                 // Another node is creating it.
                 if std::time::Instant::now() > deadline {
@@ -128,6 +128,7 @@ impl CertificateAuthority {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
+            let present = count();
             match present {
                 4 => return Self::load(dir, trust_domain),
                 0 => {
@@ -150,6 +151,9 @@ impl CertificateAuthority {
                         Err(source) => return Err(CaError::Io { path: lock, source }),
                     }
                 }
+                // A node may have claimed the lock since it was looked at, or finished and
+                // let go of it: only a partial set that stays so is corrupt.
+                _ if lock.exists() || count() != present => {}
                 _ => {
                     return Err(CaError::Corrupt(
                         dir.into(),
