@@ -87,6 +87,10 @@ pub enum RelayError {
     /// The broker is shutting down.
     #[error("The broker is shutting down")]
     ShuttingDown,
+    /// This node has lost the cluster (NATS) and fenced itself: it takes no listeners and
+    /// says not ready until it is back.
+    #[error("This broker node is cut off from its cluster; retry on another node ({0})")]
+    Fenced(String),
 }
 
 impl RelayError {
@@ -113,7 +117,7 @@ impl RelayError {
             Self::NoListener | Self::ListenerFailed(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Rejected { status, .. } => *status,
-            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) => {
+            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) | Self::Fenced(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -143,6 +147,7 @@ impl RelayError {
             Self::Busy(_) => "ServerBusy",
             Self::StoreUnavailable(_) => "StoreUnavailable",
             Self::ShuttingDown => "ServiceUnavailable",
+            Self::Fenced(_) => "ClusterUnavailable",
         }
     }
 
@@ -157,7 +162,9 @@ impl RelayError {
     pub fn into_response(self, tracking: &TrackingId) -> Response<Body> {
         let retry_after = match self {
             Self::Throttled => Some("5"),
-            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) => Some("1"),
+            Self::Busy(_) | Self::ShuttingDown | Self::StoreUnavailable(_) | Self::Fenced(_) => {
+                Some("1")
+            }
             _ => None,
         };
         json_error(

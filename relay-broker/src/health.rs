@@ -25,6 +25,9 @@ async fn readyz(State(shared): State<Arc<Relay>>) -> axum::response::Response {
     if shared.shutdown.is_cancelled() {
         return crate::RelayError::ShuttingDown.into_response(&tracking);
     }
+    if let Err(reason) = shared.interconnect.ready() {
+        return crate::RelayError::Fenced(reason).into_response(&tracking);
+    }
     match shared.store.reachable() {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => crate::RelayError::from(e).into_response(&tracking),
@@ -32,7 +35,7 @@ async fn readyz(State(shared): State<Arc<Relay>>) -> axum::response::Response {
 }
 
 async fn metrics(State(shared): State<Arc<Relay>>) -> impl axum::response::IntoResponse {
-    let body = shared.counters.render(
+    let mut body = shared.counters.render(
         &shared.directory.counts(),
         crate::metrics::Gauges {
             pending_rendezvous: shared.rendezvous.len(),
@@ -42,6 +45,14 @@ async fn metrics(State(shared): State<Arc<Relay>>) -> impl axum::response::IntoR
             audit_dropped: shared.audit.dropped(),
         },
     );
+    // Which node this is, so that a cluster's scrapes can be told apart and joined.
+    body.push_str(&format!(
+        "# HELP relay_node This broker node.\n# TYPE relay_node gauge\nrelay_node{{node=\"{node}\"}} 1\n\
+         # HELP relay_node_channels Listener control channels held by this node (relay_listeners counts the cluster's).\n\
+         # TYPE relay_node_channels gauge\nrelay_node_channels{{node=\"{node}\"}} {}\n",
+        shared.channels.len(),
+        node = shared.node,
+    ));
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,

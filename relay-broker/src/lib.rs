@@ -27,6 +27,7 @@
 //! (`.ci/module-cycles.py` checks it, and `cargo check --no-default-features` builds the
 //! broker without `identity`).
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 #[cfg(feature = "identity")]
@@ -94,6 +95,7 @@ pub struct Broker {
     #[cfg(feature = "identity")]
     identity: Arc<identity::Identity>,
     store: Arc<dyn Store>,
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -116,6 +118,7 @@ pub struct BrokerBuilder<'a> {
     directory: Option<Arc<dyn Directory>>,
     interconnect: Option<Arc<dyn Interconnect>>,
     revocations: Option<Arc<dyn RevocationBus>>,
+    cluster: Option<cluster::Cluster>,
 }
 
 impl std::fmt::Debug for BrokerBuilder<'_> {
@@ -155,12 +158,41 @@ impl<'a> BrokerBuilder<'a> {
         self
     }
 
+    /// Makes this broker a node of `cluster` (see [`cluster::Cluster::connect`]): its
+    /// directory, interconnect and revocation bus replace the in-process ones.
+    pub fn cluster(mut self, cluster: cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// The broker, its store open and its CA loaded or created. One sequence of assembly,
     /// the only place where the planes and the seams meet.
     pub fn build(self) -> Result<Broker, OpenError> {
         let config = self.config;
-        let store = open_store(self.store, config)?;
-        let revocations = self
+        let mut this = self;
+        let cluster = this.cluster.take();
+        match &cluster {
+            None if config.cluster.is_some() => {
+                return Err(OpenError::Ignored(
+                    "[cluster] is set: join with cluster::Cluster::connect and pass it to BrokerBuilder::cluster".into(),
+                ));
+            }
+            Some(c) => {
+                if this.directory.is_some() || this.interconnect.is_some() || this.revocations.is_some() {
+                    return Err(OpenError::Ignored(
+                        "a cluster brings its own directory, interconnect and revocation bus: give the cluster or those, not both".into(),
+                    ));
+                }
+                this.node = Some(c.node().clone());
+                this.directory = Some(c.directory());
+                this.interconnect = Some(c.interconnect());
+                this.revocations = Some(c.revocations());
+            }
+            None => {}
+        }
+        let this = this;
+        let store = open_store(this.store, config)?;
+        let revocations = this
             .revocations
             .unwrap_or_else(|| Arc::new(LocalRevocations::default()));
         let counters = Arc::new(Counters::default());
@@ -177,11 +209,11 @@ impl<'a> BrokerBuilder<'a> {
             limits: config.limits.clone(),
             public_url: config.public_url.clone(),
             store: Arc::clone(&store) as Arc<dyn store::Namespace>,
-            node: self.node.unwrap_or_else(NodeId::random),
-            directory: self
+            node: this.node.unwrap_or_else(NodeId::random),
+            directory: this
                 .directory
                 .unwrap_or_else(|| Arc::new(LocalDirectory::default())),
-            interconnect: self
+            interconnect: this
                 .interconnect
                 .unwrap_or_else(|| Arc::new(LocalInterconnect::default())),
             limiter: Arc::clone(&limiter),
@@ -189,6 +221,7 @@ impl<'a> BrokerBuilder<'a> {
             counters: Arc::clone(&counters),
             audit: audit.clone(),
             hosts: config.hosts.clone(),
+            advertise_url: cluster.as_ref().and_then(|c| c.config().advertise_url.clone()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
@@ -218,11 +251,15 @@ impl<'a> BrokerBuilder<'a> {
         };
         let relay = Arc::new(relay);
         join(&relay, &revocations);
+        if let Some(c) = &cluster {
+            c.follow(Arc::clone(&store) as Arc<dyn store::IdentityStore>);
+        }
         Ok(Broker {
             relay,
             #[cfg(feature = "identity")]
             identity,
             store,
+            cluster: cluster.map(Arc::new),
         })
     }
 }
@@ -278,6 +315,7 @@ impl Broker {
             directory: None,
             interconnect: None,
             revocations: None,
+            cluster: None,
         }
     }
 
@@ -366,5 +404,11 @@ impl Broker {
 
     pub(crate) fn relay(&self) -> &Arc<Relay> {
         &self.relay
+    }
+
+    /// This node's cluster, when it is one.
+    #[must_use]
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 }

@@ -52,7 +52,15 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--bind '{bind}' is not host:port"))?;
     }
     // Durable state first: a broken store or CA fails before the port is announced.
-    let broker = Broker::builder(&config)
+    let mut builder = Broker::builder(&config);
+    if let Some(cluster) = &config.cluster {
+        let joined = relay_broker::cluster::Cluster::connect(cluster)
+            .await
+            .context("joining the cluster")?;
+        tracing::info!(node = %cluster.node_id, nats = ?cluster.nats, "cluster node");
+        builder = builder.cluster(joined);
+    }
+    let broker = builder
         .build()
         .context("opening the store and certificate authority")?;
     let tls = match &config.tls {

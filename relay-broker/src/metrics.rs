@@ -64,6 +64,16 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     /// Senders refused with 503 because `[limits].max_relays` connections were relayed.
     pub relays_refused: AtomicU64,
+    /// Notices (`accept`, `request`) sent to a listener's channel on another node.
+    pub cluster_notices: AtomicU64,
+    /// Notices to another node that found no channel or no node, and went to another listener.
+    pub cluster_notice_failures: AtomicU64,
+    /// Rendezvous sockets for another node's capability, spliced to it over the peer port.
+    pub cluster_splices: AtomicU64,
+    /// Rendezvous sockets that could not be spliced (node gone, peer port unreachable).
+    pub cluster_splice_failures: AtomicU64,
+    /// Times this node fenced itself off (lost the cluster).
+    pub cluster_fenced: AtomicU64,
     /// Payload bytes relayed from senders to listeners (WebSocket and HTTP bodies).
     pub bytes_to_listener: AtomicU64,
     /// Payload bytes relayed from listeners to senders.
@@ -111,7 +121,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 22] = [
+        let simple: [(&str, &str, &str, u64); 27] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -231,6 +241,36 @@ impl Counters {
                 "counter",
                 "Senders refused with 503: max_relays connections were relayed.",
                 get(&self.relays_refused),
+            ),
+            (
+                "relay_cluster_notices_total",
+                "counter",
+                "Notices sent to a listener's control channel on another node.",
+                get(&self.cluster_notices),
+            ),
+            (
+                "relay_cluster_notice_failures_total",
+                "counter",
+                "Notices to another node that found no channel there (another listener was tried).",
+                get(&self.cluster_notice_failures),
+            ),
+            (
+                "relay_cluster_splices_total",
+                "counter",
+                "Rendezvous sockets spliced to the node holding their capability.",
+                get(&self.cluster_splices),
+            ),
+            (
+                "relay_cluster_splice_failures_total",
+                "counter",
+                "Rendezvous sockets for another node that could not be spliced to it.",
+                get(&self.cluster_splice_failures),
+            ),
+            (
+                "relay_cluster_fenced_total",
+                "counter",
+                "Times this node fenced itself off after losing the cluster.",
+                get(&self.cluster_fenced),
             ),
             (
                 "relay_cert_sessions",

@@ -52,6 +52,11 @@ pub(crate) async fn serve(
     // Every connection holds a permit until it closes: a flood past the bound is closed at
     // once instead of taking file descriptors and memory from the connections already served.
     let open = Arc::new(tokio::sync::Semaphore::new(relay.limits.max_connections));
+    if let Some(cluster) = broker.cluster() {
+        cluster
+            .serve_peers(router.clone(), connections.clone(), stop.clone())
+            .await?;
+    }
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -197,7 +202,7 @@ fn client_certificate<S>(
 }
 
 /// `cert` is `Some` only over TLS with a verified client certificate.
-async fn serve_connection<S>(
+pub(crate) async fn serve_connection<S>(
     stream: S,
     transport: Transport,
     cert: Option<Arc<PeerCertificate>>,

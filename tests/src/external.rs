@@ -39,7 +39,7 @@ pub fn wait_accepting(addr: SocketAddr, what: &str, log: &Path) {
     panic!("{what} did not start on {addr}: {log}");
 }
 
-fn installed(binary: &str, package: &str) -> String {
+pub(crate) fn installed(binary: &str, package: &str) -> String {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
         let path = Path::new(dir).join(binary);
         if path.exists() {

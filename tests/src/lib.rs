@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod chain;
+pub mod cluster;
 pub mod external;
 
 use std::net::SocketAddr;

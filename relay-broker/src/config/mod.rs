@@ -9,11 +9,13 @@ use std::time::Duration;
 use relay_core::sas::SharedAccessKey;
 use serde::Deserialize;
 
+mod cluster;
 mod entities;
 mod limits;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::{ClusterConfig, MIN_SECRET_LEN};
 pub use entities::RESERVED_NAMES;
 pub(crate) use entities::checked_hc_name;
 use entities::{hybrid_connections, rule};
@@ -66,6 +68,8 @@ pub struct BrokerConfig {
     pub ca: Option<CaConfig>,
     /// Host names per hybrid connection (host mode); `None` serves paths only.
     pub hosts: Option<HostMode>,
+    /// This node's place in a cluster; `None` is a single broker.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Host mode: `[server].host_base` and `[[server.hosts]]`. A request whose `Host` is a label
@@ -135,6 +139,7 @@ struct RawConfig {
     authorization_rules: Vec<RawRule>,
     store: Option<RawStore>,
     ca: Option<RawCa>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +317,16 @@ impl BrokerConfig {
             .map(|s| store_location(s, &env))
             .transpose()
             .map_err(invalid)?;
+        let cluster = raw
+            .cluster
+            .map(|c| cluster::cluster(c, &env))
+            .transpose()
+            .map_err(invalid)?;
+        if cluster.is_some() && !matches!(store, Some(StoreLocation::Postgres(_))) {
+            return Err(invalid(
+                "[cluster] needs the store every node shares: [store] url = \"postgres://relay@db.example.com/relay\"".into(),
+            ));
+        }
         Ok(Self {
             bind,
             public_url,
@@ -322,6 +337,7 @@ impl BrokerConfig {
             store,
             ca,
             hosts,
+            cluster,
         })
     }
 }

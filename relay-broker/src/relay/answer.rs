@@ -108,6 +108,12 @@ pub(super) fn request_rendezvous(
     Ok(switching(&accept_key, None))
 }
 
+/// The node named by a capability (`<node>.<random>`), when the query has one.
+pub(super) fn capability_node(query: Option<&str>) -> Option<crate::seams::node::NodeId> {
+    let cap = capability(query).ok()?;
+    crate::seams::node::NodeId::new(cap.split_once('.')?.0).ok()
+}
+
 fn capability(query: Option<&str>) -> Result<String, RelayError> {
     form_pairs(query.unwrap_or_default())
         .find(|(k, _)| k == RENDEZVOUS_PARAM)

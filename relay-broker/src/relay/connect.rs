@@ -129,10 +129,7 @@ fn accept_notice(
     if !target.listener.header_arrays {
         connect_headers = connect_headers.folded();
     }
-    let base = match &target.local {
-        Some(_) => target.listener.base_url.to_string(),
-        None => crate::relay::web::base_url(shared, headers, r.transport),
-    };
+    let base = crate::relay::web::rendezvous_base(shared, target, headers, r.transport);
     let mut address = format!(
         "{base}/$hc/{}{}?",
         address::encode_name(&r.hc.name),

@@ -142,6 +142,15 @@ async fn route(
         None => return Err(RelayError::BadRequest("sb-hc-action is required".into())),
     };
     tracing::Span::current().record("action", action.as_str());
+    if matches!(action, Action::Accept | Action::Request)
+        && let Some(node) = answer::capability_node(req.uri().query())
+        && node != shared.node
+    {
+        return forward(shared, &node, req).await;
+    }
+    if action == Action::Listen && shared.fenced.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(RelayError::Fenced("it takes no listeners now".into()));
+    }
     let resolved = resolve(shared, rest, query, tracking, transport)?;
     match action {
         Action::Listen => listen::listen(shared, req, resolved).await,
@@ -149,6 +158,25 @@ async fn route(
         Action::Accept => answer::accept(shared, req, &resolved.query),
         Action::Request => answer::request_rendezvous(shared, req, &resolved.query),
         Action::Standby => answer::standby(shared, req, &resolved),
+    }
+}
+
+/// A listener's rendezvous socket for a capability another node holds (the load balancer
+/// sent it here): spliced to that node, which answers it as its own.
+async fn forward(
+    shared: &Arc<Relay>,
+    node: &crate::seams::node::NodeId,
+    req: Request,
+) -> Result<Response<Body>, RelayError> {
+    match shared.interconnect.forward(node, req).await {
+        Some(resp) => {
+            crate::metrics::count(&shared.counters.cluster_splices);
+            Ok(resp)
+        }
+        None => {
+            crate::metrics::count(&shared.counters.cluster_splice_failures);
+            Err(RelayError::RendezvousExpired)
+        }
     }
 }
 

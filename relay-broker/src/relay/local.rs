@@ -51,6 +51,18 @@ impl Channels {
     pub(crate) fn get(&self, channel: u64) -> Option<Arc<LocalChannel>> {
         self.0.get(&channel).map(|c| Arc::clone(c.value()))
     }
+
+    /// How many channels this node holds.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Closes every channel (a fenced node).
+    fn close_all(&self) {
+        for c in self.0.iter() {
+            c.close.cancel();
+        }
+    }
 }
 
 /// A listener picked for a sender: its reference, and its handles when this node holds it.
@@ -112,9 +124,15 @@ impl Relay {
         let delivered = match &target.local {
             Some(local) => send(local, notice, deadline).await,
             None => {
-                self.interconnect
+                crate::metrics::count(&self.counters.cluster_notices);
+                let delivered = self
+                    .interconnect
                     .deliver(&target.listener.key, notice, deadline)
-                    .await
+                    .await;
+                if delivered.is_err() {
+                    crate::metrics::count(&self.counters.cluster_notice_failures);
+                }
+                delivered
             }
         };
         delivered.map_err(|e| match e {
@@ -242,6 +260,20 @@ impl Inbox for Relay {
     fn replaced(&self, channel: u64) {
         if let Some(c) = self.channels.get(channel) {
             c.replaced.cancel();
+        }
+    }
+
+    fn fence(&self, fenced: bool) {
+        let was = self
+            .fenced
+            .swap(fenced, std::sync::atomic::Ordering::AcqRel);
+        if fenced && !was {
+            tracing::warn!(node = %self.node, "cut off from the cluster: fencing (closing control channels and certificate sessions)");
+            crate::metrics::count(&self.counters.cluster_fenced);
+            self.sessions.close_all();
+            self.channels.close_all();
+        } else if was && !fenced {
+            tracing::info!(node = %self.node, "back in the cluster: taking listeners again");
         }
     }
 }

@@ -100,6 +100,11 @@ pub(crate) struct Relay {
     pub(crate) hosts: Option<HostMode>,
     /// Relayed connections now (the bound of `[limits].max_relays`).
     pub(crate) relays: Arc<tokio::sync::Semaphore>,
+    /// This node's own address for rendezvous addresses (`[cluster].advertise_url`), else
+    /// the address the client used.
+    pub(crate) advertise_url: Option<String>,
+    /// Set while the node is cut off from its cluster (see `Inbox::fence`).
+    pub(crate) fenced: std::sync::atomic::AtomicBool,
 }
 
 /// What the data plane is built from; the rest it makes itself.
@@ -115,6 +120,7 @@ pub(crate) struct Parts {
     pub(crate) counters: Arc<Counters>,
     pub(crate) audit: AuditSink,
     pub(crate) hosts: Option<HostMode>,
+    pub(crate) advertise_url: Option<String>,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) hard_stop: CancellationToken,
@@ -147,6 +153,8 @@ impl Relay {
             audit: parts.audit,
             standby: pool::Pools::default(),
             hosts: parts.hosts,
+            advertise_url: parts.advertise_url,
+            fenced: std::sync::atomic::AtomicBool::new(false),
             limits,
         }
     }
@@ -196,6 +204,7 @@ impl Relay {
             counters: Arc::default(),
             audit: AuditSink::new(store, 16),
             hosts: None,
+            advertise_url: None,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

@@ -79,6 +79,15 @@ impl Sessions {
         }
     }
 
+    /// Closes every listener's sessions (a node fenced off from revocations).
+    pub(crate) fn close_all(&self) {
+        let held: Vec<_> = self.0.iter().filter_map(|e| e.value().upgrade()).collect();
+        self.0.clear();
+        for held in held {
+            held.token.cancel();
+        }
+    }
+
     /// Listeners with something open.
     pub(crate) fn len(&self) -> usize {
         self.0.len()

@@ -116,6 +116,23 @@ pub struct LocalDirectory {
     slots: DashMap<String, Slot>,
 }
 
+impl LocalDirectory {
+    /// The listeners of one hybrid connection.
+    pub(crate) fn listeners(&self, hc: &str) -> Vec<ListenerRef> {
+        self.slots
+            .get(&hc.to_ascii_lowercase())
+            .map_or_else(Vec::new, |s| s.listeners.clone())
+    }
+
+    /// Every listener.
+    pub(crate) fn all(&self) -> Vec<ListenerRef> {
+        self.slots
+            .iter()
+            .flat_map(|s| s.listeners.clone())
+            .collect()
+    }
+}
+
 impl Directory for LocalDirectory {
     fn register(&self, listener: ListenerRef, max: usize) -> Result<Vec<ListenerKey>, Refused> {
         let mut slot = self

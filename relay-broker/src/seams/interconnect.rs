@@ -57,7 +57,15 @@ pub trait Inbox: Send + Sync + 'static {
     fn listener_gone(&self, key: &ListenerKey);
     /// A newer channel of the same agent instance replaced channel `channel` of this node.
     fn replaced(&self, channel: u64);
+    /// The node lost (`true`) or regained (`false`) the cluster: while fenced it closes its
+    /// control channels and certificate sessions (nobody else can see them or revoke them)
+    /// and takes no new listeners, so its agents move to nodes that can be reached.
+    fn fence(&self, fenced: bool);
 }
+
+/// A capability request that reached a node other than the one holding the capability:
+/// the interconnect hands it on and the answer (often a `101`) comes back.
+pub type Forwarded = Pin<Box<dyn Future<Output = Option<http::Response<axum::body::Body>>> + Send>>;
 
 /// The nodes' way to each other.
 pub trait Interconnect: Send + Sync + 'static {
@@ -78,6 +86,17 @@ pub trait Interconnect: Send + Sync + 'static {
     fn listener_gone(&self, key: &ListenerKey);
     /// Tells the node holding `key` that its channel was replaced.
     fn replaced(&self, key: &ListenerKey);
+    /// Hands a rendezvous request (`accept`, `request`) for a capability of node `to` on to
+    /// that node, splicing the upgraded socket; `None` when it cannot (no such node, no way
+    /// to it), and the caller answers as for an expired capability.
+    fn forward(&self, to: &NodeId, req: axum::extract::Request) -> Forwarded {
+        let _ = (to, req);
+        Box::pin(async { None })
+    }
+    /// Whether this node is in its cluster now; the reason when not (`/readyz` says it).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The brokers of one process, reaching each other by direct calls.

@@ -198,6 +198,14 @@ pub trait IdentityStore: Send + Sync + 'static {
     fn add_person_token(&self, hash: &str, person: &str) -> Result<(), StoreError>;
     /// The person a personal API token belongs to.
     fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError>;
+    /// Revocations numbered after `after` (a listener revoked, or one of a disabled
+    /// person's), with the newest number; `after = None` gives only the newest number. The
+    /// nodes of a cluster poll it as the backstop of the revocation broadcast. A store that
+    /// only one node ever opens (memory, SQLite) has nobody to tell: `(0, [])`.
+    fn revocations_since(&self, after: Option<u64>) -> Result<(u64, Vec<String>), StoreError> {
+        let _ = after;
+        Ok((0, Vec::new()))
+    }
 }
 
 /// A whole store: what a broker opens, and what each plane takes its part of.

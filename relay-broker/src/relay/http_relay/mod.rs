@@ -159,10 +159,7 @@ fn request_address(
     request_id: &str,
     key: &str,
 ) -> String {
-    let base = match &listener.local {
-        Some(_) => listener.listener.base_url.to_string(),
-        None => crate::relay::web::base_url(shared, headers, r.transport),
-    };
+    let base = crate::relay::web::rendezvous_base(shared, listener, headers, r.transport);
     format!(
         "{base}/$hc/{}?sb-hc-action=request&sb-hc-id={request_id}&{RENDEZVOUS_PARAM}={key}",
         relay_core::address::encode_name(&r.hc.name),

@@ -364,6 +364,25 @@ pub(crate) fn host_target(shared: &Relay, headers: &HeaderMap) -> Option<String>
 }
 
 /// Base of rendezvous addresses for a listener: `public_url`, else its own scheme and Host.
+/// Where the listener of `target` opens its rendezvous to this node: this node's own
+/// address when the cluster gives it one (`advertise_url`), else the listener's own base when
+/// its channel is here, else this node as the sender reached it. A socket that the load
+/// balancer takes to another node is spliced back here by that node.
+pub(crate) fn rendezvous_base(
+    shared: &Relay,
+    target: &crate::relay::local::Target,
+    headers: &HeaderMap,
+    transport: Option<crate::seams::Transport>,
+) -> String {
+    if let Some(url) = &shared.advertise_url {
+        return url.clone();
+    }
+    match &target.local {
+        Some(_) => target.listener.base_url.to_string(),
+        None => base_url(shared, headers, transport),
+    }
+}
+
 pub(crate) fn base_url(
     shared: &Relay,
     headers: &HeaderMap,

@@ -82,4 +82,30 @@ pub(super) const MIGRATIONS: &[&str] = &[
         version BIGINT NOT NULL
     );
     INSERT INTO namespace_version (version) VALUES (0);",
+    // 5: every revocation as a numbered row, written by triggers in the revoking
+    // transaction (a listener revoked, a person disabled: each of their listeners), which
+    // the nodes poll as the backstop of the broadcast.
+    "CREATE TABLE revocations (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        listener_id TEXT NOT NULL,
+        at_ms BIGINT NOT NULL
+    );
+    CREATE FUNCTION relay_listener_revoked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO revocations (listener_id, at_ms) VALUES (NEW.id, NEW.revoked_at_ms);
+            RETURN NULL;
+        END $$;
+    CREATE TRIGGER listeners_revoked AFTER UPDATE OF revoked_at_ms ON listeners
+        FOR EACH ROW WHEN (OLD.revoked_at_ms IS NULL AND NEW.revoked_at_ms IS NOT NULL)
+        EXECUTE FUNCTION relay_listener_revoked();
+    CREATE FUNCTION relay_person_disabled() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO revocations (listener_id, at_ms)
+                SELECT id, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
+                FROM listeners WHERE lower(person) = lower(NEW.name);
+            RETURN NULL;
+        END $$;
+    CREATE TRIGGER persons_disabled AFTER UPDATE OF disabled ON persons
+        FOR EACH ROW WHEN (NOT OLD.disabled AND NEW.disabled)
+        EXECUTE FUNCTION relay_person_disabled();",
 ];

@@ -512,6 +512,25 @@ impl IdentityStore for PostgresStore {
         self.write(async |tx| add_person_token_on(tx, hash, person).await)
     }
 
+    fn revocations_since(&self, after: Option<u64>) -> Result<(u64, Vec<String>), StoreError> {
+        self.db.run(async |c| {
+            let head: i64 = c
+                .query_one("SELECT coalesce(max(seq), 0) FROM revocations", &[])
+                .await?
+                .get(0);
+            let Some(after) = after else {
+                return Ok((head as u64, Vec::new()));
+            };
+            let rows = c
+                .query(
+                    "SELECT listener_id FROM revocations WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                    &[&(after as i64), &head],
+                )
+                .await?;
+            Ok((head as u64, rows.iter().map(|r| r.get(0)).collect()))
+        })
+    }
+
     fn person_for_token(&self, hash: &str) -> Result<Option<String>, StoreError> {
         self.db.run(async |c| {
             let row = c

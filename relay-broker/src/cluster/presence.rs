@@ -1,0 +1,181 @@
+//! Heartbeats: every node publishes its beat on `relay.presence.<node>` every [`BEAT`] and
+//! at once when its listener set changes; every node takes in the others', asks for a set it
+//! missed, drops a node silent for [`DEAD_AFTER`], and watches its own beat come back. A
+//! node that stops hearing itself has lost NATS: after [`FENCE_AFTER`] it fences itself.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+
+use super::directory::{BEAT, ClusterDirectory};
+use super::wire::{self, Beat, Snapshot};
+use crate::seams::interconnect::Inbox;
+use crate::seams::node::NodeId;
+
+/// Silence of this node's own beat after which it fences itself.
+pub const FENCE_AFTER: Duration = Duration::from_millis(750);
+/// Every this many beats carry the whole set, changed or not (a lost set heals).
+const FULL_EVERY: u64 = 8;
+/// A change waits this long for more before it is published, so a burst is one beat.
+const COALESCE: Duration = Duration::from_millis(10);
+/// How often silence and fencing are checked.
+const WATCH: Duration = Duration::from_millis(50);
+
+/// Whether this node is in its cluster.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// When this node last heard its own beat.
+    echo: Option<Instant>,
+    fenced: bool,
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn echo(&self) {
+        self.lock().echo = Some(Instant::now());
+    }
+
+    /// `Ok` while this node hears its own beats.
+    pub(super) fn ready(&self) -> Result<(), String> {
+        match self.lock().echo {
+            None => Err("not yet in the cluster: NATS has not carried this node's heartbeat".into()),
+            Some(at) if at.elapsed() > FENCE_AFTER => Err(format!(
+                "NATS has not carried this node's heartbeat for {} ms",
+                at.elapsed().as_millis()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The new fencing state when it changed: fenced once a node that was in stops hearing
+    /// itself, unfenced when it hears itself again.
+    fn transition(&self) -> Option<bool> {
+        let mut s = self.lock();
+        let silent = s.echo.is_some_and(|at| at.elapsed() > FENCE_AFTER);
+        (silent != s.fenced).then(|| {
+            s.fenced = silent;
+            silent
+        })
+    }
+}
+
+/// What the presence tasks share.
+pub(super) struct Presence {
+    pub(super) client: async_nats::Client,
+    pub(super) directory: Arc<ClusterDirectory>,
+    pub(super) me: NodeId,
+    pub(super) epoch: u64,
+    pub(super) peer: std::net::SocketAddr,
+    pub(super) health: Arc<Health>,
+}
+
+impl Presence {
+    /// Starts the beat, the listening to beats, the answering of set requests, and the
+    /// watch; they end with the NATS client or the node.
+    pub(super) fn spawn(self: Arc<Self>, inbox: Weak<dyn Inbox>) {
+        tokio::spawn(Arc::clone(&self).beat());
+        tokio::spawn(Arc::clone(&self).hear());
+        tokio::spawn(Arc::clone(&self).answer());
+        tokio::spawn(self.watch(inbox));
+    }
+
+    async fn beat(self: Arc<Self>) {
+        let subject = format!("{}.{}", wire::PRESENCE, self.me);
+        let mut sent = None;
+        for n in 0u64.. {
+            tokio::select! {
+                () = tokio::time::sleep(BEAT) => {}
+                () = self.directory.changed() => tokio::time::sleep(COALESCE).await,
+            }
+            let (version, listeners) = self.directory.own();
+            let full = sent != Some(version) || n % FULL_EVERY == 0;
+            let beat = Beat {
+                node: self.me.to_string(),
+                epoch: self.epoch,
+                version,
+                peer: self.peer,
+                listeners: full.then_some(listeners),
+            };
+            let payload = serde_json::to_vec(&beat).expect("beats serialise");
+            if self.client.publish(subject.clone(), payload.into()).await.is_ok() {
+                sent = Some(version);
+            }
+        }
+    }
+
+    async fn hear(self: Arc<Self>) {
+        let Ok(mut beats) = self.client.subscribe(format!("{}.*", wire::PRESENCE)).await else {
+            tracing::error!("cannot subscribe to presence");
+            return;
+        };
+        while let Some(msg) = beats.next().await {
+            let Ok(beat) = serde_json::from_slice::<Beat>(&msg.payload) else {
+                continue;
+            };
+            if beat.node == self.me.as_str() {
+                if beat.epoch == self.epoch {
+                    self.health.echo();
+                }
+                continue;
+            }
+            let node = beat.node.clone();
+            if self.directory.heard(beat) {
+                tokio::spawn(Arc::clone(&self).ask(node));
+            }
+        }
+    }
+
+    /// Asks a node for the set its beat did not carry.
+    async fn ask(self: Arc<Self>, node: String) {
+        let Ok(id) = NodeId::new(&node) else { return };
+        let subject = wire::node_subject(&id, "presence");
+        let request = async_nats::Request::new().timeout(Some(BEAT * 2));
+        if let Ok(reply) = self.client.send_request(subject, request).await
+            && let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&reply.payload)
+        {
+            self.directory.snapshot(&id, snapshot);
+        }
+    }
+
+    async fn answer(self: Arc<Self>) {
+        let subject = wire::node_subject(&self.me, "presence");
+        let Ok(mut asks) = self.client.subscribe(subject).await else {
+            return;
+        };
+        while let Some(msg) = asks.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let (version, listeners) = self.directory.own();
+            let snapshot = Snapshot {
+                epoch: self.epoch,
+                version,
+                listeners,
+            };
+            let payload = serde_json::to_vec(&snapshot).expect("sets serialise");
+            let _ = self.client.publish(reply, payload.into()).await;
+        }
+    }
+
+    async fn watch(self: Arc<Self>, inbox: Weak<dyn Inbox>) {
+        let mut tick = tokio::time::interval(WATCH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inbox) = inbox.upgrade() else { return };
+            for key in self.directory.sweep() {
+                inbox.listener_gone(&key);
+            }
+            if let Some(fenced) = self.health.transition() {
+                inbox.fence(fenced);
+            }
+        }
+    }
+}

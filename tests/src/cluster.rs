@@ -1,0 +1,374 @@
+//! A whole cluster on loopback, from Debian's packages: three `nats-server` processes
+//! clustered with routes, a throwaway PostgreSQL database, broker nodes running the real
+//! binary, and HAProxy in front (TCP, random balance, `/readyz` checks). Every process is
+//! killed when the [`Cluster`] drops. `.ci/run` installs the packages.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::external::{Process, free_port, installed, spawn_broker, wait_accepting};
+use crate::{KEY, KEY_NAME, token_for};
+
+/// The cluster secret of the tests.
+pub const SECRET: &str = "cluster-secret-for-tests-0123456789";
+
+/// NATS servers clustered with routes.
+pub struct Nats {
+    servers: Vec<Option<Process>>,
+    configs: Vec<PathBuf>,
+    /// Client addresses, one per server.
+    pub clients: Vec<SocketAddr>,
+    monitors: Vec<SocketAddr>,
+}
+
+impl Nats {
+    /// `n` servers with full routes, with short pings (the cluster spec's settings), ready
+    /// when each monitoring endpoint reports its routes.
+    pub fn start(dir: &std::path::Path, n: usize) -> Self {
+        let bin = installed("nats-server", "nats-server");
+        let clients: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let monitors: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let route_list: Vec<String> = routes.iter().map(|r| format!("\"nats://{r}\"")).collect();
+        let mut configs = Vec::new();
+        for i in 0..n {
+            let config = format!(
+                "server_name: n{i}\nlisten: \"{}\"\nhttp: \"{}\"\nping_interval: \"1s\"\nping_max: 2\n\
+                 cluster {{\n  name: relay\n  listen: \"{}\"\n  routes: [{}]\n}}\n",
+                clients[i],
+                monitors[i],
+                routes[i],
+                route_list.join(", ")
+            );
+            let path = dir.join(format!("nats-{i}.conf"));
+            std::fs::write(&path, config).unwrap();
+            configs.push(path);
+        }
+        let mut nats = Self {
+            servers: Vec::new(),
+            configs,
+            clients,
+            monitors,
+        };
+        for i in 0..n {
+            let server = nats.spawn(&bin, dir, i);
+            nats.servers.push(Some(server));
+        }
+        for i in 0..n {
+            nats.wait_routes(i, n - 1);
+        }
+        nats
+    }
+
+    fn spawn(&self, bin: &str, dir: &std::path::Path, i: usize) -> Process {
+        let log = dir.join(format!("nats-{i}.log"));
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.configs[i])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("nats-server runs");
+        wait_accepting(self.clients[i], "nats-server", &log);
+        Process(child)
+    }
+
+    /// Waits (bounded) until server `i` has `routes` routes.
+    pub fn wait_routes(&self, i: usize, routes: usize) {
+        let started = Instant::now();
+        loop {
+            let body = get(self.monitors[i], "/routez").unwrap_or_default();
+            if body.contains(&format!("\"num_routes\": {routes}")) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats server {i} did not get {routes} routes: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills server `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.servers[i] = None;
+    }
+
+    /// The `nats://` URL of server `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://{}", self.clients[i])
+    }
+}
+
+/// A plain HTTP GET on loopback, for monitoring endpoints; the body.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// The status of a plain HTTP GET.
+fn status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// One broker node: the real binary with a `[cluster]` section.
+pub struct Node {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub peer: SocketAddr,
+    config: PathBuf,
+    pub log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Node {
+    /// Its `ws://` address.
+    pub fn ws(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Its `/readyz` status now (`None` when it does not answer).
+    pub fn ready_status(&self) -> Option<u16> {
+        status(self.addr, "/readyz")
+    }
+
+    /// Its `/metrics` text.
+    pub fn metrics(&self) -> String {
+        get(self.addr, "/metrics").unwrap_or_default()
+    }
+
+    /// One metric's value (the first line starting with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn pid(&self) -> Option<i32> {
+        Some(self.process.as_ref()?.0.id() as i32)
+    }
+}
+
+/// What a node's config holds besides the cluster's own keys.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// The NATS servers this node may use (indexes); default: all of them.
+    pub nats: Option<Vec<usize>>,
+    /// Give each node its own `advertise_url` (per-node rendezvous addresses).
+    pub advertise: bool,
+}
+
+/// NATS, PostgreSQL, broker nodes and HAProxy.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nats: Nats,
+    pub nodes: Vec<Node>,
+    /// The shared address (HAProxy).
+    pub lb: SocketAddr,
+    _haproxy: Process,
+}
+
+impl Cluster {
+    /// Starts `n` nodes on a fresh database named after `name`, each with the options
+    /// `options(i)` gives, behind HAProxy; returns once every node is ready.
+    pub fn start(name: &str, n: usize, options: impl Fn(usize) -> NodeOptions) -> Self {
+        crate::build_binaries_once();
+        let dir = crate::temp_dir(name);
+        let nats = Nats::start(&dir, 3);
+        let pg = relay_broker::store::TestPostgres::shared();
+        let db = pg.fresh_database(name);
+        let db = db.get_dbname().unwrap().to_owned();
+        let store = format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let opts = options(i);
+            let servers: Vec<String> = opts
+                .nats
+                .clone()
+                .unwrap_or_else(|| (0..3).map(|k| (i + k) % 3).collect())
+                .into_iter()
+                .map(|k| format!("\"{}\"", nats.url(k)))
+                .collect();
+            let addr = free_port();
+            let peer = free_port();
+            let advertise = if opts.advertise {
+                format!("advertise_url = \"ws://{addr}\"\n")
+            } else {
+                String::new()
+            };
+            let config = crate::config(&format!(
+                "[cluster]\nnode_id = \"b{i}\"\nnats = [{}]\npeer_bind = \"{peer}\"\nsecret = \"{SECRET}\"\n{advertise}\
+                 [store]\nurl = \"{store}\"\n",
+                servers.join(", ")
+            ))
+            .replace("bind = \"127.0.0.1:0\"", &format!("bind = \"{addr}\""));
+            let path = dir.join(format!("b{i}.toml"));
+            std::fs::write(&path, config).unwrap();
+            let mut node = Node {
+                id: format!("b{i}"),
+                addr,
+                peer,
+                config: path,
+                log: dir.join(format!("b{i}.log")),
+                process: None,
+            };
+            start_node(&mut node);
+            nodes.push(node);
+        }
+        let lb = free_port();
+        let haproxy = haproxy(&dir, lb, &nodes);
+        let cluster = Self {
+            dir,
+            nats,
+            nodes,
+            lb,
+            _haproxy: haproxy,
+        };
+        for i in 0..n {
+            cluster.wait_ready(i, Duration::from_secs(20));
+        }
+        cluster
+    }
+
+    /// The shared address, `ws://`.
+    pub fn ws(&self) -> String {
+        format!("ws://{}", self.lb)
+    }
+
+    /// Waits (bounded) until node `i` answers `/readyz` with 200.
+    pub fn wait_ready(&self, i: usize, bound: Duration) {
+        let started = Instant::now();
+        while self.nodes[i].ready_status() != Some(200) {
+            assert!(
+                started.elapsed() < bound,
+                "node {i} not ready within {bound:?}: {}",
+                std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].process = None;
+    }
+
+    /// Starts node `i` again with the same config.
+    pub fn restart(&mut self, i: usize) {
+        start_node(&mut self.nodes[i]);
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to node `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].pid().expect("node runs");
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+}
+
+fn start_node(node: &mut Node) {
+    let mut command = Command::new(crate::bin("relay-broker"));
+    command
+        .arg("--config")
+        .arg(&node.config)
+        .env("RUST_LOG", "info,relay_broker=debug,async_nats=warn")
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&node.log)
+                .unwrap(),
+        );
+    let (process, _) = spawn_broker(command);
+    node.process = Some(process);
+}
+
+/// HAProxy as the tests (and `dist/haproxy/relay.cfg`) configure it: TCP, random balance,
+/// redispatch, `/readyz` checks every 200 ms that cut a node's sessions when it goes down.
+fn haproxy(dir: &std::path::Path, bind: SocketAddr, nodes: &[Node]) -> Process {
+    let bin = installed("haproxy", "haproxy");
+    let template = std::fs::read_to_string(crate::workspace().join("dist/haproxy/relay.cfg"))
+        .expect("dist/haproxy/relay.cfg");
+    let servers: String = nodes
+        .iter()
+        .map(|n| format!("    server {} {} check\n", n.id, n.addr))
+        .collect();
+    let mut config = String::new();
+    for line in template.lines() {
+        if line.trim_start().starts_with("server ") {
+            continue;
+        }
+        if line.trim_start().starts_with("bind ") {
+            config.push_str(&format!("    bind {bind}\n"));
+            continue;
+        }
+        // Foreground, no pid file, and a bound that fits a test's file descriptor limit.
+        let key = line.split_whitespace().next().unwrap_or_default();
+        if matches!(key, "pidfile" | "daemon") {
+            continue;
+        }
+        if key == "maxconn" {
+            config.push_str("    maxconn 2000\n");
+            continue;
+        }
+        config.push_str(line);
+        config.push('\n');
+        if line.starts_with("backend ") {
+            config.push_str(&servers);
+        }
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.join("haproxy.log");
+    let child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("haproxy.err")).unwrap())
+        .spawn()
+        .expect("haproxy runs");
+    wait_accepting(bind, "haproxy", &dir.join("haproxy.err"));
+    Process(child)
+}
+
+/// A management token for `/{hc}` on `addr`.
+pub fn manage_token(addr: &str, hc: &str) -> String {
+    token_for(&format!("http://{addr}/{hc}"), KEY_NAME, KEY, 600)
+}
+
+/// `ListenerCount` of `hc` as node `addr` reports it (the .NET SDK's runtime information).
+pub async fn listener_count(addr: SocketAddr, hc: &str) -> Option<usize> {
+    let token = manage_token(&addr.to_string(), hc);
+    let url = format!("http://{addr}/{hc}?api-version=2017-04");
+    let headers = [
+        ("ServiceBusAuthorization", token.as_str()),
+        ("X-PROCESS-AT", "ServiceBus"),
+    ];
+    let (status, _, body) = crate::http_request("GET", &url, &headers, Vec::new()).await;
+    if status != 200 {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&body);
+    let count = body.split("<ListenerCount>").nth(1)?.split('<').next()?;
+    count.parse().ok()
+}

@@ -1,0 +1,331 @@
+//! The cluster suite: three broker nodes (the real binary) on three clustered nats-server
+//! processes, one PostgreSQL database and HAProxy, all on loopback (`relay_tests::cluster`).
+//! A listener on one node serves WebSocket and HTTP senders of every other node, through
+//! per-node addresses and through the shared address; a killed node loses only its own
+//! connections and its listener is back on another node within 2 s; a node cut off from
+//! NATS fences itself; a NATS server killed costs nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_listener::{Handler, IncomingConnection, RelayBody, full_body};
+use relay_tests::cluster::{Cluster, NodeOptions, listener_count};
+use relay_tests::{KEY, KEY_NAME};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+/// Echoes WebSocket connections; answers HTTP with the path it saw, small (inline) or
+/// large (over a rendezvous).
+struct Edge;
+
+impl Handler for Edge {
+    async fn on_connection(&self, conn: IncomingConnection) {
+        let stream = conn.accept().await.unwrap();
+        let (mut r, mut w) = tokio::io::split(stream);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    }
+
+    async fn on_request(&self, req: http::Request<RelayBody>) -> http::Response<RelayBody> {
+        let path = req.uri().path().to_owned();
+        let body = if path.ends_with("/big") {
+            "x".repeat(300 * 1024)
+        } else {
+            format!("edge saw {path}")
+        };
+        http::Response::builder().body(full_body(body)).unwrap()
+    }
+}
+
+/// Our listener on `endpoint`, pinging every `keepalive`.
+fn listen(endpoint: &str, keepalive: Duration) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = Arc::new(relay_listener::SasKeySource::new(KEY_NAME, KEY));
+    let mut config = relay_listener::ListenerConfig::new(endpoint, "hyco", token);
+    config.keepalive = keepalive;
+    let listener = relay_listener::Listener::new(config);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = listener.run(Arc::new(Edge), stop).await;
+        }
+    });
+    (stop, task)
+}
+
+/// Waits (bounded) until every node in `nodes` counts `n` listeners on `hyco`; how long.
+async fn wait_count(cluster: &Cluster, nodes: &[usize], n: usize, bound: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for &i in nodes {
+            if listener_count(cluster.nodes[i].addr, "hyco").await != Some(n) {
+                all = false;
+            }
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "nodes {nodes:?} did not all count {n} listeners within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sender_options(endpoint: &str) -> relay_sender::ConnectOptions {
+    relay_sender::ConnectOptions {
+        token: Some(relay_sender::sas_token(endpoint, "hyco", KEY_NAME, KEY, 600)),
+        ..Default::default()
+    }
+}
+
+/// One echo round trip of `bytes` through `endpoint`.
+async fn echo(endpoint: &str, bytes: usize) -> Result<(), String> {
+    let options = sender_options(endpoint);
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        relay_sender::connect(endpoint, "hyco", &options),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let mut stream = conn.stream;
+    let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(&mut stream);
+    let write = async {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::new();
+    let read = r.read_to_end(&mut back);
+    let (written, read) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(write, read)
+    })
+    .await
+    .map_err(|_| "echo timed out".to_owned())?;
+    written.map_err(|e| e.to_string())?;
+    read.map_err(|e| e.to_string())?;
+    if back != data {
+        return Err(format!("echo differs: {} of {bytes} bytes", back.len()));
+    }
+    Ok(())
+}
+
+/// A relayed HTTP GET through `addr`; status and body.
+async fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let token = relay_tests::cluster::manage_token(addr, "hyco");
+    let url = format!("http://{addr}/hyco{path}");
+    let headers = [("ServiceBusAuthorization", token.as_str())];
+    let (status, _, body) = relay_tests::http_request("GET", &url, &headers, Vec::new()).await;
+    (status, body)
+}
+
+fn node_sum(cluster: &Cluster, metric: &str) -> f64 {
+    cluster.nodes.iter().map(|n| n.metric(metric)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_on_every_node_reach_a_listener_on_one_through_both_address_forms() {
+    let cluster = Cluster::start("cluster-relay", 3, |_| NodeOptions::default());
+    // Listener on node 0, by its own address.
+    let (stop, task) = listen(&cluster.nodes[0].ws(), Duration::from_secs(10));
+    let seen = wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    eprintln!("every node counted the listener {seen:?} after the first");
+
+    // WebSocket senders on the other nodes, by their own addresses: the notice crosses
+    // NATS, the rendezvous goes to the sender's node (the listener's base is node 0, so the
+    // socket lands there and is spliced back).
+    for i in [1, 2] {
+        echo(&cluster.nodes[i].ws(), 256 * 1024).await.unwrap();
+    }
+    // Through the shared address, many times: senders land on any node.
+    for _ in 0..15 {
+        echo(&cluster.ws(), 16 * 1024).await.unwrap();
+    }
+    // HTTP: inline (the answer comes back over NATS) and large (over the rendezvous).
+    for i in [1, 2] {
+        let addr = cluster.nodes[i].addr.to_string();
+        let (status, body) = get(&addr, "/status").await;
+        assert_eq!((status, body.as_slice()), (200, &b"edge saw /hyco/status"[..]));
+        let (status, body) = get(&addr, "/big").await;
+        assert_eq!((status, body.len()), (200, 300 * 1024));
+    }
+    for _ in 0..10 {
+        let (status, body) = get(&cluster.lb.to_string(), "/big").await;
+        assert_eq!((status, body.len()), (200, 300 * 1024));
+    }
+    let notices = node_sum(&cluster, "relay_cluster_notices_total");
+    let splices = node_sum(&cluster, "relay_cluster_splices_total");
+    eprintln!("notices over NATS {notices}, spliced rendezvous {splices}");
+    assert!(notices >= 4.0, "notices crossed NATS: {notices}");
+    assert!(splices >= 4.0, "rendezvous sockets were spliced: {splices}");
+    assert_eq!(node_sum(&cluster, "relay_cluster_splice_failures_total"), 0.0);
+
+    // A second listener through the shared address: ListenerCount is the cluster's.
+    let (stop2, task2) = listen(&cluster.ws(), Duration::from_secs(10));
+    wait_count(&cluster, &[0, 1, 2], 2, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        echo(&cluster.ws(), 4096).await.unwrap();
+    }
+    stop2.cancel();
+    task2.await.unwrap();
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(5)).await;
+    stop.cancel();
+    task.await.unwrap();
+    wait_count(&cluster, &[0, 1, 2], 0, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_addresses_take_the_rendezvous_straight_to_the_senders_node() {
+    let cluster = Cluster::start("cluster-advertise", 3, |_| NodeOptions {
+        advertise: true,
+        ..NodeOptions::default()
+    });
+    let (stop, task) = listen(&cluster.ws(), Duration::from_secs(10));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        echo(&cluster.ws(), 64 * 1024).await.unwrap();
+    }
+    for i in 0..3 {
+        let (status, body) = get(&cluster.nodes[i].addr.to_string(), "/big").await;
+        assert_eq!((status, body.len()), (200, 300 * 1024));
+    }
+    assert_eq!(
+        node_sum(&cluster, "relay_cluster_splices_total"),
+        0.0,
+        "every rendezvous went to its own node"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// Which node holds the one listener.
+fn holder(cluster: &Cluster) -> Option<usize> {
+    (0..cluster.nodes.len()).find(|&i| cluster.nodes[i].metric("relay_node_channels") >= 1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_only_its_own_and_its_listener_is_back_within_two_seconds() {
+    let mut cluster = Cluster::start("cluster-kill", 3, |_| NodeOptions::default());
+    // Our listener through the shared address, pinging often enough for the 2 s bound.
+    let (stop, task) = listen(&cluster.ws(), Duration::from_millis(500));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    let mut moves = Vec::new();
+    for round in 0..3 {
+        let held = holder(&cluster).expect("a node holds the listener");
+        // A sender pumped on a node that survives keeps its connection.
+        let survivor = (held + 1) % 3;
+        let options = sender_options(&cluster.nodes[survivor].ws());
+        cluster.kill(held);
+        let killed = Instant::now();
+        let others: Vec<usize> = (0..3).filter(|&i| i != held).collect();
+        // Back: registered on another node, and counted once by every live node.
+        loop {
+            if holder_among(&cluster, &others).is_some() {
+                let mut ok = true;
+                for &i in &others {
+                    ok &= listener_count(cluster.nodes[i].addr, "hyco").await == Some(1);
+                }
+                if ok {
+                    break;
+                }
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(5),
+                "round {round}: the listener did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let moved = killed.elapsed();
+        moves.push(moved);
+        eprintln!("round {round}: node {held} killed; listener back on another node after {moved:?}");
+        let conn = relay_sender::connect(&cluster.nodes[survivor].ws(), "hyco", &options).await;
+        assert!(conn.is_ok(), "a sender on a live node reaches the moved listener");
+        cluster.restart(held);
+        cluster.wait_ready(held, Duration::from_secs(20));
+    }
+    moves.sort();
+    eprintln!("listener moves after SIGKILL: {moves:?}");
+    assert!(
+        moves[moves.len() - 1] < Duration::from_secs(2),
+        "every move within 2 s: {moves:?}"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+fn holder_among(cluster: &Cluster, nodes: &[usize]) -> Option<usize> {
+    nodes
+        .iter()
+        .copied()
+        .find(|&i| cluster.nodes[i].metric("relay_node_channels") >= 1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_fences_itself_and_its_listener_moves() {
+    // Node 2 may use only NATS server 2; the others never use it.
+    let mut cluster = Cluster::start("cluster-fence", 3, |i| NodeOptions {
+        nats: Some(if i == 2 { vec![2] } else { vec![i, (i + 1) % 2] }),
+        ..NodeOptions::default()
+    });
+    // The listener on node 2, by its own address first, then (after fencing) anywhere.
+    let (stop, task) = listen(&cluster.nodes[2].ws(), Duration::from_millis(500));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    cluster.nats.kill(2);
+    let cut = Instant::now();
+    while cluster.nodes[2].ready_status() == Some(200) {
+        assert!(cut.elapsed() < Duration::from_secs(3), "node 2 still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fenced = cut.elapsed();
+    eprintln!("node 2 not ready {fenced:?} after its NATS server died");
+    assert_eq!(cluster.nodes[2].ready_status(), Some(503));
+    // It closed its listener's channel, and takes no new ones.
+    let started = Instant::now();
+    while cluster.nodes[2].metric("relay_node_channels") >= 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(2), "the fenced node kept its channel");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cluster.nodes[2].metric("relay_cluster_fenced_total") >= 1.0);
+    // The others dropped node 2 and its listener from their views.
+    wait_count(&cluster, &[0, 1], 0, Duration::from_secs(2)).await;
+    // NATS back: the node rejoins and is ready again.
+    stop.cancel();
+    task.await.unwrap();
+    let _ = &mut cluster;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
+    let mut cluster = Cluster::start("cluster-nats-kill", 3, |_| NodeOptions::default());
+    let (stop, task) = listen(&cluster.nodes[0].ws(), Duration::from_secs(10));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    let mut failures = 0;
+    let mut ok = 0;
+    for round in 0..40 {
+        if round == 10 {
+            cluster.nats.kill(1);
+        }
+        let node = 1 + round % 2;
+        match echo(&cluster.nodes[node].ws(), 1024).await {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failures += 1;
+                eprintln!("round {round} via node {node}: {e}");
+                // One retry is allowed per failed connect.
+                echo(&cluster.nodes[node].ws(), 1024).await.unwrap();
+            }
+        }
+    }
+    eprintln!("{ok} connects first time, {failures} needed a retry, with one NATS server killed");
+    assert!(failures <= 4, "{failures} connects failed");
+    for i in 0..3 {
+        assert_eq!(cluster.nodes[i].ready_status(), Some(200), "node {i} ready");
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
