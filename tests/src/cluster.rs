@@ -36,7 +36,7 @@ impl Nats {
         for i in 0..n {
             let config = format!(
                 "server_name: n{i}\nlisten: \"{}\"\nhttp: \"{}\"\nping_interval: \"1s\"\nping_max: 2\n\
-                 cluster {{\n  name: relay\n  listen: \"{}\"\n  routes: [{}]\n}}\n",
+                 cluster {{\n  name: relay\n  listen: \"{}\"\n  no_advertise: true\n  routes: [{}]\n}}\n",
                 clients[i],
                 monitors[i],
                 routes[i],
@@ -240,7 +240,7 @@ impl Cluster {
             _haproxy: haproxy,
         };
         for i in 0..n {
-            cluster.wait_ready(i, Duration::from_secs(20));
+            cluster.wait_serving(i, Duration::from_secs(20));
         }
         cluster
     }
@@ -259,6 +259,36 @@ impl Cluster {
                 "node {i} not ready within {bound:?}: {}",
                 std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether HAProxy has node `i` up (its stats socket).
+    pub fn lb_up(&self, i: usize) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.dir.join("haproxy.sock"))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"show stat\n").is_err() {
+            return false;
+        }
+        let mut csv = String::new();
+        let _ = s.read_to_string(&mut csv);
+        let id = &self.nodes[i].id;
+        csv.lines().any(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f.len() > 17 && f[0] == "brokers" && f[1] == id && f[17] == "UP"
+        })
+    }
+
+    /// Waits (bounded) until node `i` is ready and HAProxy has it up.
+    pub fn wait_serving(&self, i: usize, bound: Duration) {
+        self.wait_ready(i, bound);
+        let started = Instant::now();
+        while !self.lb_up(i) {
+            assert!(started.elapsed() < bound, "HAProxy did not take node {i} up within {bound:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -332,6 +362,10 @@ fn haproxy(dir: &std::path::Path, bind: SocketAddr, nodes: &[Node]) -> Process {
         }
         config.push_str(line);
         config.push('\n');
+        if line.starts_with("global") {
+            // The tests ask HAProxy which servers it has up.
+            config.push_str(&format!("    stats socket {}\n", dir.join("haproxy.sock").display()));
+        }
         if line.starts_with("backend ") {
             config.push_str(&servers);
         }

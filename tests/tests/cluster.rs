@@ -246,7 +246,7 @@ async fn a_killed_node_loses_only_its_own_and_its_listener_is_back_within_two_se
         let conn = relay_sender::connect(&cluster.nodes[survivor].ws(), "hyco", &options).await;
         assert!(conn.is_ok(), "a sender on a live node reaches the moved listener");
         cluster.restart(held);
-        cluster.wait_ready(held, Duration::from_secs(20));
+        cluster.wait_serving(held, Duration::from_secs(20));
     }
     moves.sort();
     eprintln!("listener moves after SIGKILL: {moves:?}");
