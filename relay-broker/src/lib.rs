@@ -178,7 +178,10 @@ impl<'a> BrokerBuilder<'a> {
                 ));
             }
             Some(c) => {
-                if this.directory.is_some() || this.interconnect.is_some() || this.revocations.is_some() {
+                if this.directory.is_some()
+                    || this.interconnect.is_some()
+                    || this.revocations.is_some()
+                {
                     return Err(OpenError::Ignored(
                         "a cluster brings its own directory, interconnect and revocation bus: give the cluster or those, not both".into(),
                     ));
@@ -221,7 +224,9 @@ impl<'a> BrokerBuilder<'a> {
             counters: Arc::clone(&counters),
             audit: audit.clone(),
             hosts: config.hosts.clone(),
-            advertise_url: cluster.as_ref().and_then(|c| c.config().advertise_url.clone()),
+            advertise_url: cluster
+                .as_ref()
+                .and_then(|c| c.config().advertise_url.clone()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

@@ -288,7 +288,10 @@ impl Cluster {
         self.wait_ready(i, bound);
         let started = Instant::now();
         while !self.lb_up(i) {
-            assert!(started.elapsed() < bound, "HAProxy did not take node {i} up within {bound:?}");
+            assert!(
+                started.elapsed() < bound,
+                "HAProxy did not take node {i} up within {bound:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -364,7 +367,10 @@ fn haproxy(dir: &std::path::Path, bind: SocketAddr, nodes: &[Node]) -> Process {
         config.push('\n');
         if line.starts_with("global") {
             // The tests ask HAProxy which servers it has up.
-            config.push_str(&format!("    stats socket {}\n", dir.join("haproxy.sock").display()));
+            config.push_str(&format!(
+                "    stats socket {}\n",
+                dir.join("haproxy.sock").display()
+            ));
         }
         if line.starts_with("backend ") {
             config.push_str(&servers);

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -308,7 +308,10 @@ mod tests {
     fn other_nodes_listeners_count_pick_and_replace_across_nodes() {
         let d = ClusterDirectory::new(NodeId::new("a").unwrap());
         d.register(listener("a", 1, None), 3).unwrap();
-        let theirs = vec![listener("b", 1, Some("sas:k|agent")), listener("b", 2, None)];
+        let theirs = vec![
+            listener("b", 1, Some("sas:k|agent")),
+            listener("b", 2, None),
+        ];
         assert!(!d.heard(beat("b", 9, 1, Some(theirs))));
         assert_eq!(d.count("orders"), 3);
         assert_eq!(d.counts(), [("Orders".to_owned(), 3)]);
@@ -318,12 +321,19 @@ mod tests {
             "the quota is the cluster's"
         );
         let mut picked: Vec<String> = (0..3)
-            .map(|_| d.pick("orders", &|_| Usable::Ready).unwrap().key.to_string())
+            .map(|_| {
+                d.pick("orders", &|_| Usable::Ready)
+                    .unwrap()
+                    .key
+                    .to_string()
+            })
             .collect();
         picked.sort();
         assert_eq!(picked, ["a.1", "b.1", "b.2"], "round robin over every node");
         // The agent restarted and reached node a: its stale channel on b is replaced.
-        let replaced = d.register(listener("a", 3, Some("sas:k|agent")), 3).unwrap();
+        let replaced = d
+            .register(listener("a", 3, Some("sas:k|agent")), 3)
+            .unwrap();
         assert_eq!(replaced, [listener("b", 1, None).key]);
         assert_eq!(d.count("orders"), 3);
     }
@@ -341,7 +351,10 @@ mod tests {
                 listeners: vec![WireListener::from(&listener("b", 1, None))],
             },
         );
-        assert!(!d.heard(beat("b", 1, 4, None)), "known version: nothing to ask");
+        assert!(
+            !d.heard(beat("b", 1, 4, None)),
+            "known version: nothing to ask"
+        );
         assert_eq!(d.count("orders"), 1);
         // A set claiming another node's listener is not believed.
         d.heard(beat("b", 1, 5, Some(vec![listener("c", 1, None)])));

@@ -23,6 +23,9 @@ use crate::seams::node::{ListenerKey, NodeId};
 
 /// Time on top of the receiver's wait for the reply to come back.
 const REPLY_MARGIN: Duration = Duration::from_millis(500);
+/// Longest the receiving node waits for room in a channel's queue: a hung node then costs a
+/// sender [`MAX_QUEUE_WAIT`] + [`REPLY_MARGIN`], not the whole accept timeout.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// The cluster's interconnect.
 pub(crate) struct NatsInterconnect(pub(super) Arc<Inner>);
@@ -129,6 +132,22 @@ impl Inner {
     }
 }
 
+/// Waits, until `deadline`, for the client to be connected again after it had been or may
+/// have been cut off; whether it is.
+async fn reconnected(client: &async_nats::Client, deadline: tokio::time::Instant) -> bool {
+    // The state lags the broken socket: give it a moment to notice first.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return true;
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(20) > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Interconnect for NatsInterconnect {
     fn join(&self, node: NodeId, inbox: Weak<dyn Inbox>) {
         debug_assert_eq!(node, self.0.me, "one node per cluster interconnect");
@@ -152,7 +171,9 @@ impl Interconnect for NatsInterconnect {
                 None => Box::pin(async { Err(Undelivered::Gone) }),
             };
         }
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(MAX_QUEUE_WAIT);
         let (text, body) = match notice {
             Notice::Text(text) => (text, None),
             Notice::TextWithBody(text, body) => (text, Some(body)),
@@ -165,18 +186,32 @@ impl Interconnect for NatsInterconnect {
         };
         let payload = wire::encode(&head, body.as_deref());
         let subject = wire::node_subject(&to.node, "deliver");
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(wait + REPLY_MARGIN));
         let client = self.0.client.clone();
         Box::pin(async move {
-            match client.send_request(subject, request).await {
+            let request = |payload| {
+                async_nats::Request::new()
+                    .payload(payload)
+                    .timeout(Some(wait + REPLY_MARGIN))
+            };
+            let mut result = client
+                .send_request(subject.clone(), request(payload.clone()))
+                .await;
+            // This node's NATS connection broke under the request (its server died or
+            // hung): once it is back on another server, one more try. The listener cannot
+            // have acted on a notice that got no `queued`: the capability it names dies
+            // with this attempt unless the retry succeeds.
+            if let Err(e) = &result
+                && e.kind() != async_nats::RequestErrorKind::NoResponders
+                && reconnected(&client, tokio::time::Instant::now() + MAX_QUEUE_WAIT).await
+            {
+                result = client.send_request(subject, request(payload)).await;
+            }
+            match result {
                 Ok(reply) if &reply.payload[..] == wire::QUEUED => Ok(()),
                 Ok(reply) if &reply.payload[..] == wire::FULL_REPLY => Err(Undelivered::Full),
                 Ok(_) => Err(Undelivered::Gone),
-                // No responders (the node is gone) or no answer (it hung, or NATS did):
-                // nothing the sender can wait for. The capability dies with the attempt,
-                // so a notice that did arrive late finds it expired.
+                // No responders (the node is gone) or still no answer: nothing the sender
+                // can wait for, and the caller may try another listener.
                 Err(e) => {
                     tracing::debug!(error = %e, "notice to another node failed");
                     Err(Undelivered::Gone)
@@ -229,7 +264,8 @@ impl Interconnect for NatsInterconnect {
             channel: key.channel,
         };
         let payload = serde_json::to_vec(&c).expect("keys serialise");
-        self.0.publish(wire::node_subject(&key.node, "replaced"), payload.into());
+        self.0
+            .publish(wire::node_subject(&key.node, "replaced"), payload.into());
     }
 
     fn forward(&self, to: &NodeId, req: axum::extract::Request) -> Forwarded {

@@ -65,12 +65,21 @@ impl PeerKey {
         if parts.next() != Some(MAGIC) {
             return Err("not a peer preface");
         }
-        let from = parts.next().and_then(|n| NodeId::new(n).ok()).ok_or("bad node")?;
-        let at: u64 = parts.next().and_then(|t| t.parse().ok()).ok_or("bad time")?;
+        let from = parts
+            .next()
+            .and_then(|n| NodeId::new(n).ok())
+            .ok_or("bad node")?;
+        let at: u64 = parts
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or("bad time")?;
         if now_ms.abs_diff(at) > SKEW.as_millis() as u64 {
             return Err("stale preface (clock skew or a replay)");
         }
-        let peer: SocketAddr = parts.next().and_then(|p| p.parse().ok()).ok_or("bad client")?;
+        let peer: SocketAddr = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or("bad client")?;
         let tls = match parts.next() {
             Some("1") => true,
             Some("0") => false,
@@ -150,10 +159,14 @@ pub(crate) async fn splice(
     me: &NodeId,
     mut req: axum::extract::Request,
 ) -> Option<Response<Body>> {
-    let transport = req.extensions().get::<Transport>().copied().unwrap_or(Transport {
-        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-        tls: false,
-    });
+    let transport = req
+        .extensions()
+        .get::<Transport>()
+        .copied()
+        .unwrap_or(Transport {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: false,
+        });
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut stream = tokio::time::timeout(PEER_TIMEOUT, TcpStream::connect(peer))
         .await
@@ -230,9 +243,9 @@ mod tests {
         assert_eq!((back.peer, back.tls), (t.peer, true));
         assert!(key.check(&line, 1_000_000 + 31_000).is_err(), "stale");
         let other = PeerKey::new(b"another secret of 16+");
-        assert_eq!(other.check(&line, 1_000_000), Err("bad MAC"));
+        assert_eq!(other.check(&line, 1_000_000).err(), Some("bad MAC"));
         let tampered = line.replace("10.1.2.3", "10.9.9.9");
-        assert_eq!(key.check(&tampered, 1_000_000), Err("bad MAC"));
+        assert_eq!(key.check(&tampered, 1_000_000).err(), Some("bad MAC"));
         assert!(key.check("RELAYPEER1 x", 0).is_err());
     }
 }

@@ -47,7 +47,9 @@ impl Health {
     /// `Ok` while this node hears its own beats.
     pub(super) fn ready(&self) -> Result<(), String> {
         match self.lock().echo {
-            None => Err("not yet in the cluster: NATS has not carried this node's heartbeat".into()),
+            None => {
+                Err("not yet in the cluster: NATS has not carried this node's heartbeat".into())
+            }
             Some(at) if at.elapsed() > FENCE_AFTER => Err(format!(
                 "NATS has not carried this node's heartbeat for {} ms",
                 at.elapsed().as_millis()
@@ -106,7 +108,12 @@ impl Presence {
                 listeners: full.then_some(listeners),
             };
             let payload = serde_json::to_vec(&beat).expect("beats serialise");
-            if self.client.publish(subject.clone(), payload.into()).await.is_ok() {
+            if self
+                .client
+                .publish(subject.clone(), payload.into())
+                .await
+                .is_ok()
+            {
                 sent = Some(version);
             }
         }

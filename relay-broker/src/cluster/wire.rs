@@ -164,7 +164,12 @@ mod tests {
         let (back, tail): (Deliver, Bytes) = decode(&bytes).unwrap();
         assert_eq!((back.channel, back.with_body), (7, true));
         assert_eq!(&tail[..], b"body\x00bytes");
-        for bad in [&b""[..], b"\x00\x00\x00", b"\x00\x00\x01\x00{}", b"\x00\x00\x00\x02{]"] {
+        for bad in [
+            &b""[..],
+            b"\x00\x00\x00",
+            b"\x00\x00\x01\x00{}",
+            b"\x00\x00\x00\x02{]",
+        ] {
             assert!(decode::<Deliver>(&Bytes::copy_from_slice(bad)).is_none());
         }
     }

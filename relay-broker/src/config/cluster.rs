@@ -65,11 +65,15 @@ pub(super) fn cluster(
     };
     let node_id = NodeId::new(&node_id).map_err(|e| format!("[cluster].node_id: {e}"))?;
     if raw.nats.is_empty() {
-        return Err("[cluster].nats needs one or more servers, e.g. [\"nats://127.0.0.1:4222\"]".into());
+        return Err(
+            "[cluster].nats needs one or more servers, e.g. [\"nats://127.0.0.1:4222\"]".into(),
+        );
     }
     for url in &raw.nats {
         let rest = url.strip_prefix("nats://").ok_or_else(|| {
-            format!("[cluster].nats: '{url}' must start with nats:// (e.g. \"nats://10.0.0.5:4222\")")
+            format!(
+                "[cluster].nats: '{url}' must start with nats:// (e.g. \"nats://10.0.0.5:4222\")"
+            )
         })?;
         if rest.is_empty() || rest.contains(['/', '?', ' ']) {
             return Err(format!("[cluster].nats: '{url}' is not nats://host:port"));
@@ -93,7 +97,9 @@ pub(super) fn cluster(
         }
         None => peer_bind,
     };
-    let advertise_url = raw.advertise_url.map(|u| u.trim_end_matches('/').to_owned());
+    let advertise_url = raw
+        .advertise_url
+        .map(|u| u.trim_end_matches('/').to_owned());
     if let Some(url) = &advertise_url {
         let host = url
             .strip_prefix("ws://")

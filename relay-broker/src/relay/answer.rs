@@ -108,10 +108,24 @@ pub(super) fn request_rendezvous(
     Ok(switching(&accept_key, None))
 }
 
-/// The node named by a capability (`<node>.<random>`), when the query has one.
-pub(super) fn capability_node(query: Option<&str>) -> Option<crate::seams::node::NodeId> {
-    let cap = capability(query).ok()?;
-    crate::seams::node::NodeId::new(cap.split_once('.')?.0).ok()
+/// The node that a listener's rendezvous or standby socket belongs to: the one named by its
+/// capability or standby key (`<node>.<random>`), when the action has one.
+pub(super) fn owner(
+    action: relay_core::address::Action,
+    req: &Request,
+) -> Option<crate::seams::node::NodeId> {
+    use relay_core::address::Action;
+    let key = match action {
+        Action::Accept | Action::Request => capability(req.uri().query()).ok()?,
+        Action::Standby => req
+            .headers()
+            .get(STANDBY_KEY_HEADER)?
+            .to_str()
+            .ok()?
+            .to_owned(),
+        Action::Listen | Action::Connect => return None,
+    };
+    crate::seams::node::NodeId::new(key.split_once('.')?.0).ok()
 }
 
 fn capability(query: Option<&str>) -> Result<String, RelayError> {

@@ -142,8 +142,7 @@ async fn route(
         None => return Err(RelayError::BadRequest("sb-hc-action is required".into())),
     };
     tracing::Span::current().record("action", action.as_str());
-    if matches!(action, Action::Accept | Action::Request)
-        && let Some(node) = answer::capability_node(req.uri().query())
+    if let Some(node) = answer::owner(action, &req)
         && node != shared.node
     {
         return forward(shared, &node, req).await;

@@ -18,10 +18,18 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    /// A new pool of up to `max` sockets for a control channel.
-    pub(crate) fn open(&self, hc: &str, max: usize, closed: CancellationToken) -> Arc<Pool> {
+    /// A new pool of up to `max` sockets for a control channel of node `node`. The key
+    /// starts with the node, as capabilities do: a standby that the load balancer takes to
+    /// another node is spliced back to this one.
+    pub(crate) fn open(
+        &self,
+        node: &crate::seams::node::NodeId,
+        hc: &str,
+        max: usize,
+        closed: CancellationToken,
+    ) -> Arc<Pool> {
         let key = format!(
-            "{}{}",
+            "{node}.{}{}",
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );

@@ -86,9 +86,11 @@ pub(crate) fn start(
 ) -> Result<Option<Arc<StandbyPool>>, RelayError> {
     let (tx, rx) = mpsc::channel(shared.limits.control_queue);
     let close = shared.shutdown.child_token();
-    let pool = opening
-        .standby
-        .map(|n| shared.standby.open(&r.hc.name, n, close.child_token()));
+    let pool = opening.standby.map(|n| {
+        shared
+            .standby
+            .open(&shared.node, &r.hc.name, n, close.child_token())
+    });
     let cert = opening.cert;
     let handle = Held {
         local: Arc::new(LocalChannel {
