@@ -365,3 +365,38 @@ async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
     stop.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn microsofts_clients_listen_on_one_node_and_send_through_the_others() {
+    let interop = relay_tests::workspace().join("interop");
+    if ["hyco-ws", "hyco-https"]
+        .iter()
+        .any(|m| !interop.join("node_modules").join(m).exists())
+    {
+        let status = std::process::Command::new("npm")
+            .current_dir(&interop)
+            .args(["ci", "--no-audit", "--no-fund"])
+            .status()
+            .expect("npm runs");
+        assert!(status.success(), "npm ci: {status}");
+    }
+    let cluster = Cluster::start("cluster-interop", 3, |_| NodeOptions::default());
+    let description = serde_json::json!({
+        "nodes": cluster.nodes.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>(),
+        "lb": cluster.lb.to_string(),
+        "keyName": KEY_NAME,
+        "key": KEY,
+    });
+    let status = std::process::Command::new("node")
+        .current_dir(&interop)
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-timeout=60000",
+            "test/cluster.test.js",
+        ])
+        .env("RELAY_CLUSTER", description.to_string())
+        .status()
+        .expect("node runs");
+    assert!(status.success(), "hyco-ws and hyco-https across nodes: {status}");
+}
