@@ -2,6 +2,10 @@
 //! clustered with routes, a throwaway PostgreSQL database, broker nodes running the real
 //! binary, and HAProxy in front (TCP, random balance, `/readyz` checks). Every process is
 //! killed when the [`Cluster`] drops. `.ci/run` installs the packages.
+//!
+//! A harness: a failed step is a failed test, so it panics with what failed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -398,5 +398,8 @@ fn microsofts_clients_listen_on_one_node_and_send_through_the_others() {
         .env("RELAY_CLUSTER", description.to_string())
         .status()
         .expect("node runs");
-    assert!(status.success(), "hyco-ws and hyco-https across nodes: {status}");
+    assert!(
+        status.success(),
+        "hyco-ws and hyco-https across nodes: {status}"
+    );
 }

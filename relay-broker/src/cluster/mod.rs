@@ -45,11 +45,15 @@ pub enum ClusterError {
     /// The NATS servers' addresses were refused by the client.
     #[error("[cluster].nats: {0}")]
     Nats(String),
+    /// The node id is not one (a config built by hand, not parsed).
+    #[error("[cluster].node_id: {0}")]
+    NodeId(String),
 }
 
 /// This node's membership: its NATS connection and the seams built on it.
 pub struct Cluster {
     config: ClusterConfig,
+    node: NodeId,
     directory: Arc<ClusterDirectory>,
     interconnect: Arc<interconnect::NatsInterconnect>,
     revocations: Arc<revocation::NatsRevocations>,
@@ -71,7 +75,7 @@ impl Cluster {
     /// # Errors
     /// When the NATS addresses cannot be used at all.
     pub async fn connect(config: &ClusterConfig) -> Result<Self, ClusterError> {
-        let me = config.node_id.clone();
+        let me = NodeId::new(&config.node_id).map_err(ClusterError::NodeId)?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("relay-broker {me}"))
             .ping_interval(NATS_PING)
@@ -113,6 +117,7 @@ impl Cluster {
         let revocations = revocation::NatsRevocations::new(client, me);
         Ok(Self {
             config: config.clone(),
+            node: NodeId::new(&config.node_id).map_err(ClusterError::NodeId)?,
             directory,
             interconnect,
             revocations,
@@ -123,7 +128,7 @@ impl Cluster {
     /// This node.
     #[must_use]
     pub fn node(&self) -> &NodeId {
-        &self.config.node_id
+        &self.node
     }
 
     /// The configuration it was joined with.

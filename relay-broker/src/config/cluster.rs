@@ -4,16 +4,15 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::seams::node::NodeId;
-
 /// Shortest cluster secret, in bytes: it keys the HMAC of standby keys and of peer logins.
 pub const MIN_SECRET_LEN: usize = 16;
 
 /// A validated `[cluster]` section.
 #[derive(Clone)]
 pub struct ClusterConfig {
-    /// This node, unique in the cluster.
-    pub node_id: NodeId,
+    /// This node, unique in the cluster: 1 to 32 of `a-z`, `0-9` and `-` (checked here;
+    /// it appears in URLs, ids and NATS subjects).
+    pub node_id: String,
     /// NATS servers (`nats://host:port`), one or more.
     pub nats: Vec<String>,
     /// Where this node accepts rendezvous sockets that other nodes splice to it.
@@ -63,7 +62,16 @@ pub(super) fn cluster(
             .map(|h| h.to_ascii_lowercase())
             .ok_or("[cluster].node_id is required (unique per node, e.g. \"b1\")")?,
     };
-    let node_id = NodeId::new(&node_id).map_err(|e| format!("[cluster].node_id: {e}"))?;
+    let valid = !node_id.is_empty()
+        && node_id.len() <= 32
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(format!(
+            "[cluster].node_id '{node_id}': 1 to 32 of a-z, 0-9 and '-' (e.g. \"b1\")"
+        ));
+    }
     if raw.nats.is_empty() {
         return Err(
             "[cluster].nats needs one or more servers, e.g. [\"nats://127.0.0.1:4222\"]".into(),

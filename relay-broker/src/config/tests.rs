@@ -136,3 +136,82 @@ fn the_store_is_a_file_or_a_postgres_url() {
     );
     assert!(err("[store]\npath = 'a.db'\npassword_env = 'X'").contains("goes with url"));
 }
+
+#[test]
+fn cluster_sections_are_validated_and_each_error_names_its_key_and_fix() {
+    let store = "[store]\nurl = 'postgres://relay@db/relay'\n";
+    let good = "[cluster]\nnode_id = 'b1'\nnats = ['nats://127.0.0.1:4222', 'nats://10.0.0.6:4222']\npeer_bind = '127.0.0.1:9410'\nsecret = '0123456789abcdef0123'\n";
+    let c = BrokerConfig::parse(&format!("{good}{store}"), "t").unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.node_id, "b1");
+    assert_eq!(cluster.nats.len(), 2);
+    assert_eq!(cluster.peer_address, cluster.peer_bind);
+    assert!(cluster.advertise_url.is_none());
+    assert!(
+        !format!("{cluster:?}").contains("0123456789abcdef"),
+        "Debug hides the secret"
+    );
+    let err = |text: &str| {
+        BrokerConfig::parse(&format!("{text}{store}"), "f.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    let cases: &[(&str, &str, &str)] = &[
+        ("node_id = 'b1'", "node_id = 'B_1'", "[cluster].node_id"),
+        (
+            "nats = ['nats://127.0.0.1:4222', 'nats://10.0.0.6:4222']",
+            "nats = []",
+            "[cluster].nats needs",
+        ),
+        (
+            "nats = ['nats://127.0.0.1:4222', 'nats://10.0.0.6:4222']",
+            "nats = ['tls://x:1']",
+            "must start with nats://",
+        ),
+        (
+            "peer_bind = '127.0.0.1:9410'",
+            "peer_bind = 'nowhere'",
+            "[cluster].peer_bind",
+        ),
+        (
+            "peer_bind = '127.0.0.1:9410'",
+            "peer_bind = '0.0.0.0:9410'",
+            "set peer_address",
+        ),
+        (
+            "secret = '0123456789abcdef0123'",
+            "secret = 'short'",
+            "at least 16 bytes",
+        ),
+        (
+            "secret = '0123456789abcdef0123'",
+            "secret_env = 'RELAY_TEST_UNSET_SECRET_VAR'",
+            "RELAY_TEST_UNSET_SECRET_VAR",
+        ),
+        ("secret = '0123456789abcdef0123'", "", "needs secret_env"),
+        (
+            "node_id = 'b1'",
+            "node_id = 'b1'\nadvertise_url = 'http://b1:9400'",
+            "[cluster].advertise_url",
+        ),
+        ("node_id = 'b1'", "node_id = 'b1'\nbogus = 1", "bogus"),
+    ];
+    for (from, to, expected) in cases {
+        let text = good.replace(from, to);
+        let message = err(&text);
+        assert!(message.contains(expected), "{to}: {message}");
+    }
+    let unspecified = good.replace(
+        "peer_bind = '127.0.0.1:9410'",
+        "peer_bind = '0.0.0.0:9410'\npeer_address = '10.0.0.7:9410'",
+    );
+    let c = BrokerConfig::parse(&format!("{unspecified}{store}"), "t").unwrap();
+    assert_eq!(c.cluster.unwrap().peer_address.to_string(), "10.0.0.7:9410");
+    // A cluster without the shared store would split its state.
+    let message = BrokerConfig::parse(good, "t").unwrap_err().to_string();
+    assert!(message.contains("url = \"postgres://"), "{message}");
+    let message = BrokerConfig::parse(&format!("{good}[store]\npath = 'x.db'"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("[cluster] needs the store"), "{message}");
+}
