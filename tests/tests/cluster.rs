@@ -284,6 +284,46 @@ async fn a_killed_node_loses_only_its_own_and_its_listener_is_back_within_two_se
     task.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_detected_and_its_listener_moves() {
+    let cluster = Cluster::start("cluster-hang", 3, |_| NodeOptions::default());
+    let (stop, task) = listen(&cluster.ws(), Duration::from_millis(500));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    let held = holder(&cluster).expect("a node holds the listener");
+    let others: Vec<usize> = (0..3).filter(|&i| i != held).collect();
+    cluster.signal(held, "STOP");
+    let hung = Instant::now();
+    // No FIN: the load balancer's check and our listener's pings find the hang.
+    loop {
+        if holder_among(&cluster, &others).is_some() {
+            let mut ok = true;
+            for &i in &others {
+                ok &= listener_count(cluster.nodes[i].addr, "hyco").await == Some(1);
+            }
+            if ok {
+                break;
+            }
+        }
+        assert!(
+            hung.elapsed() < Duration::from_secs(5),
+            "the listener of a hung node did not move"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let moved = hung.elapsed();
+    eprintln!("node {held} hung (SIGSTOP); listener on another node after {moved:?}");
+    for &i in &others {
+        echo(&cluster.nodes[i].ws(), 4096).await.unwrap();
+    }
+    // Woken, the node rejoins; its stale channel is gone, and every view counts one listener.
+    cluster.signal(held, "CONT");
+    cluster.wait_serving(held, Duration::from_secs(10));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(5)).await;
+    echo(&cluster.ws(), 4096).await.unwrap();
+    stop.cancel();
+    task.await.unwrap();
+}
+
 fn holder_among(cluster: &Cluster, nodes: &[usize]) -> Option<usize> {
     nodes
         .iter()

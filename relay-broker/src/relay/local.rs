@@ -20,6 +20,9 @@ use crate::seams::directory::{ListenerRef, Usable};
 use crate::seams::interconnect::{Delivery, Inbox, InlineResponse, Notice, Undelivered};
 use crate::seams::node::{ListenerKey, NodeId};
 
+/// How long a listener on another node that a notice failed to reach is picked last.
+const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One control channel of this node.
 #[derive(Debug)]
 pub(crate) struct LocalChannel {
@@ -85,7 +88,12 @@ impl Relay {
     pub(crate) fn pick(&self, hc: &str) -> Option<Target> {
         let usable = |l: &ListenerRef| {
             if l.key.node != self.node {
-                return Usable::Ready;
+                // One that a notice just failed to reach goes last until its node beats
+                // again or is dropped: the next sender tries another listener first.
+                return match self.suspects.get(&l.key) {
+                    Some(at) if at.elapsed() < SUSPECT_FOR => Usable::Busy,
+                    _ => Usable::Ready,
+                };
             }
             match self.channels.get(l.key.channel) {
                 Some(c) if c.close.is_cancelled() || c.tx.is_closed() => Usable::Gone,
@@ -129,8 +137,16 @@ impl Relay {
                     .interconnect
                     .deliver(&target.listener.key, notice, deadline)
                     .await;
-                if delivered.is_err() {
-                    crate::metrics::count(&self.counters.cluster_notice_failures);
+                match delivered {
+                    Err(Undelivered::Gone) => {
+                        crate::metrics::count(&self.counters.cluster_notice_failures);
+                        self.suspects
+                            .insert(target.listener.key.clone(), std::time::Instant::now());
+                    }
+                    Ok(()) => {
+                        self.suspects.remove(&target.listener.key);
+                    }
+                    Err(Undelivered::Full) => {}
                 }
                 delivered
             }
@@ -254,6 +270,7 @@ impl Inbox for Relay {
     fn listener_gone(&self, key: &ListenerKey) {
         if key.node != self.node {
             self.rendezvous.drop_listener(key);
+            self.suspects.remove(key);
         }
     }
 

@@ -105,6 +105,8 @@ pub(crate) struct Relay {
     pub(crate) advertise_url: Option<String>,
     /// Set while the node is cut off from its cluster (see `Inbox::fence`).
     pub(crate) fenced: std::sync::atomic::AtomicBool,
+    /// Listeners on other nodes that a notice recently failed to reach, and when.
+    pub(crate) suspects: dashmap::DashMap<crate::seams::node::ListenerKey, std::time::Instant>,
 }
 
 /// What the data plane is built from; the rest it makes itself.
@@ -155,6 +157,7 @@ impl Relay {
             hosts: parts.hosts,
             advertise_url: parts.advertise_url,
             fenced: std::sync::atomic::AtomicBool::new(false),
+            suspects: dashmap::DashMap::new(),
             limits,
         }
     }
