@@ -345,12 +345,21 @@ pub fn csr(key: &rcgen::KeyPair) -> String {
 
 /// A client configuration trusting the broker and presenting `chain_pem` with `key`.
 pub fn client_with(env: &Env, chain_pem: &str, key: &rcgen::KeyPair) -> Arc<ClientConfig> {
+    client_cert_config(&env.server_ca(), chain_pem, key)
+}
+
+/// A client configuration trusting `server_ca` and presenting `chain_pem` with `key`.
+pub fn client_cert_config(
+    server_ca: &Path,
+    chain_pem: &str,
+    key: &rcgen::KeyPair,
+) -> Arc<ClientConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
     let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let mut roots = relay_io::rustls::RootCertStore::empty();
-    for cert in relay_io::tls::load_certs(&env.server_ca()).unwrap() {
+    for cert in relay_io::tls::load_certs(server_ca).unwrap() {
         roots.add(cert).unwrap();
     }
     Arc::new(

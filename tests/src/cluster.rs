@@ -128,10 +128,25 @@ fn status(addr: SocketAddr, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// An HTTPS GET to a node's own endpoint (its certificate is the tests' self-signed one).
+fn curl(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "2", "-w", "\n%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    (code != 0).then(|| (code, body.to_owned()))
+}
+
 /// One broker node: the real binary with a `[cluster]` section.
 pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
+    /// Whether it serves TLS.
+    pub tls: bool,
     pub peer: SocketAddr,
     config: PathBuf,
     pub log: PathBuf,
@@ -139,18 +154,25 @@ pub struct Node {
 }
 
 impl Node {
-    /// Its `ws://` address.
+    /// Its `ws://` (or `wss://`) address.
     pub fn ws(&self) -> String {
-        format!("ws://{}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Its `/readyz` status now (`None` when it does not answer).
     pub fn ready_status(&self) -> Option<u16> {
+        if self.tls {
+            return curl(self.addr, "/readyz").map(|(status, _)| status);
+        }
         status(self.addr, "/readyz")
     }
 
     /// Its `/metrics` text.
     pub fn metrics(&self) -> String {
+        if self.tls {
+            return curl(self.addr, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        }
         get(self.addr, "/metrics").unwrap_or_default()
     }
 
@@ -175,6 +197,9 @@ pub struct NodeOptions {
     pub nats: Option<Vec<usize>>,
     /// Give each node its own `advertise_url` (per-node rendezvous addresses).
     pub advertise: bool,
+    /// TLS (`server.pem` in the cluster's folder) and the one CA every node shares
+    /// (`ca/` there): certificate listeners, registration, revocation.
+    pub identity: bool,
 }
 
 /// NATS, PostgreSQL, broker nodes and HAProxy.
@@ -184,6 +209,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// The shared address (HAProxy).
     pub lb: SocketAddr,
+    /// The database every node shares (on [`relay_broker::store::TestPostgres::shared`]).
+    pub db: String,
     _haproxy: Process,
 }
 
@@ -215,17 +242,35 @@ impl Cluster {
             } else {
                 String::new()
             };
-            let config = crate::config(&format!(
-                "[cluster]\nnode_id = \"b{i}\"\nnats = [{}]\npeer_bind = \"{peer}\"\nsecret = \"{SECRET}\"\n{advertise}\
-                 [store]\nurl = \"{store}\"\n",
-                servers.join(", ")
-            ))
+            let advertise = if opts.identity {
+                advertise.replace("ws://", "wss://")
+            } else {
+                advertise
+            };
+            let (server, ca) = if opts.identity {
+                let (cert, key) = crate::server_tls_files(&dir);
+                (
+                    format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+                    format!("[ca]\ndir = \"{}\"\ncert_lifetime_hours = 24\n", dir.join("ca").display()),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            let config = crate::config_with_server(
+                &server,
+                &format!(
+                    "[cluster]\nnode_id = \"b{i}\"\nnats = [{}]\npeer_bind = \"{peer}\"\nsecret = \"{SECRET}\"\n{advertise}\
+                     [store]\nurl = \"{store}\"\n{ca}",
+                    servers.join(", ")
+                ),
+            )
             .replace("bind = \"127.0.0.1:0\"", &format!("bind = \"{addr}\""));
             let path = dir.join(format!("b{i}.toml"));
             std::fs::write(&path, config).unwrap();
             let mut node = Node {
                 id: format!("b{i}"),
                 addr,
+                tls: opts.identity,
                 peer,
                 config: path,
                 log: dir.join(format!("b{i}.log")),
@@ -241,6 +286,7 @@ impl Cluster {
             nats,
             nodes,
             lb,
+            db,
             _haproxy: haproxy,
         };
         for i in 0..n {
@@ -249,9 +295,15 @@ impl Cluster {
         cluster
     }
 
-    /// The shared address, `ws://`.
+    /// The shared address, `ws://` (or `wss://`).
     pub fn ws(&self) -> String {
-        format!("ws://{}", self.lb)
+        let scheme = if self.nodes[0].tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.lb)
+    }
+
+    /// The server certificate every TLS node presents (a trust root for clients).
+    pub fn server_ca(&self) -> PathBuf {
+        self.dir.join("server.pem")
     }
 
     /// Waits (bounded) until node `i` answers `/readyz` with 200.
@@ -347,7 +399,11 @@ fn haproxy(dir: &std::path::Path, bind: SocketAddr, nodes: &[Node]) -> Process {
         .expect("dist/haproxy/relay.cfg");
     let servers: String = nodes
         .iter()
-        .map(|n| format!("    server {} {} check\n", n.id, n.addr))
+        .map(|n| {
+            // A TLS node is checked over TLS (its own certificate; HAProxy only relays).
+            let tls = if n.tls { " check-ssl verify none" } else { "" };
+            format!("    server {} {} check{tls}\n", n.id, n.addr)
+        })
         .collect();
     let mut config = String::new();
     for line in template.lines() {

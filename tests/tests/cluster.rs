@@ -443,3 +443,140 @@ fn microsofts_clients_listen_on_one_node_and_send_through_the_others() {
         "hyco-ws and hyco-https across nodes: {status}"
     );
 }
+
+/// What the revocation test needs of one identity-enabled cluster.
+struct Identity<'a> {
+    cluster: &'a Cluster,
+    tls: Arc<relay_io::rustls::ClientConfig>,
+}
+
+impl Identity<'_> {
+    async fn call(
+        &self,
+        node: usize,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let addr = self.cluster.nodes[node].addr;
+        let manage = relay_tests::token_for(&format!("https://{addr}/"), KEY_NAME, KEY, 600);
+        let headers = [("ServiceBusAuthorization", manage.as_str())];
+        let (status, reply) = relay_io::http1::call(
+            &format!("https://{addr}{path}"),
+            method,
+            &headers,
+            body.to_string().as_bytes(),
+            Some(&self.tls),
+        )
+        .await
+        .unwrap();
+        (status, serde_json::from_slice(&reply).unwrap_or_default())
+    }
+
+    /// Registers a listener for `hyco` through `node`; its id and client TLS configuration.
+    async fn register(&self, node: usize) -> (String, Arc<relay_io::rustls::ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let body = serde_json::json!({
+            "csr": relay_tests::certs::csr(&key), "hybrid_connections": ["hyco"],
+            "person": "alice", "password": "correct horse battery staple",
+        });
+        let (status, reply) = self.call(node, "POST", "/$register/v1/listeners", &body).await;
+        assert_eq!(status, 200, "{reply}");
+        let chain = format!(
+            "{}{}",
+            reply["certificate"].as_str().unwrap(),
+            reply["chain"].as_str().unwrap()
+        );
+        let tls = relay_tests::certs::client_cert_config(&self.cluster.server_ca(), &chain, &key);
+        (reply["listener_id"].as_str().unwrap().to_owned(), tls)
+    }
+
+    /// A control channel on `node` with the listener's certificate.
+    async fn listen(
+        &self,
+        node: usize,
+        tls: Arc<relay_io::rustls::ClientConfig>,
+    ) -> relay_io::client::Connected {
+        let url = format!("{}/$hc/hyco?sb-hc-action=listen", self.cluster.nodes[node].ws());
+        let options = relay_io::client::ConnectOptions {
+            tls: Some(tls),
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        relay_io::client::connect(&url, &options).await.unwrap()
+    }
+}
+
+/// Waits until `conn` ends (a Close or the end of the stream); how long from `from`.
+async fn closed(conn: &mut relay_io::client::Connected, from: Instant, bound: Duration) -> Duration {
+    let ended = tokio::time::timeout(bound, async {
+        loop {
+            match conn.reader.message(1 << 20).await {
+                Ok(Some(relay_io::Message::Close(_)) | None) | Err(_) => return,
+                Ok(Some(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked listener's channel stayed open for {bound:?}");
+    from.elapsed()
+}
+
+fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99), times[times.len() - 1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_closes_the_listener_on_every_node_within_a_second_also_without_the_broadcast() {
+    let cluster = Cluster::start("cluster-revoke", 3, |_| NodeOptions {
+        identity: true,
+        ..NodeOptions::default()
+    });
+    let id = Identity {
+        cluster: &cluster,
+        tls: relay_io::tls::client_config(Some(&cluster.server_ca())).unwrap(),
+    };
+    let alice = serde_json::json!({"name": "alice", "password": "correct horse battery staple"});
+    let (status, reply) = id.call(0, "POST", "/$admin/v1/persons", &alice).await;
+    assert_eq!(status, 200, "{reply}");
+    let grant = serde_json::json!({"right": "listener.register", "pattern": "hyco*"});
+    let (status, reply) = id.call(1, "POST", "/$admin/v1/persons/alice/grants", &grant).await;
+    assert_eq!(status, 200, "{reply}");
+
+    // Registered through one node, listening on a second, revoked through the third: the
+    // broadcast (and the poll behind it) reaches the node holding the channel.
+    let mut broadcast = Vec::new();
+    for rep in 0..100 {
+        let (listener, tls) = id.register((rep + 1) % 3).await;
+        let mut conn = id.listen(rep % 3, tls).await;
+        let path = format!("/$admin/v1/listeners/{listener}/revoke");
+        let (status, reply) = id.call((rep + 2) % 3, "POST", &path, &serde_json::Value::Null).await;
+        assert_eq!(status, 200, "{reply}");
+        // The commit happened before the answer.
+        broadcast.push(closed(&mut conn, Instant::now(), Duration::from_secs(1)).await);
+    }
+    let (p50, p99, max) = percentiles(broadcast);
+    eprintln!("revocation on another node, 100 times: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+
+    // Revoked in the database behind the brokers' backs: no broadcast at all, only the
+    // store's revocation sequence, which every node polls.
+    let pg = relay_broker::store::TestPostgres::shared();
+    let mut polled = Vec::new();
+    for rep in 0..20 {
+        let (listener, tls) = id.register(rep % 3).await;
+        let mut conn = id.listen((rep + 1) % 3, tls).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        pg.execute(
+            &cluster.db,
+            &format!("UPDATE listeners SET revoked_at_ms = {now_ms} WHERE id = '{listener}'"),
+        );
+        polled.push(closed(&mut conn, Instant::now(), Duration::from_secs(1)).await);
+    }
+    let (p50, p99, max) = percentiles(polled);
+    eprintln!("revocation seen only through the store's sequence, 20 times: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+}
