@@ -171,7 +171,9 @@ impl Node {
     /// Its `/metrics` text.
     pub fn metrics(&self) -> String {
         if self.tls {
-            return curl(self.addr, "/metrics").map(|(_, body)| body).unwrap_or_default();
+            return curl(self.addr, "/metrics")
+                .map(|(_, body)| body)
+                .unwrap_or_default();
         }
         get(self.addr, "/metrics").unwrap_or_default()
     }
@@ -250,8 +252,15 @@ impl Cluster {
             let (server, ca) = if opts.identity {
                 let (cert, key) = crate::server_tls_files(&dir);
                 (
-                    format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
-                    format!("[ca]\ndir = \"{}\"\ncert_lifetime_hours = 24\n", dir.join("ca").display()),
+                    format!(
+                        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                    format!(
+                        "[ca]\ndir = \"{}\"\ncert_lifetime_hours = 24\n",
+                        dir.join("ca").display()
+                    ),
                 )
             } else {
                 (String::new(), String::new())

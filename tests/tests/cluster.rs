@@ -448,6 +448,8 @@ fn microsofts_clients_listen_on_one_node_and_send_through_the_others() {
 struct Identity<'a> {
     cluster: &'a Cluster,
     tls: Arc<relay_io::rustls::ClientConfig>,
+    /// Alice's personal API token (a password would cost an Argon2 check per registration).
+    token: String,
 }
 
 impl Identity<'_> {
@@ -478,9 +480,11 @@ impl Identity<'_> {
         let key = rcgen::KeyPair::generate().unwrap();
         let body = serde_json::json!({
             "csr": relay_tests::certs::csr(&key), "hybrid_connections": ["hyco"],
-            "person": "alice", "password": "correct horse battery staple",
+            "person_token": self.token,
         });
-        let (status, reply) = self.call(node, "POST", "/$register/v1/listeners", &body).await;
+        let (status, reply) = self
+            .call(node, "POST", "/$register/v1/listeners", &body)
+            .await;
         assert_eq!(status, 200, "{reply}");
         let chain = format!(
             "{}{}",
@@ -497,7 +501,10 @@ impl Identity<'_> {
         node: usize,
         tls: Arc<relay_io::rustls::ClientConfig>,
     ) -> relay_io::client::Connected {
-        let url = format!("{}/$hc/hyco?sb-hc-action=listen", self.cluster.nodes[node].ws());
+        let url = format!(
+            "{}/$hc/hyco?sb-hc-action=listen",
+            self.cluster.nodes[node].ws()
+        );
         let options = relay_io::client::ConnectOptions {
             tls: Some(tls),
             timeout: Duration::from_secs(10),
@@ -508,7 +515,11 @@ impl Identity<'_> {
 }
 
 /// Waits until `conn` ends (a Close or the end of the stream); how long from `from`.
-async fn closed(conn: &mut relay_io::client::Connected, from: Instant, bound: Duration) -> Duration {
+async fn closed(
+    conn: &mut relay_io::client::Connected,
+    from: Instant,
+    bound: Duration,
+) -> Duration {
     let ended = tokio::time::timeout(bound, async {
         loop {
             match conn.reader.message(1 << 20).await {
@@ -518,7 +529,10 @@ async fn closed(conn: &mut relay_io::client::Connected, from: Instant, bound: Du
         }
     })
     .await;
-    assert!(ended.is_ok(), "the revoked listener's channel stayed open for {bound:?}");
+    assert!(
+        ended.is_ok(),
+        "the revoked listener's channel stayed open for {bound:?}"
+    );
     from.elapsed()
 }
 
@@ -534,16 +548,29 @@ async fn revocation_closes_the_listener_on_every_node_within_a_second_also_witho
         identity: true,
         ..NodeOptions::default()
     });
-    let id = Identity {
+    let mut id = Identity {
         cluster: &cluster,
         tls: relay_io::tls::client_config(Some(&cluster.server_ca())).unwrap(),
+        token: String::new(),
     };
     let alice = serde_json::json!({"name": "alice", "password": "correct horse battery staple"});
     let (status, reply) = id.call(0, "POST", "/$admin/v1/persons", &alice).await;
     assert_eq!(status, 200, "{reply}");
     let grant = serde_json::json!({"right": "listener.register", "pattern": "hyco*"});
-    let (status, reply) = id.call(1, "POST", "/$admin/v1/persons/alice/grants", &grant).await;
+    let (status, reply) = id
+        .call(1, "POST", "/$admin/v1/persons/alice/grants", &grant)
+        .await;
     assert_eq!(status, 200, "{reply}");
+    let (status, reply) = id
+        .call(
+            2,
+            "POST",
+            "/$admin/v1/persons/alice/tokens",
+            &serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    id.token = reply["token"].as_str().unwrap().to_owned();
 
     // Registered through one node, listening on a second, revoked through the third: the
     // broadcast (and the poll behind it) reaches the node holding the channel.
@@ -552,7 +579,9 @@ async fn revocation_closes_the_listener_on_every_node_within_a_second_also_witho
         let (listener, tls) = id.register((rep + 1) % 3).await;
         let mut conn = id.listen(rep % 3, tls).await;
         let path = format!("/$admin/v1/listeners/{listener}/revoke");
-        let (status, reply) = id.call((rep + 2) % 3, "POST", &path, &serde_json::Value::Null).await;
+        let (status, reply) = id
+            .call((rep + 2) % 3, "POST", &path, &serde_json::Value::Null)
+            .await;
         assert_eq!(status, 200, "{reply}");
         // The commit happened before the answer.
         broadcast.push(closed(&mut conn, Instant::now(), Duration::from_secs(1)).await);
@@ -578,5 +607,7 @@ async fn revocation_closes_the_listener_on_every_node_within_a_second_also_witho
         polled.push(closed(&mut conn, Instant::now(), Duration::from_secs(1)).await);
     }
     let (p50, p99, max) = percentiles(polled);
-    eprintln!("revocation seen only through the store's sequence, 20 times: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    eprintln!(
+        "revocation seen only through the store's sequence, 20 times: p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
 }
