@@ -392,7 +392,9 @@ async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
             Err(e) => {
                 failures += 1;
                 eprintln!("round {round} via node {node}: {e}");
-                // One retry is allowed per failed connect.
+                // One retry is allowed per failed connect, as a client makes it: after a
+                // moment, not in the same millisecond.
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 echo(&cluster.nodes[node].ws(), 1024).await.unwrap();
             }
         }

@@ -26,6 +26,8 @@ const REPLY_MARGIN: Duration = Duration::from_millis(500);
 /// Longest the receiving node waits for room in a channel's queue: a hung node then costs a
 /// sender [`MAX_QUEUE_WAIT`] + [`REPLY_MARGIN`], not the whole accept timeout.
 const MAX_QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// Longest a notice waits for this node's NATS connection to come back before it retries.
+const RECONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// The cluster's interconnect.
 pub(crate) struct NatsInterconnect(pub(super) Arc<Inner>);
@@ -202,7 +204,7 @@ impl Interconnect for NatsInterconnect {
             // with this attempt unless the retry succeeds.
             if let Err(e) = &result
                 && e.kind() != async_nats::RequestErrorKind::NoResponders
-                && reconnected(&client, tokio::time::Instant::now() + MAX_QUEUE_WAIT).await
+                && reconnected(&client, tokio::time::Instant::now() + RECONNECT_WAIT).await
             {
                 result = client.send_request(subject, request(payload)).await;
             }

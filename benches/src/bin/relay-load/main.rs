@@ -28,6 +28,10 @@ use crate::targets::Target;
     about = "End-to-end relay measurements beside direct TCP, bore and rathole"
 )]
 struct Cli {
+    /// Compare one node with two cluster nodes (nats-server and PostgreSQL from Debian's
+    /// packages): the table of single-stream, 8-stream, CPU and connect figures only.
+    #[arg(long)]
+    cluster: bool,
     /// Megabytes pushed per throughput run (split over the streams).
     #[arg(long, default_value_t = 1000)]
     mb: u64,
@@ -121,10 +125,26 @@ async fn main() -> anyhow::Result<()> {
         targets::direct(&backends),
         targets::relay(&backends, &bins, &dir, false).await?,
     ];
-    if cli.tls {
+    // Kept alive for the cluster targets; killed on drop.
+    let mut _nats = None;
+    if cli.cluster {
+        let (nats, url) = cluster_services()?;
+        _nats = Some(nats);
+        let pg = relay_broker::store::TestPostgres::shared();
+        for how in [targets::CrossNode::Direct, targets::CrossNode::Spliced] {
+            let db = pg.fresh_database("bench");
+            let store = format!(
+                "postgres://postgres@127.0.0.1:{}/{}",
+                pg.port,
+                db.get_dbname().unwrap_or_default()
+            );
+            all.push(targets::relay_cluster(&backends, &bins, &dir, &url, &store, how).await?);
+        }
+    }
+    if cli.tls && !cli.cluster {
         all.push(targets::relay(&backends, &bins, &dir, true).await?);
     }
-    if let Some(tools) = &cli.tools_dir {
+    if let Some(tools) = cli.tools_dir.as_ref().filter(|_| !cli.cluster) {
         if tools.join("bore").exists() {
             all.push(targets::bore(&backends, tools).await?);
         }
@@ -181,6 +201,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if cli.cluster {
+        return Ok(());
+    }
     if cli.wan_ms > 0 {
         wide_area(&cli, &backends, &bins, &dir).await?;
     }
@@ -338,4 +361,27 @@ async fn wide_area(
         );
     }
     Ok(())
+}
+
+/// One nats-server on a free loopback port for the cluster targets; it and its URL.
+fn cluster_services() -> anyhow::Result<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let bin = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or_else(|| anyhow::anyhow!("--cluster needs nats-server (apt-get install nats-server)"))?;
+    let child = tokio::process::Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok((child, format!("nats://{addr}")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    anyhow::bail!("nats-server did not start on {addr}")
 }

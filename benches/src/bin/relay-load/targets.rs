@@ -130,14 +130,40 @@ pub(crate) async fn relay_at(
         ),
         None => endpoint.clone(),
     };
-    let env = [("RELAY_SAS_KEY", KEY), ("RUST_LOG", "info")];
     let mut procs = vec![broker];
+    let (agents, locals) = agents(b, bins, &site_endpoint, &endpoint, &extra, site.standby).await?;
+    procs.extend(agents);
+    let name = match site.wan {
+        None => format!("relay ({scheme})"),
+        Some(_) => format!("relay ({scheme}), {} standby", site.standby),
+    };
+    Ok(Target {
+        name,
+        sink: locals[0],
+        echo: locals[1],
+        procs,
+        endpoint: Some(endpoint),
+    })
+}
+
+/// One listener agent per backend on `listen_at` and one `relay-sender forward` per backend
+/// on `send_at`; the processes and the senders' local addresses (sink, echo).
+async fn agents(
+    b: &Backends,
+    bins: &Path,
+    listen_at: &str,
+    send_at: &str,
+    extra: &[String],
+    standby: u8,
+) -> anyhow::Result<(Vec<Proc>, Vec<SocketAddr>)> {
+    let env = [("RELAY_SAS_KEY", KEY), ("RUST_LOG", "info")];
+    let mut procs = Vec::new();
     let mut locals = Vec::new();
     for (hc, backend) in [("sink", b.sink), ("echo", b.echo)] {
         let mut args: Vec<String> = [
             "run",
             "--endpoint",
-            &site_endpoint,
+            listen_at,
             "--hc",
             hc,
             "--sas-key-name",
@@ -145,7 +171,7 @@ pub(crate) async fn relay_at(
             "--forward",
             &backend.to_string(),
             "--standby",
-            &site.standby.to_string(),
+            &standby.to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -158,7 +184,7 @@ pub(crate) async fn relay_at(
         let mut args: Vec<String> = [
             "forward",
             "--endpoint",
-            &endpoint,
+            send_at,
             "--hc",
             hc,
             "--sas-key-name",
@@ -178,16 +204,67 @@ pub(crate) async fn relay_at(
             .parse()?;
         locals.push(local);
     }
-    let name = match site.wan {
-        None => format!("relay ({scheme})"),
-        Some(_) => format!("relay ({scheme}), {} standby", site.standby),
+    Ok((procs, locals))
+}
+
+/// How the cluster target reaches its listener: the sender on node b, the listener's
+/// control channel on node a.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CrossNode {
+    /// The listener dials node b's own address for its rendezvous (per-node addresses, or
+    /// a load balancer that happened to pick the sender's node).
+    Direct,
+    /// Every rendezvous address names node a (as a shared address whose load balancer
+    /// picked the wrong node would), so node a splices each socket to node b.
+    Spliced,
+}
+
+/// Two broker nodes on one NATS server and one PostgreSQL database: listeners on node a,
+/// senders on node b.
+pub(crate) async fn relay_cluster(
+    b: &Backends,
+    bins: &Path,
+    dir: &Path,
+    nats: &str,
+    store: &str,
+    how: CrossNode,
+) -> anyhow::Result<Target> {
+    let free = || -> anyhow::Result<SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
     };
+    let nodes = [(free()?, free()?), (free()?, free()?)];
+    let public = match how {
+        CrossNode::Direct => String::new(),
+        CrossNode::Spliced => format!("public_url = \"ws://{}\"\n", nodes[0].0),
+    };
+    let mut procs = Vec::new();
+    for (i, (addr, peer)) in nodes.iter().enumerate() {
+        let config = format!(
+            "[server]\nbind = \"{addr}\"\n{public}[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n[cluster]\nnode_id = \"n{i}\"\nnats = [\"{nats}\"]\npeer_bind = \"{peer}\"\nsecret = \"bench-cluster-secret-0123456789\"\n[store]\nurl = \"{store}\"\n"
+        );
+        let path = dir.join(format!("cluster-{how:?}-{i}.toml"));
+        std::fs::write(&path, config)?;
+        let (broker, _) = spawn(
+            &bins.join("relay-broker"),
+            &["--config".into(), path.display().to_string()],
+            &[("RUST_LOG", "warn")],
+            "listening on",
+        )
+        .await?;
+        procs.push(broker);
+    }
+    let (a, b_node) = (format!("ws://{}", nodes[0].0), format!("ws://{}", nodes[1].0));
+    let (agents, locals) = agents(b, bins, &a, &b_node, &[], Site::LOCAL.standby).await?;
+    procs.extend(agents);
     Ok(Target {
-        name,
+        name: match how {
+            CrossNode::Direct => "relay cluster (ws), cross-node".into(),
+            CrossNode::Spliced => "relay cluster (ws), cross-node spliced".into(),
+        },
         sink: locals[0],
         echo: locals[1],
         procs,
-        endpoint: Some(endpoint),
+        endpoint: Some(b_node),
     })
 }
 
