@@ -125,13 +125,14 @@ async fn main() -> anyhow::Result<()> {
         targets::direct(&backends),
         targets::relay(&backends, &bins, &dir, false).await?,
     ];
-    // Kept alive for the cluster targets; killed on drop.
-    let mut _nats = None;
+    // One NATS server per cluster (two on one server would be one cluster), kept alive for
+    // the run; killed on drop.
+    let mut nats_servers = Vec::new();
     if cli.cluster {
-        let (nats, url) = cluster_services()?;
-        _nats = Some(nats);
         let pg = relay_broker::store::TestPostgres::shared();
         for how in [targets::CrossNode::Direct, targets::CrossNode::Spliced] {
+            let (nats, url) = cluster_services()?;
+            nats_servers.push(nats);
             let db = pg.fresh_database("bench");
             let store = format!(
                 "postgres://postgres@127.0.0.1:{}/{}",

@@ -47,14 +47,21 @@ pub(crate) async fn spawn(
     let out = child.stdout.take().context("stdout")?;
     let err = child.stderr.take().context("stderr")?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // RELAY_LOAD_LOG=1 shows every line the processes print (debugging a target).
+    let echo = std::env::var_os("RELAY_LOAD_LOG").is_some();
+    let tag = format!("{} {}", bin.display(), args.join(" "));
     for stream in [
         Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
         Box::new(err),
     ] {
         let tx = tx.clone();
+        let tag = tag.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[{tag}] {line}");
+                }
                 let _ = tx.send(line);
             }
         });

@@ -256,6 +256,15 @@ pub(crate) async fn relay_cluster(
     let (a, b_node) = (format!("ws://{}", nodes[0].0), format!("ws://{}", nodes[1].0));
     let (agents, locals) = agents(b, bins, &a, &b_node, &[], Site::LOCAL.standby).await?;
     procs.extend(agents);
+    // Node b learns node a's listeners from a's heartbeats: wait until it counts both.
+    let started = std::time::Instant::now();
+    while !sees_listeners(nodes[1].0).await {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "node b never counted node a's listeners"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(Target {
         name: match how {
             CrossNode::Direct => "relay cluster (ws), cross-node".into(),
@@ -265,6 +274,26 @@ pub(crate) async fn relay_cluster(
         echo: locals[1],
         procs,
         endpoint: Some(b_node),
+    })
+}
+
+/// Whether the broker at `addr` counts a listener on both `sink` and `echo` (`/metrics`).
+async fn sees_listeners(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text).await;
+    ["sink", "echo"].iter().all(|hc| {
+        text.contains(&format!("relay_listeners{{hybrid_connection=\"{hc}\"}} 1"))
     })
 }
 
