@@ -366,11 +366,15 @@ async fn wide_area(
 
 /// One nats-server on a free loopback port for the cluster targets; it and its URL.
 fn cluster_services() -> anyhow::Result<(tokio::process::Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let bin = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
-        .ok_or_else(|| anyhow::anyhow!("--cluster needs nats-server (apt-get install nats-server)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("--cluster needs nats-server (apt-get install nats-server)")
+        })?;
     let child = tokio::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())

@@ -253,7 +253,10 @@ pub(crate) async fn relay_cluster(
         .await?;
         procs.push(broker);
     }
-    let (a, b_node) = (format!("ws://{}", nodes[0].0), format!("ws://{}", nodes[1].0));
+    let (a, b_node) = (
+        format!("ws://{}", nodes[0].0),
+        format!("ws://{}", nodes[1].0),
+    );
     let (agents, locals) = agents(b, bins, &a, &b_node, &[], Site::LOCAL.standby).await?;
     procs.extend(agents);
     // Node b learns node a's listeners from a's heartbeats: wait until it counts both.
@@ -283,8 +286,7 @@ async fn sees_listeners(addr: SocketAddr) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
-    if s
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .await
         .is_err()
     {
@@ -292,9 +294,9 @@ async fn sees_listeners(addr: SocketAddr) -> bool {
     }
     let mut text = String::new();
     let _ = s.read_to_string(&mut text).await;
-    ["sink", "echo"].iter().all(|hc| {
-        text.contains(&format!("relay_listeners{{hybrid_connection=\"{hc}\"}} 1"))
-    })
+    ["sink", "echo"]
+        .iter()
+        .all(|hc| text.contains(&format!("relay_listeners{{hybrid_connection=\"{hc}\"}} 1")))
 }
 
 /// bore: `bore server` plus one `bore local` per backend.
