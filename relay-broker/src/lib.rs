@@ -13,6 +13,7 @@
 //! | [`identity`] | the control plane (feature `identity`): persons, CA, registration, PoP, admin API |
 //! | [`seams`] | what crosses between the planes and, later, between nodes: authority, revocation, audit |
 //! | [`store`] | entities, rules and the audit trail: in memory, SQLite or PostgreSQL |
+//! | [`cluster`] | the seams over NATS, the peer port: several nodes behind one address |
 //! | [`config`] | the TOML contract, validated into typed limits, entities and rules |
 //! | `router` | the composition of the planes' routes, each with its own state |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |

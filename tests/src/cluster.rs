@@ -21,6 +21,8 @@ pub const SECRET: &str = "cluster-secret-for-tests-0123456789";
 /// NATS servers clustered with routes.
 pub struct Nats {
     servers: Vec<Option<Process>>,
+    bin: String,
+    dir: PathBuf,
     configs: Vec<PathBuf>,
     /// Client addresses, one per server.
     pub clients: Vec<SocketAddr>,
@@ -52,6 +54,8 @@ impl Nats {
         }
         let mut nats = Self {
             servers: Vec::new(),
+            bin: bin.clone(),
+            dir: dir.to_path_buf(),
             configs,
             clients,
             monitors,
@@ -98,6 +102,13 @@ impl Nats {
     /// Kills server `i` (SIGKILL).
     pub fn kill(&mut self, i: usize) {
         self.servers[i] = None;
+    }
+
+    /// Starts server `i` again, on the same ports, and waits for its routes.
+    pub fn restart(&mut self, i: usize) {
+        let server = self.spawn(&self.bin, &self.dir, i);
+        self.servers[i] = Some(server);
+        self.wait_routes(i, self.servers.len() - 1);
     }
 
     /// The `nats://` URL of server `i`.
