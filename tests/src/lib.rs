@@ -356,3 +356,34 @@ pub fn build_binaries_once() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(build_binaries);
 }
+
+/// Echoes WebSocket connections; answers HTTP with the path it saw, in a small body or a
+/// large one (which the listener library sends over a rendezvous instead of inline).
+pub struct Edge;
+
+impl relay_listener::Handler for Edge {
+    async fn on_connection(&self, conn: relay_listener::IncomingConnection) {
+        let Ok(stream) = conn.accept().await else {
+            return;
+        };
+        let (mut r, mut w) = tokio::io::split(stream);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+    }
+
+    async fn on_request(
+        &self,
+        req: http::Request<relay_listener::RelayBody>,
+    ) -> http::Response<relay_listener::RelayBody> {
+        let path = req.uri().path().to_owned();
+        let body = if path.ends_with("/big") {
+            "x".repeat(300 * 1024)
+        } else {
+            format!("edge saw {path}")
+        };
+        http::Response::builder()
+            .header("x-edge", "b")
+            .body(relay_listener::full_body(body))
+            .expect("a valid response")
+    }
+}

@@ -7,36 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_listener::{Handler, IncomingConnection, RelayBody, full_body};
 use relay_tests::certs::Env;
-use relay_tests::{KEY, KEY_NAME, token_for};
+use relay_tests::{Edge, KEY, KEY_NAME, token_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// Echoes WebSocket connections; answers HTTP with the path it saw, in a small body or a
-/// large one (which the listener library sends over a rendezvous instead of inline).
-struct Edge;
-
-impl Handler for Edge {
-    async fn on_connection(&self, conn: IncomingConnection) {
-        let stream = conn.accept().await.unwrap();
-        let (mut r, mut w) = tokio::io::split(stream);
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    }
-
-    async fn on_request(&self, req: http::Request<RelayBody>) -> http::Response<RelayBody> {
-        let path = req.uri().path().to_owned();
-        let body = if path.ends_with("/big") {
-            "x".repeat(300 * 1024)
-        } else {
-            format!("edge saw {path}")
-        };
-        http::Response::builder()
-            .header("x-edge", "b")
-            .body(full_body(body))
-            .unwrap()
-    }
-}
 
 #[tokio::test]
 async fn a_listener_on_one_broker_serves_senders_of_the_other_and_revocation_reaches_it() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::wire::{Beat, Snapshot, WireListener};
-use crate::seams::directory::{Directory, ListenerRef, LocalDirectory, Refused, Usable};
+use crate::seams::directory::{Directory, ListenerRef, LocalDirectory, Refused, Usable, pick_from};
 use crate::seams::node::{ListenerKey, NodeId};
 
 /// How often a node beats.
@@ -236,18 +236,7 @@ impl Directory for ClusterDirectory {
             .entry(hc.to_ascii_lowercase())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
-        let mut busy = None;
-        for i in 0..all.len() {
-            let l = &all[(start + i) % all.len()];
-            match usable(l) {
-                Usable::Ready => return Some(l.clone()),
-                Usable::Busy => {
-                    busy.get_or_insert_with(|| l.clone());
-                }
-                Usable::Gone => {}
-            }
-        }
-        busy
+        pick_from(&all, start, usable).0
     }
 
     fn count(&self, hc: &str) -> usize {

@@ -33,37 +33,50 @@ pub(super) async fn connect(
     let view = crate::relay::web::View::of(req.headers(), &r);
     let consumed_authorization =
         sender_access(shared, req.headers(), req.method(), &r, &view).await?;
-    let target = shared
+    let mut target = shared
         .pick(&r.hc.name)
         .ok_or(RelayError::ListenerNotConnected)?;
     let permit = relay_permit(shared)?;
-    let mut accept = accept_notice(
-        shared,
-        req.headers(),
-        &r,
-        &target,
-        &view,
-        consumed_authorization,
-    );
     // Our own senders may take an early 101 (no sub-protocol to wait for the listener's
     // choice of); see `relay_core::standby`.
     let early = req.headers().contains_key(EARLY_HEADER)
         && handshake::offered_protocols(req.headers()).is_empty();
     let sender_upgrade = hyper::upgrade::on(&mut req);
-    let arrival = match via_standby(shared, &target, &accept, early).await? {
-        Some(Paired::Answered(arrival)) => arrival,
-        Some(Paired::Early(standby)) => {
-            crate::metrics::count(&shared.counters.standby_early);
-            crate::relay::standby::early::spawn(
-                shared,
-                sender_upgrade,
-                standby,
-                (target, accept),
-                permit,
-            );
-            return Ok(switching(&accept_key, None));
+    let mut retried = false;
+    let arrival = loop {
+        let mut accept = accept_notice(
+            shared,
+            req.headers(),
+            &r,
+            &target,
+            &view,
+            consumed_authorization,
+        );
+        match via_standby(shared, &target, &accept, early).await? {
+            Some(Paired::Answered(arrival)) => break arrival,
+            Some(Paired::Early(standby)) => {
+                crate::metrics::count(&shared.counters.standby_early);
+                crate::relay::standby::early::spawn(
+                    shared,
+                    sender_upgrade,
+                    standby,
+                    (target, accept),
+                    permit,
+                );
+                return Ok(switching(&accept_key, None));
+            }
+            None => match via_control_channel(shared, &target, &mut accept).await {
+                Ok(arrival) => break arrival,
+                // The notice found no node for a listener on another one (it died, and the
+                // heartbeats have not said so yet): nothing reached a listener, so one other
+                // pick is safe. The failed one is picked last now.
+                Err(e) if !retried && shared.unreachable(&target) => {
+                    retried = true;
+                    target = shared.pick(&r.hc.name).ok_or(e)?;
+                }
+                Err(e) => return Err(e),
+            },
         }
-        None => via_control_channel(shared, &target, &mut accept).await?,
     };
     let (socket, protocol) = arrival.accepted()?;
     spawn_pair(

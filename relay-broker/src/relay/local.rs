@@ -109,6 +109,11 @@ impl Relay {
         Some(Target { listener, local })
     }
 
+    /// Whether the last notice to `target`, a listener on another node, found nobody there.
+    pub(crate) fn unreachable(&self, target: &Target) -> bool {
+        target.local.is_none() && self.suspects.contains_key(&target.listener.key)
+    }
+
     /// What closes relays to `target` on revocation: its own hold when it is ours, else a
     /// hold this node takes on the certificate listener (the revocation bus reaches it here).
     pub(crate) fn revoked(&self, target: &Target) -> Option<Revoked> {

@@ -76,6 +76,29 @@ pub trait Directory: Send + Sync + 'static {
     fn counts(&self) -> Vec<(String, usize)>;
 }
 
+/// Round robin from `start`: the first listener `usable` calls ready, else the first busy
+/// one (the caller waits, bounded, for room: a burst is not "no listener"); with how many
+/// were looked at.
+pub(crate) fn pick_from(
+    listeners: &[ListenerRef],
+    start: usize,
+    usable: &dyn Fn(&ListenerRef) -> Usable,
+) -> (Option<ListenerRef>, usize) {
+    let n = listeners.len();
+    let mut busy = None;
+    for i in 0..n {
+        let l = &listeners[start.wrapping_add(i) % n];
+        match usable(l) {
+            Usable::Ready => return (Some(l.clone()), i + 1),
+            Usable::Busy => {
+                busy.get_or_insert_with(|| l.clone());
+            }
+            Usable::Gone => {}
+        }
+    }
+    (busy, n)
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     listeners: Vec<ListenerRef>,
@@ -177,23 +200,10 @@ impl Directory for LocalDirectory {
 
     fn pick(&self, hc: &str, usable: &dyn Fn(&ListenerRef) -> Usable) -> Option<ListenerRef> {
         let mut slot = self.slots.get_mut(&hc.to_ascii_lowercase())?;
-        let n = slot.listeners.len();
-        // Prefer a listener with room in its queue; when every open one is full, still hand
-        // one out: the caller waits, bounded, for room (a burst is not "no listener").
-        let mut busy = None;
-        for _ in 0..n {
-            let i = slot.next % n;
-            slot.next = slot.next.wrapping_add(1);
-            let l = &slot.listeners[i];
-            match usable(l) {
-                Usable::Ready => return Some(l.clone()),
-                Usable::Busy => {
-                    busy.get_or_insert_with(|| l.clone());
-                }
-                Usable::Gone => {}
-            }
-        }
-        busy
+        let start = slot.next;
+        let (picked, tried) = pick_from(&slot.listeners, start, usable);
+        slot.next = start.wrapping_add(tried);
+        picked
     }
 
     fn count(&self, hc: &str) -> usize {
