@@ -271,9 +271,24 @@ impl Interconnect for NatsInterconnect {
     }
 
     fn forward(&self, to: &NodeId, req: axum::extract::Request) -> Forwarded {
-        let peer = self.0.directory.peer_of(to);
         let (key, me) = (self.0.key.clone(), self.0.me.clone());
-        Box::pin(async move { peer::splice(peer?, &key, &me, req).await })
+        let (directory, to) = (Arc::clone(&self.0.directory), to.clone());
+        Box::pin(async move {
+            // A node that has just started has not heard every beat yet: give the owner
+            // up to one silence bound to show up before the socket is refused.
+            let deadline = tokio::time::Instant::now() + super::directory::DEAD_AFTER;
+            let peer = loop {
+                if let Some(peer) = directory.peer_of(&to) {
+                    break peer;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(node = %to, "a rendezvous socket for a node this one does not know");
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            peer::splice(peer, &key, &me, req).await
+        })
     }
 
     fn ready(&self) -> Result<(), String> {
