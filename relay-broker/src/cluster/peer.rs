@@ -189,14 +189,7 @@ pub(crate) async fn splice(
             tracing::debug!(error = %e, "peer connection ended");
         }
     });
-    let mut onward = Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()));
-    for (name, value) in req.headers() {
-        onward = onward.header(name, value);
-    }
-    let onward = onward.body(Body::empty()).ok()?;
-    let mut resp = tokio::time::timeout(PEER_TIMEOUT, sender.send_request(onward))
+    let mut resp = tokio::time::timeout(PEER_TIMEOUT, sender.send_request(onward(&req)?))
         .await
         .ok()?
         .ok()?;
@@ -215,23 +208,38 @@ pub(crate) async fn splice(
         .to_bytes();
         return back.body(Body::from(body)).ok();
     }
-    let peer_upgrade = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        let (Ok(client), Ok(peer_io)) = (client_upgrade.await, peer_upgrade.await) else {
-            return;
-        };
-        let mut client = TokioIo::new(client);
-        let mut peer_io = TokioIo::new(peer_io);
-        // Bytes only: the frames are the two ends' business. An error on one side ends both.
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut peer_io,
-            SPLICE_BUFFER,
-            SPLICE_BUFFER,
-        )
-        .await;
-    });
+    tokio::spawn(copy_both_ways(
+        client_upgrade,
+        hyper::upgrade::on(&mut resp),
+    ));
     back.body(Body::empty()).ok()
+}
+
+/// Once both sides have switched protocols, bytes both ways until either ends: the frames
+/// are the two ends' business, and an error on one side ends both.
+async fn copy_both_ways(client: hyper::upgrade::OnUpgrade, peer: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(peer)) = (client.await, peer.await) else {
+        return;
+    };
+    let (mut client, mut peer) = (TokioIo::new(client), TokioIo::new(peer));
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut peer,
+        SPLICE_BUFFER,
+        SPLICE_BUFFER,
+    )
+    .await;
+}
+
+/// The request as the owner node gets it: the same line and headers, no body (an upgrade).
+fn onward(req: &axum::extract::Request) -> Option<Request<Body>> {
+    let mut onward = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    for (name, value) in req.headers() {
+        onward = onward.header(name, value);
+    }
+    onward.body(Body::empty()).ok()
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use super::resolve::Resolved;
 use super::socket::{RelayHalves, switching};
 use crate::RelayError;
 
-/// `sb-hc-action=connect`: a sender wants a WebSocket to a listener.
+/// `sb-hc-action=connect`: a sender wants a WebSocket to a listener. One sequence (66
+/// lines): the sender's upgrade and its relay permit are held across the pick, the notice,
+/// the one retry on another listener, and the pairing.
 pub(super) async fn connect(
     shared: &Arc<Relay>,
     mut req: Request,
