@@ -102,6 +102,7 @@ impl Cluster {
             epoch: rand::random(),
             peer: config.peer_address,
             health: Arc::clone(&health),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         let interconnect = Arc::new(interconnect::NatsInterconnect(Arc::new(
             interconnect::Inner {

@@ -78,6 +78,8 @@ pub(super) struct Presence {
     pub(super) epoch: u64,
     pub(super) peer: std::net::SocketAddr,
     pub(super) health: Arc<Health>,
+    /// Cancelled when the broker is gone: the tasks end.
+    pub(super) stop: tokio_util::sync::CancellationToken,
 }
 
 impl Presence {
@@ -97,6 +99,7 @@ impl Presence {
             tokio::select! {
                 () = tokio::time::sleep(BEAT) => {}
                 () = self.directory.changed() => tokio::time::sleep(COALESCE).await,
+                () = self.stop.cancelled() => return,
             }
             let (version, listeners) = self.directory.own();
             let full = sent != Some(version) || n % FULL_EVERY == 0;
@@ -124,7 +127,7 @@ impl Presence {
             tracing::error!("cannot subscribe to presence");
             return;
         };
-        while let Some(msg) = beats.next().await {
+        while let Some(msg) = self.next(&mut beats).await {
             let Ok(beat) = serde_json::from_slice::<Beat>(&msg.payload) else {
                 continue;
             };
@@ -158,7 +161,7 @@ impl Presence {
         let Ok(mut asks) = self.client.subscribe(subject).await else {
             return;
         };
-        while let Some(msg) = asks.next().await {
+        while let Some(msg) = self.next(&mut asks).await {
             let Some(reply) = msg.reply else { continue };
             let (version, listeners) = self.directory.own();
             let snapshot = Snapshot {
@@ -171,12 +174,23 @@ impl Presence {
         }
     }
 
+    /// The next message, or `None` once the broker is gone.
+    async fn next(&self, subscriber: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+        tokio::select! {
+            msg = subscriber.next() => msg,
+            () = self.stop.cancelled() => None,
+        }
+    }
+
     async fn watch(self: Arc<Self>, inbox: Weak<dyn Inbox>) {
         let mut tick = tokio::time::interval(WATCH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(inbox) = inbox.upgrade() else { return };
+            let Some(inbox) = inbox.upgrade() else {
+                self.stop.cancel();
+                return;
+            };
             for key in self.directory.sweep() {
                 inbox.listener_gone(&key);
             }
