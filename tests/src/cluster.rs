@@ -87,7 +87,9 @@ impl Nats {
     pub fn wait_routes(&self, i: usize, routes: usize) {
         let started = Instant::now();
         loop {
-            let body = get(self.monitors[i], "/routez").unwrap_or_default();
+            let body = get(self.monitors[i], "/routez")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
             if body.contains(&format!("\"num_routes\": {routes}")) {
                 return;
             }
@@ -117,26 +119,17 @@ impl Nats {
     }
 }
 
-/// A plain HTTP GET on loopback, for monitoring endpoints; the body.
-fn get(addr: SocketAddr, path: &str) -> Option<String> {
+/// A plain HTTP GET on loopback, for monitoring endpoints: status and body.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_owned())
-}
-
-/// The status of a plain HTTP GET.
-fn status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.get(9..12)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// An HTTPS GET to a node's own endpoint (its certificate is the tests' self-signed one).
@@ -171,22 +164,25 @@ impl Node {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// A GET of its own endpoint `path`, over TLS when it serves TLS.
+    fn fetch(&self, path: &str) -> Option<(u16, String)> {
+        if self.tls {
+            curl(self.addr, path)
+        } else {
+            get(self.addr, path)
+        }
+    }
+
     /// Its `/readyz` status now (`None` when it does not answer).
     pub fn ready_status(&self) -> Option<u16> {
-        if self.tls {
-            return curl(self.addr, "/readyz").map(|(status, _)| status);
-        }
-        status(self.addr, "/readyz")
+        self.fetch("/readyz").map(|(status, _)| status)
     }
 
     /// Its `/metrics` text.
     pub fn metrics(&self) -> String {
-        if self.tls {
-            return curl(self.addr, "/metrics")
-                .map(|(_, body)| body)
-                .unwrap_or_default();
-        }
-        get(self.addr, "/metrics").unwrap_or_default()
+        self.fetch("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// One metric's value (the first line starting with `name`).
@@ -251,14 +247,10 @@ impl Cluster {
             let addr = free_port();
             let peer = free_port();
             let advertise = if opts.advertise {
-                format!("advertise_url = \"ws://{addr}\"\n")
+                let scheme = if opts.identity { "wss" } else { "ws" };
+                format!("advertise_url = \"{scheme}://{addr}\"\n")
             } else {
                 String::new()
-            };
-            let advertise = if opts.identity {
-                advertise.replace("ws://", "wss://")
-            } else {
-                advertise
             };
             let (server, ca) = if opts.identity {
                 let (cert, key) = crate::server_tls_files(&dir);

@@ -115,10 +115,10 @@ impl Cluster {
                 inbox: OnceLock::new(),
             },
         )));
-        let revocations = revocation::NatsRevocations::new(client, me);
+        let revocations = revocation::NatsRevocations::new(client, me.clone());
         Ok(Self {
             config: config.clone(),
-            node: NodeId::new(&config.node_id).map_err(ClusterError::NodeId)?,
+            node: me,
             directory,
             interconnect,
             revocations,

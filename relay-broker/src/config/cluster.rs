@@ -7,11 +7,24 @@ use serde::Deserialize;
 /// Shortest cluster secret, in bytes: it keys the HMAC of standby keys and of peer logins.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// Longest node id.
+pub const MAX_NODE_ID_LEN: usize = 32;
+
+/// Whether `id` may name a node: 1 to [`MAX_NODE_ID_LEN`] of `a-z`, `0-9` and `-` (it
+/// appears in URLs, ids and NATS subjects). The one rule, for the config and `NodeId`.
+#[must_use]
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NODE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// A validated `[cluster]` section.
 #[derive(Clone)]
 pub struct ClusterConfig {
-    /// This node, unique in the cluster: 1 to 32 of `a-z`, `0-9` and `-` (checked here;
-    /// it appears in URLs, ids and NATS subjects).
+    /// This node, unique in the cluster (checked with [`is_node_id`]).
     pub node_id: String,
     /// NATS servers (`nats://host:port`), one or more.
     pub nats: Vec<String>,
@@ -62,14 +75,9 @@ pub(super) fn cluster(
             .map(|h| h.to_ascii_lowercase())
             .ok_or("[cluster].node_id is required (unique per node, e.g. \"b1\")")?,
     };
-    let valid = !node_id.is_empty()
-        && node_id.len() <= 32
-        && node_id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid {
+    if !is_node_id(&node_id) {
         return Err(format!(
-            "[cluster].node_id '{node_id}': 1 to 32 of a-z, 0-9 and '-' (e.g. \"b1\")"
+            "[cluster].node_id '{node_id}': 1 to {MAX_NODE_ID_LEN} of a-z, 0-9 and '-' (e.g. \"b1\")"
         ));
     }
     if raw.nats.is_empty() {

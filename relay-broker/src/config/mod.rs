@@ -15,7 +15,7 @@ mod limits;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::{ClusterConfig, MIN_SECRET_LEN};
+pub use cluster::{ClusterConfig, MAX_NODE_ID_LEN, MIN_SECRET_LEN, is_node_id};
 pub use entities::RESERVED_NAMES;
 pub(crate) use entities::checked_hc_name;
 use entities::{hybrid_connections, rule};

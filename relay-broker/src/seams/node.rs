@@ -9,8 +9,7 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(Arc<str>);
 
-/// Longest node id.
-pub const MAX_NODE_ID_LEN: usize = 32;
+pub use crate::config::MAX_NODE_ID_LEN;
 
 impl NodeId {
     /// A validated node id.
@@ -18,12 +17,7 @@ impl NodeId {
     /// # Errors
     /// When `id` is empty, too long, or has a character outside `a-z0-9-`.
     pub fn new(id: &str) -> Result<Self, String> {
-        let ok = !id.is_empty()
-            && id.len() <= MAX_NODE_ID_LEN
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
+        if crate::config::is_node_id(id) {
             Ok(Self(id.into()))
         } else {
             Err(format!(

@@ -108,14 +108,7 @@ pub(crate) async fn relay_at(
     } else {
         "broker.toml"
     });
-    std::fs::write(&path, config)?;
-    let (broker, line) = spawn(
-        &bins.join("relay-broker"),
-        &["--config".into(), path.display().to_string()],
-        &[("RUST_LOG", "warn")],
-        "listening on",
-    )
-    .await?;
+    let (broker, line) = start_broker(bins, &path, &config).await?;
     let addr = line
         .rsplit(' ')
         .next()
@@ -144,6 +137,18 @@ pub(crate) async fn relay_at(
         procs,
         endpoint: Some(endpoint),
     })
+}
+
+/// Writes `config` to `path` and starts the broker on it; it and the line naming its address.
+async fn start_broker(bins: &Path, path: &Path, config: &str) -> anyhow::Result<(Proc, String)> {
+    std::fs::write(path, config)?;
+    spawn(
+        &bins.join("relay-broker"),
+        &["--config".into(), path.display().to_string()],
+        &[("RUST_LOG", "warn")],
+        "listening on",
+    )
+    .await
 }
 
 /// One listener agent per backend on `listen_at` and one `relay-sender forward` per backend
@@ -243,15 +248,7 @@ pub(crate) async fn relay_cluster(
             "[server]\nbind = \"{addr}\"\n{public}[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n[cluster]\nnode_id = \"n{i}\"\nnats = [\"{nats}\"]\npeer_bind = \"{peer}\"\nsecret = \"bench-cluster-secret-0123456789\"\n[store]\nurl = \"{store}\"\n"
         );
         let path = dir.join(format!("cluster-{how:?}-{i}.toml"));
-        std::fs::write(&path, config)?;
-        let (broker, _) = spawn(
-            &bins.join("relay-broker"),
-            &["--config".into(), path.display().to_string()],
-            &[("RUST_LOG", "warn")],
-            "listening on",
-        )
-        .await?;
-        procs.push(broker);
+        procs.push(start_broker(bins, &path, &config).await?.0);
     }
     let (a, b_node) = (
         format!("ws://{}", nodes[0].0),
