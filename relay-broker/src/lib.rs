@@ -228,6 +228,7 @@ impl<'a> BrokerBuilder<'a> {
             advertise_url: cluster
                 .as_ref()
                 .and_then(|c| c.config().advertise_url.clone()),
+            cluster_secret: cluster.as_ref().map(|c| c.config().secret.clone()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

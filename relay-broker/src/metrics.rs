@@ -74,6 +74,11 @@ pub struct Counters {
     pub cluster_splice_failures: AtomicU64,
     /// Times this node fenced itself off (lost the cluster).
     pub cluster_fenced: AtomicU64,
+    /// Standby sockets of a channel on another node parked here (the pool adopted).
+    pub cluster_standby_adopted: AtomicU64,
+    /// Connects to a listener on another node served by a standby parked here: no notice,
+    /// no splice, no other node on the way.
+    pub cluster_standby_connects: AtomicU64,
     /// Payload bytes relayed from senders to listeners (WebSocket and HTTP bodies).
     pub bytes_to_listener: AtomicU64,
     /// Payload bytes relayed from listeners to senders.
@@ -121,7 +126,7 @@ impl Counters {
                 escape(hc)
             );
         }
-        let simple: [(&str, &str, &str, u64); 27] = [
+        let simple: [(&str, &str, &str, u64); 29] = [
             (
                 "relay_listener_connects_total",
                 "counter",
@@ -271,6 +276,18 @@ impl Counters {
                 "counter",
                 "Times this node fenced itself off after losing the cluster.",
                 get(&self.cluster_fenced),
+            ),
+            (
+                "relay_cluster_standby_adopted_total",
+                "counter",
+                "Standby sockets of a listener on another node parked on this one.",
+                get(&self.cluster_standby_adopted),
+            ),
+            (
+                "relay_cluster_standby_connects_total",
+                "counter",
+                "Connects to a listener on another node served by a standby parked here.",
+                get(&self.cluster_standby_connects),
             ),
             (
                 "relay_cert_sessions",

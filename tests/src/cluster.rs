@@ -209,6 +209,8 @@ pub struct NodeOptions {
     /// TLS (`server.pem` in the cluster's folder) and the one CA every node shares
     /// (`ca/` there): certificate listeners, registration, revocation.
     pub identity: bool,
+    /// `[limits].standby_per_listener`, when not the default.
+    pub standby_per_listener: Option<usize>,
 }
 
 /// NATS, PostgreSQL, broker nodes and HAProxy.
@@ -268,11 +270,14 @@ impl Cluster {
             } else {
                 (String::new(), String::new())
             };
+            let limits = opts.standby_per_listener.map_or_else(String::new, |n| {
+                format!("[limits]\nstandby_per_listener = {n}\n")
+            });
             let config = crate::config_with_server(
                 &server,
                 &format!(
                     "[cluster]\nnode_id = \"b{i}\"\nnats = [{}]\npeer_bind = \"{peer}\"\nsecret = \"{SECRET}\"\n{advertise}\
-                     [store]\nurl = \"{store}\"\n{ca}",
+                     [store]\nurl = \"{store}\"\n{ca}{limits}",
                     servers.join(", ")
                 ),
             )

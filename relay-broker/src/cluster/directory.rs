@@ -225,8 +225,7 @@ impl Directory for ClusterDirectory {
     }
 
     fn pick(&self, hc: &str, usable: &dyn Fn(&ListenerRef) -> Usable) -> Option<ListenerRef> {
-        let mut all = self.local.listeners(hc);
-        all.extend(self.remote_listeners(hc));
+        let mut all = self.listeners(hc);
         if all.is_empty() {
             return None;
         }
@@ -237,6 +236,12 @@ impl Directory for ClusterDirectory {
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
         pick_from(&all, start, usable).0
+    }
+
+    fn listeners(&self, hc: &str) -> Vec<ListenerRef> {
+        let mut all = self.local.listeners(hc);
+        all.extend(self.remote_listeners(hc));
+        all
     }
 
     fn count(&self, hc: &str) -> usize {
@@ -280,6 +285,7 @@ mod tests {
             instance: instance.map(Arc::from),
             header_arrays: false,
             cert_listener: None,
+            standby: None,
         }
     }
 

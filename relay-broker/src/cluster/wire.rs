@@ -57,6 +57,8 @@ pub(super) struct WireListener {
     pub(super) header_arrays: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) cert_listener: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) standby: Option<String>,
 }
 
 impl From<&ListenerRef> for WireListener {
@@ -69,6 +71,7 @@ impl From<&ListenerRef> for WireListener {
             instance: l.instance.as_deref().map(str::to_owned),
             header_arrays: l.header_arrays,
             cert_listener: l.cert_listener.as_deref().map(str::to_owned),
+            standby: l.standby.as_deref().map(str::to_owned),
         }
     }
 }
@@ -86,6 +89,7 @@ impl WireListener {
             instance: self.instance.map(Arc::from),
             header_arrays: self.header_arrays,
             cert_listener: self.cert_listener.map(Arc::from),
+            standby: self.standby.map(Arc::from),
         })
     }
 }

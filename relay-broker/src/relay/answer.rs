@@ -10,34 +10,63 @@ use relay_core::address::{RENDEZVOUS_PARAM, RelayQuery};
 use relay_core::standby::STANDBY_KEY_HEADER;
 use relay_io::server as handshake;
 
+use super::pool::StandbyKey;
 use super::rendezvous::{Arrival, ListenerSocket, Pending};
 use super::resolve::Resolved;
 use super::socket::switching;
 use super::{Relay, http_relay};
 use crate::RelayError;
 
-/// `sb-hc-action=standby`: one of our listeners parks a pre-opened rendezvous socket.
-pub(super) fn standby(
+/// `sb-hc-action=standby`: one of our listeners parks a pre-opened rendezvous socket. The
+/// key is the credential: signed for this hybrid connection by a node of the cluster. A
+/// socket for a channel on another node parks here too (this node adopts its pool) once
+/// presence shows that channel live; until then it is spliced to the channel's node.
+pub(super) async fn standby(
     shared: &Arc<Relay>,
     mut req: Request,
     r: &Resolved,
 ) -> Result<Response<Body>, RelayError> {
     let accept_key =
         handshake::accept_for(req.headers()).map_err(|e| RelayError::BadRequest(e.into()))?;
-    // The key is the credential: it names one live control channel.
-    let pool = req
+    let key = req
         .headers()
         .get(STANDBY_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|key| shared.standby.get(key))
-        .filter(|pool| pool.hc().eq_ignore_ascii_case(&r.hc.name))
+        .and_then(|key| shared.standby.verify(key, &r.hc.name))
         .ok_or(RelayError::RendezvousExpired)?;
-    let place = pool
-        .reserve()
-        .ok_or(RelayError::Busy("standby sockets for this listener"))?;
+    let place = if key.node == shared.node {
+        shared
+            .standby
+            .get(&key)
+            .ok_or(RelayError::RendezvousExpired)?
+            .reserve()
+    } else if adoptable(shared, &key, &r.hc.name) {
+        let shutdown = &shared.shutdown;
+        let place = shared
+            .standby
+            .adopt(&key, &r.hc.name, || shutdown.child_token());
+        if place.is_some() {
+            crate::metrics::count(&shared.counters.cluster_standby_adopted);
+        }
+        place
+    } else {
+        return forward(shared, &key.node, req).await;
+    };
+    let place = place.ok_or(RelayError::Busy("standby sockets for this listener"))?;
     let upgrade = hyper::upgrade::on(&mut req);
     crate::relay::standby::spawn(shared, place, upgrade);
     Ok(switching(&accept_key, None))
+}
+
+/// Whether this node may park a standby of a channel on another node: presence shows that
+/// channel live with this pool, and this node is not cut off (its view would be stale).
+fn adoptable(shared: &Relay, key: &StandbyKey, hc: &str) -> bool {
+    !shared.fenced.load(std::sync::atomic::Ordering::Acquire)
+        && shared
+            .directory
+            .listeners(hc)
+            .iter()
+            .any(|l| l.key.node == key.node && l.standby.as_deref() == Some(key.pool.as_str()))
 }
 
 /// `sb-hc-action=accept` on a capability address: the listener accepts or rejects a sender.
@@ -108,8 +137,28 @@ pub(super) fn request_rendezvous(
     Ok(switching(&accept_key, None))
 }
 
-/// The node that a listener's rendezvous or standby socket belongs to: the one named by its
-/// capability or standby key (`<node>.<random>`), when the action has one.
+/// A listener's rendezvous socket for a capability another node holds (the load balancer
+/// sent it here): spliced to that node, which answers it as its own.
+pub(super) async fn forward(
+    shared: &Arc<Relay>,
+    node: &crate::seams::node::NodeId,
+    req: Request,
+) -> Result<Response<Body>, RelayError> {
+    match shared.interconnect.forward(node, req).await {
+        Some(resp) => {
+            crate::metrics::count(&shared.counters.cluster_splices);
+            Ok(resp)
+        }
+        None => {
+            crate::metrics::count(&shared.counters.cluster_splice_failures);
+            Err(RelayError::RendezvousExpired)
+        }
+    }
+}
+
+/// The node that a listener's rendezvous socket belongs to: the one named by its
+/// capability (`<node>.<random>`). A standby socket is not forwarded here: any node may
+/// park it ([`standby`]).
 pub(super) fn owner(
     action: relay_core::address::Action,
     req: &Request,
@@ -117,13 +166,7 @@ pub(super) fn owner(
     use relay_core::address::Action;
     let key = match action {
         Action::Accept | Action::Request => capability(req.uri().query()).ok()?,
-        Action::Standby => req
-            .headers()
-            .get(STANDBY_KEY_HEADER)?
-            .to_str()
-            .ok()?
-            .to_owned(),
-        Action::Listen | Action::Connect => return None,
+        Action::Listen | Action::Connect | Action::Standby => return None,
     };
     crate::seams::node::NodeId::new(key.split_once('.')?.0).ok()
 }

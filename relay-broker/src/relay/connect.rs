@@ -22,7 +22,7 @@ use super::resolve::Resolved;
 use super::socket::{RelayHalves, switching};
 use crate::RelayError;
 
-/// `sb-hc-action=connect`: a sender wants a WebSocket to a listener. One sequence (66
+/// `sb-hc-action=connect`: a sender wants a WebSocket to a listener. One sequence (70
 /// lines): the sender's upgrade and its relay permit are held across the pick, the notice,
 /// the one retry on another listener, and the pairing.
 pub(super) async fn connect(
@@ -54,7 +54,11 @@ pub(super) async fn connect(
             &view,
             consumed_authorization,
         );
-        match via_standby(shared, &target, &accept, early).await? {
+        let paired = via_standby(shared, &target, &accept, early).await?;
+        if paired.is_some() && target.listener.key.node != shared.node {
+            crate::metrics::count(&shared.counters.cluster_standby_connects);
+        }
+        match paired {
             Some(Paired::Answered(arrival)) => break arrival,
             Some(Paired::Early(standby)) => {
                 crate::metrics::count(&shared.counters.standby_early);

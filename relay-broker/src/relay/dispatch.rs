@@ -145,7 +145,7 @@ async fn route(
     if let Some(node) = answer::owner(action, &req)
         && node != shared.node
     {
-        return forward(shared, &node, req).await;
+        return answer::forward(shared, &node, req).await;
     }
     if action == Action::Listen && shared.fenced.load(std::sync::atomic::Ordering::Acquire) {
         return Err(RelayError::Fenced("it takes no listeners now".into()));
@@ -156,26 +156,7 @@ async fn route(
         Action::Connect => connect::connect(shared, req, resolved).await,
         Action::Accept => answer::accept(shared, req, &resolved.query),
         Action::Request => answer::request_rendezvous(shared, req, &resolved.query),
-        Action::Standby => answer::standby(shared, req, &resolved),
-    }
-}
-
-/// A listener's rendezvous socket for a capability another node holds (the load balancer
-/// sent it here): spliced to that node, which answers it as its own.
-async fn forward(
-    shared: &Arc<Relay>,
-    node: &crate::seams::node::NodeId,
-    req: Request,
-) -> Result<Response<Body>, RelayError> {
-    match shared.interconnect.forward(node, req).await {
-        Some(resp) => {
-            crate::metrics::count(&shared.counters.cluster_splices);
-            Ok(resp)
-        }
-        None => {
-            crate::metrics::count(&shared.counters.cluster_splice_failures);
-            Err(RelayError::RendezvousExpired)
-        }
+        Action::Standby => answer::standby(shared, req, &resolved).await,
     }
 }
 

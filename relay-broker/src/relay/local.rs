@@ -32,8 +32,6 @@ pub(crate) struct LocalChannel {
     pub(crate) close: CancellationToken,
     /// Cancelled when a newer channel of the same instance replaced this one.
     pub(crate) replaced: CancellationToken,
-    /// Sockets the listener opened in advance, when it asked for them (our extension).
-    pub(crate) standby: Option<Arc<Pool>>,
     /// For certificate listeners: cancelled on revocation, which also cuts its relays.
     pub(crate) revoked: Option<Revoked>,
 }
@@ -68,23 +66,26 @@ impl Channels {
     }
 }
 
-/// A listener picked for a sender: its reference, and its handles when this node holds it.
+/// A listener picked for a sender: its reference, its handles when this node holds it, and
+/// its standby pool when some of its standbys are parked here.
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub(crate) listener: ListenerRef,
     pub(crate) local: Option<Arc<LocalChannel>>,
+    standby: Option<Arc<Pool>>,
 }
 
 impl Target {
-    /// Its standby pool; only a listener on this node has one usable here.
+    /// The pool of its standbys parked on this node (its own node's, or adopted here).
     pub(crate) fn standby(&self) -> Option<&Arc<Pool>> {
-        self.local.as_ref()?.standby.as_ref()
+        self.standby.as_ref()
     }
 }
 
 impl Relay {
     /// The listener for the next sender on `hc`, spread round robin and preferring one with
-    /// room in its queue; `None` only when none is connected.
+    /// room in its queue; `None` only when none is connected. In a cluster a listener with
+    /// a standby parked on this node comes first: its connect then needs no other node.
     pub(crate) fn pick(&self, hc: &str) -> Option<Target> {
         let usable = |l: &ListenerRef| {
             if l.key.node != self.node {
@@ -102,11 +103,29 @@ impl Relay {
                 None => Usable::Gone,
             }
         };
-        let listener = self.directory.pick(hc, &usable)?;
+        let with_standby_here = |l: &ListenerRef| match self.standby_here(l) {
+            Some(pool) if pool.has_parked() && usable(l) == Usable::Ready => Usable::Ready,
+            _ => Usable::Gone,
+        };
+        let listener = self
+            .clustered
+            .then(|| self.directory.pick(hc, &with_standby_here))
+            .flatten()
+            .or_else(|| self.directory.pick(hc, &usable))?;
         let local = (listener.key.node == self.node)
             .then(|| self.channels.get(listener.key.channel))
             .flatten();
-        Some(Target { listener, local })
+        let standby = self.standby_here(&listener);
+        Some(Target {
+            listener,
+            local,
+            standby,
+        })
+    }
+
+    /// The pool of `listener`'s standbys on this node, if any are parked or opening here.
+    fn standby_here(&self, listener: &ListenerRef) -> Option<Arc<Pool>> {
+        self.standby.by_id(listener.standby.as_deref()?)
     }
 
     /// Whether the last notice to `target`, a listener on another node, found nobody there.

@@ -94,7 +94,7 @@ pub(crate) struct Relay {
     pub(crate) sessions: Arc<sessions::Sessions>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) audit: AuditSink,
-    /// Standby sockets of our own listeners, by control channel.
+    /// Standby sockets parked here, by pool: for this node's channels and for others'.
     pub(crate) standby: pool::Pools,
     /// Host names per hybrid connection, when `[server].host_base` is set.
     pub(crate) hosts: Option<HostMode>,
@@ -103,6 +103,9 @@ pub(crate) struct Relay {
     /// This node's own address for rendezvous addresses (`[cluster].advertise_url`), else
     /// the address the client used.
     pub(crate) advertise_url: Option<String>,
+    /// Whether this node is one of a cluster: a sender then prefers a listener with a
+    /// standby parked here.
+    pub(crate) clustered: bool,
     /// Set while the node is cut off from its cluster (see `Inbox::fence`).
     pub(crate) fenced: std::sync::atomic::AtomicBool,
     /// Listeners on other nodes that a notice recently failed to reach, and when.
@@ -123,6 +126,8 @@ pub(crate) struct Parts {
     pub(crate) audit: AuditSink,
     pub(crate) hosts: Option<HostMode>,
     pub(crate) advertise_url: Option<String>,
+    /// The cluster secret, when this node is one (standby keys are signed with it).
+    pub(crate) cluster_secret: Option<Vec<u8>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) hard_stop: CancellationToken,
@@ -153,7 +158,13 @@ impl Relay {
             sessions: Arc::default(),
             counters: parts.counters,
             audit: parts.audit,
-            standby: pool::Pools::default(),
+            standby: pool::Pools::new(
+                &parts
+                    .cluster_secret
+                    .clone()
+                    .unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec()),
+            ),
+            clustered: parts.cluster_secret.is_some(),
             hosts: parts.hosts,
             advertise_url: parts.advertise_url,
             fenced: std::sync::atomic::AtomicBool::new(false),
@@ -208,6 +219,7 @@ impl Relay {
             audit: AuditSink::new(store, 16),
             hosts: None,
             advertise_url: None,
+            cluster_secret: None,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

@@ -28,6 +28,9 @@ pub struct ListenerRef {
     /// For certificate listeners, the registered listener id: a node relaying for it holds
     /// its session there, so a revocation cuts those relays too.
     pub cert_listener: Option<Arc<str>>,
+    /// The id of its standby pool, when it keeps standby sockets: a node where some of them
+    /// are parked finds them by it.
+    pub standby: Option<Arc<str>>,
 }
 
 /// Why a listener was not registered.
@@ -70,6 +73,8 @@ pub trait Directory: Send + Sync + 'static {
     /// Picks the listener for the next sender, spreading load round robin and preferring one
     /// that `usable` says is ready; `None` only when none is open.
     fn pick(&self, hc: &str, usable: &dyn Fn(&ListenerRef) -> Usable) -> Option<ListenerRef>;
+    /// Every listener of a hybrid connection, as this node knows them.
+    fn listeners(&self, hc: &str) -> Vec<ListenerRef>;
     /// How many listeners a hybrid connection has.
     fn count(&self, hc: &str) -> usize;
     /// Listener counts per hybrid connection (for metrics).
@@ -140,13 +145,6 @@ pub struct LocalDirectory {
 }
 
 impl LocalDirectory {
-    /// The listeners of one hybrid connection.
-    pub(crate) fn listeners(&self, hc: &str) -> Vec<ListenerRef> {
-        self.slots
-            .get(&hc.to_ascii_lowercase())
-            .map_or_else(Vec::new, |s| s.listeners.clone())
-    }
-
     /// Every listener.
     pub(crate) fn all(&self) -> Vec<ListenerRef> {
         self.slots
@@ -206,6 +204,12 @@ impl Directory for LocalDirectory {
         picked
     }
 
+    fn listeners(&self, hc: &str) -> Vec<ListenerRef> {
+        self.slots
+            .get(&hc.to_ascii_lowercase())
+            .map_or_else(Vec::new, |s| s.listeners.clone())
+    }
+
     fn count(&self, hc: &str) -> usize {
         self.slots
             .get(&hc.to_ascii_lowercase())
@@ -239,6 +243,7 @@ mod tests {
             instance: None,
             header_arrays: false,
             cert_listener: None,
+            standby: None,
         }
     }
 

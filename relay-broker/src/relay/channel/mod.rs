@@ -97,7 +97,6 @@ pub(crate) fn start(
             tx,
             close,
             replaced: tokio_util::sync::CancellationToken::new(),
-            standby: pool.clone(),
             revoked: cert.as_ref().map(|c| c.revoked.clone()),
         }),
         listener: ListenerRef {
@@ -110,6 +109,7 @@ pub(crate) fn start(
             instance: opening.instance.map(Into::into),
             header_arrays: opening.header_arrays,
             cert_listener: cert.as_ref().map(|c| Arc::clone(&c.listener_id)),
+            standby: pool.as_ref().map(|p| Arc::from(p.id.as_str())),
         },
     };
     // In the local table before the directory: a sender that picks it must find it.

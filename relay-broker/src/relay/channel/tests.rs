@@ -49,7 +49,6 @@ impl Listener {
             tx: queue.clone(),
             close: CancellationToken::new(),
             replaced: CancellationToken::new(),
-            standby: None,
             revoked: cert.as_ref().map(|c| c.revoked.clone()),
         });
         let (close, replaced) = (local.close.clone(), local.replaced.clone());
@@ -64,6 +63,7 @@ impl Listener {
                 instance: None,
                 header_arrays: true,
                 cert_listener: cert.as_ref().map(|c| Arc::clone(&c.listener_id)),
+                standby: None,
             },
             local,
         };
