@@ -130,7 +130,8 @@ async fn main() -> anyhow::Result<()> {
     let mut nats_servers = Vec::new();
     if cli.cluster {
         let pg = relay_broker::store::TestPostgres::shared();
-        for how in [targets::CrossNode::Direct, targets::CrossNode::Spliced] {
+        // Its own NATS server and database per target.
+        let mut services = || -> anyhow::Result<(String, String)> {
             let (nats, url) = cluster_services()?;
             nats_servers.push(nats);
             let db = pg.fresh_database("bench");
@@ -139,7 +140,22 @@ async fn main() -> anyhow::Result<()> {
                 pg.port,
                 db.get_dbname().unwrap_or_default()
             );
+            Ok((url, store))
+        };
+        for how in [targets::CrossNode::Direct, targets::CrossNode::Spliced] {
+            let (url, store) = services()?;
             all.push(targets::relay_cluster(&backends, &bins, &dir, &url, &store, how).await?);
+        }
+        // Through the load balancer: one node (the same extra hop, the baseline), and three
+        // with 6 standbys over them (a node lacks one about 9% of the time at random) and
+        // with none.
+        for standby in [6, 0] {
+            let lb = targets::relay_behind_lb(&backends, &bins, &dir, None, standby).await?;
+            all.push(lb);
+            let (url, store) = services()?;
+            let cluster = Some((url.as_str(), store.as_str()));
+            let lb = targets::relay_behind_lb(&backends, &bins, &dir, cluster, standby).await?;
+            all.push(lb);
         }
     }
     if cli.tls && !cli.cluster {

@@ -277,6 +277,119 @@ pub(crate) async fn relay_cluster(
     })
 }
 
+/// Broker nodes behind HAProxy as `dist/haproxy/relay.cfg` configures it: listeners and
+/// senders both dial the shared address, so control channels, standbys and senders land on
+/// random nodes. With `cluster` (NATS, store URL) three nodes, else one plain node (the
+/// baseline with the same extra hop).
+pub(crate) async fn relay_behind_lb(
+    b: &Backends,
+    bins: &Path,
+    dir: &Path,
+    cluster: Option<(&str, &str)>,
+    standby: u8,
+) -> anyhow::Result<Target> {
+    let free = || -> anyhow::Result<SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let count = if cluster.is_some() { 3 } else { 1 };
+    let nodes: Vec<(SocketAddr, SocketAddr)> = (0..count)
+        .map(|_| Ok((free()?, free()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let tag = format!("{count}-{standby}");
+    let mut procs = Vec::new();
+    for (i, (addr, peer)) in nodes.iter().enumerate() {
+        let cluster = cluster.map_or_else(String::new, |(nats, store)| {
+            format!(
+                "[cluster]\nnode_id = \"lb{i}\"\nnats = [\"{nats}\"]\npeer_bind = \"{peer}\"\nsecret = \"bench-cluster-secret-0123456789\"\n[store]\nurl = \"{store}\"\n"
+            )
+        });
+        let config = format!(
+            "[server]\nbind = \"{addr}\"\n[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\nstandby_per_listener = {standby}\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n{cluster}"
+        );
+        let path = dir.join(format!("lb-{tag}-{i}.toml"));
+        procs.push(start_broker(bins, &path, &config).await?.0);
+    }
+    let lb = free()?;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.0).collect();
+    procs.push(haproxy(dir, lb, &addrs, &tag).await?);
+    let shared = format!("ws://{lb}");
+    let (agents, locals) = agents(b, bins, &shared, &shared, &[], standby).await?;
+    procs.extend(agents);
+    let started = std::time::Instant::now();
+    for &(addr, _) in &nodes {
+        while !sees_listeners(addr).await {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "node {addr} never counted both listeners"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(Target {
+        name: if count == 1 {
+            format!("relay (ws), one node behind HAProxy, {standby} standby")
+        } else {
+            format!("relay cluster (ws), 3 nodes behind HAProxy, {standby} standby")
+        },
+        sink: locals[0],
+        echo: locals[1],
+        procs,
+        endpoint: Some(shared),
+    })
+}
+
+/// HAProxy on `bind` in front of `nodes`, from `dist/haproxy/relay.cfg` with its `bind`
+/// and `server` lines replaced, in the foreground.
+async fn haproxy(
+    dir: &Path,
+    bind: SocketAddr,
+    nodes: &[SocketAddr],
+    tag: &str,
+) -> anyhow::Result<Proc> {
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/haproxy/relay.cfg"),
+    )?;
+    let mut config = String::new();
+    for line in template.lines() {
+        let key = line.split_whitespace().next().unwrap_or_default();
+        match key {
+            "server" | "daemon" | "pidfile" => continue,
+            "bind" => config.push_str(&format!("    bind {bind}\n")),
+            "maxconn" => config.push_str("    maxconn 2000\n"),
+            _ => {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+        if line.starts_with("backend ") {
+            for (i, node) in nodes.iter().enumerate() {
+                config.push_str(&format!("    server n{i} {node} check\n"));
+            }
+        }
+    }
+    let path = dir.join(format!("haproxy-{tag}.cfg"));
+    std::fs::write(&path, config)?;
+    let child = tokio::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("--cluster needs haproxy (apt-get install haproxy)")?;
+    let proc = Proc { child };
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(bind).await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "haproxy never listened on {bind}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(proc)
+}
+
 /// Whether the broker at `addr` counts a listener on both `sink` and `echo` (`/metrics`).
 async fn sees_listeners(addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
