@@ -13,10 +13,12 @@ mod soak;
 mod targets;
 mod wan;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 use crate::measure::percentile;
@@ -128,12 +130,14 @@ async fn main() -> anyhow::Result<()> {
     // One NATS server per cluster (two on one server would be one cluster), kept alive for
     // the run; killed on drop.
     let mut nats_servers = Vec::new();
+    let mut monitors = Vec::new();
     if cli.cluster {
         let pg = relay_broker::store::TestPostgres::shared();
         // Its own NATS server and database per target.
         let mut services = || -> anyhow::Result<(String, String)> {
-            let (nats, url) = cluster_services()?;
+            let (nats, url, monitor) = cluster_services()?;
             nats_servers.push(nats);
+            monitors.push(monitor);
             let db = pg.fresh_database("bench");
             let store = format!(
                 "postgres://postgres@127.0.0.1:{}/{}",
@@ -219,6 +223,34 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if cli.cluster {
+        // The cross-node pair: control channels on node b (the senders' node), node a
+        // knowing them from presence.
+        let pair = &all[2];
+        let endpoint = pair.endpoint.clone().unwrap_or_default();
+        let node_a = pair.node_a.context("the cross-node target's node a")?;
+        let (held, other, nats) = memory::cluster_idle_listener(
+            (pair.procs[1].pid(), pair.procs[0].pid()),
+            &endpoint,
+            node_a,
+            monitors[0],
+            targets::KEY,
+            cli.idle,
+        )
+        .await?;
+        println!(
+            "\n| cost of one idle listener, {} listeners, two nodes | |",
+            cli.idle
+        );
+        println!("|---|---|");
+        println!(
+            "| RSS on the node holding its control channel | {:.1} KiB |",
+            held / 1024.0
+        );
+        println!(
+            "| RSS on the other node (presence) | {:.2} KiB |",
+            other / 1024.0
+        );
+        println!("| NATS traffic, in and out | {nats:.1} B/s |");
         return Ok(());
     }
     if cli.wan_ms > 0 {
@@ -381,10 +413,13 @@ async fn wide_area(
 }
 
 /// One nats-server on a free loopback port for the cluster targets; it and its URL.
-fn cluster_services() -> anyhow::Result<(tokio::process::Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+fn cluster_services() -> anyhow::Result<(tokio::process::Child, String, SocketAddr)> {
+    let free = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (port, monitor) = (free()?, free()?);
     let bin = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -393,14 +428,16 @@ fn cluster_services() -> anyhow::Result<(tokio::process::Child, String)> {
         })?;
     let child = tokio::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &monitor.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..500 {
         if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok((child, format!("nats://{addr}")));
+            let monitor = SocketAddr::from(([127, 0, 0, 1], monitor));
+            return Ok((child, format!("nats://{addr}"), monitor));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -106,6 +106,93 @@ pub(crate) async fn per_idle_agent_listener(
     Ok((after.saturating_sub(before) as f64 / n as f64, listeners))
 }
 
+/// What `n` idle listeners (control channels on node `holder`) cost a cluster of two nodes:
+/// the RSS growth per listener on the holder and on the other node (which knows them only
+/// from presence), and the NATS traffic they add, in bytes per second per listener (what
+/// the server took in and sent out, from its `/varz`).
+pub(crate) async fn cluster_idle_listener(
+    pids: (u32, u32),
+    endpoint: &str,
+    other: std::net::SocketAddr,
+    nats_monitor: std::net::SocketAddr,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let opts = options(endpoint, "idle", key, None);
+    let url = format!("{endpoint}/$hc/idle?sb-hc-action=listen");
+    let warm: Vec<Connected> = futures_batch(&url, &opts, 100).await?;
+    seen_by(other, 100).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = (rss_bytes(pids.0), rss_bytes(pids.1));
+    let idle_rate = nats_rate(nats_monitor).await?;
+    let conns = futures_batch(&url, &opts, n).await?;
+    seen_by(other, 100 + n).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = (rss_bytes(pids.0), rss_bytes(pids.1));
+    let busy_rate = nats_rate(nats_monitor).await?;
+    drop(conns);
+    drop(warm);
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n as f64;
+    Ok((
+        per(after.0, before.0),
+        per(after.1, before.1),
+        (busy_rate - idle_rate).max(0.0) / n as f64,
+    ))
+}
+
+/// Waits (at most 20 s) until the broker at `addr` counts `n` listeners on `idle`.
+async fn seen_by(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let want = format!("relay_listeners{{hybrid_connection=\"idle\"}} {n}\n");
+    while !get(addr, "/metrics").await.contains(&want) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "{addr} never counted {n} idle listeners"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// NATS bytes in and out per second over 12 s (sixteen heartbeats, two full presence sets).
+async fn nats_rate(monitor: std::net::SocketAddr) -> anyhow::Result<f64> {
+    let total = || async {
+        let varz = get(monitor, "/varz").await;
+        let field = |name: &str| {
+            let at = varz.find(&format!("\"{name}\":"))? + name.len() + 3;
+            let digits: String = varz[at..]
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<f64>().ok()
+        };
+        field("in_bytes")
+            .zip(field("out_bytes"))
+            .map(|(i, o)| i + o)
+            .ok_or_else(|| anyhow::anyhow!("no in_bytes/out_bytes in {monitor}/varz"))
+    };
+    let window = Duration::from_secs(12);
+    let first = total().await?;
+    tokio::time::sleep(window).await;
+    Ok((total().await? - first) / window.as_secs_f64())
+}
+
+/// The body of a plain HTTP/1.0 GET, or "" when it fails.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text).await;
+    text
+}
+
 async fn futures_batch(
     url: &str,
     opts: &ConnectOptions,

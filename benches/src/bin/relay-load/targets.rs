@@ -18,6 +18,8 @@ pub(crate) struct Target {
     pub(crate) procs: Vec<Proc>,
     /// For our relay: the broker's ws(s) endpoint, for HTTP and memory measurements.
     pub(crate) endpoint: Option<String>,
+    /// For the cross-node pair: the other node (the endpoint is node b).
+    pub(crate) node_a: Option<SocketAddr>,
 }
 
 impl Target {
@@ -33,6 +35,7 @@ pub(crate) fn direct(b: &Backends) -> Target {
         echo: b.echo,
         procs: Vec::new(),
         endpoint: None,
+        node_a: None,
     }
 }
 
@@ -136,6 +139,7 @@ pub(crate) async fn relay_at(
         echo: locals[1],
         procs,
         endpoint: Some(endpoint),
+        node_a: None,
     })
 }
 
@@ -245,7 +249,7 @@ pub(crate) async fn relay_cluster(
     let mut procs = Vec::new();
     for (i, (addr, peer)) in nodes.iter().enumerate() {
         let config = format!(
-            "[server]\nbind = \"{addr}\"\n{public}[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n[cluster]\nnode_id = \"n{i}\"\nnats = [\"{nats}\"]\npeer_bind = \"{peer}\"\nsecret = \"bench-cluster-secret-0123456789\"\n[store]\nurl = \"{store}\"\n"
+            "[server]\nbind = \"{addr}\"\n{public}[limits]\nauth_failures_per_minute = 1000000\nmax_listeners_per_hc = 100000\n[[hybrid_connections]]\nname = \"sink\"\n[[hybrid_connections]]\nname = \"echo\"\n[[hybrid_connections]]\nname = \"idle\"\n[[authorization_rules]]\nname = \"root\"\nkey = \"{KEY}\"\nrights = [\"Manage\"]\n[cluster]\nnode_id = \"n{i}\"\nnats = [\"{nats}\"]\npeer_bind = \"{peer}\"\nsecret = \"bench-cluster-secret-0123456789\"\n[store]\nurl = \"{store}\"\n"
         );
         let path = dir.join(format!("cluster-{how:?}-{i}.toml"));
         procs.push(start_broker(bins, &path, &config).await?.0);
@@ -274,6 +278,7 @@ pub(crate) async fn relay_cluster(
         echo: locals[1],
         procs,
         endpoint: Some(b_node),
+        node_a: Some(nodes[0].0),
     })
 }
 
@@ -335,6 +340,7 @@ pub(crate) async fn relay_behind_lb(
         echo: locals[1],
         procs,
         endpoint: Some(shared),
+        node_a: None,
     })
 }
 
@@ -449,6 +455,7 @@ pub(crate) async fn bore(b: &Backends, tools: &Path) -> anyhow::Result<Target> {
         echo: remotes[1],
         procs,
         endpoint: None,
+        node_a: None,
     })
 }
 
@@ -575,6 +582,7 @@ impl RatholeSetup {
             echo: SocketAddr::from(([127, 0, 0, 1], echo)),
             procs: vec![s, c],
             endpoint: None,
+            node_a: None,
         })
     }
 }
