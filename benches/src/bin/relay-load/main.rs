@@ -251,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
             other / 1024.0
         );
         println!("| NATS traffic, in and out | {nats:.1} B/s |");
+        connects_per_second(&all, cli.repeat.max(1)).await?;
         return Ok(());
     }
     if cli.wan_ms > 0 {
@@ -413,6 +414,30 @@ async fn wide_area(
 }
 
 /// One nats-server on a free loopback port for the cluster targets; it and its URL.
+/// Connects per second through HAProxy with standbys, one node against three, 32 clients
+/// for 5 s, rounds interleaved.
+async fn connects_per_second(all: &[Target], rounds: usize) -> anyhow::Result<()> {
+    let behind: Vec<&Target> = all
+        .iter()
+        .filter(|t| t.name.contains("behind HAProxy, 6 standby"))
+        .collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); behind.len()];
+    let mut failures = vec![0; behind.len()];
+    for _ in 0..rounds {
+        for (i, t) in behind.iter().enumerate() {
+            let (rate, failed) = measure::connect_rate(t.echo, 32, Duration::from_secs(5)).await?;
+            rates[i].push(rate);
+            failures[i] += failed;
+        }
+    }
+    println!("\n| connects per second, 32 clients, median of {rounds} | connects/s | failed |");
+    println!("|---|---|---|");
+    for ((t, rate), failed) in behind.iter().zip(rates.iter_mut()).zip(failures) {
+        println!("| {} | {:.0} | {failed} |", t.name, median(rate));
+    }
+    Ok(())
+}
+
 fn cluster_services() -> anyhow::Result<(tokio::process::Child, String, SocketAddr)> {
     let free = || -> anyhow::Result<u16> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?

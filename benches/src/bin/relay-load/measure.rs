@@ -60,6 +60,44 @@ pub(crate) async fn connect_latency(addr: SocketAddr, n: usize) -> anyhow::Resul
     Ok(samples)
 }
 
+/// New connections per second that `concurrency` clients get through `addr` in `window`,
+/// each a connect and a one-byte echo; with how many failed.
+pub(crate) async fn connect_rate(
+    addr: SocketAddr,
+    concurrency: usize,
+    window: Duration,
+) -> anyhow::Result<(f64, usize)> {
+    let deadline = Instant::now() + window;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        workers.spawn(async move {
+            let (mut done, mut failed) = (0usize, 0usize);
+            while Instant::now() < deadline {
+                let one = async {
+                    let mut s = TcpStream::connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    s.write_all(b"x").await?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).await?;
+                    anyhow::Ok(())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), one).await {
+                    Ok(Ok(())) => done += 1,
+                    _ => failed += 1,
+                }
+            }
+            (done, failed)
+        });
+    }
+    let (mut done, mut failed) = (0, 0);
+    while let Some(r) = workers.join_next().await {
+        let (d, f) = r?;
+        done += d;
+        failed += f;
+    }
+    Ok((done as f64 / window.as_secs_f64(), failed))
+}
+
 /// 64-byte round trips on one connection.
 pub(crate) async fn round_trips(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut s = TcpStream::connect(addr).await?;
