@@ -106,6 +106,17 @@ impl Nats {
         self.servers[i] = None;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to server `i`: a hung server keeps its sockets open.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.servers[i].as_ref().expect("server runs").0.id();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Starts server `i` again, on the same ports, and waits for its routes.
     pub fn restart(&mut self, i: usize) {
         let server = self.spawn(&self.bin, &self.dir, i);

@@ -3,10 +3,10 @@
 //! A listener on one node serves WebSocket and HTTP senders of every other node, through
 //! per-node addresses and through the shared address; a killed node loses only its own
 //! connections and its listener is back on another node within 2 s, and a hung one's
-//! moves too; a node cut off from NATS fences itself; a NATS server killed costs at most a
-//! retry; revocation reaches every node within a second, also without the broadcast;
-//! standbys parked on any node serve the senders that land there; and Microsoft's clients
-//! listen on one node and send through the others.
+//! moves too; a node cut off from NATS fences itself; a NATS server killed or hung under
+//! load costs at most a retry; revocation reaches every node within a second, also without
+//! the broadcast; standbys parked on any node serve the senders that land there; and
+//! Microsoft's clients listen on one node and send through the others.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -537,6 +537,45 @@ async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
     for i in 0..3 {
         assert_eq!(cluster.nodes[i].ready_status(), Some(200), "node {i} ready");
     }
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_hung_under_load_costs_at_most_a_retry() {
+    let cluster = Cluster::start("cluster-nats-hang", 3, |_| NodeOptions::default());
+    let (stop, task) = listen(&cluster.nodes[0].ws(), Duration::from_secs(10));
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    let (mut failures, mut ok) = (0, 0);
+    let mut hung = None;
+    for round in 0..40 {
+        if round == 10 {
+            // No FIN: its clients only notice by their pings.
+            cluster.nats.signal(1, "STOP");
+            hung = Some(Instant::now());
+        }
+        if round == 30 {
+            cluster.nats.signal(1, "CONT");
+        }
+        let node = 1 + round % 2;
+        match echo(&cluster.nodes[node].ws(), 1024).await {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failures += 1;
+                let since = hung.map(|h| h.elapsed());
+                eprintln!("round {round} via node {node}, {since:?} into the hang: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                echo(&cluster.nodes[node].ws(), 1024).await.unwrap();
+            }
+        }
+    }
+    eprintln!("{ok} connects first time, {failures} needed a retry, with one NATS server hung");
+    assert!(failures <= 4, "{failures} connects failed");
+    for i in 0..3 {
+        assert_eq!(cluster.nodes[i].ready_status(), Some(200), "node {i} ready");
+    }
+    let fenced = node_sum(&cluster, "relay_cluster_fenced_total");
+    eprintln!("nodes fenced during the hang: {fenced}");
     stop.cancel();
     task.await.unwrap();
 }

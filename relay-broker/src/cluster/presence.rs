@@ -15,6 +15,12 @@ use crate::seams::node::NodeId;
 
 /// Silence of this node's own beat after which it fences itself.
 pub const FENCE_AFTER: Duration = Duration::from_millis(750);
+/// Silence of this node's own beat after which it leaves its NATS server for another: a
+/// hung server keeps the TCP connection open, and the client's own pings would take about
+/// three intervals to notice, past [`FENCE_AFTER`].
+const SWITCH_AFTER: Duration = Duration::from_millis(400);
+/// At most one such switch in this long (a reconnect costs the requests in flight).
+const SWITCH_EVERY: Duration = Duration::from_secs(2);
 /// Every this many beats carry the whole set, changed or not (a lost set heals).
 const FULL_EVERY: u64 = 8;
 /// A change waits this long for more before it is published, so a burst is one beat.
@@ -56,6 +62,11 @@ impl Health {
             )),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Whether this node has not heard its own beat for `silence`, having heard it before.
+    fn silent_for(&self, silence: Duration) -> bool {
+        self.lock().echo.is_some_and(|at| at.elapsed() > silence)
     }
 
     /// The new fencing state when it changed: fenced once a node that was in stops hearing
@@ -185,6 +196,7 @@ impl Presence {
     async fn watch(self: Arc<Self>, inbox: Weak<dyn Inbox>) {
         let mut tick = tokio::time::interval(WATCH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut switched: Option<Instant> = None;
         loop {
             tick.tick().await;
             let Some(inbox) = inbox.upgrade() else {
@@ -193,6 +205,15 @@ impl Presence {
             };
             for key in self.directory.sweep() {
                 inbox.listener_gone(&key);
+            }
+            if self.health.silent_for(SWITCH_AFTER)
+                && switched.is_none_or(|at| at.elapsed() > SWITCH_EVERY)
+            {
+                // Most often another server answers before the fence is due.
+                switched = Some(Instant::now());
+                tracing::warn!("own heartbeat silent: reconnecting to another NATS server");
+                let client = self.client.clone();
+                tokio::spawn(async move { client.force_reconnect().await });
             }
             if let Some(fenced) = self.health.transition() {
                 inbox.fence(fenced);
