@@ -1,18 +1,19 @@
 //! A whole cluster on loopback, from Debian's packages: three `nats-server` processes
 //! clustered with routes, a throwaway PostgreSQL database, broker nodes running the real
-//! binary, and HAProxy in front (TCP, random balance, `/readyz` checks). Every process is
+//! binary, and HAProxy in front (TCP, random balance, `/readyz` checks), optionally one node
+//! in a network namespace of its own for partitions ([`Netns`]). Every process is
 //! killed when the [`Cluster`] drops. `.ci/run` installs the packages.
 //!
 //! A harness: a failed step is a failed test, so it panics with what failed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::external::{Process, free_port, installed, spawn_broker, wait_accepting};
+use crate::external::{Process, free_port_on, installed, spawn_broker, wait_accepting};
 use crate::{KEY, KEY_NAME, token_for};
 
 /// The cluster secret of the tests.
@@ -30,13 +31,13 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// `n` servers with full routes, with short pings (the cluster spec's settings), ready
-    /// when each monitoring endpoint reports its routes.
-    pub fn start(dir: &std::path::Path, n: usize) -> Self {
+    /// `n` servers on `ip` with full routes, with short pings (the cluster spec's settings),
+    /// ready when each monitoring endpoint reports its routes.
+    pub fn start(dir: &std::path::Path, n: usize, ip: IpAddr) -> Self {
         let bin = installed("nats-server", "nats-server");
-        let clients: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let routes: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let monitors: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let clients: Vec<SocketAddr> = (0..n).map(|_| free_port_on(ip)).collect();
+        let routes: Vec<SocketAddr> = (0..n).map(|_| free_port_on(ip)).collect();
+        let monitors: Vec<SocketAddr> = (0..n).map(|_| free_port_on(ip)).collect();
         let route_list: Vec<String> = routes.iter().map(|r| format!("\"nats://{r}\"")).collect();
         let mut configs = Vec::new();
         for i in 0..n {
@@ -143,11 +144,20 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_owned()))
 }
 
-/// An HTTPS GET to a node's own endpoint (its certificate is the tests' self-signed one).
-fn curl(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl")
+/// A GET to a node's own endpoint with curl, run after `prefix` (TLS certificates are the
+/// tests' self-signed one).
+fn curl(prefix: &[&str], scheme: &str, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut command = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg("curl");
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = command
         .args(["-sk", "--max-time", "2", "-w", "\n%{http_code}"])
-        .arg(format!("https://{addr}{path}"))
+        .arg(format!("{scheme}://{addr}{path}"))
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -165,6 +175,8 @@ pub struct Node {
     pub peer: SocketAddr,
     config: PathBuf,
     pub log: PathBuf,
+    /// The network namespace it runs in, when it is the cluster's isolated node.
+    netns: Option<String>,
     process: Option<Process>,
 }
 
@@ -176,11 +188,13 @@ impl Node {
     }
 
     /// A GET of its own endpoint `path`, over TLS when it serves TLS.
+    /// An isolated node is asked from inside its namespace, so also while it is cut off.
     fn fetch(&self, path: &str) -> Option<(u16, String)> {
-        if self.tls {
-            curl(self.addr, path)
-        } else {
-            get(self.addr, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        match &self.netns {
+            Some(ns) => curl(&["ip", "netns", "exec", ns], scheme, self.addr, path),
+            None if self.tls => curl(&[], scheme, self.addr, path),
+            None => get(self.addr, path),
         }
     }
 
@@ -222,6 +236,128 @@ pub struct NodeOptions {
     pub identity: bool,
     /// `[limits].standby_per_listener`, when not the default.
     pub standby_per_listener: Option<usize>,
+    /// Run this node in the cluster's [`Netns`], where [`Netns::cut`] cuts it off from
+    /// NATS, the other nodes, HAProxy and the tests (PostgreSQL stays, on its socket).
+    /// At most one node; the others and NATS then bind the namespace's host address.
+    pub isolated: bool,
+}
+
+/// A network namespace joined to this one by a veth pair: the host end has [`Self::host`],
+/// the namespace's end [`Self::inside`]. Deleted when dropped.
+pub struct Netns {
+    pub name: String,
+    veth: String,
+    pub host: IpAddr,
+    pub inside: IpAddr,
+}
+
+impl Netns {
+    /// A fresh namespace (root only: `ip netns` and veth, from iproute2).
+    pub fn new() -> Self {
+        // Names unique per test process, short enough for an interface (15 bytes).
+        let tag = std::process::id() % 100_000;
+        let (name, veth) = (format!("relay-test-{tag}"), format!("rt{tag}h"));
+        let third = tag % 250;
+        let host = IpAddr::V4(Ipv4Addr::new(10, 231, third as u8, 1));
+        let inside = IpAddr::V4(Ipv4Addr::new(10, 231, third as u8, 2));
+        // A namespace of a killed earlier run of this pid goes first.
+        for args in [["netns", "del", &name], ["link", "del", &veth]] {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        }
+        let inner = format!("rt{tag}n");
+        let steps: [Vec<String>; 7] = [
+            vec!["netns".into(), "add".into(), name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                veth.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                inner.clone(),
+                "netns".into(),
+                name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{host}/30"),
+                "dev".into(),
+                veth.clone(),
+            ],
+            vec!["link".into(), "set".into(), veth.clone(), "up".into()],
+            ns(
+                &name,
+                &["addr", "add", &format!("{inside}/30"), "dev", &inner],
+            ),
+            ns(&name, &["link", "set", &inner, "up"]),
+            ns(&name, &["link", "set", "lo", "up"]),
+        ];
+        let netns = Self {
+            name,
+            veth,
+            host,
+            inside,
+        };
+        for args in steps {
+            let out = Command::new(installed("ip", "iproute2"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {} (partition tests need root): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        netns
+    }
+
+    /// Takes the host's end down: packets between the namespace and the rest are dropped
+    /// both ways, with no FIN and no reset, as when a cable is pulled.
+    pub fn cut(&self) {
+        self.link("down");
+    }
+
+    /// Brings the host's end back; connections that outlived the cut carry on.
+    pub fn heal(&self) {
+        self.link("up");
+    }
+
+    fn link(&self, state: &str) {
+        let ok = Command::new("ip")
+            .args(["link", "set", &self.veth, state])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip link set {} {state}", self.veth);
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it ours.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `ip` arguments that run `args` inside namespace `name`.
+fn ns(name: &str, args: &[&str]) -> Vec<String> {
+    ["netns", "exec", name, "ip"]
+        .iter()
+        .chain(args)
+        .map(|a| (*a).to_owned())
+        .collect()
 }
 
 /// NATS, PostgreSQL, broker nodes and HAProxy.
@@ -234,6 +370,8 @@ pub struct Cluster {
     /// The database every node shares (on [`relay_broker::store::TestPostgres::shared`]).
     pub db: String,
     _haproxy: Process,
+    /// The namespace of the isolated node, if one is (dropped after every process).
+    pub netns: Option<Netns>,
 }
 
 impl Cluster {
@@ -242,14 +380,32 @@ impl Cluster {
     pub fn start(name: &str, n: usize, options: impl Fn(usize) -> NodeOptions) -> Self {
         crate::build_binaries_once();
         let dir = crate::temp_dir(name);
-        let nats = Nats::start(&dir, 3);
+        let all: Vec<NodeOptions> = (0..n).map(options).collect();
+        assert!(
+            all.iter().filter(|o| o.isolated).count() <= 1,
+            "one isolated node"
+        );
+        let netns = all.iter().any(|o| o.isolated).then(Netns::new);
+        let host = netns
+            .as_ref()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |ns| ns.host);
+        let nats = Nats::start(&dir, 3, host);
         let pg = relay_broker::store::TestPostgres::shared();
         let db = pg.fresh_database(name);
         let db = db.get_dbname().unwrap().to_owned();
-        let store = format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port);
         let mut nodes = Vec::new();
-        for i in 0..n {
-            let opts = options(i);
+        for (i, opts) in all.into_iter().enumerate() {
+            let store = if opts.isolated {
+                // The socket: PostgreSQL listens on loopback only, the namespace's own.
+                let socket = pg.socket_dir.display().to_string().replace('/', "%2F");
+                format!("postgres://postgres@{socket}:{}/{db}", pg.port)
+            } else {
+                format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port)
+            };
+            let ip = match &netns {
+                Some(ns) if opts.isolated => ns.inside,
+                _ => host,
+            };
             let servers: Vec<String> = opts
                 .nats
                 .clone()
@@ -257,8 +413,9 @@ impl Cluster {
                 .into_iter()
                 .map(|k| format!("\"{}\"", nats.url(k)))
                 .collect();
-            let addr = free_port();
-            let peer = free_port();
+            // Free on the host is as good as free in a fresh namespace.
+            let addr = SocketAddr::new(ip, free_port_on(host).port());
+            let peer = SocketAddr::new(ip, free_port_on(host).port());
             let advertise = if opts.advertise {
                 let scheme = if opts.identity { "wss" } else { "ws" };
                 format!("advertise_url = \"{scheme}://{addr}\"\n")
@@ -302,12 +459,16 @@ impl Cluster {
                 peer,
                 config: path,
                 log: dir.join(format!("b{i}.log")),
+                netns: netns
+                    .as_ref()
+                    .filter(|_| opts.isolated)
+                    .map(|ns| ns.name.clone()),
                 process: None,
             };
             start_node(&mut node);
             nodes.push(node);
         }
-        let lb = free_port();
+        let lb = free_port_on(host);
         let haproxy = haproxy(&dir, lb, &nodes);
         let cluster = Self {
             dir,
@@ -316,6 +477,7 @@ impl Cluster {
             lb,
             db,
             _haproxy: haproxy,
+            netns,
         };
         for i in 0..n {
             cluster.wait_serving(i, Duration::from_secs(20));
@@ -403,7 +565,16 @@ impl Cluster {
 }
 
 fn start_node(node: &mut Node) {
-    let mut command = Command::new(crate::bin("relay-broker"));
+    let mut command = match &node.netns {
+        Some(name) => {
+            let mut c = Command::new("ip");
+            // `ip netns exec` execs the broker: the pid is the broker's.
+            c.args(["netns", "exec", name])
+                .arg(crate::bin("relay-broker"));
+            c
+        }
+        None => Command::new(crate::bin("relay-broker")),
+    };
     command
         .arg("--config")
         .arg(&node.config)

@@ -21,7 +21,12 @@ impl Drop for Process {
 
 /// A port nothing listens on right now, for programs that must be told their port.
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// [`free_port`] on `ip` (an address of this host, or of a namespace the test made).
+pub fn free_port_on(ip: std::net::IpAddr) -> SocketAddr {
+    std::net::TcpListener::bind((ip, 0))
         .expect("bind")
         .local_addr()
         .expect("addr")

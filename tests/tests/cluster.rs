@@ -1,9 +1,10 @@
 //! The cluster suite: three broker nodes (the real binary) on three clustered nats-server
-//! processes, one PostgreSQL database and HAProxy, all on loopback (`relay_tests::cluster`).
+//! processes, one PostgreSQL database and HAProxy, all on loopback or a veth the test makes (`relay_tests::cluster`).
 //! A listener on one node serves WebSocket and HTTP senders of every other node, through
 //! per-node addresses and through the shared address; a killed node loses only its own
 //! connections and its listener is back on another node within 2 s, and a hung one's
-//! moves too; a node cut off from NATS fences itself; a NATS server killed or hung under
+//! moves too; a node cut off from NATS, by its server's death or by the network (a
+//! namespace), fences itself and every view heals; a NATS server killed or hung under
 //! load costs at most a retry; revocation reaches every node within a second, also without
 //! the broadcast; standbys parked on any node serve the senders that land there; and
 //! Microsoft's clients listen on one node and send through the others.
@@ -506,6 +507,125 @@ async fn a_node_cut_off_from_nats_fences_itself_until_nats_is_back() {
     echo(&cluster.nodes[0].ws(), 4096).await.unwrap();
     stop.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_by_the_network_fences_itself_and_every_view_heals() {
+    // Node 2 in a network namespace of its own, on NATS server 2 only (PostgreSQL on its
+    // socket); nodes 0 and 1 on servers 0 and 1.
+    let cluster = Cluster::start("cluster-partition", 3, |i| NodeOptions {
+        nats: Some(if i == 2 { vec![2] } else { vec![i, 1 - i] }),
+        isolated: i == 2,
+        ..NodeOptions::default()
+    });
+    let netns = cluster.netns.as_ref().expect("node 2 is isolated");
+    let seen = |i: usize| cluster.nodes[i].metric("relay_listeners{hybrid_connection=\"hyco\"}");
+    // A listener on each side, by its node's own address.
+    let (stop2, task2) = listen(&cluster.nodes[2].ws(), Duration::from_millis(500));
+    let (stop0, task0) = listen(&cluster.nodes[0].ws(), Duration::from_millis(500));
+    wait_count(&cluster, &[0, 1, 2], 2, Duration::from_secs(10)).await;
+    for i in 0..3 {
+        echo(&cluster.nodes[i].ws(), 4096).await.unwrap();
+    }
+
+    // Cut: no FIN, no reset; node 2 only stops hearing anything.
+    netns.cut();
+    let cut = Instant::now();
+    // The other side drops node 2 and its listener within a heartbeat timeout, and its
+    // senders are all paired with the listener they can reach.
+    let dropped = wait_count(&cluster, &[0, 1], 1, Duration::from_secs(3)).await;
+    for _ in 0..10 {
+        echo(&cluster.nodes[1].ws(), 1024).await.unwrap();
+    }
+    // Node 2, asked from inside its namespace, fences: not ready, its channel closed, and
+    // node 0 gone from its view.
+    let (mut fenced, mut closed, mut alone) = (None, None, None);
+    loop {
+        let now = cut.elapsed();
+        if fenced.is_none() && cluster.nodes[2].ready_status() == Some(503) {
+            fenced = Some(now);
+        }
+        if closed.is_none() && cluster.nodes[2].metric("relay_node_channels") == 0.0 {
+            closed = Some(now);
+        }
+        if alone.is_none() && seen(2) == 0.0 {
+            alone = Some(now);
+        }
+        if fenced.is_some() && closed.is_some() && alone.is_some() {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "node 2 did not fence itself: ready {:?}, channels {}, view {}",
+            cluster.nodes[2].ready_status(),
+            cluster.nodes[2].metric("relay_node_channels"),
+            seen(2)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (fenced, closed, alone) = (fenced.unwrap(), closed.unwrap(), alone.unwrap());
+    eprintln!(
+        "cut: nodes 0 and 1 dropped node 2's listener after {dropped:?}; node 2 fenced after {fenced:?}, closed its channel after {closed:?}, dropped node 0's listener after {alone:?}"
+    );
+    assert!(cluster.nodes[2].metric("relay_cluster_fenced_total") >= 1.0);
+    assert!(
+        dropped < Duration::from_millis(1500),
+        "dropped after {dropped:?}"
+    );
+
+    // Healed: node 2 hears itself, takes node 0's listener into its view, and its own
+    // listener back; every live listener is in every view within two heartbeats of being
+    // live (measured from node 2 ready, and from its listener's channel back).
+    netns.heal();
+    let healed = Instant::now();
+    let (mut ready, mut view, mut back) = (None, None, None);
+    loop {
+        let now = healed.elapsed();
+        if ready.is_none() && cluster.nodes[2].ready_status() == Some(200) {
+            ready = Some(now);
+        }
+        if ready.is_some() && view.is_none() && seen(2) >= 1.0 {
+            view = Some(now);
+        }
+        if back.is_none() && cluster.nodes[2].metric("relay_node_channels") >= 1.0 {
+            back = Some(now);
+        }
+        if ready.is_some() && view.is_some() && back.is_some() {
+            break;
+        }
+        assert!(
+            now < Duration::from_secs(15),
+            "not healed: ready {ready:?}, node 0's listener in node 2's view {view:?}, node 2's listener back {back:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ready, view, back) = (ready.unwrap(), view.unwrap(), back.unwrap());
+    wait_count(&cluster, &[0, 1, 2], 2, Duration::from_secs(5)).await;
+    let all = healed.elapsed();
+    eprintln!(
+        "healed: node 2 ready after {ready:?}, node 0's listener in its view after {view:?}, its own listener back after {back:?}, both in every view after {all:?}"
+    );
+    let two_beats = relay_broker::cluster::BEAT * 2;
+    // The polling itself (a curl per check) adds its own lag; a full set every 8th beat
+    // would take 2 s.
+    let slack = Duration::from_millis(500);
+    assert!(
+        view - ready <= two_beats + slack,
+        "node 0's listener reached node 2's view {:?} after node 2 was back",
+        view - ready
+    );
+    assert!(
+        all - back <= two_beats + slack,
+        "node 2's listener reached every view {:?} after its channel was back",
+        all - back
+    );
+    for i in 0..3 {
+        echo(&cluster.nodes[i].ws(), 4096).await.unwrap();
+    }
+    stop2.cancel();
+    stop0.cancel();
+    task2.await.unwrap();
+    task0.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,9 @@ use super::client::Db;
 pub struct TestPostgres {
     /// Its loopback port.
     pub port: u16,
+    /// The folder of its Unix socket (`.s.PGSQL.<port>`), which a process in another
+    /// network namespace still reaches.
+    pub socket_dir: std::path::PathBuf,
     /// Keeps the watchdog's pipe open for the life of the process.
     _watchdog: Mutex<Child>,
 }
@@ -163,6 +166,7 @@ fn start() -> TestPostgres {
     wait_ready(port, &dir, &mut watchdog);
     TestPostgres {
         port,
+        socket_dir: dir.clone(),
         _watchdog: Mutex::new(watchdog),
     }
 }
