@@ -213,8 +213,13 @@ impl RawListener {
 
     /// Opens with extra request headers; does not wait for the broker to register it.
     pub async fn open_with(broker: &TestBroker, hc: &str, headers: &[(&str, &str)]) -> Self {
-        let url = format!("{}/$hc/{hc}?sb-hc-action=listen", broker.ws());
-        let conn = ws_connect(&url, Some(&broker.token(hc)), &[], headers)
+        Self::open_at(&broker.ws(), &broker.token(hc), hc, headers).await
+    }
+
+    /// Opens on the broker at `ws` (`ws://host:port`) with `token`; does not wait.
+    pub async fn open_at(ws: &str, token: &str, hc: &str, headers: &[(&str, &str)]) -> Self {
+        let url = format!("{ws}/$hc/{hc}?sb-hc-action=listen");
+        let conn = ws_connect(&url, Some(token), &[], headers)
             .await
             .expect("listen");
         Self { conn }

@@ -6,14 +6,18 @@
 //! moves too; a node cut off from NATS, by its server's death or by the network (a
 //! namespace), fences itself and every view heals; a NATS server killed or hung under
 //! load costs at most a retry; revocation reaches every node within a second, also without
-//! the broadcast; standbys parked on any node serve the senders that land there; and
-//! Microsoft's clients listen on one node and send through the others.
+//! the broadcast, and no relayed connection of a revoked listener carries data after it;
+//! each rendezvous is used once, whichever node it is tried on; standbys parked on any node
+//! serve the senders that land there; and Microsoft's clients listen on one node and send
+//! through the others. Tests that check invariants log each client event with a monotonic
+//! timestamp and check them afterwards.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay_tests::certs::EchoListener;
 use relay_tests::cluster::{Cluster, NodeOptions, listener_count};
 use relay_tests::{Edge, KEY, KEY_NAME};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -67,6 +71,9 @@ async fn wait_count(cluster: &Cluster, nodes: &[usize], n: usize, bound: Duratio
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The metric of the listeners on `hyco` a node sees (the cluster's).
+const HYCO_LISTENERS: &str = "relay_listeners{hybrid_connection=\"hyco\"}";
 
 fn sender_options(endpoint: &str) -> relay_sender::ConnectOptions {
     relay_sender::ConnectOptions {
@@ -519,7 +526,7 @@ async fn a_node_cut_off_by_the_network_fences_itself_and_every_view_heals() {
         ..NodeOptions::default()
     });
     let netns = cluster.netns.as_ref().expect("node 2 is isolated");
-    let seen = |i: usize| cluster.nodes[i].metric("relay_listeners{hybrid_connection=\"hyco\"}");
+    let seen = |i: usize| cluster.nodes[i].metric(HYCO_LISTENERS);
     // A listener on each side, by its node's own address.
     let (stop2, task2) = listen(&cluster.nodes[2].ws(), Duration::from_millis(500));
     let (stop0, task0) = listen(&cluster.nodes[0].ws(), Duration::from_millis(500));
@@ -746,7 +753,37 @@ struct Identity<'a> {
     token: String,
 }
 
-impl Identity<'_> {
+impl<'a> Identity<'a> {
+    /// Alice, through node 0, with the right to register `hyco*` (granted through node 1)
+    /// and an API token (minted through node 2).
+    async fn start(cluster: &'a Cluster) -> Self {
+        let mut id = Identity {
+            cluster,
+            tls: relay_io::tls::client_config(Some(&cluster.server_ca())).unwrap(),
+            token: String::new(),
+        };
+        let alice =
+            serde_json::json!({"name": "alice", "password": "correct horse battery staple"});
+        let (status, reply) = id.call(0, "POST", "/$admin/v1/persons", &alice).await;
+        assert_eq!(status, 200, "{reply}");
+        let grant = serde_json::json!({"right": "listener.register", "pattern": "hyco*"});
+        let (status, reply) = id
+            .call(1, "POST", "/$admin/v1/persons/alice/grants", &grant)
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        let (status, reply) = id
+            .call(
+                2,
+                "POST",
+                "/$admin/v1/persons/alice/tokens",
+                &serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        id.token = reply["token"].as_str().unwrap().to_owned();
+        id
+    }
+
     async fn call(
         &self,
         node: usize,
@@ -771,6 +808,29 @@ impl Identity<'_> {
 
     /// Registers a listener for `hyco` through `node`; its id and client TLS configuration.
     async fn register(&self, node: usize) -> (String, Arc<relay_io::rustls::ClientConfig>) {
+        let (listener, chain, key) = self.enroll(node).await;
+        let tls = relay_tests::certs::client_cert_config(&self.cluster.server_ca(), &chain, &key);
+        (listener, tls)
+    }
+
+    /// Registers a listener for `hyco` through `node` and writes its identity into `dir` as
+    /// `relay-listener register` does, for the listener library.
+    async fn register_identity(
+        &self,
+        node: usize,
+        dir: &std::path::Path,
+    ) -> Arc<relay_listener::CertificateIdentity> {
+        let (listener, chain, key) = self.enroll(node).await;
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), chain).unwrap();
+        let details = serde_json::json!({"listener_id": listener, "hybrid_connections": ["hyco"]});
+        std::fs::write(dir.join("listener.json"), details.to_string()).unwrap();
+        Arc::new(relay_listener::CertificateIdentity::load(dir).unwrap())
+    }
+
+    /// Registers a listener for `hyco` through `node`: its id, certificate chain and key.
+    async fn enroll(&self, node: usize) -> (String, String, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().unwrap();
         let body = serde_json::json!({
             "csr": relay_tests::certs::csr(&key), "hybrid_connections": ["hyco"],
@@ -785,8 +845,11 @@ impl Identity<'_> {
             reply["certificate"].as_str().unwrap(),
             reply["chain"].as_str().unwrap()
         );
-        let tls = relay_tests::certs::client_cert_config(&self.cluster.server_ca(), &chain, &key);
-        (reply["listener_id"].as_str().unwrap().to_owned(), tls)
+        (
+            reply["listener_id"].as_str().unwrap().to_owned(),
+            chain,
+            key,
+        )
     }
 
     /// A control channel on `node` with the listener's certificate.
@@ -842,29 +905,7 @@ async fn revocation_closes_the_listener_on_every_node_within_a_second_also_witho
         identity: true,
         ..NodeOptions::default()
     });
-    let mut id = Identity {
-        cluster: &cluster,
-        tls: relay_io::tls::client_config(Some(&cluster.server_ca())).unwrap(),
-        token: String::new(),
-    };
-    let alice = serde_json::json!({"name": "alice", "password": "correct horse battery staple"});
-    let (status, reply) = id.call(0, "POST", "/$admin/v1/persons", &alice).await;
-    assert_eq!(status, 200, "{reply}");
-    let grant = serde_json::json!({"right": "listener.register", "pattern": "hyco*"});
-    let (status, reply) = id
-        .call(1, "POST", "/$admin/v1/persons/alice/grants", &grant)
-        .await;
-    assert_eq!(status, 200, "{reply}");
-    let (status, reply) = id
-        .call(
-            2,
-            "POST",
-            "/$admin/v1/persons/alice/tokens",
-            &serde_json::Value::Null,
-        )
-        .await;
-    assert_eq!(status, 200, "{reply}");
-    id.token = reply["token"].as_str().unwrap().to_owned();
+    let id = Identity::start(&cluster).await;
 
     // Registered through one node, listening on a second, revoked through the third: the
     // broadcast (and the poll behind it) reaches the node holding the channel.
@@ -904,4 +945,212 @@ async fn revocation_closes_the_listener_on_every_node_within_a_second_also_witho
     eprintln!(
         "revocation seen only through the store's sequence, 20 times: p50 {p50:?}, p99 {p99:?}, max {max:?}"
     );
+}
+
+/// What one relayed connection saw, each with a monotonic timestamp: its echoes and how it
+/// ended. The invariants are checked afterwards.
+#[derive(Debug, Default)]
+struct Flow {
+    echoes: Vec<Instant>,
+    end: Option<(Instant, String)>,
+}
+
+/// A relayed connection through `endpoint` that writes 64 bytes every 5 ms and logs what
+/// comes back, until the stream ends.
+async fn flow(
+    endpoint: String,
+    tls: Arc<relay_io::rustls::ClientConfig>,
+) -> (Arc<std::sync::Mutex<Flow>>, tokio::task::JoinHandle<()>) {
+    let mut options = sender_options(&endpoint);
+    options.tls = Some(tls);
+    let conn = relay_sender::connect(&endpoint, "hyco", &options)
+        .await
+        .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Flow::default()));
+    let task = tokio::spawn({
+        let log = Arc::clone(&log);
+        async move {
+            let (mut r, mut w) = tokio::io::split(conn.stream);
+            let write = tokio::spawn(async move {
+                while w.write_all(&[7; 64]).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            let mut buf = vec![0; 4096];
+            let end = loop {
+                match r.read(&mut buf).await {
+                    Ok(0) => break "a clean end of stream".to_owned(),
+                    Ok(_) => log.lock().unwrap().echoes.push(Instant::now()),
+                    Err(e) => break format!("{:?}: {e}", e.kind()),
+                }
+            };
+            log.lock().unwrap().end = Some((Instant::now(), end));
+            write.abort();
+        }
+    });
+    (log, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_listeners_relayed_connections_stop_on_every_node_within_a_second() {
+    let cluster = Cluster::start("cluster-revoke-data", 3, |_| NodeOptions {
+        identity: true,
+        ..NodeOptions::default()
+    });
+    let id = Identity::start(&cluster).await;
+    let mut logs = Vec::new();
+    for rep in 0..6 {
+        // Registered through one node, its channel on the next; one relayed connection
+        // pumped on every node (by each node's own address), data flowing both ways.
+        let dir = cluster.dir.join(format!("listener-{rep}"));
+        let identity = id.register_identity(rep % 3, &dir).await;
+        let config = relay_listener::ListenerConfig::with_certificate(
+            cluster.nodes[(rep + 1) % 3].ws(),
+            "hyco",
+            identity,
+            Some(&cluster.server_ca()),
+        )
+        .unwrap();
+        let listener = EchoListener::spawn(relay_listener::Listener::new(config));
+        // Every node counts it (and no longer the last one); TLS nodes, so by their metrics.
+        let started = Instant::now();
+        while cluster
+            .nodes
+            .iter()
+            .any(|n| n.metric(HYCO_LISTENERS) != 1.0)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "listener {rep} not seen everywhere"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut flows = Vec::new();
+        for node in &cluster.nodes {
+            flows.push(flow(node.ws(), Arc::clone(&id.tls)).await);
+        }
+        let started = Instant::now();
+        while flows
+            .iter()
+            .any(|(log, _)| log.lock().unwrap().echoes.is_empty())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no echo on every node"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Revoked through the third node; the commit happened before the answer.
+        let path = format!("/$admin/v1/listeners/{}/revoke", listener_id(&dir));
+        let (status, reply) = id
+            .call((rep + 2) % 3, "POST", &path, &serde_json::Value::Null)
+            .await;
+        let committed = Instant::now();
+        assert_eq!(status, 200, "{reply}");
+        for (log, task) in flows {
+            let ended = tokio::time::timeout(Duration::from_secs(3), task).await;
+            assert!(
+                ended.is_ok(),
+                "a relayed connection of a revoked listener went on"
+            );
+            logs.push((committed, log));
+        }
+        listener.stop().await;
+    }
+    // Afterwards, the invariants over the whole log.
+    let (mut after, mut ends, mut kinds) =
+        (Vec::new(), Vec::new(), std::collections::BTreeSet::new());
+    for (n, (committed, log)) in logs.iter().enumerate() {
+        let log = log.lock().unwrap();
+        let (ended, how) = log.end.clone().expect("every connection ended");
+        let last = log.echoes.last().copied().unwrap_or(*committed);
+        after.push(last.saturating_duration_since(*committed));
+        ends.push(ended.saturating_duration_since(*committed));
+        kinds.insert(how.clone());
+        assert!(
+            last <= *committed + Duration::from_secs(1),
+            "connection {n} (node {}) carried data {:?} after the revocation committed",
+            n % 3,
+            last - *committed
+        );
+        assert!(
+            ended <= *committed + Duration::from_secs(1),
+            "connection {n} ended {:?} after the commit",
+            ended - *committed
+        );
+        // A cut connection reads as cut, never as a stream that ended by itself.
+        assert_ne!(how, "a clean end of stream", "connection {n}");
+    }
+    let (p50, p99, max) = percentiles(after);
+    let (e50, e99, emax) = percentiles(ends);
+    eprintln!(
+        "{} relayed connections of revoked listeners (pumped on every node): last data after the answer p50 {p50:?}, p99 {p99:?}, max {max:?}; ended after it p50 {e50:?}, p99 {e99:?}, max {emax:?}, as {kinds:?}",
+        logs.len()
+    );
+}
+
+/// The listener id of an identity written by [`Identity::register_identity`].
+fn listener_id(dir: &std::path::Path) -> String {
+    let details: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("listener.json")).unwrap()).unwrap();
+    details["listener_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rendezvous_is_used_once_whichever_node_it_is_tried_on() {
+    let cluster = Cluster::start("cluster-once", 3, |_| NodeOptions::default());
+    let base = cluster.nodes[0].ws();
+    let token = relay_sender::sas_token(&base, "hyco", KEY_NAME, KEY, 600);
+    let mut listener = relay_tests::RawListener::open_at(&base, &token, "hyco", &[]).await;
+    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    for rep in 0..6 {
+        // A sender on each node in turn, by its own address.
+        let node = &cluster.nodes[rep % 3];
+        let url = format!(
+            "{}/$hc/hyco?sb-hc-action=connect&sb-hc-id=once-{rep}",
+            node.ws()
+        );
+        let token = relay_sender::sas_token(&node.ws(), "hyco", KEY_NAME, KEY, 600);
+        let sender =
+            tokio::spawn(
+                async move { relay_tests::ws_connect(&url, Some(&token), &[], &[]).await },
+            );
+        let relay_core::control::ListenerCommand::Accept(accept) = listener.command().await else {
+            panic!("expected an accept");
+        };
+        // The rendezvous taken through another node than the sender's: spliced to it.
+        let through = |i: usize| {
+            let authority = accept.address.split('/').nth(2).unwrap();
+            accept
+                .address
+                .replacen(authority, &cluster.nodes[i].addr.to_string(), 1)
+        };
+        let mut side_l = relay_tests::ws_connect(&through((rep + 1) % 3), None, &[], &[])
+            .await
+            .unwrap();
+        let mut side_s = sender.await.unwrap().unwrap();
+        // Used once: the same address is refused on every node, the pair untouched.
+        for i in 0..3 {
+            match relay_tests::ws_connect(&through(i), None, &[], &[]).await {
+                Err(relay_io::WsError::Refused { status, reason }) => {
+                    assert_eq!(status, 403, "rendezvous {rep} again on node {i}: {reason}");
+                }
+                other => panic!(
+                    "rendezvous {rep} used again on node {i}: {:?}",
+                    other.map(|_| ())
+                ),
+            }
+        }
+        let message = format!("pair {rep}");
+        side_s
+            .writer
+            .send(true, relay_core::frame::OpCode::Text, message.as_bytes())
+            .await
+            .unwrap();
+        side_s.writer.flush().await.unwrap();
+        assert_eq!(
+            side_l.reader.message(1 << 20).await.unwrap(),
+            Some(relay_io::Message::Text(message))
+        );
+    }
 }
