@@ -89,7 +89,7 @@ pub enum RelayError {
     ShuttingDown,
     /// This node has lost the cluster (NATS) and fenced itself: it takes no listeners and
     /// says not ready until it is back.
-    #[error("This broker node is cut off from its cluster; retry on another node ({0})")]
+    #[error("This broker node is not in its cluster now; retry on another node ({0})")]
     Fenced(String),
 }
 

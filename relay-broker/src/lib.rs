@@ -413,6 +413,21 @@ impl Broker {
         &self.relay
     }
 
+    /// Waits, at most `bound`, until this node is in its cluster (at once without one);
+    /// whether it is. A node opens its public port after this: a load balancer that has not
+    /// yet seen a restart then meets a refused connection, which it retries on another
+    /// node, instead of a node answering 503 while it learns the cluster's listeners.
+    pub async fn joined(&self, bound: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.relay.interconnect.ready().is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// This node's cluster, when it is one.
     #[must_use]
     pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {

@@ -35,6 +35,9 @@ struct Cli {
     command: Option<admin_cli::AdminCommand>,
 }
 
+/// How long a cluster node waits to join before it opens its public port anyway.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -72,6 +75,12 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
+    if config.cluster.is_some() && !broker.joined(JOIN_WAIT).await {
+        tracing::warn!(
+            "not in the cluster {}s after starting: opening the port anyway, /readyz says why",
+            JOIN_WAIT.as_secs()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;

@@ -142,6 +142,7 @@ async fn drain(
     tracing::info!("shutting down: closing control channels and draining");
     broker.begin_shutdown();
     let shared = broker.relay();
+    shared.interconnect.leave().await;
     let drain = shared.limits.shutdown_drain;
     stop.cancel();
     connections.close();

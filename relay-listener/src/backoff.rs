@@ -40,6 +40,17 @@ impl Backoff {
         exp.mul_f64(rand::random::<f64>().mul_add(0.5, 0.5))
     }
 
+    /// The delay after the broker closed a connection that worked with 1001 (going away:
+    /// a shutdown, and in a cluster the other nodes are there now): up to a fifth of
+    /// `initial`, only to spread a fleet's reconnects. Failures after it back off as usual.
+    pub fn after_going_away(&mut self) -> Duration {
+        if self.attempt > 0 {
+            return self.next_delay();
+        }
+        self.attempt = 1;
+        self.initial.mul_f64(rand::random::<f64>() * 0.2)
+    }
+
     /// Starts over after a connection that worked.
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -58,6 +69,13 @@ mod tests {
         for _ in 0..20 {
             assert!(b.next_delay() <= Duration::from_secs(1));
         }
+        b.reset();
+        assert!(b.after_going_away() <= Duration::from_millis(20));
+        let next = b.after_going_away();
+        assert!(
+            next >= Duration::from_millis(100),
+            "then the usual backoff: {next:?}"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

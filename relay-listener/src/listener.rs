@@ -214,7 +214,10 @@ impl Listener {
                 continue;
             }
             attempt += 1;
-            let delay = backoff.next_delay();
+            let delay = match error {
+                ListenerError::Closed { code: 1001, .. } => backoff.after_going_away(),
+                _ => backoff.next_delay(),
+            };
             let hint = self.hint(&error);
             tracing::warn!(hc = %self.config.hc, error = %error, hint, retry_in_ms = delay.as_millis() as u64, "listener disconnected");
             // The status shows what to check too.

@@ -547,6 +547,23 @@ impl Cluster {
         self.nodes[i].process = None;
     }
 
+    /// Stops node `i` the way systemd does (SIGTERM) and waits (bounded) for it to exit:
+    /// it closes its control channels and drains its relays.
+    pub fn terminate(&mut self, i: usize, bound: Duration) -> Duration {
+        self.signal(i, "TERM");
+        let started = Instant::now();
+        let process = self.nodes[i].process.as_mut().expect("node runs");
+        while process.0.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < bound,
+                "node {i} still running {bound:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.nodes[i].process = None;
+        started.elapsed()
+    }
+
     /// Starts node `i` again with the same config.
     pub fn restart(&mut self, i: usize) {
         start_node(&mut self.nodes[i]);

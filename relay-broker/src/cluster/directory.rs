@@ -18,6 +18,9 @@ use crate::seams::node::{ListenerKey, NodeId};
 pub const BEAT: Duration = Duration::from_millis(250);
 /// Silence after which a node counts as gone: three missed beats.
 pub const DEAD_AFTER: Duration = Duration::from_millis(750);
+/// How long senders wait for the listeners of a node that left to come back elsewhere (ours
+/// reconnect within 100 ms of a going-away close, and then connect and register).
+pub(super) const HANDOVER: Duration = Duration::from_secs(2);
 
 /// Another node, as its beats describe it.
 #[derive(Debug)]
@@ -38,6 +41,9 @@ pub struct ClusterDirectory {
     changed: tokio::sync::Notify,
     remote: RwLock<HashMap<NodeId, Remote>>,
     next: DashMap<String, AtomicUsize>,
+    /// Hybrid connections (lowercase) whose listeners are moving off a node that left, and
+    /// until when their senders wait for them.
+    moving: DashMap<String, Instant>,
 }
 
 impl ClusterDirectory {
@@ -49,6 +55,7 @@ impl ClusterDirectory {
             changed: tokio::sync::Notify::new(),
             remote: RwLock::default(),
             next: DashMap::new(),
+            moving: DashMap::new(),
         }
     }
 
@@ -117,6 +124,18 @@ impl ClusterDirectory {
             entry.listeners.clear();
         }
         entry.seen = Instant::now();
+        if beat.leaving {
+            // Silent from now on: out of every view at once, and out at the next sweep,
+            // which reports its listeners gone.
+            tracing::info!(%node, "node leaving");
+            entry.seen = entry.seen.checked_sub(DEAD_AFTER).unwrap_or(entry.seen);
+            // Its listeners were told to go (1001) and come back on other nodes.
+            let until = Instant::now() + HANDOVER;
+            for l in &entry.listeners {
+                self.moving.insert(l.hc.to_ascii_lowercase(), until);
+            }
+            return false;
+        }
         entry.peer = beat.peer;
         match beat.listeners {
             Some(listeners) => {
@@ -266,6 +285,16 @@ impl Directory for ClusterDirectory {
         counts.sort();
         counts
     }
+
+    fn moving(&self, hc: &str) -> Option<Instant> {
+        let key = hc.to_ascii_lowercase();
+        let until = *self.moving.get(&key)?;
+        if until <= Instant::now() {
+            self.moving.remove_if(&key, |_, at| *at <= Instant::now());
+            return None;
+        }
+        Some(until)
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +325,7 @@ mod tests {
             version,
             peer: "127.0.0.1:1".parse().unwrap(),
             listeners: listeners.map(|ls| ls.iter().map(WireListener::from).collect()),
+            leaving: false,
         }
     }
 
@@ -365,5 +395,28 @@ mod tests {
         d.write().get_mut(&b).unwrap().seen -= DEAD_AFTER;
         assert_eq!(d.sweep(), [listener("b", 7, None).key]);
         assert!(d.nodes().is_empty());
+    }
+
+    #[test]
+    fn a_leaving_node_is_out_of_every_view_at_once() {
+        let d = ClusterDirectory::new(NodeId::new("a").unwrap());
+        d.heard(beat("b", 1, 1, Some(vec![listener("b", 1, None)])));
+        assert_eq!(d.count("orders"), 1);
+        let mut last = beat("b", 1, u64::MAX, Some(Vec::new()));
+        last.leaving = true;
+        assert!(!d.heard(last));
+        assert_eq!(d.count("orders"), 0);
+        assert!(d.pick("orders", &|_| Usable::Ready).is_none());
+        assert!(
+            d.moving("ORDERS").is_some(),
+            "its senders wait for the listener to move"
+        );
+        assert!(d.moving("other").is_none());
+        assert_eq!(d.peer_of(&NodeId::new("b").unwrap()), None);
+        assert_eq!(
+            d.sweep(),
+            [listener("b", 1, None).key],
+            "gone, for the inbox"
+        );
     }
 }

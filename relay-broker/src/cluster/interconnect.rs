@@ -294,4 +294,8 @@ impl Interconnect for NatsInterconnect {
     fn ready(&self) -> Result<(), String> {
         self.0.health.ready()
     }
+
+    fn leave(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.0.presence.leave())
+    }
 }

@@ -25,6 +25,13 @@ const SWITCH_EVERY: Duration = Duration::from_secs(2);
 const FULL_EVERY: u64 = 8;
 /// A change waits this long for more before it is published, so a burst is one beat.
 const COALESCE: Duration = Duration::from_millis(10);
+/// How long a node hears its beats before it is ready, joining or back from a fence: every
+/// other node beats in that time, and the sets it did not carry are asked for and in (an
+/// ask waits two beats). Ready at once, a fresh node would answer 404 for listeners it has
+/// not heard of yet.
+const WARM_UP: Duration = Duration::from_millis(750);
+/// How long a leaving node tries to say so.
+const LEAVE_WITHIN: Duration = Duration::from_millis(500);
 /// How often silence and fencing are checked.
 const WATCH: Duration = Duration::from_millis(50);
 
@@ -38,6 +45,8 @@ pub(super) struct Health {
 struct HealthState {
     /// When this node last heard its own beat.
     echo: Option<Instant>,
+    /// Since when it has heard its beats without a silence of [`FENCE_AFTER`].
+    since: Option<Instant>,
     fenced: bool,
 }
 
@@ -47,20 +56,27 @@ impl Health {
     }
 
     fn echo(&self) {
-        self.lock().echo = Some(Instant::now());
+        let mut s = self.lock();
+        let now = Instant::now();
+        if s.echo.is_none_or(|at| now.duration_since(at) > FENCE_AFTER) {
+            s.since = Some(now);
+        }
+        s.echo = Some(now);
     }
 
-    /// `Ok` while this node hears its own beats.
+    /// `Ok` while this node hears its own beats and has heard them for [`WARM_UP`].
     pub(super) fn ready(&self) -> Result<(), String> {
-        match self.lock().echo {
-            None => {
-                Err("not yet in the cluster: NATS has not carried this node's heartbeat".into())
-            }
-            Some(at) if at.elapsed() > FENCE_AFTER => Err(format!(
+        let s = self.lock();
+        match (s.echo, s.since) {
+            (Some(at), _) if at.elapsed() > FENCE_AFTER => Err(format!(
                 "NATS has not carried this node's heartbeat for {} ms",
                 at.elapsed().as_millis()
             )),
-            Some(_) => Ok(()),
+            (Some(_), Some(since)) if since.elapsed() >= WARM_UP => Ok(()),
+            (Some(_), _) => Err("joining the cluster: learning the other nodes' listeners".into()),
+            (None, _) => {
+                Err("not yet in the cluster: NATS has not carried this node's heartbeat".into())
+            }
         }
     }
 
@@ -120,6 +136,7 @@ impl Presence {
                 version,
                 peer: self.peer,
                 listeners: full.then_some(listeners),
+                leaving: false,
             };
             let payload = serde_json::to_vec(&beat).expect("beats serialise");
             if self
@@ -130,6 +147,32 @@ impl Presence {
             {
                 sent = Some(version);
             }
+        }
+    }
+
+    /// The last beat, on shutdown: the beats stop, and the others drop this node and its
+    /// listeners now instead of after [`DEAD_AFTER`](super::DEAD_AFTER) of silence.
+    pub(super) async fn leave(&self) {
+        self.stop.cancel();
+        let beat = Beat {
+            node: self.me.to_string(),
+            epoch: self.epoch,
+            version: u64::MAX,
+            peer: self.peer,
+            listeners: Some(Vec::new()),
+            leaving: true,
+        };
+        let payload = serde_json::to_vec(&beat).expect("beats serialise");
+        let subject = format!("{}.{}", wire::PRESENCE, self.me);
+        let sent = tokio::time::timeout(LEAVE_WITHIN, async {
+            self.client.publish(subject, payload.into()).await.ok()?;
+            self.client.flush().await.ok()
+        })
+        .await;
+        if !matches!(sent, Ok(Some(()))) {
+            tracing::warn!(
+                "could not tell the cluster this node is leaving; it drops the node when its beats stop"
+            );
         }
     }
 

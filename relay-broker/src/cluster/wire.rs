@@ -34,6 +34,10 @@ pub(super) struct Beat {
     pub(super) peer: SocketAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) listeners: Option<Vec<WireListener>>,
+    /// The node's last beat: it is shutting down (older nodes ignore the field and drop
+    /// it when its beats stop).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) leaving: bool,
 }
 
 /// A node's answer to `relay.node.<node>.presence`: its whole set.

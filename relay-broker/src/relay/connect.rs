@@ -36,8 +36,8 @@ pub(super) async fn connect(
     let consumed_authorization =
         sender_access(shared, req.headers(), req.method(), &r, &view).await?;
     let mut target = shared
-        .pick(&r.hc.name)
-        .ok_or(RelayError::ListenerNotConnected)?;
+        .find(&r.hc.name, RelayError::ListenerNotConnected)
+        .await?;
     let permit = relay_permit(shared)?;
     // Our own senders may take an early 101 (no sub-protocol to wait for the listener's
     // choice of); see `relay_core::standby`.
@@ -73,12 +73,23 @@ pub(super) async fn connect(
             }
             None => match via_control_channel(shared, &target, &mut accept).await {
                 Ok(arrival) => break arrival,
-                // The notice found no node for a listener on another one (it died, and the
-                // heartbeats have not said so yet): nothing reached a listener, so one other
-                // pick is safe. The failed one is picked last now.
-                Err(e) if !retried && shared.unreachable(&target) => {
+                // Nothing reached a listener's application: the notice found no node for a
+                // listener on another one (it died, and the heartbeats have not said so
+                // yet), or the listener's channel ended before it took the rendezvous, whose
+                // address died with it (a broker node shutting down). One other pick is
+                // safe; the failed one is picked last now.
+                Err(e)
+                    if !retried
+                        && (shared.unreachable(&target)
+                            || matches!(e, RelayError::ListenerFailed(_))) =>
+                {
                     retried = true;
-                    target = shared.pick(&r.hc.name).ok_or(e)?;
+                    if target.local.is_none() {
+                        shared
+                            .suspects
+                            .insert(target.listener.key.clone(), std::time::Instant::now());
+                    }
+                    target = shared.find(&r.hc.name, e).await?;
                 }
                 Err(e) => return Err(e),
             },

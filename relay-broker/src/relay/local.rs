@@ -20,6 +20,9 @@ use crate::seams::directory::{ListenerRef, Usable};
 use crate::seams::interconnect::{Delivery, Inbox, InlineResponse, Notice, Undelivered};
 use crate::seams::node::{ListenerKey, NodeId};
 
+/// How often a sender waiting for moving listeners looks again.
+const MOVING_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// How long a listener on another node that a notice failed to reach is picked last.
 const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -83,6 +86,35 @@ impl Target {
 }
 
 impl Relay {
+    /// [`pick_or`](Self::pick_or), waiting (bounded) while `hc`'s listeners move off a node
+    /// that is shutting down: a sender in that gap is paired with a listener at its new
+    /// node instead of hearing that none is connected.
+    pub(crate) async fn find(&self, hc: &str, none: RelayError) -> Result<Target, RelayError> {
+        loop {
+            if let Some(target) = self.pick(hc) {
+                return Ok(target);
+            }
+            match self.directory.moving(hc) {
+                Some(until) if std::time::Instant::now() < until => {
+                    tokio::time::sleep(MOVING_POLL).await;
+                }
+                _ => return self.pick_or(hc, none),
+            }
+        }
+    }
+
+    /// [`pick`](Self::pick), or why not: `none` when no listener is connected, but 503 when
+    /// this node is out of its cluster (joining or fenced) and its view cannot say so.
+    pub(crate) fn pick_or(&self, hc: &str, none: RelayError) -> Result<Target, RelayError> {
+        self.pick(hc)
+            .ok_or_else(|| match self.interconnect.ready() {
+                Err(why) if self.clustered => {
+                    RelayError::Fenced(format!("it cannot see the cluster's listeners: {why}"))
+                }
+                _ => none,
+            })
+    }
+
     /// The listener for the next sender on `hc`, spread round robin and preferring one with
     /// room in its queue; `None` only when none is connected. In a cluster a listener with
     /// a standby parked on this node comes first: its connect then needs no other node.

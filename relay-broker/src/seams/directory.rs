@@ -79,6 +79,12 @@ pub trait Directory: Send + Sync + 'static {
     fn count(&self, hc: &str) -> usize;
     /// Listener counts per hybrid connection (for metrics).
     fn counts(&self) -> Vec<(String, usize)>;
+    /// Until when senders on `hc` wait for a listener rather than hear that none is
+    /// connected: its listeners are moving off a node that is shutting down.
+    fn moving(&self, hc: &str) -> Option<std::time::Instant> {
+        let _ = hc;
+        None
+    }
 }
 
 /// Round robin from `start`: the first listener `usable` calls ready, else the first busy

@@ -97,6 +97,11 @@ pub trait Interconnect: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Tells the other nodes that this one is shutting down, so that they stop routing to
+    /// it at once rather than when its heartbeats stop; bounded in time.
+    fn leave(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }
 
 /// The brokers of one process, reaching each other by direct calls.

@@ -71,7 +71,7 @@ pub(crate) async fn handle(
         Access::Session { ref refresh } => refresh.clone(),
         Access::Token(_) => None,
     };
-    let listener = shared.pick(&r.hc.name).ok_or(RelayError::NoListener)?;
+    let listener = shared.find(&r.hc.name, RelayError::NoListener).await?;
     let (parts, body) = req.into_parts();
     let (headers, has_body, inline) = listener_headers(&parts.headers, &access, &view, &listener);
 
