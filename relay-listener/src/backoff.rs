@@ -11,6 +11,8 @@ pub struct Backoff {
     /// Largest delay.
     pub max: Duration,
     attempt: u32,
+    /// Whether the short delay after a going-away close was taken since the last success.
+    quick: bool,
 }
 
 impl Default for Backoff {
@@ -27,6 +29,7 @@ impl Backoff {
             initial,
             max,
             attempt: 0,
+            quick: false,
         }
     }
 
@@ -42,18 +45,20 @@ impl Backoff {
 
     /// The delay after the broker closed a connection that worked with 1001 (going away:
     /// a shutdown, and in a cluster the other nodes are there now): up to a fifth of
-    /// `initial`, only to spread a fleet's reconnects. Failures after it back off as usual.
+    /// `initial`, only to spread a fleet's reconnects. Once per success; failures after it
+    /// back off as usual, from the start.
     pub fn after_going_away(&mut self) -> Duration {
-        if self.attempt > 0 {
+        if self.attempt > 0 || self.quick {
             return self.next_delay();
         }
-        self.attempt = 1;
+        self.quick = true;
         self.initial.mul_f64(rand::random::<f64>() * 0.2)
     }
 
     /// Starts over after a connection that worked.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.quick = false;
     }
 }
 
@@ -73,9 +78,10 @@ mod tests {
         assert!(b.after_going_away() <= Duration::from_millis(20));
         let next = b.after_going_away();
         assert!(
-            next >= Duration::from_millis(100),
-            "then the usual backoff: {next:?}"
+            next >= Duration::from_millis(50),
+            "then the usual backoff, from the start: {next:?}"
         );
+        assert!(b.next_delay() >= Duration::from_millis(100), "growing");
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }
