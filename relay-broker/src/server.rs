@@ -52,9 +52,12 @@ pub(crate) async fn serve(
     // Every connection holds a permit until it closes: a flood past the bound is closed at
     // once instead of taking file descriptors and memory from the connections already served.
     let open = Arc::new(tokio::sync::Semaphore::new(relay.limits.max_connections));
+    // The peer port stays open through the drain: a rendezvous pending here may still
+    // arrive through another node.
+    let peers = tokio_util::sync::CancellationToken::new();
     if let Some(cluster) = broker.cluster() {
         cluster
-            .serve_peers(router.clone(), connections.clone(), stop.clone())
+            .serve_peers(router.clone(), connections.clone(), peers.clone())
             .await?;
     }
     tokio::pin!(shutdown);
@@ -91,6 +94,7 @@ pub(crate) async fn serve(
     }
     drop(listener);
     drain(&broker, &connections, &stop).await;
+    peers.cancel();
     Ok(())
 }
 

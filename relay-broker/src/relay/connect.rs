@@ -89,7 +89,8 @@ pub(super) async fn connect(
                             .suspects
                             .insert(target.listener.key.clone(), std::time::Instant::now());
                     }
-                    target = shared.find(&r.hc.name, e).await?;
+                    let failed = target.listener.key.clone();
+                    target = shared.find_other(&r.hc.name, &failed, e).await?;
                 }
                 Err(e) => return Err(e),
             },

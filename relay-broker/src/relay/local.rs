@@ -20,6 +20,8 @@ use crate::seams::directory::{ListenerRef, Usable};
 use crate::seams::interconnect::{Delivery, Inbox, InlineResponse, Notice, Undelivered};
 use crate::seams::node::{ListenerKey, NodeId};
 
+/// How long a sender whose listener vanished before its rendezvous waits for another.
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a sender waiting for moving listeners looks again.
 const MOVING_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -99,6 +101,29 @@ impl Relay {
                     tokio::time::sleep(MOVING_POLL).await;
                 }
                 _ => return self.pick_or(hc, none),
+            }
+        }
+    }
+
+    /// After a notice to `failed` found its channel gone before the rendezvous: another
+    /// listener. In a cluster it waits, at most [`RETRY_WAIT`], while the failed one is the
+    /// only one on offer or none is: its node may be leaving before its last beat got here,
+    /// or dead before the heartbeats said so, and the listener is coming back elsewhere.
+    pub(crate) async fn find_other(
+        &self,
+        hc: &str,
+        failed: &ListenerKey,
+        error: RelayError,
+    ) -> Result<Target, RelayError> {
+        if !self.clustered {
+            return self.pick_or(hc, error);
+        }
+        let until = std::time::Instant::now() + RETRY_WAIT;
+        loop {
+            match self.pick(hc) {
+                Some(target) if target.listener.key != *failed => return Ok(target),
+                _ if std::time::Instant::now() >= until => return Err(error),
+                _ => tokio::time::sleep(MOVING_POLL).await,
             }
         }
     }
