@@ -109,13 +109,10 @@ impl Nats {
 
     /// Sends `signal` (`STOP`, `CONT`) to server `i`: a hung server keeps its sockets open.
     pub fn signal(&self, i: usize, signal: &str) {
-        let pid = self.servers[i].as_ref().expect("server runs").0.id();
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} {pid}");
+        send_signal(
+            self.servers[i].as_ref().expect("server runs").0.id(),
+            signal,
+        );
     }
 
     /// Starts server `i` again, on the same ports, and waits for its routes.
@@ -219,8 +216,8 @@ impl Node {
             .unwrap_or(0.0)
     }
 
-    fn pid(&self) -> Option<i32> {
-        Some(self.process.as_ref()?.0.id() as i32)
+    fn pid(&self) -> Option<u32> {
+        Some(self.process.as_ref()?.0.id())
     }
 }
 
@@ -569,16 +566,20 @@ impl Cluster {
         start_node(&mut self.nodes[i]);
     }
 
-    /// Sends `signal` (`STOP`, `CONT`) to node `i`.
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`) to node `i`.
     pub fn signal(&self, i: usize, signal: &str) {
-        let pid = self.nodes[i].pid().expect("node runs");
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} {pid}");
+        send_signal(self.nodes[i].pid().expect("node runs"), signal);
     }
+}
+
+/// `kill -<signal> <pid>`.
+fn send_signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
 }
 
 fn start_node(node: &mut Node) {

@@ -624,31 +624,41 @@ async fn a_node_cut_off_by_the_network_fences_itself_and_every_view_heals() {
     task0.await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
-    let mut cluster = Cluster::start("cluster-nats-kill", 3, |_| NodeOptions::default());
+/// The round of [`connects_through_a_nats_fault`] at which the fault begins.
+const FAULT_AT: usize = 10;
+
+/// 40 connects through nodes 1 and 2 to a listener on node 0, with `fault(cluster, round)`
+/// called before each; each failed connect gets one retry, as a client makes it (after a
+/// moment, not in the same millisecond), which must succeed. At most 4 need it, and every
+/// node is ready again afterwards (a node that fenced once it has heard its beats for the
+/// warm-up).
+async fn connects_through_a_nats_fault(
+    cluster: &mut Cluster,
+    what: &str,
+    mut fault: impl FnMut(&mut Cluster, usize),
+) {
     let (stop, task) = listen(&cluster.nodes[0].ws(), Duration::from_secs(10));
-    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
-    let mut failures = 0;
-    let mut ok = 0;
+    wait_count(cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
+    let (mut failures, mut ok) = (0, 0);
+    let mut faulted = None;
     for round in 0..40 {
-        if round == 10 {
-            cluster.nats.kill(1);
+        if round == FAULT_AT {
+            faulted = Some(Instant::now());
         }
+        fault(cluster, round);
         let node = 1 + round % 2;
         match echo(&cluster.nodes[node].ws(), 1024).await {
             Ok(()) => ok += 1,
             Err(e) => {
                 failures += 1;
-                eprintln!("round {round} via node {node}: {e}");
-                // One retry is allowed per failed connect, as a client makes it: after a
-                // moment, not in the same millisecond.
+                let since = faulted.map(|at| at.elapsed());
+                eprintln!("round {round} via node {node}, {since:?} into the fault: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 echo(&cluster.nodes[node].ws(), 1024).await.unwrap();
             }
         }
     }
-    eprintln!("{ok} connects first time, {failures} needed a retry, with one NATS server killed");
+    eprintln!("{ok} connects first time, {failures} needed a retry, with one NATS server {what}");
     assert!(failures <= 4, "{failures} connects failed");
     for i in 0..3 {
         cluster.wait_ready(i, Duration::from_secs(5));
@@ -658,43 +668,31 @@ async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_server_hung_under_load_costs_at_most_a_retry() {
-    let cluster = Cluster::start("cluster-nats-hang", 3, |_| NodeOptions::default());
-    let (stop, task) = listen(&cluster.nodes[0].ws(), Duration::from_secs(10));
-    wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
-    let (mut failures, mut ok) = (0, 0);
-    let mut hung = None;
-    for round in 0..40 {
-        if round == 10 {
-            // No FIN: its clients only notice by their pings.
-            cluster.nats.signal(1, "STOP");
-            hung = Some(Instant::now());
+async fn a_nats_server_killed_under_load_costs_at_most_a_retry() {
+    let mut cluster = Cluster::start("cluster-nats-kill", 3, |_| NodeOptions::default());
+    connects_through_a_nats_fault(&mut cluster, "killed", |cluster, round| {
+        if round == FAULT_AT {
+            cluster.nats.kill(1);
         }
-        if round == 30 {
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_hung_under_load_costs_at_most_a_retry() {
+    let mut cluster = Cluster::start("cluster-nats-hang", 3, |_| NodeOptions::default());
+    connects_through_a_nats_fault(&mut cluster, "hung", |cluster, round| {
+        // No FIN: its clients only notice by their pings.
+        if round == FAULT_AT {
+            cluster.nats.signal(1, "STOP");
+        }
+        if round == FAULT_AT + 20 {
             cluster.nats.signal(1, "CONT");
         }
-        let node = 1 + round % 2;
-        match echo(&cluster.nodes[node].ws(), 1024).await {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failures += 1;
-                let since = hung.map(|h| h.elapsed());
-                eprintln!("round {round} via node {node}, {since:?} into the hang: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                echo(&cluster.nodes[node].ws(), 1024).await.unwrap();
-            }
-        }
-    }
-    eprintln!("{ok} connects first time, {failures} needed a retry, with one NATS server hung");
-    assert!(failures <= 4, "{failures} connects failed");
-    // A node that fenced is ready again once it has heard its beats for the warm-up.
-    for i in 0..3 {
-        cluster.wait_ready(i, Duration::from_secs(5));
-    }
+    })
+    .await;
     let fenced = node_sum(&cluster, "relay_cluster_fenced_total");
     eprintln!("nodes fenced during the hang: {fenced}");
-    stop.cancel();
-    task.await.unwrap();
 }
 
 #[test]

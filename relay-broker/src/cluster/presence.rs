@@ -119,8 +119,27 @@ impl Presence {
         tokio::spawn(self.watch(inbox));
     }
 
-    async fn beat(self: Arc<Self>) {
+    /// Publishes this node's beat (queued on the client; `flush` to wait for the wire).
+    async fn publish(
+        &self,
+        version: u64,
+        listeners: Option<Vec<wire::WireListener>>,
+        leaving: bool,
+    ) -> Result<(), async_nats::PublishError> {
+        let beat = Beat {
+            node: self.me.to_string(),
+            epoch: self.epoch,
+            version,
+            peer: self.peer,
+            listeners,
+            leaving,
+        };
+        let payload = serde_json::to_vec(&beat).expect("beats serialise");
         let subject = format!("{}.{}", wire::PRESENCE, self.me);
+        self.client.publish(subject, payload.into()).await
+    }
+
+    async fn beat(self: Arc<Self>) {
         let mut sent = None;
         for n in 0u64.. {
             tokio::select! {
@@ -130,21 +149,8 @@ impl Presence {
             }
             let (version, listeners) = self.directory.own();
             let full = sent != Some(version) || n % FULL_EVERY == 0;
-            let beat = Beat {
-                node: self.me.to_string(),
-                epoch: self.epoch,
-                version,
-                peer: self.peer,
-                listeners: full.then_some(listeners),
-                leaving: false,
-            };
-            let payload = serde_json::to_vec(&beat).expect("beats serialise");
-            if self
-                .client
-                .publish(subject.clone(), payload.into())
-                .await
-                .is_ok()
-            {
+            let listeners = full.then_some(listeners);
+            if self.publish(version, listeners, false).await.is_ok() {
                 sent = Some(version);
             }
         }
@@ -154,18 +160,8 @@ impl Presence {
     /// listeners now instead of after [`DEAD_AFTER`](super::DEAD_AFTER) of silence.
     pub(super) async fn leave(&self) {
         self.stop.cancel();
-        let beat = Beat {
-            node: self.me.to_string(),
-            epoch: self.epoch,
-            version: u64::MAX,
-            peer: self.peer,
-            listeners: Some(Vec::new()),
-            leaving: true,
-        };
-        let payload = serde_json::to_vec(&beat).expect("beats serialise");
-        let subject = format!("{}.{}", wire::PRESENCE, self.me);
         let sent = tokio::time::timeout(LEAVE_WITHIN, async {
-            self.client.publish(subject, payload.into()).await.ok()?;
+            self.publish(u64::MAX, Some(Vec::new()), true).await.ok()?;
             self.client.flush().await.ok()
         })
         .await;
