@@ -88,7 +88,7 @@ impl IncomingConnection {
                 mut options,
             } => {
                 options.protocols = protocol.into_iter().collect();
-                let connected = relay_io::client::connect(&address, &options).await?;
+                let connected = crate::rendezvous::dial(&address, &options).await?;
                 Ok(WsByteStream::new(connected.reader, connected.writer))
             }
             Answer::Standby(connected, _answered) => {
@@ -123,7 +123,7 @@ impl IncomingConnection {
         let url =
             relay_core::address::append_query(&address, "sb-hc-statusCode", &status.to_string());
         let url = relay_core::address::append_query(&url, "sb-hc-statusDescription", description);
-        match relay_io::client::connect(&url, &options).await {
+        match crate::rendezvous::dial(&url, &options).await {
             // 410 Gone is how the broker confirms a reject.
             Err(WsError::Refused { status: 410, .. }) => Ok(()),
             Err(e) => Err(e.into()),

@@ -88,7 +88,7 @@ async fn serve_inline<H: Handler>(
         }
         Window::Open(buffered) => buffered,
     };
-    let mut connected = relay_io::client::connect(&address, &ctx.options).await?;
+    let mut connected = crate::rendezvous::dial(&address, &ctx.options).await?;
     let head = response_head(&id, &parts, true, head_only);
     send_response(&mut connected.writer, &head, Some(buffered.freeze()), body).await?;
     let _ = connected.writer.close(close_code::NORMAL, "").await;
@@ -136,7 +136,7 @@ async fn serve_rendezvous<H: Handler>(
     ctx: &Ctx,
     notice: control::Request,
 ) -> Result<(), WsError> {
-    let connected = relay_io::client::connect(&notice.address, &ctx.options).await?;
+    let connected = crate::rendezvous::dial(&notice.address, &ctx.options).await?;
     let (mut reader, mut writer) = (connected.reader, connected.writer);
     let request = loop {
         match reader.message(MAX_CONTROL_MESSAGE_BYTES).await? {

@@ -43,6 +43,7 @@ mod channel;
 mod error;
 mod http;
 mod pop;
+mod rendezvous;
 mod work;
 
 pub use work::DEFAULT_MAX_IN_FLIGHT;

@@ -405,11 +405,45 @@ async fn a_hung_node_is_detected_and_its_listener_moves() {
     wait_count(&cluster, &[0, 1, 2], 1, Duration::from_secs(10)).await;
     let held = holder(&cluster).expect("a node holds the listener");
     let others: Vec<usize> = (0..3).filter(|&i| i != held).collect();
+    // Senders on the nodes that stay up, by their own addresses. Between the hung node's drop from the views and the listener's return, they wait for
+    // the listener (the handover) instead of hearing 404.
+    let load_stop = CancellationToken::new();
+    let loads: Vec<_> = others
+        .iter()
+        .map(|&i| arrivals(cluster.nodes[i].ws(), load_stop.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.signal(held, "STOP");
     let hung = Instant::now();
     // No FIN: the load balancer's check and our listener's pings find the hang.
     let moved = moved(&cluster, &others, hung).await;
     eprintln!("node {held} hung (SIGSTOP); listener on another node after {moved:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load_stop.cancel();
+    for load in loads {
+        let events = load.await.unwrap();
+        let failed: Vec<_> = events.iter().filter(|(_, r)| r.is_err()).collect();
+        let longest = events.iter().filter_map(|(_, r)| r.as_ref().ok()).max();
+        eprintln!(
+            "  {} connects on a node that stayed up, {} failed, the longest took {longest:?}",
+            events.len(),
+            failed.len(),
+        );
+        for (at, e) in &failed {
+            eprintln!(
+                "  failed {:?} after the hang: {e:?}",
+                at.saturating_duration_since(hung)
+            );
+        }
+        // Before the handover and the listener's rendezvous retries, about a quarter of
+        // these failed (a rendezvous dial stuck on the hung node through HAProxy until the
+        // sender's 10 s timeout). None did in the runs measured since, but the slowest
+        // still waits about 9 s (see the issue note), so a few may time out.
+        assert!(
+            failed.len() * 20 <= events.len(),
+            "more than 5 % of the connects on live nodes failed"
+        );
+    }
     for &i in &others {
         echo(&cluster.nodes[i].ws(), 4096).await.unwrap();
     }
@@ -846,6 +880,14 @@ impl<'a> Identity<'a> {
         node: usize,
         tls: Arc<relay_io::rustls::ClientConfig>,
     ) -> relay_io::client::Connected {
+        self.try_listen(node, tls).await.unwrap()
+    }
+
+    async fn try_listen(
+        &self,
+        node: usize,
+        tls: Arc<relay_io::rustls::ClientConfig>,
+    ) -> Result<relay_io::client::Connected, relay_io::WsError> {
         let url = format!(
             "{}/$hc/hyco?sb-hc-action=listen",
             self.cluster.nodes[node].ws()
@@ -855,7 +897,7 @@ impl<'a> Identity<'a> {
             timeout: Duration::from_secs(10),
             ..Default::default()
         };
-        relay_io::client::connect(&url, &options).await.unwrap()
+        relay_io::client::connect(&url, &options).await
     }
 }
 
@@ -933,6 +975,85 @@ async fn revocation_closes_the_listener_on_every_node_within_a_second_also_witho
     eprintln!(
         "revocation seen only through the store's sequence, 20 times: p50 {p50:?}, p99 {p99:?}, max {max:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_every_node_within_a_second_while_one_nodes_nats_is_cut() {
+    // Node 2 may use only NATS server 2; the others never use it.
+    let cluster = Cluster::start("cluster-revoke-cut", 3, |i| NodeOptions {
+        identity: true,
+        nats: Some(if i == 2 {
+            vec![2]
+        } else {
+            vec![i, (i + 1) % 2]
+        }),
+        ..NodeOptions::default()
+    });
+    let id = Identity::start(&cluster).await;
+
+    // The cut node itself: two listeners on node 2, one revoked through node 0 just after
+    // node 2's NATS server hung (SIGSTOP: no FIN, nothing to reconnect to). The broadcast cannot reach node 2; the store's sequence, which it
+    // still polls, closes the revoked one within a second and before the fence (about
+    // 750 ms) closes every certificate session.
+    let (revoked_id, revoked_tls) = id.register(0).await;
+    let mut revoked = id.listen(2, Arc::clone(&revoked_tls)).await;
+    let (_, tls) = id.register(0).await;
+    let mut bystander = id.listen(2, tls).await;
+    cluster.nats.signal(2, "STOP");
+    let path = format!("/$admin/v1/listeners/{revoked_id}/revoke");
+    let (status, reply) = id.call(0, "POST", &path, &serde_json::Value::Null).await;
+    assert_eq!(status, 200, "{reply}");
+    let committed = Instant::now();
+    let by_poll = closed(&mut revoked, committed, Duration::from_secs(1)).await;
+    let by_fence = closed(&mut bystander, committed, Duration::from_secs(3)).await;
+    eprintln!(
+        "node 2 without NATS: revoked listener closed after {by_poll:?}, the rest at the fence after {by_fence:?}"
+    );
+    assert!(
+        by_poll < by_fence,
+        "the revocation came only with the fence ({by_poll:?}, fence {by_fence:?})"
+    );
+
+    // While node 2 stays cut off (fenced): 100 revocations, alternately through node 2,
+    // whose broadcast goes nowhere (only its commit to the store carries it), and through
+    // the nodes with NATS; the listeners on nodes 0 and 1.
+    let mut times = [Vec::new(), Vec::new()];
+    let mut revoked_ids = vec![(revoked_id, revoked_tls)];
+    for rep in 0..100 {
+        let (listener, tls) = id.register(rep % 3).await;
+        let mut conn = id.listen(rep % 2, Arc::clone(&tls)).await;
+        let through = if rep % 2 == 0 { 2 } else { (rep + 1) % 2 };
+        let path = format!("/$admin/v1/listeners/{listener}/revoke");
+        let (status, reply) = id
+            .call(through, "POST", &path, &serde_json::Value::Null)
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        let took = closed(&mut conn, Instant::now(), Duration::from_secs(1)).await;
+        times[usize::from(through == 2)].push(took);
+        if rep % 25 == 0 {
+            revoked_ids.push((listener, tls));
+        }
+    }
+    let [broadcast, polled] = times.map(percentiles);
+    eprintln!(
+        "revocation with node 2's NATS cut, through nodes 0 and 1 (broadcast), 50 times: p50, p99, max {broadcast:?}"
+    );
+    eprintln!("through node 2 (the store's sequence only), 50 times: p50, p99, max {polled:?}");
+
+    // Healed: node 2 is back and takes listeners, but none of the revoked certificates, on
+    // any node (the connect-time check reads the store).
+    cluster.nats.signal(2, "CONT");
+    cluster.wait_ready(2, Duration::from_secs(10));
+    for (listener, tls) in revoked_ids {
+        for node in 0..3 {
+            assert!(
+                id.try_listen(node, Arc::clone(&tls)).await.is_err(),
+                "node {node} took revoked listener {listener}"
+            );
+        }
+    }
+    let (_, tls) = id.register(2).await;
+    drop(id.listen(2, tls).await);
 }
 
 /// What one relayed connection saw, each with a monotonic timestamp: its echoes and how it
@@ -1158,6 +1279,37 @@ fn steady_load(
                 result.map_err(|e| format!("{e} after {:?}", started.elapsed())),
             ));
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        events
+    })
+}
+
+/// A sender arriving at `endpoint` every 25 ms, each on its own, until `stop`: when each
+/// started, and how long its echo took or why it failed.
+fn arrivals(
+    endpoint: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Vec<(Instant, Result<Duration, String>)>> {
+    tokio::spawn(async move {
+        let mut senders = Vec::new();
+        while !stop.is_cancelled() {
+            let endpoint = endpoint.clone();
+            senders.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let result = echo(&endpoint, 1024).await;
+                let took = started.elapsed();
+                (
+                    started,
+                    result
+                        .map(|()| took)
+                        .map_err(|e| format!("{e} after {took:?}")),
+                )
+            }));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut events = Vec::new();
+        for sender in senders {
+            events.push(sender.await.unwrap());
         }
         events
     })

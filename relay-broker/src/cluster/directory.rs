@@ -18,9 +18,15 @@ use crate::seams::node::{ListenerKey, NodeId};
 pub const BEAT: Duration = Duration::from_millis(250);
 /// Silence after which a node counts as gone: three missed beats.
 pub const DEAD_AFTER: Duration = Duration::from_millis(750);
-/// How long senders wait for the listeners of a node that left to come back elsewhere (ours
-/// reconnect within 100 ms of a going-away close, and then connect and register).
+/// How long senders wait for the listeners of a node that left, or fell silent, to come back
+/// elsewhere (ours reconnect within 100 ms of a going-away close and ping often enough to
+/// see a dead node within about a second, and then connect and register).
 pub(super) const HANDOVER: Duration = Duration::from_secs(2);
+
+/// Until when senders wait for the listeners of a node last heard at `seen`.
+fn handover_end(seen: Instant) -> Instant {
+    seen + DEAD_AFTER + HANDOVER
+}
 
 /// Another node, as its beats describe it.
 #[derive(Debug)]
@@ -160,7 +166,10 @@ impl ClusterDirectory {
         }
     }
 
-    /// Drops nodes silent for [`DEAD_AFTER`]; the keys of the listeners they held.
+    /// Drops nodes silent for [`DEAD_AFTER`]; the keys of the listeners they held. Their
+    /// hybrid connections are moving until [`HANDOVER`] after the node fell silent: a killed
+    /// or hung node's listeners reconnect through the load balancer, and a sender that comes
+    /// meanwhile waits for them rather than hearing a 404 that stops being true in a second.
     pub(super) fn sweep(&self) -> Vec<ListenerKey> {
         let now = Instant::now();
         let mut gone = Vec::new();
@@ -169,6 +178,12 @@ impl ClusterDirectory {
             if !live {
                 tracing::warn!(%node, listeners = r.listeners.len(), "node silent for three heartbeats: dropped");
                 gone.extend(r.listeners.iter().map(|l| l.key.clone()));
+                let until = handover_end(r.seen);
+                for l in &r.listeners {
+                    let hc = l.hc.to_ascii_lowercase();
+                    let mut at = self.moving.entry(hc).or_insert(until);
+                    *at = (*at).max(until);
+                }
             }
             live
         });
@@ -287,13 +302,22 @@ impl Directory for ClusterDirectory {
     }
 
     fn moving(&self, hc: &str) -> Option<Instant> {
+        let now = Instant::now();
+        // A node silent for DEAD_AFTER is out of every view before the next sweep drops it
+        // and records its hybrid connections as moving; until then, ask it directly.
+        let silent = self
+            .read()
+            .values()
+            .filter(|r| now.duration_since(r.seen) >= DEAD_AFTER)
+            .filter(|r| r.listeners.iter().any(|l| l.hc.eq_ignore_ascii_case(hc)))
+            .map(|r| handover_end(r.seen))
+            .max();
         let key = hc.to_ascii_lowercase();
-        let until = *self.moving.get(&key)?;
-        if until <= Instant::now() {
-            self.moving.remove_if(&key, |_, at| *at <= Instant::now());
-            return None;
+        let recorded = self.moving.get(&key).map(|at| *at);
+        if recorded.is_some_and(|at| at <= now) {
+            self.moving.remove_if(&key, |_, at| *at <= now);
         }
-        Some(until)
+        recorded.max(silent).filter(|at| *at > now)
     }
 }
 
@@ -417,6 +441,33 @@ mod tests {
             d.sweep(),
             [listener("b", 1, None).key],
             "gone, for the inbox"
+        );
+    }
+
+    #[test]
+    fn a_silent_nodes_senders_wait_for_its_listeners_until_the_handover_ends() {
+        let d = ClusterDirectory::new(NodeId::new("a").unwrap());
+        let b = NodeId::new("b").unwrap();
+        d.heard(beat("b", 1, 1, Some(vec![listener("b", 1, None)])));
+        assert!(d.moving("orders").is_none(), "live: nothing moves");
+        // Silent for three beats: out of the views, and moving before any sweep.
+        d.write().get_mut(&b).unwrap().seen -= DEAD_AFTER;
+        assert_eq!(d.count("orders"), 0);
+        let until = d.moving("ORDERS").expect("moving once silent");
+        assert!(until > Instant::now() + HANDOVER - DEAD_AFTER);
+        // The sweep drops the node and keeps the handover.
+        assert_eq!(d.sweep(), [listener("b", 1, None).key]);
+        assert_eq!(d.moving("orders"), Some(until));
+        assert!(d.moving("other").is_none());
+        // Silent for longer than the handover: its senders hear the usual 404 again.
+        d.heard(beat("b", 1, 2, Some(vec![listener("b", 2, None)])));
+        d.write().get_mut(&b).unwrap().seen -= DEAD_AFTER + HANDOVER;
+        d.moving.clear();
+        assert!(d.moving("orders").is_none());
+        d.sweep();
+        assert!(
+            d.moving("orders").is_none(),
+            "an old silence is no handover"
         );
     }
 }
