@@ -623,8 +623,14 @@ fn haproxy(dir: &std::path::Path, bind: SocketAddr, nodes: &[Node]) -> Process {
         })
         .collect();
     let mut config = String::new();
+    let mut servers = Some(servers);
     for line in template.lines() {
         if line.trim_start().starts_with("server ") {
+            // Ours where the template's were: after `default-server`, which applies only
+            // to the servers that follow it.
+            if let Some(servers) = servers.take() {
+                config.push_str(&servers);
+            }
             continue;
         }
         if line.trim_start().starts_with("bind ") {
@@ -649,10 +655,8 @@ fn haproxy(dir: &std::path::Path, bind: SocketAddr, nodes: &[Node]) -> Process {
                 dir.join("haproxy.sock").display()
             ));
         }
-        if line.starts_with("backend ") {
-            config.push_str(&servers);
-        }
     }
+    assert!(servers.is_none(), "the HAProxy template has no server line");
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("haproxy.log");

@@ -435,13 +435,13 @@ async fn a_hung_node_is_detected_and_its_listener_moves() {
                 at.saturating_duration_since(hung)
             );
         }
-        // Before the handover and the listener's rendezvous retries, about a quarter of
-        // these failed (a rendezvous dial stuck on the hung node through HAProxy until the
-        // sender's 10 s timeout). None did in the runs measured since, but the slowest
-        // still waits about 9 s (see the issue note), so a few may time out.
+        // Before the handover, the listener's rendezvous retries and a harness whose
+        // HAProxy servers missed `default-server`, about a quarter of these failed (a
+        // rendezvous dial stuck on the hung node until the sender's 10 s timeout).
+        assert!(failed.is_empty(), "connects on live nodes failed");
         assert!(
-            failed.len() * 20 <= events.len(),
-            "more than 5 % of the connects on live nodes failed"
+            longest.is_some_and(|t| *t < Duration::from_secs(5)),
+            "a sender on a live node waited {longest:?}"
         );
     }
     for &i in &others {

@@ -189,6 +189,8 @@ impl Interconnect for NatsInterconnect {
         let payload = wire::encode(&head, body.as_deref());
         let subject = wire::node_subject(&to.node, "deliver");
         let client = self.0.client.clone();
+        let directory = Arc::clone(&self.0.directory);
+        let node = to.node.clone();
         Box::pin(async move {
             let request = |payload| {
                 async_nats::Request::new()
@@ -201,9 +203,12 @@ impl Interconnect for NatsInterconnect {
             // This node's NATS connection broke under the request (its server died or
             // hung): once it is back on another server, one more try. The listener cannot
             // have acted on a notice that got no `queued`: the capability it names dies
-            // with this attempt unless the retry succeeds.
+            // with this attempt unless the retry succeeds. Not when the other node fell
+            // silent meanwhile (hung, or cut off): it would not answer the retry either,
+            // and the caller picks another listener.
             if let Err(e) = &result
                 && e.kind() != async_nats::RequestErrorKind::NoResponders
+                && directory.peer_of(&node).is_some()
                 && reconnected(&client, tokio::time::Instant::now() + RECONNECT_WAIT).await
             {
                 result = client.send_request(subject, request(payload)).await;
