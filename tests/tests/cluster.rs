@@ -907,20 +907,31 @@ async fn closed(
     from: Instant,
     bound: Duration,
 ) -> Duration {
+    closed_with(conn, from, bound).await.0
+}
+
+/// [`closed`], and the Close's reason (empty when the stream ended without one).
+async fn closed_with(
+    conn: &mut relay_io::client::Connected,
+    from: Instant,
+    bound: Duration,
+) -> (Duration, String) {
     let ended = tokio::time::timeout(bound, async {
         loop {
             match conn.reader.message(1 << 20).await {
-                Ok(Some(relay_io::Message::Close(_)) | None) | Err(_) => return,
+                Ok(Some(relay_io::Message::Close(frame))) => {
+                    return frame.map(|(_, reason)| reason).unwrap_or_default();
+                }
+                Ok(None) | Err(_) => return String::new(),
                 Ok(Some(_)) => {}
             }
         }
     })
     .await;
-    assert!(
-        ended.is_ok(),
-        "the revoked listener's channel stayed open for {bound:?}"
-    );
-    from.elapsed()
+    let Ok(reason) = ended else {
+        panic!("the revoked listener's channel stayed open for {bound:?}");
+    };
+    (from.elapsed(), reason)
 }
 
 fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -1005,7 +1016,11 @@ async fn revocation_reaches_every_node_within_a_second_while_one_nodes_nats_is_c
     assert_eq!(status, 200, "{reply}");
     let committed = Instant::now();
     let by_poll = closed(&mut revoked, committed, Duration::from_secs(1)).await;
-    let by_fence = closed(&mut bystander, committed, Duration::from_secs(3)).await;
+    let (by_fence, why) = closed_with(&mut bystander, committed, Duration::from_secs(3)).await;
+    assert!(
+        why.contains("cut off from its cluster"),
+        "fence close: {why}"
+    );
     eprintln!(
         "node 2 without NATS: revoked listener closed after {by_poll:?}, the rest at the fence after {by_fence:?}"
     );

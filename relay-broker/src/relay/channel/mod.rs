@@ -225,6 +225,10 @@ enum Internal {
     Close(u16, String),
 }
 
+/// The close reason when this node fenced itself off its cluster.
+const CUT_OFF: &str =
+    "This broker node is cut off from its cluster; reconnect through another node";
+
 struct Channel<'a> {
     shared: &'a Relay,
     handle: &'a Held,
@@ -238,6 +242,12 @@ struct Channel<'a> {
 }
 
 impl<'a> Channel<'a> {
+    fn fenced(&self) -> bool {
+        self.shared
+            .fenced
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn new(
         shared: &'a Relay,
         handle: &'a Held,
@@ -330,12 +340,18 @@ impl<'a> Channel<'a> {
                         Some(Internal::Close(code, reason)) => Step::Close(code, reason),
                         None => return Ok(()),
                     },
-                    () = &mut revoked => {
+                    // A fence ends every certificate session too, and is no revocation:
+                    // the listener is told to go elsewhere (1001), not that it is revoked.
+                    () = &mut revoked => if self.fenced() {
+                        Step::Close(close_code::GOING_AWAY, self.text(CUT_OFF))
+                    } else {
                         tracing::info!("listener revoked; closing its control channel");
                         Step::Close(CLOSE_REVOKED, self.text("Listener revoked"))
-                    }
+                    },
                     () = self.handle.local.close.cancelled() => {
-                        Step::Close(close_code::GOING_AWAY, self.text("The broker is shutting down"))
+                        // Closed for the whole node: it is stopping, or fenced off its cluster.
+                        let why = if self.fenced() { CUT_OFF } else { "The broker is shutting down" };
+                        Step::Close(close_code::GOING_AWAY, self.text(why))
                     }
                     () = self.handle.local.replaced.cancelled() => {
                         let why = self.text("Replaced by a newer connection of the same listener instance");
